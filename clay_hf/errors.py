@@ -1,0 +1,54 @@
+"""The clay_hf exception family.
+
+Every error a user can trigger is a ``ClayError`` and also inherits the builtin that fits
+(``ValueError``, ``KeyError`` or ``OSError``), so ``except ValueError`` keeps working. Messages say
+what was expected, what arrived and what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClayError",
+    "ClayConfigError",
+    "ClayInputError",
+    "UnknownSensorError",
+    "BandMismatchError",
+    "NonFiniteInputError",
+    "ChipSizeError",
+    "CheckpointError",
+]
+
+
+class ClayError(Exception):
+    """Base class of every clay_hf error."""
+
+
+class ClayConfigError(ClayError, ValueError):
+    """Two architecture numbers disagree, or one is out of range."""
+
+
+class ClayInputError(ClayError, ValueError):
+    """Model or processor input of the wrong shape, type or value."""
+
+
+class UnknownSensorError(ClayError, KeyError):
+    """A sensor name that is not in the sensor table."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and add quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class BandMismatchError(ClayInputError):
+    """The number of bands does not match the number of wavelengths (or means, stds)."""
+
+
+class NonFiniteInputError(ClayInputError):
+    """NaN or infinite values where the model needs finite numbers."""
+
+
+class ChipSizeError(ClayInputError):
+    """A chip smaller than one patch, or a side that is not a multiple of the patch size."""
+
+
+class CheckpointError(ClayError, OSError):
+    """A file that is not a (readable) Clay checkpoint, or tensors of unexpected shape."""
