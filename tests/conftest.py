@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny configs, the parity fixture, an offline environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Nothing in the tests reaches the internet.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PARITY_CKPT = FIXTURES / "clay-micro-original.ckpt"
+PARITY_VECTORS = FIXTURES / "clay-micro-vectors.safetensors"
+PARITY_JSON = FIXTURES / "clay-micro-vectors.json"
+
+
+@pytest.fixture(scope="session")
+def parity_cases() -> list[dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    vectors = load_file(str(PARITY_VECTORS))
+    n = len(json.loads(PARITY_JSON.read_text())["cases"])
+    return [{k.split(".", 1)[1]: v for k, v in vectors.items() if k.startswith(f"case{i}.")} for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def micro_config():
+    """A very small Clay (the parity fixture's dimensions) for fast tests."""
+    from clay_hf import ClayConfig
+
+    return ClayConfig(
+        patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, head_dim=32, mlp_ratio=2.0,
+        decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_head_dim=16,
+        decoder_mlp_ratio=2.0, teacher_dim=48,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def converted_micro(tmp_path_factory) -> Path:
+    """The parity checkpoint converted once per session into a clay_hf folder."""
+    from clay_hf.conversion import convert_checkpoint
+
+    return convert_checkpoint(PARITY_CKPT, tmp_path_factory.mktemp("converted") / "clay-micro")
