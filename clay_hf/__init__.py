@@ -1,4 +1,14 @@
-"""clay_hf: the Clay v1.5 Earth-observation foundation model, native to the Hugging Face ecosystem."""
+"""clay_hf: the Clay v1.5 Earth-observation foundation model, native to the Hugging Face ecosystem.
+
+Importing the package registers Clay with the transformers Auto classes (``AutoConfig``, ``AutoModel``,
+``AutoModelForPreTraining``, ``AutoImageProcessor``), so ``AutoModel.from_pretrained(folder_or_hub_id)``
+works without ``trust_remote_code``.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+# The real class (the top-level name is a placeholder that needs Pillow even to register).
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .configuration_clay import CLAY_PRESETS, ClayConfig
 from .errors import (
@@ -11,5 +21,45 @@ from .errors import (
     NonFiniteInputError,
     UnknownSensorError,
 )
+from .image_processing_clay import ClayImageProcessor
+from .modeling_clay import (
+    ClayForPreTraining,
+    ClayForPreTrainingOutput,
+    ClayModel,
+    ClayModelOutput,
+    ClayPreTrainedModel,
+)
+from .sensors import Sensor, get_sensor, list_sensors, register_sensor
 
 __version__ = "0.1.0"
+
+AutoConfig.register("clay", ClayConfig, exist_ok=True)
+AutoModel.register(ClayConfig, ClayModel, exist_ok=True)
+AutoModelForPreTraining.register(ClayConfig, ClayForPreTraining, exist_ok=True)
+# The processor needs neither backend; registering both keeps transformers from asking for one.
+AutoImageProcessor.register(
+    ClayConfig, image_processor_classes={"pil": ClayImageProcessor, "torchvision": ClayImageProcessor}, exist_ok=True
+)
+
+__all__ = [
+    "CLAY_PRESETS",
+    "ClayConfig",
+    "ClayModel",
+    "ClayForPreTraining",
+    "ClayPreTrainedModel",
+    "ClayModelOutput",
+    "ClayForPreTrainingOutput",
+    "ClayImageProcessor",
+    "Sensor",
+    "get_sensor",
+    "list_sensors",
+    "register_sensor",
+    "ClayError",
+    "ClayConfigError",
+    "ClayInputError",
+    "UnknownSensorError",
+    "BandMismatchError",
+    "NonFiniteInputError",
+    "ChipSizeError",
+    "CheckpointError",
+]

@@ -170,7 +170,9 @@ class ClayConfig(PreTrainedConfig):
             if not ratio > 0:
                 raise ClayConfigError(f"{prefix}mlp_ratio must be > 0, got {ratio!r}")
         if self.wave_dim % 2 != 0 or self.wave_dim < 4:
-            raise ClayConfigError(f"wave_dim must be even and >= 4 for the sin-cos wavelength embedding, got {self.wave_dim}")
+            raise ClayConfigError(
+                f"wave_dim must be even and >= 4 for the sin-cos wavelength embedding, got {self.wave_dim}"
+            )
         if self.wave_dim % self.wave_num_attention_heads != 0:
             raise ClayConfigError(
                 f"wave_dim={self.wave_dim} is not divisible by wave_num_attention_heads="

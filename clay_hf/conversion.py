@@ -48,7 +48,10 @@ RENAME_RULES: list[tuple[str, str]] = [
 # Applied after the prefix rules, inside any module.
 _INNER_RULES: list[tuple[str, str]] = [
     # torch TransformerEncoder (one layer) of the weight generator -> ClayWaveTransformerLayer
-    (r"weight_generator\.encoder\.layers\.0\.self_attn\.in_proj_weight$", r"weight_generator.layer.self_attn.qkv.weight"),
+    (
+        r"weight_generator\.encoder\.layers\.0\.self_attn\.in_proj_weight$",
+        r"weight_generator.layer.self_attn.qkv.weight",
+    ),
     (r"weight_generator\.encoder\.layers\.0\.self_attn\.in_proj_bias$", r"weight_generator.layer.self_attn.qkv.bias"),
     (r"weight_generator\.encoder\.layers\.0\.(.*)$", r"weight_generator.layer.\1"),
     # vit-pytorch style blocks: [Attention, FeedForward(net = LayerNorm, Linear, GELU, Linear)]
@@ -156,11 +159,16 @@ def config_from_checkpoint(
     inner, decoder_inner = shapes.pop("_inner"), shapes.pop("_decoder_inner", None)
     for name, value in shapes.items():
         if name in values and values[name] != value:
-            logger.warning("hyper_parameters say %s=%s but the tensors say %s; using the tensors", name, values[name], value)
+            logger.warning(
+                "hyper_parameters say %s=%s but the tensors say %s; using the tensors", name, values[name], value
+            )
         values[name] = value
     if "num_attention_heads" not in values:  # no names at all: take a preset of the same shape if there is one
         for preset in CLAY_PRESETS.values():
-            if preset["hidden_size"] == values["hidden_size"] and preset["num_hidden_layers"] == values["num_hidden_layers"]:
+            if (
+                preset["hidden_size"] == values["hidden_size"]
+                and preset["num_hidden_layers"] == values["num_hidden_layers"]
+            ):
                 values.update({k: v for k, v in preset.items() if k not in shapes})
                 break
     for heads, head_dim, width in (
@@ -201,7 +209,9 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClayConfi
             )
         converted[new] = tensor.detach().clone().contiguous()
     if skipped:
-        logger.info("skipped %d teacher tensors (model.teacher.*): the teacher is not part of the Clay weights", skipped)
+        logger.info(
+            "skipped %d teacher tensors (model.teacher.*): the teacher is not part of the Clay weights", skipped
+        )
     missing = sorted(set(expected) - set(converted))
     if missing:
         raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:5]}")

@@ -16,6 +16,8 @@ __all__ = [
     "NonFiniteInputError",
     "ChipSizeError",
     "CheckpointError",
+    "RasterError",
+    "SampleDataError",
 ]
 
 
@@ -52,3 +54,11 @@ class ChipSizeError(ClayInputError):
 
 class CheckpointError(ClayError, OSError):
     """A file that is not a (readable) Clay checkpoint, or tensors of unexpected shape."""
+
+
+class RasterError(ClayError, OSError):
+    """A raster that cannot be read: missing, corrupt, truncated, without CRS, or of mismatched size."""
+
+
+class SampleDataError(ClayError, OSError):
+    """Sample imagery that could not be fetched from the package index or unpacked."""

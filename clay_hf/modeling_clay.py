@@ -432,7 +432,12 @@ class ClayPositionMetadataEncoding(nn.Module):
         return sincos_2d_gsd(grid_h, grid_w, self.pos_width, gsd.to(device), device=device)
 
     def forward(
-        self, tokens: torch.Tensor, grid_hw: tuple[int, int], gsd: torch.Tensor, time: torch.Tensor, latlon: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        grid_hw: tuple[int, int],
+        gsd: torch.Tensor,
+        time: torch.Tensor,
+        latlon: torch.Tensor,
     ) -> torch.Tensor:
         b, length, _ = tokens.shape
         pos = self.table(*grid_hw, gsd, tokens.device).to(tokens.dtype)  # (L, D-8) or (B, L, D-8)

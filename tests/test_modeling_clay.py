@@ -95,7 +95,9 @@ def test_non_square_chip_matches_square_rows(encoder):
     batch = _batch(h=32, w=16)
     out = encoder(**batch)
     assert out.last_hidden_state.shape == (2, 1 + 8 * 4, 64)
-    tokens = encoder.embed_patches(batch["pixel_values"], batch["wavelengths"], torch.tensor(10.0), batch["time"], batch["latlon"])
+    tokens = encoder.embed_patches(
+        batch["pixel_values"], batch["wavelengths"], torch.tensor(10.0), batch["time"], batch["latlon"]
+    )
     full = _batch(h=32, w=32)
     full["pixel_values"][:, :, :, :16] = batch["pixel_values"]
     full_tokens = encoder.embed_patches(
@@ -113,8 +115,12 @@ def test_any_band_count_and_single_band(encoder):
 def test_per_sample_gsd_equals_separate_calls(encoder):
     batch = _batch()
     out = encoder(**{**batch, "gsd": torch.tensor([10.0, 0.6])})
-    first = encoder(**{k: (v[:1] if k in ("pixel_values", "time", "latlon") else v) for k, v in batch.items()}, )
-    second = encoder(**{**{k: (v[1:] if k in ("pixel_values", "time", "latlon") else v) for k, v in batch.items()}, "gsd": 0.6})
+    first = encoder(
+        **{k: (v[:1] if k in ("pixel_values", "time", "latlon") else v) for k, v in batch.items()},
+    )
+    second = encoder(
+        **{**{k: (v[1:] if k in ("pixel_values", "time", "latlon") else v) for k, v in batch.items()}, "gsd": 0.6}
+    )
     assert_close(out.last_hidden_state[0], first.last_hidden_state[0])
     assert_close(out.last_hidden_state[1], second.last_hidden_state[0])
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from .reference_clay import OriginalLayoutClay
 from torch.testing import assert_close
 
 from clay_hf import ClayForPreTraining, ClayModel
 from clay_hf.conversion import config_from_checkpoint, convert_state_dict, load_original_checkpoint
 
 from .conftest import PARITY_CKPT
+from .reference_clay import OriginalLayoutClay
 
 TOL = dict(atol=1e-4, rtol=0)
 

@@ -1,0 +1,311 @@
+"""Sensors as typed data: band order, wavelengths, normalisation and ground sample distance.
+
+The table Clay v1.5 was trained with ships as package data (``sensors.json``, copied from the spec's
+``sensors.md``) and is read once at import into frozen :class:`Sensor` records::
+
+    >>> s2 = get_sensor("Sentinel-2")          # case-insensitive; aliases allowed
+    >>> s2.name, s2.gsd_m, s2.band_names[:3]
+    ('sentinel-2-l2a', 10.0, ('blue', 'green', 'red'))
+    >>> s2.select(["red", "green", "blue"]).wavelengths_um
+    (0.665, 0.56, 0.493)
+
+Names are matched after lower-casing and turning ``_`` and spaces into ``-``. Aliases shipped with the
+table:
+
+======================  =============================================
+canonical name          aliases
+======================  =============================================
+``sentinel-2-l2a``      ``sentinel-2``, ``sentinel2``, ``s2``, ``s2-l2a``
+``planetscope-sr``      ``planetscope``, ``planet``
+``landsat-c2l1``        ``landsat-c2-l1``, ``landsat-l1``
+``landsat-c2l2-sr``     ``landsat-c2-l2-sr``, ``landsat-l2``, ``landsat-sr``
+``sentinel-1-rtc``      ``sentinel-1``, ``sentinel1``, ``s1``, ``s1-rtc``
+``satellogic-MSI-L1D``  ``satellogic``
+``naip``, ``linz``,     (none)
+``modis``
+======================  =============================================
+
+``landsat``, ``landsat-8`` and ``landsat-9`` are deliberately NOT aliases: the level-1 and the
+surface-reflectance tables differ, so the lookup error names both and asks which one.
+
+Users add their own sensors with :func:`register_sensor`, or pass wavelengths, mean and std straight
+to the image processor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import BandMismatchError, ClayInputError, UnknownSensorError
+
+__all__ = [
+    "Sensor",
+    "get_sensor",
+    "list_sensors",
+    "register_sensor",
+    "SENSORS_JSON",
+]
+
+logger = logging.getLogger(__name__)
+
+SENSORS_JSON = Path(__file__).with_name("sensors.json")
+
+# Names that would be convenient aliases but are ambiguous; the lookup error explains the choice.
+_AMBIGUOUS_NAMES: dict[str, tuple[str, ...]] = {
+    "landsat": ("landsat-c2l2-sr", "landsat-c2l1"),
+    "landsat-8": ("landsat-c2l2-sr", "landsat-c2l1"),
+    "landsat-9": ("landsat-c2l2-sr", "landsat-c2l1"),
+}
+
+
+def _normalise_name(name: str) -> str:
+    """Lookup key of a sensor name: lower case, ``_`` and spaces turned into ``-``."""
+    return name.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sensor:
+    """One platform of the sensor table: per-band numbers in band order, plus platform-wide facts.
+
+    Args:
+        name: canonical name (``"sentinel-2-l2a"``).
+        band_names: band names in the order the bands are stacked, ``(C,)``.
+        wavelengths_um: central wavelength of each band in micrometres, ``(C,)``; SAR bands use the
+            stand-in values the model was trained with (Sentinel-1 VV 3.5, VH 4.0).
+        mean: per-band mean of ``(x - mean) / std``, ``(C,)``, in the units of the input (decibels for SAR).
+        std: per-band standard deviation, ``(C,)``, all > 0.
+        gsd_m: nominal ground sample distance in metres.
+        rgb_indices: 0-based indices of the red, green and blue bands fed to the teacher, or ``None``
+            (Sentinel-1: the teacher sees VV, VH and (VV + VH) / 2 instead).
+        is_sar_db: the input is linear SAR backscatter that is converted to decibels before
+            normalising (values <= 0 become 1e-10, then ``10 * log10``).
+        reconstruction_loss_scale: multiplier of the reconstruction loss for batches of this sensor
+            (0.1 for MODIS in v1.5, 1.0 otherwise).
+        aliases: other names :func:`get_sensor` accepts for this sensor.
+    """
+
+    name: str
+    band_names: tuple[str, ...]
+    wavelengths_um: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    gsd_m: float
+    rgb_indices: tuple[int, int, int] | None = None
+    is_sar_db: bool = False
+    reconstruction_loss_scale: float = 1.0
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass: coerce lists to tuples and numbers to float through object.__setattr__.
+        set_ = lambda field, value: object.__setattr__(self, field, value)
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ClayInputError(f"a sensor needs a non-empty name, got {self.name!r}")
+        set_("band_names", tuple(str(b) for b in self.band_names))
+        set_("wavelengths_um", tuple(float(w) for w in self.wavelengths_um))
+        set_("mean", tuple(float(m) for m in self.mean))
+        set_("std", tuple(float(s) for s in self.std))
+        set_("gsd_m", float(self.gsd_m))
+        set_("is_sar_db", bool(self.is_sar_db))
+        set_("reconstruction_loss_scale", float(self.reconstruction_loss_scale))
+        set_("aliases", tuple(str(a) for a in self.aliases))
+
+        n = len(self.band_names)
+        if n == 0:
+            raise ClayInputError(f"sensor {self.name!r} needs at least one band, got none")
+        for field in ("wavelengths_um", "mean", "std"):
+            if len(getattr(self, field)) != n:
+                raise BandMismatchError(
+                    f"sensor {self.name!r} has {n} band names but {len(getattr(self, field))} values in "
+                    f"{field}; give one value per band"
+                )
+        if len(set(self.band_names)) != n:
+            dupes = sorted({b for b in self.band_names if self.band_names.count(b) > 1})
+            raise ClayInputError(f"sensor {self.name!r} has duplicate band names {dupes}; band names must be unique")
+        for field in ("wavelengths_um", "mean", "std"):
+            bad = [b for b, v in zip(self.band_names, getattr(self, field)) if not math.isfinite(v)]
+            if bad:
+                raise ClayInputError(f"sensor {self.name!r}: {field} must be finite, got non-finite for bands {bad}")
+        bad_std = [(b, s) for b, s in zip(self.band_names, self.std) if s <= 0]
+        if bad_std:
+            raise ClayInputError(f"sensor {self.name!r}: every std must be > 0, got {bad_std}")
+        if not (math.isfinite(self.gsd_m) and self.gsd_m > 0):
+            raise ClayInputError(f"sensor {self.name!r}: gsd_m must be a positive number of metres, got {self.gsd_m}")
+        if self.rgb_indices is not None:
+            rgb = tuple(int(i) for i in self.rgb_indices)
+            if len(rgb) != 3 or any(not 0 <= i < n for i in rgb):
+                raise ClayInputError(
+                    f"sensor {self.name!r}: rgb_indices must be 3 band indices in [0, {n - 1}], got {list(rgb)}"
+                )
+            set_("rgb_indices", rgb)
+
+    @property
+    def num_bands(self) -> int:
+        """Number of bands C."""
+        return len(self.band_names)
+
+    def select(self, band_names: Sequence[str]) -> Sensor:
+        """A sensor with only ``band_names``, in the order given (the order of the user's band axis).
+
+        The name stays the same (the numbers are this sensor's); ``rgb_indices`` is remapped when the
+        red, green and blue bands are all kept and ``None`` otherwise; aliases are dropped.
+
+        Raises:
+            ClayInputError: a band name this sensor does not have, a repeated name, or an empty list.
+        """
+        if isinstance(band_names, str):
+            band_names = [band_names]
+        band_names = list(band_names)
+        if not band_names:
+            raise ClayInputError(f"select() needs at least one band name of sensor {self.name!r}, got none")
+        lookup = {b.lower(): i for i, b in enumerate(self.band_names)}
+        indices = []
+        for band in band_names:
+            i = lookup.get(str(band).lower())
+            if i is None:
+                close = difflib.get_close_matches(str(band).lower(), list(lookup), n=3, cutoff=0.5)
+                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+                raise ClayInputError(
+                    f"sensor {self.name!r} has no band {band!r}{hint}; its bands are {list(self.band_names)}"
+                )
+            indices.append(i)
+        if len(set(indices)) != len(indices):
+            raise ClayInputError(f"band names must not repeat, got {band_names} for sensor {self.name!r}")
+        rgb = None
+        if self.rgb_indices is not None and all(i in indices for i in self.rgb_indices):
+            rgb = tuple(indices.index(i) for i in self.rgb_indices)
+        return dataclasses.replace(
+            self,
+            band_names=tuple(self.band_names[i] for i in indices),
+            wavelengths_um=tuple(self.wavelengths_um[i] for i in indices),
+            mean=tuple(self.mean[i] for i in indices),
+            std=tuple(self.std[i] for i in indices),
+            rgb_indices=rgb,
+            aliases=(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form used in ``sensors.json`` (without the name, which is the key there)."""
+        return {
+            "aliases": list(self.aliases),
+            "gsd_m": self.gsd_m,
+            "rgb_indices": list(self.rgb_indices) if self.rgb_indices is not None else None,
+            "is_sar_db": self.is_sar_db,
+            "reconstruction_loss_scale": self.reconstruction_loss_scale,
+            "bands": [
+                {"name": b, "wavelength_um": w, "mean": m, "std": s}
+                for b, w, m, s in zip(self.band_names, self.wavelengths_um, self.mean, self.std)
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any]) -> Sensor:
+        """Build a sensor from its ``sensors.json`` entry."""
+        bands = data["bands"]
+        return cls(
+            name=name,
+            band_names=tuple(b["name"] for b in bands),
+            wavelengths_um=tuple(b["wavelength_um"] for b in bands),
+            mean=tuple(b["mean"] for b in bands),
+            std=tuple(b["std"] for b in bands),
+            gsd_m=data["gsd_m"],
+            rgb_indices=tuple(data["rgb_indices"]) if data.get("rgb_indices") is not None else None,
+            is_sar_db=data.get("is_sar_db", False),
+            reconstruction_loss_scale=data.get("reconstruction_loss_scale", 1.0),
+            aliases=tuple(data.get("aliases", ())),
+        )
+
+
+# name -> Sensor, in table order then registration order; _LOOKUP maps every normalised name and alias.
+_SENSORS: dict[str, Sensor] = {}
+_LOOKUP: dict[str, str] = {}
+
+
+def _keys(sensor: Sensor) -> list[str]:
+    return [_normalise_name(n) for n in (sensor.name, *sensor.aliases)]
+
+
+def list_sensors() -> list[str]:
+    """Canonical names of all known sensors: the shipped table in its order, then registered ones."""
+    return list(_SENSORS)
+
+
+def get_sensor(name: str | Sensor) -> Sensor:
+    """The sensor called ``name`` (case-insensitive, aliases allowed); a :class:`Sensor` is returned as is.
+
+    Raises:
+        UnknownSensorError: no such sensor; the message lists the closest names and all known ones.
+    """
+    if isinstance(name, Sensor):
+        return name
+    if not isinstance(name, str):
+        raise UnknownSensorError(f"a sensor name must be a string, got {type(name).__name__} {name!r}")
+    key = _normalise_name(name)
+    if key in _LOOKUP:
+        return _SENSORS[_LOOKUP[key]]
+    if key in _AMBIGUOUS_NAMES:
+        options = " or ".join(repr(o) for o in _AMBIGUOUS_NAMES[key])
+        raise UnknownSensorError(
+            f"sensor name {name!r} is ambiguous: use {options} (surface reflectance or level-1 digital numbers; "
+            "their normalisation differs)"
+        )
+    close = difflib.get_close_matches(key, list(_LOOKUP), n=3, cutoff=0.4)
+    close_canonical = list(dict.fromkeys(_SENSORS[_LOOKUP[c]].name for c in close))
+    hint = f"did you mean {', '.join(repr(c) for c in close_canonical)}? " if close_canonical else ""
+    raise UnknownSensorError(
+        f"unknown sensor {name!r}; {hint}known sensors: {', '.join(list_sensors())}. "
+        "Register your own with register_sensor(Sensor(...)) or pass wavelengths=, mean= and std= explicitly"
+    )
+
+
+def register_sensor(sensor: Sensor, overwrite: bool = False) -> Sensor:
+    """Add ``sensor`` to the table so :func:`get_sensor` (and the image processor) find it by name.
+
+    Args:
+        sensor: the sensor; its name and aliases become lookup keys.
+        overwrite: replace a sensor of the same name (its aliases go with it). Without it, a name or
+            alias that is already taken raises.
+
+    Raises:
+        ClayInputError: ``sensor`` is not a :class:`Sensor`, or a name or alias is taken.
+    """
+    if not isinstance(sensor, Sensor):
+        raise ClayInputError(f"register_sensor() takes a Sensor, got {type(sensor).__name__}")
+    keys = _keys(sensor)
+    own = _LOOKUP.get(_normalise_name(sensor.name))
+    if own is not None and not overwrite:
+        raise ClayInputError(
+            f"sensor {sensor.name!r} is already registered; pass overwrite=True to replace it or choose another name"
+        )
+    taken = {k: _LOOKUP[k] for k in keys if k in _LOOKUP and _LOOKUP[k] != own}
+    if taken:
+        raise ClayInputError(
+            f"cannot register sensor {sensor.name!r}: name(s) {sorted(taken)} already belong to "
+            f"{sorted(set(taken.values()))}; choose other aliases"
+        )
+    if own is not None:
+        for k in _keys(_SENSORS.pop(own)):
+            _LOOKUP.pop(k, None)
+    _SENSORS[sensor.name] = sensor
+    for k in keys:
+        _LOOKUP[k] = sensor.name
+    logger.debug("registered sensor %r (%d bands)", sensor.name, sensor.num_bands)
+    return sensor
+
+
+def _load_table(path: Path = SENSORS_JSON) -> Iterable[Sensor]:
+    with open(path, encoding="utf-8") as f:
+        table = json.load(f)
+    for name, data in table["sensors"].items():
+        yield Sensor.from_dict(name, data)
+
+
+for _sensor in _load_table():
+    register_sensor(_sensor)
+del _sensor

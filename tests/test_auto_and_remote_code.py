@@ -1,0 +1,142 @@
+"""Auto classes both ways: in-process registration, and Hub remote code in an environment without clay_hf."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
+
+import clay_hf
+from clay_hf import ClayForPreTraining, ClayImageProcessor, ClayModel
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    return dict(
+        pixel_values=torch.randn(2, 3, 16, 24, generator=g),
+        wavelengths=torch.tensor([0.665, 0.56, 0.493]),
+        gsd=torch.tensor(10.0),
+        time=torch.randn(2, 4, generator=g),
+        latlon=torch.randn(2, 4, generator=g),
+    )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, micro_config) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A randomly initialised ClayForPreTraining saved with save_pretrained, and its reference outputs."""
+    torch.manual_seed(3)
+    model = ClayForPreTraining(micro_config).eval()
+    folder = tmp_path_factory.mktemp("saved") / "clay"
+    model.save_pretrained(folder)
+    inputs = _inputs()
+    noise = torch.rand(2, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = dict(
+            embeddings=model.clay(**inputs).last_hidden_state,
+            logits=model(**inputs, noise=noise).logits,
+        )
+    torch.save({"inputs": inputs, "noise": noise}, folder.parent / "inputs.pt")
+    return folder, reference
+
+
+def test_saved_folder_has_safetensors_remote_code_and_full_auto_map(saved):
+    folder, _ = saved
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_clay.py", "configuration_clay.py", "errors.py"} <= names
+    assert not any(n.endswith(".bin") for n in names)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_clay.ClayConfig",
+        "AutoModel": "modeling_clay.ClayModel",
+        "AutoModelForPreTraining": "modeling_clay.ClayForPreTraining",
+    }
+
+
+def test_in_process_registration_round_trip_is_bit_identical(saved):
+    folder, reference = saved
+    assert isinstance(AutoConfig.from_pretrained(folder), clay_hf.ClayConfig)
+    inputs = _inputs()
+    noise = torch.load(folder.parent / "inputs.pt")["noise"]
+
+    pre, info = AutoModelForPreTraining.from_pretrained(folder, output_loading_info=True)
+    assert type(pre) is ClayForPreTraining
+    assert not any(info.values()), info
+    enc, info = AutoModel.from_pretrained(folder, output_loading_info=True)
+    assert type(enc) is ClayModel
+    assert not info["missing_keys"] and not info["mismatched_keys"], info
+    with torch.no_grad():
+        assert torch.equal(enc.eval()(**inputs).last_hidden_state, reference["embeddings"])
+        assert torch.equal(pre.eval()(**inputs, noise=noise).logits, reference["logits"])
+
+
+def test_encoder_only_folder_round_trip(tmp_path, micro_config):
+    torch.manual_seed(4)
+    model = ClayModel(micro_config).eval()
+    model.save_pretrained(tmp_path)
+    loaded, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(**_inputs()).pooler_output, model(**_inputs()).pooler_output)
+
+
+def test_image_processor_through_auto_class(tmp_path):
+    ClayImageProcessor(patch_size=4).save_pretrained(tmp_path)
+    clay_hf.ClayConfig(patch_size=4, hidden_size=64, decoder_hidden_size=32).save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(processor, ClayImageProcessor)
+    assert processor.patch_size == 4
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["clay_hf"] = None  # any `import clay_hf` now raises ImportError
+    try:
+        import clay_hf  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("clay_hf should not be importable here")
+    import torch
+    from transformers import AutoModel, AutoModelForPreTraining
+
+    folder, data = sys.argv[1], torch.load(sys.argv[2])
+    enc = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    pre = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(enc).__module__.startswith("transformers_modules"), type(enc).__module__
+    with torch.no_grad():
+        out = dict(
+            embeddings=enc(**data["inputs"]).last_hidden_state,
+            logits=pre(**data["inputs"], noise=data["noise"]).logits,
+            module=type(enc).__module__,
+        )
+    torch.save(out, sys.argv[3])
+    """
+)
+
+
+def test_remote_code_without_clay_hf_is_bit_identical(saved, tmp_path):
+    folder, reference = saved
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    result_file = tmp_path / "out.pt"
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(folder), str(folder.parent / "inputs.pt"), str(result_file)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.load(result_file)
+    assert torch.equal(out["embeddings"], reference["embeddings"])
+    assert torch.equal(out["logits"], reference["logits"])

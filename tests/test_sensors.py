@@ -1,0 +1,278 @@
+"""The sensor table (package data) and its lookup, selection and registration."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from clay_hf import sensors as sensors_module
+from clay_hf.errors import BandMismatchError, ClayInputError, UnknownSensorError
+from clay_hf.sensors import SENSORS_JSON, Sensor, get_sensor, list_sensors, register_sensor
+
+SPEC_TABLE = Path(__file__).resolve().parents[2] / "shared" / "spec" / "sensors.md"
+
+ALL_SENSORS = [
+    "sentinel-2-l2a",
+    "planetscope-sr",
+    "landsat-c2l1",
+    "landsat-c2l2-sr",
+    "naip",
+    "linz",
+    "sentinel-1-rtc",
+    "modis",
+    "satellogic-MSI-L1D",
+]
+
+
+@pytest.fixture
+def clean_registry():
+    """Undo any register_sensor() a test does."""
+    sensors, lookup = dict(sensors_module._SENSORS), dict(sensors_module._LOOKUP)
+    yield
+    sensors_module._SENSORS.clear()
+    sensors_module._SENSORS.update(sensors)
+    sensors_module._LOOKUP.clear()
+    sensors_module._LOOKUP.update(lookup)
+
+
+def _parse_spec_table(text: str) -> dict[str, dict]:
+    """sensors.md -> {name: {gsd_m, rgb_indices, bands: [(name, wavelength, mean, std)]}}."""
+    table = {}
+    for block in text.split("\n## ")[1:]:
+        lines = block.strip().splitlines()
+        head = re.match(r"gsd ([\d.]+) m; rgb_indices (.*)", lines[1])
+        rgb = head.group(2).strip()
+        bands = []
+        for line in lines[2:]:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 4 and cells[0] not in ("band", "---"):
+                bands.append((cells[0], float(cells[1]), float(cells[2]), float(cells[3])))
+        table[lines[0].strip()] = {
+            "gsd_m": float(head.group(1)),
+            "rgb_indices": None if rgb == "None" else tuple(json.loads(rgb)),
+            "bands": bands,
+        }
+    return table
+
+
+# ------------------------------------------------------------------------------------------- the table
+
+
+def test_every_platform_of_the_table_is_shipped_in_order():
+    assert list_sensors() == ALL_SENSORS
+    assert SENSORS_JSON.name == "sensors.json" and SENSORS_JSON.is_file()
+
+
+def test_real_numbers_of_the_table():
+    s2 = get_sensor("sentinel-2-l2a")
+    assert s2.band_names == (
+        "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22",
+    )  # fmt: skip
+    assert s2.wavelengths_um[0] == 0.493 and s2.mean[0] == 1105.0 and s2.std[0] == 1809.0
+    assert s2.wavelengths_um[-1] == 2.19 and s2.mean[-1] == 1835.0 and s2.std[-1] == 1379.0
+    assert s2.gsd_m == 10.0 and s2.rgb_indices == (2, 1, 0) and s2.num_bands == 10
+
+    s1 = get_sensor("sentinel-1-rtc")
+    assert s1.band_names == ("vv", "vh")
+    assert s1.wavelengths_um == (3.5, 4.0)
+    assert s1.mean == (-12.113, -18.673) and s1.std == (8.314, 8.017)
+    assert s1.rgb_indices is None and s1.is_sar_db is True
+
+    assert get_sensor("planetscope-sr").rgb_indices == (5, 3, 1)
+    assert get_sensor("modis").gsd_m == 500.0 and get_sensor("modis").rgb_indices == (0, 3, 2)
+    assert get_sensor("linz").gsd_m == 0.5 and get_sensor("naip").std == (47.23, 39.82, 35.43, 49.86)
+    assert get_sensor("satellogic-MSI-L1D").std[-1] == 1236.71
+    assert get_sensor("landsat-c2l1").mean[0] == 10678.0 and get_sensor("landsat-c2l2-sr").mean[0] == 13705.0
+
+
+def test_only_sentinel_1_is_sar_and_only_modis_scales_the_loss():
+    assert [n for n in list_sensors() if get_sensor(n).is_sar_db] == ["sentinel-1-rtc"]
+    scales = {n: get_sensor(n).reconstruction_loss_scale for n in list_sensors()}
+    assert scales.pop("modis") == 0.1
+    assert set(scales.values()) == {1.0}
+
+
+@pytest.mark.skipif(not SPEC_TABLE.is_file(), reason="shared/spec/sensors.md is not beside the repository")
+def test_package_data_equals_the_spec_table_number_for_number():
+    spec = _parse_spec_table(SPEC_TABLE.read_text(encoding="utf-8"))
+    assert list(spec) == list_sensors()
+    for name, row in spec.items():
+        sensor = get_sensor(name)
+        assert sensor.gsd_m == row["gsd_m"], name
+        assert sensor.rgb_indices == row["rgb_indices"], name
+        assert list(zip(sensor.band_names, sensor.wavelengths_um, sensor.mean, sensor.std)) == row["bands"], name
+
+
+def test_to_dict_and_from_dict_round_trip_the_json():
+    table = json.loads(SENSORS_JSON.read_text(encoding="utf-8"))["sensors"]
+    for name in list_sensors():
+        sensor = get_sensor(name)
+        assert sensor.to_dict() == table[name]
+        assert Sensor.from_dict(name, sensor.to_dict()) == sensor
+
+
+def test_sensor_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_sensor("naip").gsd_m = 0.6  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------------- lookup
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Sentinel-2-L2A", "sentinel-2-l2a"),
+        ("sentinel_2_l2a", "sentinel-2-l2a"),
+        ("sentinel-2", "sentinel-2-l2a"),
+        ("S2", "sentinel-2-l2a"),
+        ("sentinel-1", "sentinel-1-rtc"),
+        ("s1", "sentinel-1-rtc"),
+        ("satellogic-msi-l1d", "satellogic-MSI-L1D"),
+        ("satellogic", "satellogic-MSI-L1D"),
+        ("planet", "planetscope-sr"),
+        ("landsat-sr", "landsat-c2l2-sr"),
+        ("landsat-l1", "landsat-c2l1"),
+        (" NAIP ", "naip"),
+    ],
+)
+def test_get_sensor_is_case_insensitive_and_knows_aliases(name, expected):
+    assert get_sensor(name).name == expected
+
+
+def test_get_sensor_passes_a_sensor_through():
+    s2 = get_sensor("s2")
+    assert get_sensor(s2) is s2
+
+
+def test_unknown_sensor_names_the_closest():
+    with pytest.raises(UnknownSensorError, match=r"unknown sensor 'sentinal-2'; did you mean 'sentinel-2-l2a'"):
+        get_sensor("sentinal-2")
+    with pytest.raises(KeyError, match=r"known sensors: sentinel-2-l2a, planetscope-sr"):
+        get_sensor("worldview-3")
+
+
+def test_unknown_sensor_message_is_not_quoted_like_a_key_error():
+    with pytest.raises(UnknownSensorError) as info:
+        get_sensor("nope")
+    assert str(info.value).startswith("unknown sensor 'nope'")
+
+
+@pytest.mark.parametrize("name", ["landsat", "Landsat-8", "landsat_9"])
+def test_ambiguous_landsat_names_ask_which_table(name):
+    with pytest.raises(UnknownSensorError, match=r"ambiguous: use 'landsat-c2l2-sr' or 'landsat-c2l1'"):
+        get_sensor(name)
+
+
+def test_get_sensor_rejects_non_strings():
+    with pytest.raises(UnknownSensorError, match=r"must be a string, got int 2"):
+        get_sensor(2)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------- select
+
+
+def test_select_keeps_the_requested_order_and_remaps_rgb():
+    rgb = get_sensor("sentinel-2-l2a").select(["red", "green", "blue"])
+    assert rgb.name == "sentinel-2-l2a"
+    assert rgb.band_names == ("red", "green", "blue")
+    assert rgb.wavelengths_um == (0.665, 0.56, 0.493)
+    assert rgb.mean == (1552.0, 1355.0, 1105.0) and rgb.std == (1888.0, 1757.0, 1809.0)
+    assert rgb.rgb_indices == (0, 1, 2)
+    assert rgb.gsd_m == 10.0 and rgb.aliases == ()
+
+
+def test_select_without_all_rgb_bands_has_no_rgb_indices():
+    assert get_sensor("sentinel-2-l2a").select(["nir", "RED"]).rgb_indices is None
+    vv = get_sensor("sentinel-1-rtc").select("vv")
+    assert vv.band_names == ("vv",) and vv.is_sar_db
+
+
+def test_select_unknown_band_names_the_sensor_and_its_bands():
+    with pytest.raises(
+        ClayInputError,
+        match=r"sensor 'naip' has no band 'nir08' \(did you mean 'nir'\?\); its bands are \['red', 'green', 'blue', 'nir'\]",
+    ):
+        get_sensor("naip").select(["red", "nir08"])
+
+
+def test_select_rejects_repeats_and_empty_lists():
+    with pytest.raises(ClayInputError, match=r"must not repeat, got \['red', 'red'\]"):
+        get_sensor("naip").select(["red", "red"])
+    with pytest.raises(ClayInputError, match=r"at least one band name of sensor 'naip'"):
+        get_sensor("naip").select([])
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+def _sensor(**changes) -> Sensor:
+    fields = dict(
+        name="my-drone", band_names=("red", "green", "blue"), wavelengths_um=(0.65, 0.56, 0.48),
+        mean=(100.0, 100.0, 100.0), std=(40.0, 40.0, 40.0), gsd_m=0.1, rgb_indices=(0, 1, 2),
+    )  # fmt: skip
+    fields.update(changes)
+    return Sensor(**fields)
+
+
+def test_sensor_coerces_lists_to_tuples_and_floats():
+    sensor = _sensor(band_names=["r", "g", "b"], mean=[1, 2, 3], rgb_indices=[0, 1, 2], gsd_m=1)
+    assert sensor.band_names == ("r", "g", "b") and sensor.mean == (1.0, 2.0, 3.0)
+    assert sensor.rgb_indices == (0, 1, 2) and isinstance(sensor.gsd_m, float)
+    hash(sensor)  # frozen and hashable
+
+
+def test_sensor_validation_errors():
+    with pytest.raises(BandMismatchError, match=r"3 band names but 2 values in wavelengths_um"):
+        _sensor(wavelengths_um=(0.65, 0.56))
+    with pytest.raises(ClayInputError, match=r"every std must be > 0, got \[\('blue', 0.0\)\]"):
+        _sensor(std=(1.0, 1.0, 0.0))
+    with pytest.raises(ClayInputError, match=r"duplicate band names \['red'\]"):
+        _sensor(band_names=("red", "red", "blue"))
+    with pytest.raises(ClayInputError, match=r"rgb_indices must be 3 band indices in \[0, 2\], got \[0, 1, 3\]"):
+        _sensor(rgb_indices=(0, 1, 3))
+    with pytest.raises(ClayInputError, match=r"gsd_m must be a positive number of metres, got -1.0"):
+        _sensor(gsd_m=-1)
+    with pytest.raises(ClayInputError, match=r"needs at least one band"):
+        _sensor(band_names=(), wavelengths_um=(), mean=(), std=(), rgb_indices=None)
+    with pytest.raises(ClayInputError, match=r"needs a non-empty name"):
+        _sensor(name=" ")
+    with pytest.raises(ClayInputError, match=r"mean must be finite, got non-finite for bands \['green'\]"):
+        _sensor(mean=(1.0, float("nan"), 1.0))
+
+
+# ------------------------------------------------------------------------------------------- registration
+
+
+def test_register_sensor_makes_it_findable(clean_registry):
+    drone = register_sensor(_sensor(aliases=("drone",)))
+    assert get_sensor("MY-DRONE") is drone and get_sensor("drone") is drone
+    assert list_sensors()[-1] == "my-drone"
+
+
+def test_register_sensor_refuses_a_taken_name_without_overwrite(clean_registry):
+    with pytest.raises(ClayInputError, match=r"sensor 'naip' is already registered; pass overwrite=True"):
+        register_sensor(_sensor(name="naip"))
+
+
+def test_register_sensor_overwrite_replaces_the_old_one_and_its_aliases(clean_registry):
+    register_sensor(_sensor(aliases=("drone",)))
+    new = register_sensor(_sensor(gsd_m=0.2, aliases=("uav",)), overwrite=True)
+    assert get_sensor("my-drone") is new and get_sensor("uav") is new
+    with pytest.raises(UnknownSensorError, match="unknown sensor 'drone'"):
+        get_sensor("drone")
+
+
+def test_register_sensor_refuses_an_alias_of_another_sensor(clean_registry):
+    with pytest.raises(ClayInputError, match=r"name\(s\) \['s2'\] already belong to \['sentinel-2-l2a'\]"):
+        register_sensor(_sensor(aliases=("s2",)))
+    assert "my-drone" not in list_sensors()
+
+
+def test_register_sensor_takes_only_sensors(clean_registry):
+    with pytest.raises(ClayInputError, match=r"register_sensor\(\) takes a Sensor, got dict"):
+        register_sensor({"name": "x"})  # type: ignore[arg-type]
