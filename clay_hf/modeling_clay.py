@@ -265,13 +265,18 @@ class ClayWaveConditionedWeights(nn.Module):
         )
 
     def generate(self, wavelengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(C,)`` micrometres -> weights ``(C, out_dim)``, bias ``(bias_dim,)`` or None."""
+        """``(C,)`` micrometres -> raw generator output: weights ``(C, out_dim)``, bias ``(bias_dim,)`` or None."""
+        dtype = self.fclayer.l1.weight.dtype
+        waves = sincos_1d(wavelengths.to(self.fclayer.l1.weight.device), self.wave_dim).to(dtype)  # (C, E)
+        return self.weight_generator(self.fclayer(waves))
+
+    def cached_build(self, wavelengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The subclass's ``build`` (the tensors ``forward`` applies), once per band set while no gradient can flow
+        into the generator."""
         key = self._cache_key(wavelengths)
         if key is not None and key in self._cache:
             return self._cache[key]
-        dtype = self.fclayer.l1.weight.dtype
-        waves = sincos_1d(wavelengths.to(self.fclayer.l1.weight.device), self.wave_dim).to(dtype)  # (C, E)
-        result = self.weight_generator(self.fclayer(waves))
+        result = self.build(wavelengths)
         if key is not None:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
@@ -288,13 +293,17 @@ class ClayDynamicPatchEmbedding(ClayWaveConditionedWeights):
         self.patch_size = p
         self.hidden_size = d
 
-    def forward(self, pixel_values: torch.Tensor, wavelengths: torch.Tensor) -> torch.Tensor:
+    def build(self, wavelengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c, p = wavelengths.shape[0], self.patch_size
         weights, bias = self.generate(wavelengths)
         kernel = weights.reshape(c, self.hidden_size, p, p).transpose(0, 1)  # (C, D*P*P) -> (D, C, P, P)
         # Quirk: the kernel is scaled by 0.02, the bias is not.
-        kernel = (kernel * DYNAMIC_WEIGHT_SCALE).to(pixel_values.dtype)
-        x = F.conv2d(pixel_values, kernel, bias.to(pixel_values.dtype), stride=p)  # (B, C, H, W) -> (B, D, h, w)
+        return (kernel * DYNAMIC_WEIGHT_SCALE).contiguous(), bias
+
+    def forward(self, pixel_values: torch.Tensor, wavelengths: torch.Tensor) -> torch.Tensor:
+        kernel, bias = self.cached_build(wavelengths)
+        dtype = pixel_values.dtype
+        x = F.conv2d(pixel_values, kernel.to(dtype), bias.to(dtype), stride=self.patch_size)  # -> (B, D, h, w)
         return x.flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, L, D)
 
 
@@ -307,12 +316,15 @@ class ClayDynamicPixelHead(ClayWaveConditionedWeights):
         self.patch_size = p
         self.decoder_hidden_size = dd
 
-    def forward(self, hidden_states: torch.Tensor, wavelengths: torch.Tensor) -> torch.Tensor:
+    def build(self, wavelengths: torch.Tensor) -> tuple[torch.Tensor, None]:
         c, p = wavelengths.shape[0], self.patch_size
         weights, _ = self.generate(wavelengths)
         weight = weights.reshape(c * p * p, self.decoder_hidden_size)  # (C, P*P*Dd) -> (C*P*P, Dd)
-        weight = (weight * DYNAMIC_WEIGHT_SCALE).to(hidden_states.dtype)
-        return F.linear(hidden_states, weight)  # (B, L, Dd) -> (B, L, C*P*P)
+        return weight * DYNAMIC_WEIGHT_SCALE, None
+
+    def forward(self, hidden_states: torch.Tensor, wavelengths: torch.Tensor) -> torch.Tensor:
+        weight, _ = self.cached_build(wavelengths)
+        return F.linear(hidden_states, weight.to(hidden_states.dtype))  # (B, L, Dd) -> (B, L, C*P*P)
 
 
 # --------------------------------------------------------------------------------------------------
