@@ -261,8 +261,15 @@ class ClayWaveConditionedWeights(nn.Module):
             tuple(wavelengths.detach().float().cpu().tolist()),
             state,
             torch.is_inference_mode_enabled(),
-            torch.is_autocast_enabled(),
+            self._autocast_state(wavelengths.device.type),
         )
+
+    @staticmethod
+    def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
+        # Autocast changes the generator's output dtype; each device type (cpu, cuda, ...) has its own switch.
+        if not torch.is_autocast_enabled(device_type):
+            return (False, None)
+        return (True, torch.get_autocast_dtype(device_type))
 
     def generate(self, wavelengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(C,)`` micrometres -> raw generator output: weights ``(C, out_dim)``, bias ``(bias_dim,)`` or None."""
@@ -285,7 +292,12 @@ class ClayWaveConditionedWeights(nn.Module):
 
 
 class ClayDynamicPatchEmbedding(ClayWaveConditionedWeights):
-    """Any band set -> patch tokens: a conv whose kernel is generated from the bands' wavelengths."""
+    """Any band set -> patch tokens: a conv whose kernel is generated from the bands' wavelengths.
+
+    The original applies the kernel with ``F.conv2d`` (stride = kernel = P). The same map is computed here as
+    patchify + one matrix product, which is faster on CPUs (bf16 convs take a slow path there) and equal to
+    float tolerance.
+    """
 
     def __init__(self, config: ClayConfig) -> None:
         p, d = config.patch_size, config.hidden_size
@@ -296,15 +308,16 @@ class ClayDynamicPatchEmbedding(ClayWaveConditionedWeights):
     def build(self, wavelengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c, p = wavelengths.shape[0], self.patch_size
         weights, bias = self.generate(wavelengths)
-        kernel = weights.reshape(c, self.hidden_size, p, p).transpose(0, 1)  # (C, D*P*P) -> (D, C, P, P)
+        kernel = weights.reshape(c, self.hidden_size, p * p).transpose(0, 1)  # (C, D*P*P) -> (D, C, P*P)
+        kernel = kernel.reshape(self.hidden_size, c * p * p)  # (D, C, P*P) -> (D, C*P*P), the layout of patchify
         # Quirk: the kernel is scaled by 0.02, the bias is not.
         return (kernel * DYNAMIC_WEIGHT_SCALE).contiguous(), bias
 
     def forward(self, pixel_values: torch.Tensor, wavelengths: torch.Tensor) -> torch.Tensor:
         kernel, bias = self.cached_build(wavelengths)
         dtype = pixel_values.dtype
-        x = F.conv2d(pixel_values, kernel.to(dtype), bias.to(dtype), stride=self.patch_size)  # -> (B, D, h, w)
-        return x.flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, L, D)
+        patches = patchify(pixel_values, self.patch_size)  # (B, C, H, W) -> (B, L, C*P*P)
+        return F.linear(patches, kernel.to(dtype), bias.to(dtype))  # (B, L, C*P*P) -> (B, L, D)
 
 
 class ClayDynamicPixelHead(ClayWaveConditionedWeights):

@@ -192,6 +192,34 @@ def test_generated_weights_cache_follows_parameter_updates(encoder):
         assert torch.equal(fresh(**batch).pooler_output, changed)
 
 
+def test_generated_weights_cache_is_keyed_on_cpu_autocast(micro_config):
+    # CPU autocast makes the generator return bfloat16 weights; they must not be reused once autocast is off.
+    model = ClayModel(micro_config).eval()
+    batch = _batch()
+    with torch.no_grad():
+        expected = copy.deepcopy(model)(**batch).pooler_output
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(**batch)
+        assert len(model.patch_embedding._cache) == 1
+        after = model(**batch).pooler_output
+    assert len(model.patch_embedding._cache) == 2
+    assert torch.equal(after, expected)
+
+
+def test_patch_embedding_equals_the_original_strided_conv(micro_config):
+    # The original applies the generated kernel as a conv with stride = kernel = P; ours is patchify + linear.
+    embed = ClayModel(micro_config).eval().patch_embedding
+    batch = _batch()
+    p, d = micro_config.patch_size, micro_config.hidden_size
+    with torch.no_grad():
+        weights, bias = embed.generate(batch["wavelengths"])
+        c = batch["wavelengths"].shape[0]
+        kernel = weights.reshape(c, d, p, p).transpose(0, 1) * 0.02  # (C, D*P*P) -> (D, C, P, P)
+        conv = torch.nn.functional.conv2d(batch["pixel_values"], kernel, bias, stride=p)  # (B, D, h, w)
+        ours = embed(batch["pixel_values"], batch["wavelengths"])
+    assert_close(ours, conv.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
 def test_no_cache_while_generator_trains(micro_config):
     model = ClayModel(micro_config).train()
     out = model(**_batch())

@@ -1,0 +1,1006 @@
+#!/usr/bin/env python
+"""Benchmark Clay's hot paths next to the machine's measured matmul peak.
+
+Measured, in one run, on one device and with one thread setting:
+
+1. the matmul peak of every dtype: large square ``torch.mm`` products in the two operand layouts (``a @ b``
+   and ``x @ w.T``, the layout ``nn.Linear`` uses), the best of a few sizes and short windows, measured at
+   the start and again at the end of the run (a shared or thermally limited machine drifts);
+2. ``ClayModel`` embeddings (no masking) for each model size, chip size and dtype: chips/s, achieved
+   GFLOP/s, the fraction of that dtype's matmul peak, peak memory, and for reduced precision the cosine
+   similarity of the cls embeddings to float32 on the same inputs;
+3. one ``ClayForPreTraining`` training step (mask ratio 0.75, forward + backward + AdamW): chips/s and
+   peak memory.
+
+FLOPs per chip (a multiply-add is 2 FLOPs) count the linear layers (qkv, out, fc1, fc2:
+``2 * tokens * in * out`` each), attention (``2 * 2 * tokens^2 * heads * head_dim`` per layer) and the
+patch-embedding conv (``2 * L * C * P * P * D``), with ``tokens = 1 + (H/P) * (W/P)``. LayerNorm, GELU,
+softmax and additions are not counted. The wavelength-conditioned weight generator is left out of the
+embedding count: in inference it runs once per band set and is cached (the script checks that it is not
+called during the timed iterations). A training step counts 3x the forward FLOPs (backward = 2x forward),
+the generators of both dynamic layers included, since they run on every training step.
+
+Inputs: the Sentinel-2 L2A band set (10 bands, gsd 10 m), standard-normal pixels, random time and location
+encodings; the weights are randomly initialised (throughput does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import ctypes
+import dataclasses
+import datetime
+import gc
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import clay_hf
+from clay_hf import ClayConfig, ClayForPreTraining, ClayModel, get_sensor
+
+EXAMPLES = """examples:
+  # the full benchmark (about 8 minutes on a 2-core CPU), written to BENCHMARKS.md
+  python scripts/benchmark.py --output BENCHMARKS.md
+
+  # embeddings only, base model, 128 px, float32 and bfloat16 via autocast
+  python scripts/benchmark.py --sizes base --chip-sizes 128 --bf16-mode autocast --train-sizes none
+
+  # the same on a GPU with a bigger batch, and a torch.profiler table of the float32 cases
+  python scripts/benchmark.py --device cuda --batch-size 256 --profile
+
+  # a smoke test in a few seconds (tiny model, 32 px chips)
+  python scripts/benchmark.py --quick
+"""
+
+# Acceptance thresholds, checked on the reference case (the base model on 128 px chips).
+REFERENCE_CASE = ("base", 128)
+MIN_FRACTION_OF_PEAK = 0.70
+MIN_REDUCED_PRECISION_SPEEDUP = 2.0
+MIN_COSINE = 0.999
+
+SENSOR = "sentinel-2-l2a"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Work per timed iteration used to pick a default batch size (about 5 s of float32 on a 2-core CPU).
+TARGET_FLOPS_PER_ITER = {"cpu": 7.5e11, "cuda": 2e13}
+MAX_DEFAULT_BATCH = {"cpu": 64, "cuda": 512}
+PEAK_SIZES = {"cpu": (1024, 2048, 3072), "cuda": (4096, 8192)}
+GENERATED_END = "<!-- end of generated output: text below this line is kept when the file is rewritten -->"
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------
+def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        if text.strip().lower() == "none":
+            return []
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default_device, help=f"cpu or cuda[:N] (default: {default_device})")
+    parser.add_argument("--sizes", type=_csv(str), default=None, help="model presets (default: base,large)")
+    parser.add_argument("--chip-sizes", type=_csv(int), default=None, help="chip sides in pixels (default: 128,256)")
+    parser.add_argument(
+        "--dtypes", type=_csv(str), default=None, help="float32, bfloat16, float16 (default: float32,bfloat16)"
+    )
+    parser.add_argument(
+        "--bf16-mode",
+        choices=("cast", "autocast"),
+        default="cast",
+        help="reduced precision by converting the model with .to(dtype) (cast) or by torch.autocast (default: cast)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="chips per batch for every case (default: sized per case)"
+    )
+    parser.add_argument(
+        "--train-sizes",
+        type=_csv(str),
+        default=None,
+        help="presets for the training step, or none (default: tiny,base)",
+    )
+    parser.add_argument(
+        "--train-chip-size", type=int, default=None, help="chip side of the training step (default: 128)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed iterations per case; the first call, which fills the weight-generator cache, always runs (default: 1)",
+    )
+    parser.add_argument(
+        "--min-time", type=float, default=None, help="time each case for at least this many seconds (default: 10)"
+    )
+    parser.add_argument("--max-iters", type=int, default=None, help="at most this many timed iterations (default: 20)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument(
+        "--attn-implementation", choices=("sdpa", "eager"), default="sdpa", help="attention kernel (default: sdpa)"
+    )
+    parser.add_argument("--profile", action="store_true", help="add a torch.profiler top-ops table per float32 case")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke-test settings: tiny model, 32 px, batch 2, one iteration"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="also write the Markdown report here (atomic)")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails")
+    args = parser.parse_args(argv)
+
+    quick = args.quick
+    defaults = {
+        "sizes": ["tiny"] if quick else ["base", "large"],
+        "chip_sizes": [32] if quick else [128, 256],
+        "dtypes": ["float32", "bfloat16"],
+        "train_sizes": ["tiny"] if quick else ["tiny", "base"],
+        "batch_size": 2 if quick else None,
+        "warmup": 1,
+        "min_time": 0.0 if quick else 10.0,
+        "max_iters": 1 if quick else 20,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.train_chip_size is None:
+        args.train_chip_size = args.chip_sizes[0] if quick else 128
+
+    for name in (*args.sizes, *args.train_sizes):
+        if name not in clay_hf.CLAY_PRESETS:
+            parser.error(f"unknown model size {name!r}; expected one of {sorted(clay_hf.CLAY_PRESETS)}")
+    for name in args.dtypes:
+        if name not in DTYPES:
+            parser.error(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    if not args.sizes or not args.chip_sizes or not args.dtypes:
+        parser.error("--sizes, --chip-sizes and --dtypes need at least one value each")
+    for name in ("batch_size", "max_iters", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.warmup < 0 or args.min_time < 0:
+        parser.error(f"--warmup and --min-time must be >= 0, got {args.warmup} and {args.min_time}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    args.device = device
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing and memory
+# --------------------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS, so RSS-based peaks start from live memory."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _can_reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _proc_status_kib("VmHWM") is not None
+
+
+class PeakMemory:
+    """Rise of the peak memory during a block, in bytes, above what was in use when it began.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU (Linux): the process's
+    peak resident set ``VmHWM``, reset to the current RSS by writing 5 to ``/proc/self/clear_refs``;
+    elsewhere, RSS sampled every 2 ms by a thread (psutil).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.rise: int | None = None
+        if device.type == "cuda":
+            self.method = "cuda-allocator"
+        elif _can_reset_peak_rss():
+            self.method = "proc-hwm"
+        else:
+            try:
+                import psutil  # noqa: F401
+
+                self.method = "rss-sampling"
+            except ImportError:
+                self.method = "unavailable"
+        self._start = 0
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, process.memory_info().rss)
+
+    def __enter__(self) -> PeakMemory:
+        _release_free_memory()
+        synchronize(self.device)
+        if self.method == "cuda-allocator":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        elif self.method == "proc-hwm":
+            Path("/proc/self/clear_refs").write_text("5")
+            self._start = (_proc_status_kib("VmRSS") or 0) * 1024
+        elif self.method == "rss-sampling":
+            import psutil
+
+            self._start = self._peak = psutil.Process().memory_info().rss
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        if self.method == "cuda-allocator":
+            self.rise = torch.cuda.max_memory_allocated(self.device) - self._start
+        elif self.method == "proc-hwm":
+            self.rise = (_proc_status_kib("VmHWM") or 0) * 1024 - self._start
+        elif self.method == "rss-sampling" and self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.rise = self._peak - self._start
+        if self.rise is not None:
+            self.rise = max(self.rise, 0)
+
+
+@dataclasses.dataclass
+class Timing:
+    seconds_per_iter: float
+    iters: int
+    memory_rise: int | None
+
+
+def time_iterations(
+    fn: Callable[[], object], device: torch.device, warmup: int, min_time: float, max_iters: int
+) -> Timing:
+    """Run ``fn`` ``warmup`` times, then time it until ``min_time`` seconds or ``max_iters`` (at least once)."""
+    for _ in range(warmup):
+        fn()
+    with PeakMemory(device) as memory:
+        synchronize(device)
+        start = time.perf_counter()
+        iters = 0
+        while True:
+            fn()
+            iters += 1
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            if iters >= max_iters or elapsed >= min_time:
+                break
+    return Timing(elapsed / iters, iters, memory.rise)
+
+
+# --------------------------------------------------------------------------------------------------
+# Matmul peak
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class PeakPoint:
+    dtype: str
+    layout: str
+    n: int
+    flops_per_s: dict[str, float]  # "start" / "end" of the run -> FLOP/s
+
+    @property
+    def best(self) -> float:
+        return max(self.flops_per_s.values())
+
+
+def measure_matmul_peak(
+    device: torch.device,
+    dtypes: Sequence[str],
+    sizes: Sequence[int],
+    window_s: float,
+    windows: int,
+    slow_call_s: float,
+    when: str,
+    points: list[PeakPoint] | None = None,
+) -> list[PeakPoint]:
+    """Square ``n x n @ n x n`` products into a preallocated output, per dtype, operand layout and size.
+
+    The rate of a point is the best of ``windows`` windows of ``window_s`` seconds (the best is what the
+    hardware can do; slower windows are other load or clock changes). Measured under the label ``when``
+    into ``points`` (so a second pass at the end of the run adds a column). A layout stops growing once a
+    single product takes longer than ``slow_call_s``: a dtype without fast kernels here would take minutes.
+    """
+    points = [] if points is None else points
+    by_key = {(p.dtype, p.layout, p.n): p for p in points}
+    generator = torch.Generator().manual_seed(0)
+    for name in dtypes:
+        dtype = DTYPES[name]
+        for layout in ("x @ w.T", "a @ b"):
+            for n in sizes:
+                a = torch.randn(n, n, generator=generator).to(device, dtype)
+                b = torch.randn(n, n, generator=generator).to(device, dtype)
+                b = b.t() if layout == "x @ w.T" else b  # nn.Linear multiplies by the transposed weight
+                out = torch.empty(n, n, device=device, dtype=dtype)
+                synchronize(device)
+                start = time.perf_counter()
+                torch.mm(a, b, out=out)  # warm-up (kernel selection, first touch of the output)
+                synchronize(device)
+                first = time.perf_counter() - start
+                best = 0.0
+                for _ in range(1 if first > slow_call_s else windows):
+                    iters, start = 0, time.perf_counter()
+                    while True:
+                        torch.mm(a, b, out=out)
+                        iters += 1
+                        synchronize(device)
+                        elapsed = time.perf_counter() - start
+                        if elapsed >= window_s:
+                            break
+                    best = max(best, 2 * n**3 * iters / elapsed)
+                key = (name, layout, n)
+                if key not in by_key:
+                    by_key[key] = PeakPoint(name, layout, n, {})
+                    points.append(by_key[key])
+                by_key[key].flops_per_s[when] = best
+                del a, b, out
+                if first > slow_call_s:
+                    break
+    return points
+
+
+def best_peak(points: Sequence[PeakPoint], dtype: str) -> float | None:
+    rates = [p.best for p in points if p.dtype == dtype]
+    return max(rates) if rates else None
+
+
+# --------------------------------------------------------------------------------------------------
+# FLOP counts
+# --------------------------------------------------------------------------------------------------
+def transformer_flops(tokens: int, width: int, depth: int, heads: int, head_dim: int, mlp: int) -> dict[str, int]:
+    """Forward FLOPs of ``depth`` pre-norm layers on ``tokens`` tokens: linear layers and attention."""
+    inner = heads * head_dim
+    linear = 2 * tokens * (width * 3 * inner + inner * width + 2 * width * mlp)  # qkv, out, fc1, fc2
+    attention = 2 * 2 * tokens**2 * inner  # q @ k^T and weights @ v
+    return {"linear": depth * linear, "attention": depth * attention}
+
+
+def embedding_flops(config: ClayConfig, chip_px: int, bands: int) -> dict[str, int]:
+    """Forward FLOPs per chip of ``ClayModel`` (no masking); the cached weight generator is excluded."""
+    p = config.patch_size
+    patches = (chip_px // p) ** 2
+    counts = transformer_flops(
+        1 + patches, config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.head_dim,
+        config.intermediate_size,
+    )  # fmt: skip
+    counts["patch_embedding"] = 2 * patches * bands * p * p * config.hidden_size
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def weight_generator_flops(config: ClayConfig, bands: int, out_dim: int, bias_dim: int | None) -> int:
+    """Forward FLOPs of one wavelength-conditioned weight generator (per call, not per chip)."""
+    e, seq = config.wave_dim, config.num_latent_tokens + bands + 1
+    flops = 2 * 2 * bands * e * e  # the residual block on the wave tokens
+    flops += transformer_flops(seq, e, 1, 1, e, config.wave_intermediate_size)["linear"]
+    flops += 2 * 2 * seq**2 * e  # attention of the generator layer
+    flops += 2 * bands * e * out_dim + (2 * e * bias_dim if bias_dim else 0)
+    return flops
+
+
+def training_flops(config: ClayConfig, chip_px: int, bands: int, batch: int) -> int:
+    """FLOPs per chip of one pre-training step: 3x the forward (encoder on the visible patches, decoder)."""
+    p, d, dd = config.patch_size, config.hidden_size, config.decoder_hidden_size
+    patches = (chip_px // p) ** 2
+    visible = patches - int(config.mask_ratio * patches)
+    forward = 2 * patches * bands * p * p * d  # patch embedding of every patch
+    forward += sum(
+        transformer_flops(
+            1 + visible, d, config.num_hidden_layers, config.num_attention_heads, config.head_dim,
+            config.intermediate_size,
+        ).values()
+    )  # fmt: skip
+    forward += 2 * (1 + visible) * d * dd if d != dd else 0  # enc_to_dec
+    forward += sum(
+        transformer_flops(
+            1 + patches, dd, config.decoder_num_hidden_layers, config.decoder_num_attention_heads,
+            config.decoder_head_dim, config.decoder_intermediate_size,
+        ).values()
+    )  # fmt: skip
+    forward += 2 * patches * dd * bands * p * p  # the dynamic pixel head
+    forward += 2 * d * config.teacher_dim  # proj
+    generators = weight_generator_flops(config, bands, p * p * d, d) + weight_generator_flops(
+        config, bands, p * p * dd, None
+    )
+    return 3 * (forward + generators // batch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and cases
+# --------------------------------------------------------------------------------------------------
+def make_inputs(batch: int, bands: int, chip_px: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """Standard-normal pixels and random (sin, cos) time and location encodings, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    angles = torch.rand(batch, 4, generator=generator) * 2 * math.pi  # week, hour, lat, lon
+    encode = lambda a, b: torch.stack((a.sin(), a.cos(), b.sin(), b.cos()), dim=1)  # (B,) x2 -> (B, 4)
+    return {
+        "pixel_values": torch.randn(batch, bands, chip_px, chip_px, generator=generator).to(device),
+        "time": encode(angles[:, 0], angles[:, 1]).to(device),
+        "latlon": encode(angles[:, 2], angles[:, 3]).to(device),
+    }
+
+
+def default_batch(flops_per_chip: int, device: torch.device) -> int:
+    """A power of two near ``TARGET_FLOPS_PER_ITER / flops_per_chip``, within [1, MAX_DEFAULT_BATCH]."""
+    ideal = TARGET_FLOPS_PER_ITER[device.type] / flops_per_chip
+    return int(min(MAX_DEFAULT_BATCH[device.type], 2 ** max(0, round(math.log2(max(ideal, 1))))))
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+@dataclasses.dataclass
+class EmbeddingResult:
+    size: str
+    chip_px: int
+    tokens: int
+    dtype: str
+    mode: str
+    batch: int
+    iters: int
+    seconds_per_iter: float
+    flops_per_chip: int
+    peak_flops: float | None
+    weights: int
+    memory_rise: int | None
+    generator_calls: int
+    cosine_min: float | None = None
+    cosine_mean: float | None = None
+    profile: str | None = None
+
+    @property
+    def chips_per_s(self) -> float:
+        return self.batch / self.seconds_per_iter
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.flops_per_chip * self.chips_per_s
+
+    @property
+    def fraction(self) -> float | None:
+        return self.flops_per_s / self.peak_flops if self.peak_flops else None
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    size: str
+    chip_px: int
+    dtype: str
+    batch: int
+    iters: int
+    seconds_per_iter: float
+    flops_per_chip: int
+    peak_flops: float | None
+    resident: int
+    memory_rise: int | None
+    loss: float
+
+    @property
+    def chips_per_s(self) -> float:
+        return self.batch / self.seconds_per_iter
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.flops_per_chip * self.chips_per_s
+
+
+class CallCounter:
+    """Counts the forward calls of a module (to check that the weight generator stays cached)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.count = 0
+        self._handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, *_) -> None:
+        self.count += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _precision_context(device: torch.device, dtype: torch.dtype, mode: str) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32 or mode == "cast":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def profile_table(fn: Callable[[], object], device: torch.device, rows: int = 10) -> str:
+    """torch.profiler over one call of ``fn``: the ``rows`` ops with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=rows)
+
+
+def run_embedding_cases(args: argparse.Namespace, progress: tqdm) -> tuple[list[EmbeddingResult], bool]:
+    """Every (size, chip, dtype) case of ClayModel; returns the results and whether the generator was cached."""
+    sensor = get_sensor(SENSOR)
+    wavelengths = torch.tensor(sensor.wavelengths_um)
+    bands, device = len(sensor.wavelengths_um), args.device
+    results: list[EmbeddingResult] = []
+    generator_cached = True
+    for size in args.sizes:
+        config = ClayConfig.from_preset(size, attn_implementation=args.attn_implementation)
+        torch.manual_seed(args.seed)
+        reference = ClayModel(config).eval().to(device)
+        reference_cls: dict[int, torch.Tensor] = {}
+        for dtype_name in args.dtypes:
+            dtype = DTYPES[dtype_name]
+            mode = "-" if dtype == torch.float32 else args.bf16_mode
+            model = reference if dtype == torch.float32 or mode == "autocast" else copy.deepcopy(reference).to(dtype)
+            calls = CallCounter(model.patch_embedding.weight_generator)
+            for chip_px in args.chip_sizes:
+                progress.set_description(f"embeddings {size}@{chip_px} {dtype_name}")
+                flops = embedding_flops(config, chip_px, bands)["total"]
+                batch = args.batch_size or default_batch(flops, device)
+                inputs = make_inputs(batch, bands, chip_px, device, args.seed)
+                if mode == "cast":
+                    inputs = {k: v.to(dtype) for k, v in inputs.items()}
+                outputs: list[torch.Tensor] = []
+
+                def forward(
+                    model: ClayModel = model,
+                    inputs: dict = inputs,
+                    dtype: torch.dtype = dtype,
+                    mode: str = mode,
+                    outputs: list[torch.Tensor] = outputs,
+                ) -> torch.Tensor:
+                    with torch.inference_mode(), _precision_context(device, dtype, mode):
+                        out = model(wavelengths=wavelengths, gsd=sensor.gsd_m, **inputs).pooler_output  # (B, D)
+                    if not outputs:
+                        outputs.append(out.float())
+                    return out
+
+                forward()  # first call: generates and caches the patch-embedding weights
+                calls.count = 0
+                timing = time_iterations(forward, device, max(args.warmup - 1, 0), args.min_time, args.max_iters)
+                generator_cached &= calls.count == 0
+                result = EmbeddingResult(
+                    size, chip_px, 1 + (chip_px // config.patch_size) ** 2, dtype_name, mode, batch, timing.iters,
+                    timing.seconds_per_iter, flops, None, weight_bytes(model), timing.memory_rise, calls.count,
+                )  # fmt: skip
+                if dtype == torch.float32:
+                    reference_cls[chip_px] = outputs[0]
+                    if args.profile:
+                        result.profile = profile_table(forward, device)
+                elif chip_px in reference_cls:
+                    cosine = F.cosine_similarity(outputs[0], reference_cls[chip_px], dim=-1)  # (B,)
+                    result.cosine_min, result.cosine_mean = cosine.min().item(), cosine.mean().item()
+                results.append(result)
+                progress.update()
+                del inputs, outputs
+            calls.remove()
+            del model
+        del reference
+        _release_free_memory()
+    return results, generator_cached
+
+
+def run_training_cases(args: argparse.Namespace, progress: tqdm) -> list[TrainingResult]:
+    """One ClayForPreTraining step (forward with masking + backward + AdamW) per training size and dtype."""
+    sensor = get_sensor(SENSOR)
+    wavelengths = torch.tensor(sensor.wavelengths_um)
+    bands, device, chip_px = len(sensor.wavelengths_um), args.device, args.train_chip_size
+    # Reduced precision trains under autocast, and only where it has fast kernels (CUDA).
+    dtype_names = ["float32"] + [d for d in args.dtypes if d != "float32" and device.type == "cuda"]
+    results = []
+    for size in args.train_sizes:
+        config = ClayConfig.from_preset(size, attn_implementation=args.attn_implementation)
+        for dtype_name in dtype_names:
+            progress.set_description(f"training {size}@{chip_px} {dtype_name}")
+            torch.manual_seed(args.seed)
+            model = ClayForPreTraining(config).train().to(device)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            flops_probe = training_flops(config, chip_px, bands, 1)
+            batch = args.batch_size or default_batch(flops_probe, device)
+            inputs = make_inputs(batch, bands, chip_px, device, args.seed)
+            teacher = torch.randn(batch, config.teacher_dim, generator=torch.Generator().manual_seed(args.seed))
+            generator = torch.Generator(device).manual_seed(args.seed)
+            teacher = teacher.to(device)
+            losses: list[float] = []
+
+            def step(
+                model: ClayForPreTraining = model,
+                optimizer: torch.optim.Optimizer = optimizer,
+                inputs: dict = inputs,
+                teacher: torch.Tensor = teacher,
+                dtype: torch.dtype = DTYPES[dtype_name],
+                generator: torch.Generator = generator,
+                losses: list[float] = losses,
+            ) -> None:
+                with _precision_context(device, dtype, "autocast"):
+                    out = model(
+                        wavelengths=wavelengths, gsd=sensor.gsd_m, teacher_embeddings=teacher, generator=generator,
+                        **inputs,
+                    )  # fmt: skip
+                out.loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(out.loss.item())
+
+            step()  # creates the AdamW state, which then stays resident
+            state_bytes = sum(
+                t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+            )
+            timing = time_iterations(step, device, max(args.warmup - 1, 0), args.min_time, args.max_iters)
+            results.append(
+                TrainingResult(
+                    size,
+                    chip_px,
+                    dtype_name if dtype_name == "float32" else f"{dtype_name} (autocast)",
+                    batch,
+                    timing.iters,
+                    timing.seconds_per_iter,
+                    training_flops(config, chip_px, bands, batch),
+                    None,  # the peak is filled in after the run
+                    weight_bytes(model) + state_bytes,
+                    timing.memory_rise,
+                    losses[-1],
+                )  # fmt: skip
+            )
+            progress.update()
+            del model, optimizer, inputs, teacher, step
+            _release_free_memory()
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def native_bf16_cpu() -> bool:
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def machine_lines(device: torch.device) -> list[str]:
+    flags = cpu_flags()
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    lines = [
+        f"- CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, flags: {', '.join(simd) or 'unknown'}"
+        + ("" if not flags or native_bf16_cpu() else " (no native bfloat16 instructions)"),
+        f"- torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads), transformers {_version('transformers')}, clay_hf {clay_hf.__version__}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+    ]
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        lines.append(
+            f"- GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}, "
+            f"CUDA {torch.version.cuda}, TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}"
+        )
+    lines.append(f"- device: {device}")
+    return lines
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:,.0f}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", "").rstrip("%"))
+    except ValueError:
+        return False
+    return True
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table; columns whose cells are all numbers are right-aligned."""
+    numeric = [all(_is_number(row[i]) or not row[i] or row[i] == "n/a" for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def checks(results: Sequence[EmbeddingResult]) -> list[tuple[str, bool | None]]:
+    """The acceptance checks as (line, passed); passed is None when the run lacks the case."""
+    out: list[tuple[str, bool | None]] = []
+    size, chip = REFERENCE_CASE
+    by_key = {(r.size, r.chip_px, r.dtype): r for r in results}
+    fp32 = by_key.get((size, chip, "float32"))
+    name = f"{size}@{chip}"
+    if fp32 is None or fp32.fraction is None:
+        out.append(
+            (f"float32 {name} reaches >= {MIN_FRACTION_OF_PEAK:.0%} of the float32 matmul peak: not measured", None)
+        )
+    else:
+        ok = fp32.fraction >= MIN_FRACTION_OF_PEAK
+        out.append(
+            (
+                f"float32 {name} reaches {fp32.fraction:.1%} of the float32 matmul peak "
+                f"(need >= {MIN_FRACTION_OF_PEAK:.0%})",
+                ok,
+            )
+        )
+    for r in results:
+        ref = by_key.get((r.size, r.chip_px, "float32"))
+        if r.dtype == "float32" or ref is None:
+            continue
+        case = f"{r.dtype} ({r.mode}) {r.size}@{r.chip_px}"
+        speedup = r.chips_per_s / ref.chips_per_s
+        why = ""
+        if speedup < MIN_REDUCED_PRECISION_SPEEDUP and r.peak_flops and ref.peak_flops:
+            why = f"; this machine's {r.dtype} matmul peak is {r.peak_flops / ref.peak_flops:.2f}x its float32 peak"
+        ok = speedup >= MIN_REDUCED_PRECISION_SPEEDUP
+        out.append(
+            (f"{case} is {speedup:.2f}x as fast as float32 (need >= {MIN_REDUCED_PRECISION_SPEEDUP:g}x){why}", ok)
+        )
+        if r.cosine_min is not None:
+            out.append(
+                (
+                    f"{case} cls embeddings: cosine similarity to float32 min {r.cosine_min:.5f}, mean "
+                    f"{r.cosine_mean:.5f} (need min >= {MIN_COSINE})",
+                    r.cosine_min >= MIN_COSINE,
+                )
+            )
+    return out
+
+
+def render_report(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    peaks: Sequence[PeakPoint],
+    embeddings: Sequence[EmbeddingResult],
+    training: Sequence[TrainingResult],
+    check_lines: Sequence[tuple[str, bool | None]],
+    generator_cached: bool,
+    memory_method: str,
+    started: datetime.datetime,
+    wall_s: float,
+) -> str:
+    gpu = args.device.type == "cuda"
+    unit, scale = ("TFLOP/s", 1e12) if gpu else ("GFLOP/s", 1e9)
+    command = shlex.join(["python", "scripts/benchmark.py", *argv])
+    lines = [
+        "# Clay benchmarks",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {started:%Y-%m-%d %H:%M} UTC, the run took {wall_s:.0f} s  ",
+        "Machine:",
+        "",
+        *machine_lines(args.device),
+        "",
+        "## Matmul peak",
+        "",
+        f"Square `torch.mm` products into a preallocated output, {torch.get_num_threads()} threads, best of "
+        "short windows, measured at the start and at the end of the run; the peak of a dtype is its best cell "
+        "(`x @ w.T` is the operand layout of `nn.Linear`).",
+        "",
+    ]
+    fmt = lambda rate: "" if rate is None else f"{rate / scale:,.1f}"
+    rows = [
+        [p.dtype, f"`{p.layout}`", str(p.n), fmt(p.flops_per_s.get("start")), fmt(p.flops_per_s.get("end"))]
+        for p in peaks
+    ]
+    lines += _table(["dtype", "layout", "n", f"{unit} (start)", f"{unit} (end)"], rows)
+    lines += [
+        "",
+        "Peak: "
+        + ", ".join(f"{d} {best_peak(peaks, d) / scale:,.1f} {unit}" for d in args.dtypes if best_peak(peaks, d)),
+    ]
+
+    lines += ["", "## ClayModel embeddings (no masking)", ""]
+    rows = []
+    for r in embeddings:
+        cosine = "" if r.cosine_min is None else f"{r.cosine_min:.5f}"
+        dtype = r.dtype if r.mode == "-" else f"{r.dtype} ({r.mode})"
+        rows.append(
+            [
+                r.size, str(r.chip_px), str(r.tokens), dtype, str(r.batch), str(r.iters), f"{r.chips_per_s:,.2f}",
+                f"{r.flops_per_chip / 1e9:,.1f}", f"{r.flops_per_s / scale:,.1f}",
+                f"{r.peak_flops / scale:,.1f}" if r.peak_flops else "n/a",
+                f"{r.fraction:.1%}" if r.fraction is not None else "n/a",
+                _mib(None if r.memory_rise is None else r.weights + r.memory_rise), _mib(r.weights), cosine,
+            ]
+        )  # fmt: skip
+    lines += _table(
+        ["model", "chip px", "tokens", "dtype", "batch", "iters", "chips/s", "GFLOP/chip", unit,
+         f"peak {unit}", "% of peak", "peak MiB", "weights MiB", "cos vs fp32 (min)"],
+        rows,
+    )  # fmt: skip
+
+    if training:
+        lines += [
+            "",
+            f"## ClayForPreTraining step (mask ratio 0.75, forward + backward + AdamW, {args.train_chip_size} px)",
+            "",
+        ]
+        rows = [
+            [
+                r.size, str(r.chip_px), r.dtype, str(r.batch), str(r.iters), f"{r.chips_per_s:,.2f}",
+                f"{r.seconds_per_iter:,.2f}", f"{r.flops_per_chip / 1e9:,.1f}", f"{r.flops_per_s / scale:,.1f}",
+                f"{r.flops_per_s / r.peak_flops:.1%}" if r.peak_flops else "n/a",
+                _mib(None if r.memory_rise is None else r.resident + r.memory_rise), _mib(r.resident), f"{r.loss:.4f}",
+            ]
+            for r in training
+        ]  # fmt: skip
+        lines += _table(
+            ["model", "chip px", "dtype", "batch", "steps", "chips/s", "s/step", "GFLOP/chip", unit, "% of peak",
+             "peak MiB", "resident MiB", "last loss"],
+            rows,
+        )  # fmt: skip
+
+    lines += ["", "## Checks", "", "```"]
+    for text, ok in check_lines:
+        lines.append(f"{'PASS' if ok else 'FAIL' if ok is False else 'SKIP'}  {text}")
+    lines += ["```", ""]
+
+    memory_note = {
+        "cuda-allocator": "`torch.cuda.max_memory_allocated` rise during the timed iterations",
+        "proc-hwm": "rise of the process's peak RSS (`VmHWM`, reset through `/proc/self/clear_refs`) during the "
+        "timed iterations, after `malloc_trim`",
+        "rss-sampling": "rise of the process RSS sampled every 2 ms during the timed iterations",
+        "unavailable": "not measured (no way to read a resettable peak on this platform)",
+    }[memory_method]
+    lines += [
+        "Notes:",
+        "",
+        "- FLOPs per chip: linear layers (qkv, out, fc1, fc2: `2 * tokens * in * out`), attention "
+        "(`4 * tokens^2 * heads * head_dim` per layer) and the patch-embedding conv (`2 * L * C * P * P * D`); "
+        "`tokens = 1 + (H/P) * (W/P)`; LayerNorm, GELU, softmax and additions are not counted. "
+        "The weight generator is excluded: it runs once per band set and is cached in inference "
+        f"({'verified: no generator call during the timed iterations' if generator_cached else 'NOT cached in this run: the generator ran during timing'}).",
+        "- Training FLOPs: 3x the forward of the encoder on the 25% visible patches, the decoder on all patches, "
+        "the pixel head, both weight generators (per step, spread over the batch) and the projection.",
+        f"- Inputs: {SENSOR} (10 bands, gsd 10 m), random pixels, time and location; random weights; "
+        f"attention `{args.attn_implementation}`; reduced precision by "
+        + ("`model.to(dtype)`" if args.bf16_mode == "cast" else "`torch.autocast` on a float32 model")
+        + "; training under autocast (reduced precision on CUDA only).",
+        f"- Timing: {args.warmup} warm-up iteration(s) (the first call also fills the weight-generator cache), then "
+        f"iterations until {args.min_time:g} s or {args.max_iters} iterations; inference under `torch.inference_mode()`.",
+        f"- Peak MiB = weights (training: weights + AdamW state) + the {memory_note}; activations, gradients and "
+        "workspace are in the rise.",
+        "- cos vs fp32: cosine similarity of the cls embedding (`pooler_output`) to the float32 model's on the same "
+        "inputs, minimum over the batch.",
+    ]
+    for r in embeddings:
+        if r.profile:
+            lines += [
+                "",
+                f"### Profile: {r.size}@{r.chip_px} {r.dtype}, batch {r.batch}",
+                "",
+                "```",
+                r.profile.rstrip(),
+                "```",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder; keep text after GENERATED_END."""
+    path = path.resolve()
+    if path.exists():
+        old = path.read_text()
+        if GENERATED_END in old:
+            text = text + "\n" + GENERATED_END + old.split(GENERATED_END, 1)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[tqdm]:
+    with tqdm(total=total, file=sys.stderr, unit="case", dynamic_ncols=True) as bar:
+        yield bar
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.perf_counter()
+    device = args.device
+    train_dtypes = 1 + sum(d != "float32" for d in args.dtypes) * (device.type == "cuda")
+    total = 2 + len(args.sizes) * len(args.chip_sizes) * len(args.dtypes) + len(args.train_sizes) * train_dtypes
+    sizes = (256, 512) if args.quick else PEAK_SIZES[device.type]
+    peak_settings = {"window_s": 0.25, "windows": 4, "slow_call_s": 1.0}
+    if args.quick:
+        peak_settings = {"window_s": 0.02, "windows": 1, "slow_call_s": 0.2}
+    with _progress(total) as progress:
+        # The peak is measured before and after the model cases, so a clock or load change shows.
+        progress.set_description("matmul peak (start)")
+        peaks = measure_matmul_peak(device, args.dtypes, sizes, when="start", **peak_settings)
+        progress.update()
+        embeddings, generator_cached = run_embedding_cases(args, progress)
+        training = run_training_cases(args, progress)
+        progress.set_description("matmul peak (end)")
+        measure_matmul_peak(device, args.dtypes, sizes, when="end", points=peaks, **peak_settings)
+        progress.update()
+    for result in (*embeddings, *training):
+        result.peak_flops = best_peak(peaks, result.dtype.split()[0])
+    check_lines = checks(embeddings)
+    report = render_report(
+        args, argv, peaks, embeddings, training, check_lines, generator_cached, PeakMemory(device).method, started,
+        time.perf_counter() - t0,
+    )  # fmt: skip
+    print(report)
+    if args.output is not None:
+        write_atomic(args.output, report)
+        print(f"wrote {args.output}", file=sys.stderr)
+    failed = any(ok is False for _, ok in check_lines)
+    return 1 if args.strict and failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
