@@ -1,0 +1,591 @@
+"""Pre-training Clay with Accelerate: settings, the learning-rate schedule, checkpoints and the loop.
+
+``scripts/train.py`` is the command line over :func:`train`; the same code runs as one plain process, under
+``accelerate launch`` on many GPUs (DDP), across nodes, or sharded with FSDP (wrap ``ClayLayer``).
+
+One optimizer step:
+
+1. take the next batch of this rank (one band set per batch, sensors interleaved over steps);
+2. the frozen teacher embeds the batch's RGB bands (Sentinel-1: VV, VH, (VV + VH) / 2), when a teacher is set;
+3. ``ClayForPreTraining`` masks, encodes, decodes and returns ``0.9 * reconstruction + 0.1 * representation``;
+4. backward (accumulated over ``gradient_accumulation_steps`` batches), gradient clipping, AdamW, schedule;
+5. every ``checkpoint_every`` steps an atomic checkpoint: model, optimizer, scheduler and RNG states
+   (``accelerator.save_state``), plus this rank's data position and masking generator, so ``resume``
+   continues bit for bit where the run stopped.
+
+A non-finite loss on any rank stops every rank before the weights change, with the last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration_clay import CLAY_PRESETS, ClayConfig
+from .errors import ClayConfigError, ClayError
+from .image_processing_clay import ClayImageProcessor
+from .modeling_clay import ClayForPreTraining
+from .sensors import get_sensor
+
+__all__ = [
+    "TrainingConfig",
+    "NonFiniteLossError",
+    "lr_lambda",
+    "build_model",
+    "build_teacher",
+    "find_latest_checkpoint",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+
+
+class NonFiniteLossError(ClayError, FloatingPointError):
+    """The loss became NaN or infinite; the run stopped before the weights changed."""
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Everything a training run needs besides the architecture (which lives in ``ClayConfig``).
+
+    Args:
+        dataset: a folder of Parquet chip shards or a Hub dataset id (streamed).
+        output_dir: where checkpoints, metrics and the final model go.
+        model: a preset name (``tiny``, ``small``, ``base``, ``large``), a ``config.json`` file, or a pretrained
+            folder / Hub id (the same as ``init_from``).
+        init_from: continue from pretrained weights (a converted Clay v1.5 folder or Hub id).
+        teacher: a DINOv2-with-registers folder or Hub id, or ``"tiny-random"`` (tests and demos); None trains
+            without the representation loss.
+        teacher_image_size: side the RGB bands are resized to for the teacher (518 in v1.5).
+        batch_size: chips per batch per process.
+        learning_rate, weight_decay, betas: AdamW (v1.5: 5e-6 when continuing, 0.05, (0.9, 0.95)).
+        warmup_steps: linear warm-up from 0; None = 5% of ``max_steps`` (at most 1000).
+        min_lr_ratio: the cosine decays to ``min_lr_ratio * learning_rate`` at ``max_steps``.
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` (Accelerate's autocast; weights stay float32).
+        max_grad_norm: gradient clipping (None or 0 disables it).
+        checkpoint_every, keep_checkpoints: checkpoint interval in optimizer steps, and how many to keep.
+        stop_after: end this run (with a checkpoint) after this many optimizer steps of the schedule, e.g. to fit
+            a job time limit; ``--resume`` goes on from there.
+        time_latlon_dropout: probability that a chip's time and location are zeroed (0.2 in v1.5).
+    """
+
+    dataset: str
+    output_dir: str
+    model: str = "tiny"
+    init_from: str | None = None
+    teacher: str | None = None
+    teacher_image_size: int = 518
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.0
+    max_steps: int = 1000
+    mixed_precision: str = "no"
+    max_grad_norm: float | None = 1.0
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    report_to: str = "none"
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    time_latlon_dropout: float = 0.2
+    resume: bool = False
+    stop_after: int | None = None
+    attn_implementation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ClayConfigError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ClayConfigError(
+                f"batch_size and gradient_accumulation_steps must be at least 1, got {self.batch_size} and "
+                f"{self.gradient_accumulation_steps}"
+            )
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ClayConfigError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ClayConfigError(
+                f"checkpoint_every and keep_checkpoints must be at least 1, got {self.checkpoint_every} and "
+                f"{self.keep_checkpoints}"
+            )
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    @property
+    def resolved_warmup_steps(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return min(1000, self.max_steps // 20)
+
+
+# --------------------------------------------------------------------------------------------------
+# schedule (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+def lr_lambda(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step``: linear warm-up, then cosine decay.
+
+    ``step`` counts finished optimizer steps (0 before the first), as ``torch.optim.lr_scheduler.LambdaLR`` does.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _Schedule:
+    """A picklable ``lr_lambda`` with its settings bound (``LambdaLR`` state dicts skip plain functions)."""
+
+    def __init__(self, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> None:
+        self.warmup_steps, self.max_steps, self.min_lr_ratio = warmup_steps, max_steps, min_lr_ratio
+
+    def __call__(self, step: int) -> float:
+        return lr_lambda(step, self.warmup_steps, self.max_steps, self.min_lr_ratio)
+
+
+# --------------------------------------------------------------------------------------------------
+# model, teacher, optimizer
+# --------------------------------------------------------------------------------------------------
+
+
+def build_model(config: TrainingConfig, teacher_dim: int | None = None) -> ClayForPreTraining:
+    """A ``ClayForPreTraining`` from a preset, a config file, or pretrained weights (always float32)."""
+    kwargs: dict[str, Any] = {}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    source = config.init_from
+    if source is None and config.model not in CLAY_PRESETS and not config.model.endswith(".json"):
+        source = config.model  # a pretrained folder or Hub id given as --model
+    if source is not None:
+        try:
+            model = ClayForPreTraining.from_pretrained(source, dtype=torch.float32, **kwargs)
+        except OSError as err:
+            if config.init_from is not None:
+                raise
+            raise ClayConfigError(
+                f"--model {config.model!r} is neither a preset ({', '.join(CLAY_PRESETS)}), a config .json file, "
+                f"nor a pretrained folder or reachable Hub id ({err.__class__.__name__}: {str(err)[:200]})"
+            ) from err
+        if teacher_dim is not None and model.config.teacher_dim != teacher_dim:
+            raise ClayConfigError(
+                f"the pretrained model's proj head outputs teacher_dim={model.config.teacher_dim} but the teacher "
+                f"embeds into {teacher_dim}; use a teacher of that width or train without a teacher"
+            )
+        return model
+    if config.model in CLAY_PRESETS:
+        clay_config = ClayConfig.from_preset(config.model)
+    else:
+        path = Path(config.model)
+        if not path.is_file():
+            raise ClayConfigError(
+                f"--model {config.model!r} is neither a preset ({', '.join(CLAY_PRESETS)}), a config .json file, "
+                "nor a pretrained folder"
+            )
+        clay_config = ClayConfig.from_json_file(str(path))
+    if teacher_dim is not None:
+        clay_config.teacher_dim = teacher_dim
+    if config.attn_implementation:
+        clay_config._attn_implementation = config.attn_implementation
+    return ClayForPreTraining(clay_config)
+
+
+def build_teacher(config: TrainingConfig):
+    """The frozen DINOv2 teacher named by ``config.teacher`` (None: no teacher)."""
+    if config.teacher is None:
+        return None
+    from .teacher import ClayTeacher, tiny_random_teacher
+
+    if config.teacher == "tiny-random":
+        return tiny_random_teacher(image_size=config.teacher_image_size)
+    return ClayTeacher.from_pretrained(config.teacher, image_size=config.teacher_image_size)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms, tokens and embeddings (1-D tensors and learned tokens)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "token" in name or name.endswith("mask_patch"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+
+
+def get_dataloaders(config: TrainingConfig, processor: ClayImageProcessor, rank: int, world_size: int):
+    """This rank's stream of one-band-set batches (mocked in tests; see ``clay_hf.data.get_dataloader``)."""
+    from .data import get_dataloader
+
+    return get_dataloader(
+        config.dataset,
+        batch_size=config.batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=config.num_workers,
+        seed=config.seed,
+        shuffle_buffer=config.shuffle_buffer,
+        drop_last=True,
+        time_latlon_dropout=config.time_latlon_dropout,
+        processor=processor,
+    )
+
+
+class _Batches:
+    """Endless batches over epochs with a resumable position: (epoch, batches taken in that epoch)."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.epoch = 0
+        self.taken = 0
+        self._iterator: Iterator[dict[str, Any]] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.taken = int(state["epoch"]), int(state["taken"])
+        self._iterator = None
+
+    def _start_epoch(self) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self.epoch)
+        self._iterator = iter(self.loader)
+        for _ in range(self.taken):  # fast-forward after a resume: the order is a function of (seed, epoch)
+            next(self._iterator)
+
+    def __next__(self) -> dict[str, Any]:
+        if self._iterator is None:
+            self._start_epoch()
+        for _ in range(2):  # an empty epoch twice in a row means there is no data for this rank at all
+            try:
+                batch = next(self._iterator)
+                self.taken += 1
+                return batch
+            except StopIteration:
+                self.epoch, self.taken = self.epoch + 1, 0
+                self._start_epoch()
+        raise ClayError(
+            "the dataset gave this process no batch in a whole epoch: it has fewer chips of one band set than "
+            "batch_size x processes; lower --batch-size or add chips"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder under ``output_dir/checkpoints`` (temporary folders ignored)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / TRAINER_STATE).is_file()]
+    return max(done, key=_checkpoint_step, default=None)
+
+
+def _save_checkpoint(accelerator, output_dir: Path, step: int, rank_state: dict, trainer_state: dict, keep: int):
+    """Write ``checkpoints/checkpoint-{step}`` atomically: everything goes to a temporary folder first."""
+    root = output_dir / "checkpoints"
+    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    torch.save(rank_state, tmp / f"clay_rank{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        older = sorted((p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=_checkpoint_step)
+        for old in older[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _save_final(accelerator, model, processor: ClayImageProcessor, output_dir: Path) -> Path:
+    """``save_pretrained`` into ``output_dir/final`` (safetensors, processor config, remote code), atomically."""
+    final = output_dir / "final"
+    tmp = output_dir / ".tmp-final"
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; every rank must call it
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
+        processor.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------
+
+
+def _teacher_embeddings(teacher, batch: dict[str, Any]) -> torch.Tensor | None:
+    """The teacher's targets for one batch, or None when its sensor has no RGB (or VV/VH) bands."""
+    if teacher is None:
+        return None
+    name = batch.get("sensor")
+    try:
+        sensor = get_sensor(name) if name else None
+    except KeyError:
+        sensor = None
+    if sensor is not None and sensor.is_sar_db:
+        return teacher(batch["pixel_values"], is_sar=True)
+    if sensor is not None and sensor.rgb_indices is not None:
+        return teacher(batch["pixel_values"], rgb_indices=sensor.rgb_indices)
+    return None
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train(
+    config: TrainingConfig,
+    dataloader_factory: Callable[..., Any] = get_dataloaders,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) pre-training; returns a summary (steps, final losses, paths, chips/s)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_dir=str(output_dir),
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)  # the same initial weights on every rank
+
+    # 1. model, teacher, optimizer, schedule
+    teacher = build_teacher(config)
+    model = build_model(config, teacher_dim=teacher.embedding_dim if teacher is not None else None)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    if teacher is not None:
+        teacher = teacher.to(accelerator.device)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.weight_decay), lr=config.learning_rate, betas=config.betas
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _Schedule(config.resolved_warmup_steps, config.max_steps, config.min_lr_ratio)
+    )
+    # The scheduler is stepped here once per optimizer step (a prepared one would step once per process).
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    processor = ClayImageProcessor(patch_size=accelerator.unwrap_model(model).config.patch_size)
+
+    # 2. data (this rank's shards) and the generator of masks and band dropping
+    batches = _Batches(dataloader_factory(config, processor, rank, world))
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + rank)
+
+    # 3. resume
+    step, chips_seen = 0, 0
+    if config.resume:
+        latest = find_latest_checkpoint(output_dir)
+        if latest is None:
+            logger.warning("--resume: no checkpoint under %s, starting from step 0", output_dir / "checkpoints")
+        else:
+            accelerator.load_state(str(latest))
+            rank_state = torch.load(latest / f"clay_rank{rank}.pt", weights_only=False)
+            generator.set_state(rank_state["generator"])
+            batches.load_state_dict(rank_state["data"])
+            trainer_state = json.loads((latest / TRAINER_STATE).read_text())
+            step, chips_seen = int(trainer_state["step"]), int(trainer_state["chips_seen"])
+            logger.info("resumed from %s at step %d", latest, step)
+    if step >= config.max_steps:
+        logger.info("already at step %d of %d", step, config.max_steps)
+
+    if config.report_to != "none":
+        accelerator.init_trackers("clay", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
+    metrics_path = output_dir / "metrics.jsonl"
+    stop_signal = {"set": False}
+
+    def _on_sigterm(signum, frame):  # a cluster's pre-emption notice: checkpoint at the next step, then exit
+        stop_signal["set"] = True
+
+    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm) if _in_main_thread() else None
+    progress = tqdm(
+        total=config.max_steps, initial=step, desc="pre-training", unit="step", dynamic_ncols=True,
+        disable=not (show_progress and accelerator.is_local_main_process),
+    )  # fmt: skip
+    stop_at = config.max_steps if config.stop_after is None else min(config.max_steps, step + config.stop_after)
+    first_losses: dict[str, float] | None = None
+    last: dict[str, float] = {}
+    window_start, window_chips = time.perf_counter(), 0
+    unwrapped = accelerator.unwrap_model(model)
+    try:
+        while step < stop_at:
+            sums = {"loss": 0.0, "reconstruction_loss": 0.0, "representation_loss": 0.0}
+            has_repr = False
+            for _ in range(config.gradient_accumulation_steps):
+                # 4. one micro-batch: teacher targets, masked reconstruction, losses
+                batch = _to_device(next(batches), accelerator.device)
+                targets = _teacher_embeddings(teacher, batch)
+                scale = 0.1 if batch.get("sensor") == "modis" else 1.0  # MODIS: reconstruction / 10, as in v1.5
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        out = model(
+                            pixel_values=batch["pixel_values"], wavelengths=batch["wavelengths"], gsd=batch["gsd"],
+                            time=batch.get("time"), latlon=batch.get("latlon"), teacher_embeddings=targets,
+                            reconstruction_loss_scale=scale, generator=generator,
+                        )  # fmt: skip
+                        loss = out.loss
+                        if out.representation_loss is None:
+                            loss = loss + 0.0 * out.projected_cls.sum()  # keep `proj` in the graph for DDP
+                    _check_finite(accelerator, loss, step, output_dir)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                n = config.gradient_accumulation_steps
+                sums["loss"] += float(out.loss.detach()) / n
+                sums["reconstruction_loss"] += float(out.reconstruction_loss.detach()) / n
+                if out.representation_loss is not None:
+                    has_repr = True
+                    sums["representation_loss"] += float(out.representation_loss.detach()) / n
+                window_chips += batch["pixel_values"].shape[0] * world
+            step += 1
+            chips_seen += config.batch_size * config.gradient_accumulation_steps * world
+            if not has_repr:
+                sums.pop("representation_loss")
+            last = _mean_over_ranks(accelerator, sums)
+            first_losses = first_losses or dict(last)
+            progress.update(1)
+
+            # 5. logs
+            if step % config.log_every == 0 or step == stop_at or step == 1:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": step, "epoch": batches.epoch, "lr": scheduler.get_last_lr()[0],
+                    "chips_per_s": window_chips / max(elapsed, 1e-9), "chips_seen": chips_seen, **last,
+                }  # fmt: skip
+                window_start, window_chips = time.perf_counter(), 0
+                progress.set_postfix(loss=f"{last['loss']:.4f}", chips_s=f"{record['chips_per_s']:.1f}")
+                if accelerator.is_main_process:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    logger.info(
+                        "step %d/%d loss %.4f (reconstruction %.4f%s) lr %.2e %.1f chips/s", step, config.max_steps,
+                        last["loss"], last["reconstruction_loss"],
+                        f", representation {last['representation_loss']:.4f}" if has_repr else "",
+                        record["lr"], record["chips_per_s"],
+                    )  # fmt: skip
+                if config.report_to != "none":
+                    accelerator.log(record, step=step)
+
+            # 6. checkpoints (and a clean stop on SIGTERM)
+            stopping = _any_rank(accelerator, stop_signal["set"])
+            if step % config.checkpoint_every == 0 or step == stop_at or stopping:
+                rank_state = {"generator": generator.get_state(), "data": batches.state_dict()}
+                trainer_state = {"step": step, "chips_seen": chips_seen, "max_steps": config.max_steps,
+                                 "world_size": world, "config": dataclasses.asdict(config)}  # fmt: skip
+                _save_checkpoint(accelerator, output_dir, step, rank_state, trainer_state, config.keep_checkpoints)
+            if stopping:
+                logger.warning("stopped by SIGTERM at step %d; continue with --resume", step)
+                break
+    finally:
+        progress.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+    # 7. the final model
+    final = None
+    if step >= config.max_steps:
+        final = _save_final(accelerator, model, processor, output_dir)
+    if config.report_to != "none":
+        accelerator.end_training()
+    del unwrapped
+    return {
+        "step": step,
+        "max_steps": config.max_steps,
+        "first": first_losses,
+        "last": last,
+        "final_model": str(final) if final is not None else None,
+        "checkpoint": str(find_latest_checkpoint(output_dir)),
+        "world_size": world,
+    }
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _check_finite(accelerator, loss: torch.Tensor, step: int, output_dir: Path) -> None:
+    """Stop every rank (before backward) when any rank's loss is NaN or infinite."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if accelerator.num_processes > 1:
+        finite = accelerator.gather(finite)
+    if bool(finite.min() < 1):
+        latest = find_latest_checkpoint(output_dir)
+        raise NonFiniteLossError(
+            f"the loss became {float(loss.detach()):.4g} at step {step + 1} (on at least one process); the weights were not "
+            f"updated. Last good checkpoint: {latest or 'none yet'}. Lower the learning rate, check the data for "
+            "extreme values, or try --mixed-precision no, then --resume"
+        )
+
+
+def _mean_over_ranks(accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return dict(values)
+    tensor = torch.tensor(list(values.values()), device=accelerator.device, dtype=torch.float64)
+    tensor = accelerator.reduce(tensor, reduction="mean")
+    return dict(zip(values, tensor.tolist()))
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
