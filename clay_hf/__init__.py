@@ -1,11 +1,17 @@
 """clay_hf: the Clay v1.5 Earth-observation foundation model, native to the Hugging Face ecosystem.
 
 Importing the package registers Clay with the transformers Auto classes (``AutoConfig``, ``AutoModel``,
-``AutoModelForPreTraining``, ``AutoImageProcessor``), so ``AutoModel.from_pretrained(folder_or_hub_id)``
-works without ``trust_remote_code``.
+``AutoModelForPreTraining``, ``AutoModelForImageClassification``, ``AutoModelForSemanticSegmentation``,
+``AutoImageProcessor``), so ``AutoModel.from_pretrained(folder_or_hub_id)`` works without ``trust_remote_code``.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+    AutoModelForSemanticSegmentation,
+)
 
 # The real class (the top-level name is a placeholder that needs Pillow even to register).
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
@@ -23,8 +29,10 @@ from .errors import (
 )
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import (
+    ClayForImageClassification,
     ClayForPreTraining,
     ClayForPreTrainingOutput,
+    ClayForSemanticSegmentation,
     ClayModel,
     ClayModelOutput,
     ClayPreTrainedModel,
@@ -36,6 +44,8 @@ __version__ = "0.1.0"
 AutoConfig.register("clay", ClayConfig, exist_ok=True)
 AutoModel.register(ClayConfig, ClayModel, exist_ok=True)
 AutoModelForPreTraining.register(ClayConfig, ClayForPreTraining, exist_ok=True)
+AutoModelForImageClassification.register(ClayConfig, ClayForImageClassification, exist_ok=True)
+AutoModelForSemanticSegmentation.register(ClayConfig, ClayForSemanticSegmentation, exist_ok=True)
 # The processor needs neither backend; registering both keeps transformers from asking for one.
 AutoImageProcessor.register(
     ClayConfig, image_processor_classes={"pil": ClayImageProcessor, "torchvision": ClayImageProcessor}, exist_ok=True
@@ -46,6 +56,8 @@ __all__ = [
     "ClayConfig",
     "ClayModel",
     "ClayForPreTraining",
+    "ClayForImageClassification",
+    "ClayForSemanticSegmentation",
     "ClayPreTrainedModel",
     "ClayModelOutput",
     "ClayForPreTrainingOutput",

@@ -3,16 +3,18 @@
 Everything on the forward path lives here (one model, one file), so that Hub remote code needs only this
 file, ``configuration_clay.py`` and ``errors.py``. The computation reproduces the original ``claymodel``
 1.5 modules number for number (see ``shared/spec/clay-v1.5-architecture.md``); quirks kept for weight
-compatibility are marked "quirk".
+compatibility are marked "quirk". The task heads at the end (`ClayForImageClassification`,
+`ClayForSemanticSegmentation`) put a new head on the same `clay` encoder, so pre-trained folders load into them.
 
 Shape legend used in the comments:
     B batch, C bands, H x W chip in pixels, P patch size, h x w patch grid (H/P, W/P), L = h*w patches,
     L' visible (unmasked) patches, D encoder width, Dd decoder width, E wave width (128),
-    N latent tokens of the weight generator (128), T teacher width.
+    N latent tokens of the weight generator (128), T teacher width, K labels of a task head.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,15 +24,18 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_clay import NUM_METADATA_CHANNELS, ClayConfig
-from .errors import BandMismatchError, ChipSizeError, ClayInputError
+from .errors import BandMismatchError, ChipSizeError, ClayConfigError, ClayInputError
 
 __all__ = [
     "ClayModel",
     "ClayForPreTraining",
+    "ClayForImageClassification",
+    "ClayForSemanticSegmentation",
     "ClayPreTrainedModel",
     "ClayModelOutput",
     "ClayForPreTrainingOutput",
@@ -38,6 +43,7 @@ __all__ = [
     "sincos_2d_gsd",
     "patchify",
     "random_masking",
+    "tokens_to_grid",
 ]
 
 # The dynamic weights are scaled by this constant before use (quirk of the original DynamicEmbedding).
@@ -492,6 +498,8 @@ class ClayPreTrainedModel(PreTrainedModel):
         "AutoConfig": "configuration_clay.ClayConfig",
         "AutoModel": "modeling_clay.ClayModel",
         "AutoModelForPreTraining": "modeling_clay.ClayForPreTraining",
+        "AutoModelForImageClassification": "modeling_clay.ClayForImageClassification",
+        "AutoModelForSemanticSegmentation": "modeling_clay.ClayForSemanticSegmentation",
     }
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -504,6 +512,15 @@ class ClayPreTrainedModel(PreTrainedModel):
             init.normal_(module.bias_token, std=std)
         elif isinstance(module, ClayDecoder):
             init.normal_(module.mask_patch, std=std)
+        elif isinstance(module, ClayClassificationHead):
+            # Truncated normal as timm's ViT heads (the parent runs after its Linear children, so this wins).
+            for linear in (module.dense, module.out_proj):
+                if linear is not None:
+                    init.trunc_normal_(linear.weight, std=std)
+                    init.zeros_(linear.bias)
+        elif isinstance(module, ClayUpsampleBlock):
+            # He initialisation for the conv before BatchNorm + GELU (std 0.02 would start the maps near zero).
+            init.kaiming_normal_(module.conv.weight, mode="fan_out", nonlinearity="relu")
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """Save weights (safetensors), config and the remote code; ``auto_map`` covers every Clay Auto class."""
@@ -564,7 +581,8 @@ class ClayPreTrainedModel(PreTrainedModel):
 class ClayModel(ClayPreTrainedModel):
     """The Clay encoder: any band set, chip size and resolution -> cls + patch embeddings (no masking)."""
 
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^proj\."]
+    # Heads in a pre-training or fine-tuned folder are dropped when only the encoder is loaded.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^proj\.", r"^classifier\.", r"^decode_head\."]
 
     def __init__(self, config: ClayConfig) -> None:
         super().__init__(config)
@@ -803,5 +821,335 @@ class ClayForPreTraining(ClayPreTrainedModel):
         )
 
 
+# --------------------------------------------------------------------------------------------------
+# Task heads: per-chip classification/regression, per-pixel segmentation/regression
+# --------------------------------------------------------------------------------------------------
+# Head settings are read from the config. ClayConfig keeps (and saves) keyword arguments it does not name, so
+# `ClayConfig(..., classifier_pooling="mean")` works; a head fills in the defaults it does not find.
+CLAY_HEAD_DEFAULTS: dict[str, object] = {
+    "classifier_pooling": "cls",  # "cls" token or "mean" over the patch tokens
+    "classifier_hidden_size": None,  # None: a linear head; an int: Linear -> GELU -> Linear
+    "classifier_dropout": 0.0,
+    "freeze_backbone": False,  # a linear probe: the encoder stays in eval mode without gradients
+    "segmentation_hidden_size": 256,  # channels of the segmentation decoder's first stage
+    "semantic_loss_ignore_index": 255,
+}
+CLASSIFIER_POOLINGS = ("cls", "mean")
+CLASSIFICATION_PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+SEGMENTATION_PROBLEM_TYPES = ("regression", "single_label_classification")
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Patch tokens in row-major grid order to a feature map: ``(B, L, D) -> (B, D, h, w)``."""
+    b, length, d = tokens.shape
+    h, w = grid_hw
+    if length != h * w:
+        raise ClayInputError(f"{length} patch tokens do not fill a {h}x{w} grid ({h * w} patches)")
+    return tokens.transpose(1, 2).reshape(b, d, h, w)  # (B, L, D) -> (B, D, L) -> (B, D, h, w)
+
+
+def infer_problem_type(config: ClayConfig, labels: torch.Tensor, choices: tuple[str, ...]) -> str:
+    """``config.problem_type``, inferred on first use as transformers does (and stored in the config).
+
+    One label -> "regression"; integer labels -> "single_label_classification"; otherwise
+    "multi_label_classification" (or "regression" where multi-label is not among ``choices``).
+    """
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif not labels.is_floating_point():
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = (
+                "multi_label_classification" if "multi_label_classification" in choices else "regression"
+            )
+    if config.problem_type not in choices:
+        raise ClayInputError(f"problem_type {config.problem_type!r} is not supported here; expected one of {choices}")
+    return config.problem_type
+
+
+def masked_mse_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the finite targets (NaN marks a missing value); 0 with a graph when none is."""
+    valid = torch.isfinite(targets)
+    if not valid.any():
+        return predictions.sum() * 0.0
+    return F.mse_loss(predictions[valid], targets[valid].to(predictions.dtype))
+
+
+def _check_class_labels(labels: torch.Tensor, num_labels: int, ignore_index: int) -> None:
+    if labels.is_floating_point():
+        raise ClayInputError(
+            f"class labels must be integers (torch.long), got {labels.dtype}; for float targets set "
+            "problem_type='regression' (or 'multi_label_classification' for 0/1 vectors)"
+        )
+    valid = labels[labels != ignore_index]
+    if valid.numel() and (valid.min() < 0 or valid.max() >= num_labels):
+        raise ClayInputError(
+            f"class labels must be in [0, num_labels={num_labels}) or {ignore_index} (ignored), got values in "
+            f"[{int(valid.min())}, {int(valid.max())}]; set num_labels (and id2label) in the config"
+        )
+
+
+class ClayClassificationHead(nn.Module):
+    """Pooled embedding -> logits: a linear layer, or an MLP with ``classifier_hidden_size`` hidden units."""
+
+    def __init__(self, config: ClayConfig) -> None:
+        super().__init__()
+        hidden = config.classifier_hidden_size
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.dense = nn.Linear(config.hidden_size, hidden) if hidden else None
+        self.out_proj = nn.Linear(hidden or config.hidden_size, config.num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(pooled)
+        if self.dense is not None:
+            x = self.dropout(F.gelu(self.dense(x)))  # (B, D) -> (B, hidden)
+        return self.out_proj(x)  # (B, K)
+
+
+class ClayUpsampleBlock(nn.Module):
+    """x2 bilinear upsampling, 3x3 conv, BatchNorm, GELU: ``(B, c_in, h, w) -> (B, c_out, 2h, 2w)``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)  # (B, c_in, 2h, 2w)
+        return F.gelu(self.norm(self.conv(x)))  # (B, c_out, 2h, 2w)
+
+
+class ClaySegmentationDecoder(nn.Module):
+    """A light decoder over the patch grid: 1x1 projection, ceil(log2 P) x2 upsampling stages (channels halve),
+    a 1x1 classifier, and a final bilinear resize to the chip size when P is not a power of two."""
+
+    def __init__(self, config: ClayConfig) -> None:
+        super().__init__()
+        channels = config.segmentation_hidden_size
+        self.proj = nn.Conv2d(config.hidden_size, channels, kernel_size=1)
+        stages = []
+        for _ in range(max(0, math.ceil(math.log2(config.patch_size)))):
+            stages.append(ClayUpsampleBlock(channels, max(channels // 2, 8)))
+            channels = max(channels // 2, 8)
+        self.stages = nn.ModuleList(stages)
+        self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
+
+    def forward(self, patch_tokens: torch.Tensor, grid_hw: tuple[int, int], chip_hw: tuple[int, int]) -> torch.Tensor:
+        x = self.proj(tokens_to_grid(patch_tokens, grid_hw))  # (B, L, D) -> (B, D, h, w) -> (B, c, h, w)
+        for stage in self.stages:
+            x = stage(x)  # (B, c, h', w') -> (B, c/2, 2h', 2w')
+        logits = self.classifier(x)  # (B, K, h * 2^s, w * 2^s) after s stages
+        if logits.shape[-2:] != chip_hw:
+            logits = F.interpolate(logits, size=chip_hw, mode="bilinear", align_corners=False)  # (B, K, H, W)
+        return logits
+
+
+class ClayPreTrainedHead(ClayPreTrainedModel):
+    """Shared mechanics of the task heads: the `clay` encoder, head defaults, and backbone freezing."""
+
+    # A pre-trained folder (ClayForPreTraining or another head) loads with its other heads' weights dropped.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^proj\.", r"^classifier\.", r"^decode_head\."]
+
+    def __init__(self, config: ClayConfig) -> None:
+        super().__init__(config)
+        for name, value in CLAY_HEAD_DEFAULTS.items():
+            if not hasattr(config, name):
+                setattr(config, name, value)
+        if config.num_labels < 1:
+            raise ClayConfigError(f"num_labels must be at least 1, got {config.num_labels}")
+        self.clay = ClayModel(config)
+
+    def freeze_backbone(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) the encoder: no gradients, and eval mode whatever ``train()`` is called with.
+
+        Saved as ``config.freeze_backbone``, so a reloaded linear probe stays one.
+        """
+        self.config.freeze_backbone = bool(freeze)
+        self.clay.requires_grad_(not freeze)
+        self.clay.train(self.training and not freeze)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self.config, "freeze_backbone", False):
+            # Re-applied here because from_pretrained replaces the parameters (and their flags), then calls eval().
+            self.clay.requires_grad_(False)
+            self.clay.eval()  # a frozen encoder keeps its inference behaviour (and its weight cache)
+        return self
+
+    def post_init(self) -> None:
+        super().post_init()
+        if self.config.freeze_backbone:
+            self.freeze_backbone(True)
+
+    def encode_chips(
+        self, pixel_values, wavelengths, gsd, time, latlon, output_hidden_states: bool | None
+    ) -> ClayModelOutput:
+        return self.clay(
+            pixel_values, wavelengths, gsd, time=time, latlon=latlon, output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )  # fmt: skip
+
+
+class ClayForImageClassification(ClayPreTrainedHead):
+    """Clay encoder + a linear or MLP head on the cls token (or the mean patch token): one label per chip.
+
+    ``config.problem_type`` picks the loss as in transformers: "single_label_classification" (cross-entropy,
+    labels ``(B,)`` long), "multi_label_classification" (BCE with logits, labels ``(B, num_labels)`` 0/1, as in
+    BigEarthNet) or "regression" (MSE, labels ``(B,)`` or ``(B, num_labels)``, NaN = missing; e.g. biomass per
+    chip). Left as None, it is inferred on the first call with labels from ``num_labels`` and the labels' dtype.
+    """
+
+    def __init__(self, config: ClayConfig) -> None:
+        super().__init__(config)
+        if config.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ClayConfigError(
+                f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, got {config.classifier_pooling!r}"
+            )
+        self.num_labels = config.num_labels
+        self.classifier = ClayClassificationHead(config)
+        self.post_init()
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, 1+L, D) -> (B, D)``: the cls token, or the mean of the patch tokens."""
+        if self.config.classifier_pooling == "mean":
+            return hidden[:, 1:].mean(dim=1)
+        return hidden[:, 0]
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        b, k = logits.shape
+        labels = labels.to(logits.device)
+        problem_type = infer_problem_type(self.config, labels, CLASSIFICATION_PROBLEM_TYPES)
+        if problem_type == "single_label_classification":
+            if labels.shape != (b,):
+                raise ClayInputError(
+                    f"single_label_classification needs labels of shape ({b},) (one class index per chip), got "
+                    f"{tuple(labels.shape)}; for one-hot or multi-hot vectors use multi_label_classification"
+                )
+            _check_class_labels(labels, k, ignore_index=-100)
+            return F.cross_entropy(logits, labels, ignore_index=-100)
+        if problem_type == "multi_label_classification":
+            if labels.shape != (b, k):
+                raise ClayInputError(
+                    f"multi_label_classification needs labels of shape ({b}, {k}) (B, num_labels), got "
+                    f"{tuple(labels.shape)}; set num_labels={labels.shape[-1]} if that is the number of classes"
+                )
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        if labels.shape == (b,) and k == 1:
+            labels = labels[:, None]  # (B,) -> (B, 1)
+        if labels.shape != (b, k):
+            raise ClayInputError(
+                f"regression needs labels of shape ({b}, {k}) (B, num_labels){f' or ({b},)' if k == 1 else ''}, "
+                f"got {tuple(labels.shape)}"
+            )
+        return masked_mse_loss(logits, labels)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        wavelengths: torch.Tensor,
+        gsd: float | torch.Tensor,
+        time: torch.Tensor | None = None,
+        latlon: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        r"""Classify (or regress) whole chips.
+
+        Args:
+            pixel_values, wavelengths, gsd, time, latlon: as for [`ClayModel`].
+            labels: see the class docstring; the loss follows ``config.problem_type``.
+        Returns:
+            ``ImageClassifierOutput`` with ``logits`` ``(B, num_labels)`` and ``loss`` when labels are given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.encode_chips(pixel_values, wavelengths, gsd, time, latlon, output_hidden_states)
+        logits = self.classifier(self.pool(outputs.last_hidden_state))  # (B, 1+L, D) -> (B, D) -> (B, K)
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class ClayForSemanticSegmentation(ClayPreTrainedHead):
+    """Clay encoder + a light convolutional decoder over the patch grid: one label (or value) per pixel.
+
+    Logits are ``(B, num_labels, H, W)``, at the chip size. Two problem types:
+
+    - "single_label_classification" (semantic segmentation): labels ``(B, H, W)`` long, cross-entropy that
+      skips ``config.semantic_loss_ignore_index`` (255 by default: nodata, unlabelled).
+    - "regression" (the per-pixel regression head, e.g. biomass maps): ``num_labels`` maps, labels
+      ``(B, H, W)`` float (``num_labels=1``) or ``(B, num_labels, H, W)``; MSE over the finite targets, so
+      NaN marks a pixel without a measurement.
+
+    Left as None, the problem type is inferred from the first labels: one label or float labels -> regression.
+    """
+
+    def __init__(self, config: ClayConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.decode_head = ClaySegmentationDecoder(config)
+        self.post_init()
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        b, k, height, width = logits.shape
+        labels = labels.to(logits.device)
+        problem_type = infer_problem_type(self.config, labels, SEGMENTATION_PROBLEM_TYPES)
+        if problem_type == "single_label_classification":
+            if labels.shape != (b, height, width):
+                raise ClayInputError(
+                    f"segmentation labels must have shape ({b}, {height}, {width}) (B, H, W), one class index per "
+                    f"pixel of the chip, got {tuple(labels.shape)}"
+                )
+            ignore_index = self.config.semantic_loss_ignore_index
+            _check_class_labels(labels, k, ignore_index)
+            if bool((labels == ignore_index).all()):
+                return logits.sum() * 0.0  # nothing labelled: no signal (cross-entropy would give NaN)
+            return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+        if labels.shape == (b, height, width) and k == 1:
+            labels = labels[:, None]  # (B, H, W) -> (B, 1, H, W)
+        if labels.shape != (b, k, height, width):
+            raise ClayInputError(
+                f"per-pixel regression needs labels of shape ({b}, {k}, {height}, {width}) (B, num_labels, H, W)"
+                f"{f' or ({b}, {height}, {width})' if k == 1 else ''}, got {tuple(labels.shape)}"
+            )
+        return masked_mse_loss(logits, labels)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        wavelengths: torch.Tensor,
+        gsd: float | torch.Tensor,
+        time: torch.Tensor | None = None,
+        latlon: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SemanticSegmenterOutput | tuple:
+        r"""Segment (or regress) every pixel of the chips.
+
+        Args:
+            pixel_values, wavelengths, gsd, time, latlon: as for [`ClayModel`].
+            labels: see the class docstring; the loss follows ``config.problem_type``.
+        Returns:
+            ``SemanticSegmenterOutput`` with ``logits`` ``(B, num_labels, H, W)`` and ``loss`` when labels are given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.encode_chips(pixel_values, wavelengths, gsd, time, latlon, output_hidden_states)
+        p = self.config.patch_size
+        chip_hw = (pixel_values.shape[2], pixel_values.shape[3])
+        grid_hw = (chip_hw[0] // p, chip_hw[1] // p)
+        logits = self.decode_head(outputs.last_hidden_state[:, 1:], grid_hw, chip_hw)  # (B, K, H, W)
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
 ClayModel.register_for_auto_class("AutoModel")
 ClayForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+ClayForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+ClayForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")

@@ -56,6 +56,8 @@ def test_saved_folder_has_safetensors_remote_code_and_full_auto_map(saved):
         "AutoConfig": "configuration_clay.ClayConfig",
         "AutoModel": "modeling_clay.ClayModel",
         "AutoModelForPreTraining": "modeling_clay.ClayForPreTraining",
+        "AutoModelForImageClassification": "modeling_clay.ClayForImageClassification",
+        "AutoModelForSemanticSegmentation": "modeling_clay.ClayForSemanticSegmentation",
     }
 
 

@@ -1,0 +1,264 @@
+"""Similarity search: exact cosine search, Rocchio refinement, precision@k, EmbeddingIndex (exact and FAISS)."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from clay_hf import ClayImageProcessor, ClayInputError, ClayModel
+from clay_hf.io import MultiBandSource, iter_chips
+from clay_hf.search import (
+    EmbeddingIndex,
+    SearchResult,
+    cosine_search,
+    precision_at_k,
+    refine_query,
+    search_by_examples,
+)
+
+
+@pytest.fixture(scope="module")
+def chip_embeddings(s2_files, micro_config) -> dict:
+    """Clay embeddings (cls token of a tiny random Clay, centred) of 36 real Sentinel-2 chips, with ids and locations."""
+    with MultiBandSource(s2_files, resolution=20.0) as source:
+        chips = list(iter_chips(source, 32, stride=160))
+    processor = ClayImageProcessor(sensor="sentinel-2-l2a", patch_size=4)
+    inputs = processor(
+        np.stack([c["pixels"] for c in chips]).astype(np.float32),
+        gsd=20.0,
+        lat=[c["lat"] for c in chips],
+        lon=[c["lon"] for c in chips],
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        embeddings = ClayModel(micro_config).eval()(**inputs).pooler_output  # (36, D)
+    # An untrained tiny Clay puts every chip in a narrow cone (cosines ~0.999); centring spreads them out.
+    embeddings = embeddings - embeddings.mean(dim=0)
+    return dict(
+        embeddings=embeddings,
+        ids=[c["chip_id"] for c in chips],
+        lat=[c["lat"] for c in chips],
+        lon=[c["lon"] for c in chips],
+    )
+
+
+@pytest.fixture(scope="module")
+def random_collection() -> torch.Tensor:
+    return torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_chip_finds_itself_first_with_similarity_one(chip_embeddings):
+    embeddings = chip_embeddings["embeddings"]
+    assert len(set(chip_embeddings["ids"])) == len(embeddings) == 36
+    for row in (0, 7, 35):
+        scores, indices = cosine_search(embeddings[row], embeddings, k=5)
+        assert scores.shape == indices.shape == (5,)
+        assert indices[0] == row
+        assert scores[0].item() == pytest.approx(1.0, abs=1e-5)
+        assert torch.all(scores[:-1] >= scores[1:])  # best first
+
+
+def test_index_by_id_returns_the_chip_and_its_metadata(chip_embeddings):
+    ids = chip_embeddings["ids"]
+    index = EmbeddingIndex(
+        chip_embeddings["embeddings"].numpy(),
+        ids=ids,
+        metadata={"lat": chip_embeddings["lat"], "lon": chip_embeddings["lon"]},
+    )
+    hits = index.search(ids[3], k=4)
+    assert isinstance(hits, SearchResult) and len(hits) == 4
+    assert hits.ids[0] == ids[3] and hits.indices[0] == 3
+    assert hits.scores[0].item() == pytest.approx(1.0, abs=1e-5)
+    assert hits.metadata[0] == {"lat": chip_embeddings["lat"][3], "lon": chip_embeddings["lon"][3]}
+    several = index.search([ids[1], ids[2]], k=2)
+    assert [h.ids[0] for h in several] == [ids[1], ids[2]]
+    by_vector = index.search(chip_embeddings["embeddings"][5], k=3)  # a float vector is a query, not ids
+    assert by_vector.ids[0] == ids[5]
+
+
+def test_several_queries_at_once_match_one_at_a_time(random_collection):
+    queries = random_collection[:4] + 0.1
+    scores, indices = cosine_search(queries, random_collection, k=6)
+    assert scores.shape == indices.shape == (4, 6)
+    for i in range(4):
+        s, j = cosine_search(queries[i], random_collection, k=6)
+        assert torch.equal(j, indices[i])
+        torch.testing.assert_close(s, scores[i])
+
+
+def test_chunked_equals_unchunked_and_memmap_works(random_collection, tmp_path):
+    queries = torch.randn(20, 16, generator=torch.Generator().manual_seed(1))
+    whole_scores, whole_indices = cosine_search(queries, random_collection, k=10, batch_size=10**6)
+    chunked_scores, chunked_indices = cosine_search(queries, random_collection, k=10, batch_size=7, query_batch_size=3)
+    assert torch.equal(chunked_indices, whole_indices)
+    torch.testing.assert_close(chunked_scores, whole_scores)
+    # a memory-mapped collection is read chunk by chunk
+    path = tmp_path / "embeddings.npy"
+    np.save(path, random_collection.numpy())
+    mapped = np.load(path, mmap_mode="r")
+    mapped_scores, mapped_indices = cosine_search(queries.numpy(), mapped, k=10, batch_size=64)
+    assert torch.equal(mapped_indices, whole_indices)
+    torch.testing.assert_close(mapped_scores, whole_scores)
+    # brute force, the definition
+    normed = torch.nn.functional.normalize(random_collection, dim=1)
+    brute = torch.nn.functional.normalize(queries, dim=1) @ normed.T
+    torch.testing.assert_close(whole_scores, brute.topk(10, dim=1).values)
+
+
+def test_k_larger_than_the_collection_returns_everything(random_collection):
+    scores, indices = cosine_search(random_collection[0], random_collection[:5], k=50)
+    assert sorted(indices.tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_refine_query_is_rocchio():
+    pos = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    neg = torch.tensor([[0.0, 0.0, 5.0]])
+    expected = torch.tensor([0.5, 0.5, -0.5])  # mean of unit positives minus 0.5 * unit negative
+    torch.testing.assert_close(refine_query(pos, neg, alpha=1.0, beta=0.5), expected / expected.norm())
+    torch.testing.assert_close(refine_query(pos), torch.tensor([1.0, 1.0, 0.0]) / math.sqrt(2))
+
+
+def test_negatives_push_their_neighbours_down(chip_embeddings):
+    embeddings, ids = chip_embeddings["embeddings"], chip_embeddings["ids"]
+    positive = 0
+    _, ranking = cosine_search(embeddings[positive], embeddings, k=36)
+    negative = int(ranking[4])  # the fourth nearest other chip
+    rank = lambda order, row: order.tolist().index(row)  # noqa: E731
+    plain_scores, plain = search_by_examples(embeddings, [positive], k=35, exclude_examples=False)
+    ranks, scores = [rank(plain, negative)], [plain_scores[rank(plain, negative)]]
+    for beta in (0.5, 1.0):
+        refined_scores, refined = search_by_examples(
+            embeddings, [positive], [negative], k=35, beta=beta, exclude_examples=False
+        )
+        ranks.append(rank(refined, negative))
+        scores.append(refined_scores[rank(refined, negative)])
+    assert ranks[0] == 4 and ranks[0] < ranks[1] < ranks[2]  # the heavier the negative weight, the further down
+    assert scores[0] > scores[1] > scores[2]
+    # the examples are left out by default
+    _, hits = search_by_examples(embeddings, [positive], [negative], k=10)
+    assert len(hits) == 10 and positive not in hits.tolist() and negative not in hits.tolist()
+    # the same through the index, by ids
+    index = EmbeddingIndex(embeddings, ids=ids)
+    found = index.search_examples([ids[positive]], [ids[negative]], k=10)
+    assert found.ids == [ids[i] for i in hits.tolist()]
+
+
+def test_a_negative_example_reorders_the_results():
+    pos, neg = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    toward_negative, away = torch.tensor([1.0, 0.2, 0.0]), torch.tensor([1.0, 0.0, 0.3])
+    collection = torch.stack([pos, neg, toward_negative, away])  # rows 0..3
+    _, plain = search_by_examples(collection, [0], k=2)
+    _, refined = search_by_examples(collection, [0], [1], k=2)
+    assert plain.tolist() == [2, 3]  # the candidate near the positive first ...
+    assert refined.tolist() == [3, 2]  # ... until the negative example pushes it down
+
+
+def test_precision_at_k_known_answers():
+    angles = torch.deg2rad(torch.tensor([0.0, 10.0, 25.0, 90.0]))
+    points = torch.stack([angles.cos(), angles.sin()], dim=1)  # (4, 2) on the unit circle
+    labels = ["a", "a", "b", "b"]
+    # k=1: 0->10 hit, 10->0 hit, 25->10 miss, 90->25 hit
+    assert precision_at_k(points, labels, k=1) == pytest.approx(0.75)
+    # k=2: 0->{10, 25} 1/2, 10->{0, 25} 1/2, 25->{10, 0} 0, 90->{25, 10} 1/2
+    assert precision_at_k(points, labels, k=2) == pytest.approx(0.375)
+    # well separated clusters retrieve only their own class
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=g) * 10
+    clusters = centres.repeat_interleave(5, dim=0) + 0.01 * torch.randn(15, 8, generator=g)
+    assert precision_at_k(clusters, np.repeat([0, 1, 2], 5), k=4, batch_size=4) == 1.0
+
+
+def test_index_from_a_dataset_with_an_embedding_column(chip_embeddings):
+    dataset = Dataset.from_dict(
+        {
+            "embedding": chip_embeddings["embeddings"].numpy().tolist(),
+            "chip_id": chip_embeddings["ids"],
+            "lat": chip_embeddings["lat"],
+        }
+    )
+    index = EmbeddingIndex.from_dataset(dataset)  # the clay_hf.embeddings columns: embedding, chip_id
+    assert len(index) == 36
+    hits = index.search(chip_embeddings["ids"][9], k=3)
+    assert hits.ids[0] == chip_embeddings["ids"][9]
+    assert hits.metadata[0] == {"chip_id": chip_embeddings["ids"][9], "lat": chip_embeddings["lat"][9]}
+    with pytest.raises(ClayInputError, match=r"dataset has no column 'vectors'.*Pass embedding_column="):
+        EmbeddingIndex.from_dataset(dataset, embedding_column="vectors")
+
+
+def test_faiss_flat_index_matches_exact_search(random_collection):
+    index = EmbeddingIndex(random_collection, ids=[f"chip-{i}" for i in range(500)])
+    exact = index.search(random_collection[:10], k=8)
+    index.build_faiss_index()  # exact inner product through datasets' FAISS support
+    assert index.has_faiss_index
+    approx = index.search(random_collection[:10], k=8)
+    for e, a in zip(exact, approx):
+        assert e.ids == a.ids
+        torch.testing.assert_close(a.scores, e.scores, rtol=1e-5, atol=1e-5)
+    exact_examples = index.search_examples(["chip-1", "chip-2"], ["chip-3"], k=5, use_faiss=False)
+    faiss_examples = index.search_examples(["chip-1", "chip-2"], ["chip-3"], k=5)
+    assert faiss_examples.ids == exact_examples.ids
+
+
+def test_faiss_hnsw_index_finds_the_queries_and_most_exact_neighbours(random_collection):
+    index = EmbeddingIndex(random_collection)
+    index.build_faiss_index("HNSW16")
+    hits = index.search(list(range(50)), k=10)
+    assert [h.ids[0] for h in hits] == list(range(50))
+    exact = index.search(list(range(50)), k=10, use_faiss=False)
+    recall = np.mean([len(set(h.ids) & set(e.ids)) / 10 for h, e in zip(hits, exact)])
+    assert recall >= 0.9
+
+
+def test_missing_faiss_says_how_to_install_it(random_collection, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    index = EmbeddingIndex(random_collection)
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        index.build_faiss_index()
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        index.search(0, use_faiss=True)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_search_errors(random_collection):
+    with pytest.raises(ClayInputError, match=r"query must have shape \(D,\) or \(Q, D\) with D=16.*got \(8,\)"):
+        cosine_search(torch.randn(8), random_collection)
+    with pytest.raises(ClayInputError, match=r"query must have shape .* got \(2, 3, 16\)"):
+        cosine_search(torch.randn(2, 3, 16), random_collection)
+    with pytest.raises(ClayInputError, match=r"embeddings must be a non-empty \(N, D\) array.*got shape \(16,\)"):
+        cosine_search(torch.randn(16), torch.randn(16))
+    with pytest.raises(ClayInputError, match="k, batch_size and query_batch_size must be positive, got 0"):
+        cosine_search(random_collection[0], random_collection, k=0)
+    with pytest.raises(ClayInputError, match=r"k must be in \[1, N\) = \[1, 4\).*got 4"):
+        precision_at_k(torch.randn(4, 3), [0, 0, 1, 1], k=4)
+    with pytest.raises(ClayInputError, match=r"labels must have shape \(4,\).*got \(3,\)"):
+        precision_at_k(torch.randn(4, 3), [0, 0, 1], k=1)
+    with pytest.raises(ClayInputError, match="needs at least one positive example"):
+        search_by_examples(random_collection, [])
+    with pytest.raises(ClayInputError, match=r"positive_ids must be row indices in \[0, 500\), got \[500\]"):
+        search_by_examples(random_collection, [500])
+    with pytest.raises(ClayInputError, match="cancel out"):
+        refine_query(random_collection[:1], random_collection[:1], beta=1.0)
+    with pytest.raises(ClayInputError, match=r"negatives must have shape \(M, 16\)"):
+        refine_query(random_collection[:1], torch.randn(2, 4))
+
+
+def test_index_errors(random_collection):
+    ids = [f"chip-{i}" for i in range(500)]
+    index = EmbeddingIndex(random_collection, ids=ids)
+    with pytest.raises(ClayInputError, match=r"id 'chip-x1' is not in the index of 500 embeddings; did you mean"):
+        index.search("chip-x1")
+    with pytest.raises(ClayInputError, match="no FAISS index was built; call build_faiss_index"):
+        index.search("chip-1", use_faiss=True)
+    with pytest.raises(ClayInputError, match=r"ids must be distinct, got duplicates \['a'\]"):
+        EmbeddingIndex(random_collection[:3], ids=["a", "a", "b"])
+    with pytest.raises(ClayInputError, match="got 2 ids for 3 embeddings"):
+        EmbeddingIndex(random_collection[:3], ids=["a", "b"])
+    with pytest.raises(ClayInputError, match=r"every metadata column must have 3 values.*'lat': 2"):
+        EmbeddingIndex(random_collection[:3], metadata={"lat": [1.0, 2.0]})
