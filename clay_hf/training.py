@@ -45,6 +45,7 @@ __all__ = [
     "build_model",
     "build_teacher",
     "find_latest_checkpoint",
+    "evaluate",
     "train",
 ]
 
@@ -81,6 +82,11 @@ class TrainingConfig:
         stop_after: end this run (with a checkpoint) after this many optimizer steps of the schedule, e.g. to fit
             a job time limit; ``--resume`` goes on from there.
         time_latlon_dropout: probability that a chip's time and location are zeroed (0.2 in v1.5).
+        eval_dataset, eval_batches, eval_every: a held-out chip dataset, and how many of its batches per process
+            to evaluate (the same batches and masks every time) at step 0, every ``eval_every`` steps (default:
+            at checkpoints) and at the end; logged as ``eval_reconstruction_loss`` (and ``eval_representation_loss``).
+        shuffle_buffer, shuffle_shards: chips in the streaming shuffle buffer, and shards read into it at once
+            (shards are written per source, so this mixes sensors; datasets pauses 5 s per epoch when > 1).
     """
 
     dataset: str
@@ -107,10 +113,14 @@ class TrainingConfig:
     report_to: str = "none"
     num_workers: int = 0
     shuffle_buffer: int = 1000
+    shuffle_shards: int = 10
     time_latlon_dropout: float = 0.2
     resume: bool = False
     stop_after: int | None = None
     attn_implementation: str | None = None
+    eval_dataset: str | None = None
+    eval_batches: int = 4
+    eval_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -252,28 +262,45 @@ def get_dataloaders(config: TrainingConfig, processor: ClayImageProcessor, rank:
         drop_last=True,
         time_latlon_dropout=config.time_latlon_dropout,
         processor=processor,
+        max_buffer_input_shards=config.shuffle_shards,
     )
 
 
 class _Batches:
-    """Endless batches over epochs with a resumable position: (epoch, batches taken in that epoch)."""
+    """Endless batches over epochs, with a resumable position.
+
+    A loader with its own ``state_dict``/``load_state_dict`` (``clay_hf.data.ChipLoader``) keeps the position
+    itself and skips consumed batches cheaply on resume. Any other iterable is wrapped: the position is (epoch,
+    batches taken), ``set_epoch`` is called per epoch if the loader has it, and resuming fast-forwards.
+    """
 
     def __init__(self, loader) -> None:
         self.loader = loader
-        self.epoch = 0
+        self.native = hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")
+        self._epoch = 0
         self.taken = 0
         self._iterator: Iterator[dict[str, Any]] | None = None
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "taken": self.taken}
+    @property
+    def epoch(self) -> int:
+        return int(self.loader.epoch) if self.native else self._epoch
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.taken = int(state["epoch"]), int(state["taken"])
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict() if self.native else {"epoch": self._epoch, "taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.native:
+            self.loader.load_state_dict(state)
+        else:
+            self._epoch, self.taken = int(state["epoch"]), int(state["taken"])
         self._iterator = None
 
     def _start_epoch(self) -> None:
+        if self.native:
+            self._iterator = iter(self.loader)
+            return
         if hasattr(self.loader, "set_epoch"):
-            self.loader.set_epoch(self.epoch)
+            self.loader.set_epoch(self._epoch)
         self._iterator = iter(self.loader)
         for _ in range(self.taken):  # fast-forward after a resume: the order is a function of (seed, epoch)
             next(self._iterator)
@@ -287,7 +314,8 @@ class _Batches:
                 self.taken += 1
                 return batch
             except StopIteration:
-                self.epoch, self.taken = self.epoch + 1, 0
+                if not self.native:
+                    self._epoch, self.taken = self._epoch + 1, 0
                 self._start_epoch()
         raise ClayError(
             "the dataset gave this process no batch in a whole epoch: it has fewer chips of one band set than "
@@ -360,6 +388,51 @@ def _save_final(accelerator, model, processor: ClayImageProcessor, output_dir: P
 # --------------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def evaluate(model, batches: list[dict[str, Any]], teacher=None, seed: int = 0, device=None) -> dict[str, float]:
+    """Mean losses over fixed batches with fixed masks (seeded), in eval mode (no band dropping).
+
+    The same batches and seed give the same masks, so values at different steps are comparable.
+    """
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    sums: dict[str, float] = {"eval_reconstruction_loss": 0.0}
+    for batch in batches:
+        if device is not None:
+            batch = _to_device(batch, device)
+        targets = _teacher_embeddings(teacher, batch)
+        out = model(
+            pixel_values=batch["pixel_values"], wavelengths=batch["wavelengths"], gsd=batch["gsd"],
+            time=batch.get("time"), latlon=batch.get("latlon"), teacher_embeddings=targets, generator=generator,
+        )  # fmt: skip
+        sums["eval_reconstruction_loss"] += float(out.reconstruction_loss) / len(batches)
+        if out.representation_loss is not None:
+            key = "eval_representation_loss"
+            sums[key] = sums.get(key, 0.0) + float(out.representation_loss) / len(batches)
+    model.train(was_training)
+    return sums
+
+
+def _eval_batches(config: TrainingConfig, processor: ClayImageProcessor, rank: int, world: int) -> list[dict]:
+    """The first ``eval_batches`` batches of this process's share of the eval dataset (cycled if it has fewer)."""
+    from .data import get_dataloader
+
+    loader = get_dataloader(config.eval_dataset, batch_size=config.batch_size, rank=rank, world_size=world,
+                            seed=config.seed, shuffle_buffer=0, drop_last=False, processor=processor,
+                            max_buffer_input_shards=1)  # fmt: skip
+    batches: list[dict] = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == config.eval_batches:
+            break
+    if not batches:
+        raise ClayError(f"the eval dataset {config.eval_dataset} gave process {rank} no batch")
+    while len(batches) < config.eval_batches:  # every process runs the same number of forward passes (FSDP)
+        batches.append(batches[len(batches) % len(batches)])
+    return batches
+
+
 def _teacher_embeddings(teacher, batch: dict[str, Any]) -> torch.Tensor | None:
     """The teacher's targets for one batch, or None when its sensor has no RGB (or VV/VH) bands."""
     if teacher is None:
@@ -384,8 +457,18 @@ def train(
     config: TrainingConfig,
     dataloader_factory: Callable[..., Any] = get_dataloaders,
     show_progress: bool = True,
+    step_callback: Callable[[int, torch.nn.Module, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) pre-training; returns a summary (steps, final losses, paths, chips/s)."""
+    """Run (or resume) pre-training; returns a summary (steps, first and last losses, paths).
+
+    Args:
+        config: the run's settings.
+        dataloader_factory: ``(config, processor, rank, world_size) -> loader`` (default: the streamed chip
+            dataset of ``config.dataset``); a loader yields batches of one band set.
+        show_progress: a progress bar on the main process.
+        step_callback: called on every process after each optimizer step as ``(step, unwrapped model, losses)``,
+            e.g. for custom evaluation.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -423,6 +506,7 @@ def train(
 
     # 2. data (this rank's shards) and the generator of masks and band dropping
     batches = _Batches(dataloader_factory(config, processor, rank, world))
+    held_out = _eval_batches(config, processor, rank, world) if config.eval_dataset else None
     generator = torch.Generator().manual_seed(config.seed * 100_003 + rank)
 
     # 3. resume
@@ -460,6 +544,18 @@ def train(
     last: dict[str, float] = {}
     window_start, window_chips = time.perf_counter(), 0
     unwrapped = accelerator.unwrap_model(model)
+    eval_history: list[dict[str, float]] = []
+
+    def run_eval() -> None:
+        metrics = _mean_over_ranks(accelerator, evaluate(model, held_out, teacher, config.seed, accelerator.device))
+        eval_history.append({"step": step, **metrics})
+        if accelerator.is_main_process:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+            logger.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    if held_out is not None and step == 0:
+        run_eval()
     try:
         while step < stop_at:
             sums = {"loss": 0.0, "reconstruction_loss": 0.0, "representation_loss": 0.0}
@@ -501,6 +597,8 @@ def train(
             last = _mean_over_ranks(accelerator, sums)
             first_losses = first_losses or dict(last)
             progress.update(1)
+            if step_callback is not None:
+                step_callback(step, unwrapped, last)
 
             # 5. logs
             if step % config.log_every == 0 or step == stop_at or step == 1:
@@ -523,8 +621,11 @@ def train(
                 if config.report_to != "none":
                     accelerator.log(record, step=step)
 
-            # 6. checkpoints (and a clean stop on SIGTERM)
+            # 6. evaluation, checkpoints (and a clean stop on SIGTERM)
             stopping = _any_rank(accelerator, stop_signal["set"])
+            eval_every = config.eval_every or config.checkpoint_every
+            if held_out is not None and (step % eval_every == 0 or step == stop_at or stopping):
+                run_eval()
             if step % config.checkpoint_every == 0 or step == stop_at or stopping:
                 rank_state = {"generator": generator.get_state(), "data": batches.state_dict()}
                 trainer_state = {"step": step, "chips_seen": chips_seen, "max_steps": config.max_steps,
@@ -553,6 +654,7 @@ def train(
         "final_model": str(final) if final is not None else None,
         "checkpoint": str(find_latest_checkpoint(output_dir)),
         "world_size": world,
+        "eval": eval_history,
     }
 
 

@@ -73,8 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--report-to", default="none", help="Accelerate tracker: none, tensorboard, wandb, all (default: none)")
     add("--num-workers", type=int, default=0, help="dataloader worker processes per training process (default: 0)")
     add("--shuffle-buffer", type=int, default=1000, help="chips in the streaming shuffle buffer (default: 1000)")
+    add("--shuffle-shards", type=int, default=10, help="shards mixed in the shuffle buffer at once (default: 10)")
     add("--time-latlon-dropout", type=float, default=0.2, help="chance to zero time and location (default: 0.2)")
     add("--attn-implementation", choices=("sdpa", "eager"), default=None, help="attention kernel (default: sdpa)")
+    add("--eval-dataset", default=None, help="held-out chip dataset (folder or Hub id) for a fixed-mask eval loss")
+    add("--eval-batches", type=int, default=4, help="eval batches per process (default: 4)")
+    add("--eval-every", type=int, default=None, help="steps between evals (default: at every checkpoint)")
     add("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -95,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             max_grad_norm=args.max_grad_norm or None, gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
             log_every=args.log_every, report_to=args.report_to, num_workers=args.num_workers,
-            shuffle_buffer=args.shuffle_buffer, time_latlon_dropout=args.time_latlon_dropout, resume=args.resume,
+            shuffle_buffer=args.shuffle_buffer, shuffle_shards=args.shuffle_shards,
+            time_latlon_dropout=args.time_latlon_dropout, resume=args.resume,
             stop_after=args.stop_after, attn_implementation=args.attn_implementation,
+            eval_dataset=args.eval_dataset, eval_batches=args.eval_batches, eval_every=args.eval_every,
         )  # fmt: skip
         summary = train(config, show_progress=not args.quiet)
     except ClayError as err:

