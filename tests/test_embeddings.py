@@ -1,0 +1,167 @@
+"""Embeddings of real imagery: arrays, GeoTIFF folders, chip datasets; GeoParquet shards, resume, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from clay_hf import ClayModel
+from clay_hf.embeddings import embed_array, embed_geotiff, embed_to_parquet, footprint_wkb, write_embedding_shard
+from clay_hf.errors import ClayInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, micro_config) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "clay-micro"
+    ClayModel(micro_config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    from clay_hf.embeddings import load_embedding_model
+
+    return load_embedding_model(model_dir)
+
+
+@pytest.fixture(scope="module")
+def geotiff_folder(tmp_path_factory) -> Path:
+    """Six real BigEarthNet Sentinel-2 patches (120 x 120 px, 10 m) stacked into 10-band GeoTIFFs, as users have."""
+    import rasterio
+    import rasterio.transform
+
+    from clay_hf.io import open_source
+    from clay_hf.sample_data import sample_sources
+
+    folder = tmp_path_factory.mktemp("geotiffs")
+    for spec in sample_sources(packages=["bigearthnet-common"]):
+        if spec.sensor != "sentinel-2-l2a":
+            continue
+        with open_source(spec) as source:  # 10 and 20 m band files resampled onto one 10 m grid
+            chip = source.read_chip(0, 0, (source.height, source.width))
+            transform = rasterio.transform.from_origin(*source.origin, source.resolution, source.resolution)
+            crs = source.crs
+        profile = dict(
+            driver="GTiff",
+            dtype=chip["pixels"].dtype,
+            count=chip["pixels"].shape[0],
+            height=chip["pixels"].shape[1],
+            width=chip["pixels"].shape[2],
+            crs=crs,
+            transform=transform,
+        )
+        with rasterio.open(folder / f"{spec.name}.tif", "w", **profile) as out:
+            out.write(chip["pixels"])
+            out.update_tags(ACQUISITIONDATE=spec.datetime)
+    assert len(list(folder.glob("*.tif"))) == 6
+    return folder
+
+
+def test_embed_array_matches_the_model_and_batches_do_not_matter(model, s2_files):
+    from clay_hf import ClayImageProcessor
+    from clay_hf.io import MultiBandSource, iter_chips
+
+    with MultiBandSource(s2_files, resolution=20.0) as source:
+        chips = np.stack([c["pixels"] for c, _ in zip(iter_chips(source, 32), range(5))])
+    kwargs = dict(sensor="sentinel-2-l2a", datetimes="2019-06-01", lat=37.8, lon=-75.7)
+    out = embed_array(model, chips, batch_size=2, outputs=("cls", "mean", "patches"), **kwargs)
+    assert out["embedding"].shape == (5, 64) and out["mean_embedding"].shape == (5, 64)
+    assert out["patch_embeddings"].shape == (5, 64, 64)  # (B, L, D): 8 x 8 patches of 4 px
+    with torch.inference_mode():
+        direct = model(**ClayImageProcessor(patch_size=4)(chips, **kwargs)).last_hidden_state
+    torch.testing.assert_close(out["embedding"], direct[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["mean_embedding"], direct[:, 1:].mean(1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ClayInputError, match=r"outputs must be a non-empty subset of \['cls', 'mean', 'patches'\]"):
+        embed_array(model, chips, outputs=("pooled",), **kwargs)
+
+
+def test_embed_geotiff_returns_a_dataset_with_footprints(model, geotiff_folder):
+    path = sorted(geotiff_folder.glob("*.tif"))[0]
+    ds = embed_geotiff(model, path, sensor="sentinel-2-l2a", chip_size=40, outputs=("cls", "mean"))
+    assert len(ds) == 9  # 120 px = 3 x 3 chips of 40 px
+    row = ds[0]
+    assert row["embedding"].shape == (64,) and row["sensor"] == "sentinel-2-l2a"
+    assert row["datetime"].startswith("2017-06-13")
+    assert 40 < row["lat"] < 50 and 10 < row["lon"] < 20  # Austria
+    west, south, east, north = struct.unpack("<10d", row["geometry"][13:])[0:4:2] + struct.unpack(
+        "<10d", row["geometry"][13:]
+    )[5:8:2]  # fmt: skip
+    assert west < row["lon"] < east and south < row["lat"] < north
+
+
+def test_geoparquet_metadata_and_atomic_write(tmp_path):
+    wkb = footprint_wkb((500000.0, 4000000.0, 501000.0, 4001000.0), "EPSG:32633")
+    assert len(wkb) == 1 + 4 + 4 + 4 + 5 * 16
+    row = dict(chip_id="a/0_0", embedding=np.ones(4, np.float32), mean_embedding=None, patch_embeddings=None,
+               sensor="s", datetime=None, lat=36.1, lon=15.0, gsd=10.0, bounds=[500000.0, 4000000.0, 501000.0,
+               4001000.0], crs="EPSG:32633", source="a", geometry=wkb)  # fmt: skip
+    path = write_embedding_shard([row], tmp_path / "x" / "part.parquet")
+    geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    west, south, east, north = geo["columns"]["geometry"]["bbox"]
+    assert 14.9 < west < east < 15.1 and 36.0 < south < north < 36.2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["part.parquet"]  # no temporary file left
+
+
+def test_embed_folder_resumes_without_recomputing(model, model_dir, geotiff_folder, tmp_path):
+    out = tmp_path / "emb"
+    first = embed_to_parquet(geotiff_folder, model, out, chip_size=40, sensor="sentinel-2-l2a", progress=False)
+    assert first["chips"] == 54 and len(first["written"]) == 6
+    shards = sorted((out / "data" / "train").glob("*.parquet"))
+    victim = shards[2]
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    victim.unlink()  # as if the job had been killed before this shard was written
+    again = embed_to_parquet(geotiff_folder, model, out, chip_size=40, sensor="sentinel-2-l2a", progress=False)
+    assert again["written"] == [str(victim)] and len(again["skipped"]) == 5 and again["chips"] == 9
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in shards if p != victim)
+    from datasets import load_dataset
+
+    ds = load_dataset("parquet", data_files=str(out / "data" / "train" / "*.parquet"), split="train")
+    assert len(ds) == 54 and len(set(ds["chip_id"])) == 54
+
+
+def test_embed_script_two_processes_write_disjoint_shards(model_dir, geotiff_folder, tmp_path):
+    out = tmp_path / "emb2"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()),
+           str(ROOT / "scripts" / "embed.py"), str(geotiff_folder), "--model", str(model_dir), "--output", str(out),
+           "--chip-size", "40", "--sensor", "sentinel-2-l2a", "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(s["rank"] for s in summaries) == [0, 1] and all(s["world_size"] == 2 for s in summaries)
+    written = [set(s["written"]) for s in summaries]
+    assert written[0].isdisjoint(written[1]) and len(written[0] | written[1]) == 6
+    ids = [
+        i for f in sorted((out / "data" / "train").glob("*.parquet")) for i in pq.read_table(f)["chip_id"].to_pylist()
+    ]
+    assert len(ids) == len(set(ids)) == 54
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_bad_inputs_name_the_problem(model, tmp_path):
+    with pytest.raises(ClayInputError, match="is not a GeoTIFF, a folder of GeoTIFFs or a chip dataset"):
+        embed_to_parquet(tmp_path / "missing.tif", model, tmp_path / "o", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ClayInputError, match="holds neither GeoTIFFs"):
+        embed_to_parquet(tmp_path / "empty", model, tmp_path / "o", progress=False)
