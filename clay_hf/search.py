@@ -299,6 +299,9 @@ class EmbeddingIndex:
         ids: ``N`` distinct ids (chip ids, ...); default the row numbers 0..N-1.
         metadata: per-row information returned with the hits: a mapping of columns (each N long), a sequence
             of N dicts, or a ``datasets.Dataset`` of N rows.
+        center: subtract the collection's mean embedding (from the collection and from vector queries) before
+            normalising. Embeddings of one model often share a large common direction, which squeezes every
+            cosine towards 1; centring spreads them out without changing what is near what.
     """
 
     def __init__(
@@ -306,9 +309,12 @@ class EmbeddingIndex:
         embeddings: ArrayLike,
         ids: Sequence[Hashable] | None = None,
         metadata: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]] | Any | None = None,
+        center: bool = False,
     ) -> None:
         n, _ = _check_collection(embeddings)
-        self.embeddings = _normalize(_as_float_tensor(embeddings, "embeddings"))  # (N, D), unit rows
+        raw = _as_float_tensor(embeddings, "embeddings")  # (N, D)
+        self.center_vector = raw.mean(dim=0) if center else None  # (D,)
+        self.embeddings = _normalize(raw - self.center_vector if center else raw)  # (N, D), unit rows
         self.ids: list[Hashable] = list(range(n)) if ids is None else [_plain(i) for i in ids]
         if len(self.ids) != n:
             raise ClayInputError(f"got {len(self.ids)} ids for {n} embeddings; pass one id per row")
@@ -320,7 +326,9 @@ class EmbeddingIndex:
         self._faiss_dataset = None  # a `datasets.Dataset` of row numbers carrying the FAISS index
 
     @classmethod
-    def from_dataset(cls, dataset: Any, embedding_column: str = "embedding", id_column: str | None = None):
+    def from_dataset(
+        cls, dataset: Any, embedding_column: str = "embedding", id_column: str | None = None, center: bool = False
+    ):
         """An index over a ``datasets.Dataset`` with an embedding column; the other columns become metadata.
 
         The defaults fit the rows of :mod:`clay_hf.embeddings` (``embedding``, ``chip_id``): ``id_column=None``
@@ -337,7 +345,7 @@ class EmbeddingIndex:
             raise ClayInputError(f"dataset has no id column {id_column!r}; its columns are {dataset.column_names}")
         embeddings = np.asarray(dataset.with_format("numpy")[embedding_column], dtype=np.float32)  # (N, D)
         ids = dataset[id_column] if id_column is not None else None
-        return cls(embeddings, ids=ids, metadata=dataset.remove_columns(embedding_column))
+        return cls(embeddings, ids=ids, metadata=dataset.remove_columns(embedding_column), center=center)
 
     @staticmethod
     def _check_metadata(metadata: Any, n: int) -> Any:
@@ -384,6 +392,8 @@ class EmbeddingIndex:
         """Vectors pass through (normalised); ids are looked up. Returns ``(Q, D)`` and whether it was one query."""
         if _is_vector(query_or_ids):
             queries, single = _check_queries(query_or_ids, self.embeddings.shape[1])
+            if self.center_vector is not None:
+                queries = queries - self.center_vector
             return _normalize(queries), single
         single = _is_single_id(query_or_ids)
         return self.embeddings[self.rows(query_or_ids)], single  # (Q, D)

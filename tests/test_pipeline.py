@@ -1,4 +1,4 @@
-"""The README's main job, end to end on real imagery (small settings)."""
+"""The README's main job, end to end on real imagery (one sample package, a few training steps)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,25 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 
-def test_main_job_runs_end_to_end(tmp_path, s2_files):
+def test_main_job_runs_end_to_end(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--output", str(tmp_path), "--max-chips", "12",
-         "--chip-size", "32", "--batch-size", "5"],
+        [sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--output", str(tmp_path), "--packages",
+         "bigearthnet-common", "--max-steps", "12", "--batch-size", "8", "--workers", "1"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[4/4]" in proc.stdout
-    results = json.loads((tmp_path / "search.json").read_text())
-    assert results[0]["chip"] == 0 and abs(results[0]["similarity"] - 1.0) < 1e-4
-    assert (tmp_path / "model" / "model.safetensors").is_file()
+    for step in range(1, 7):
+        assert f"[{step}/6]" in proc.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["chips"]["total"] == 108
+    assert report["chips"]["per_sensor"] == {"sentinel-2-l2a": 54, "sentinel-1-rtc": 54}
+    assert report["pretraining"]["steps"] == 12
+    assert report["embeddings"]["chips"] == 108
+    results = report["search"]["results"]
+    assert results[0]["chip_id"] == report["search"]["query"] and abs(results[0]["cosine"] - 1.0) < 1e-4
+    assert (tmp_path / "converted" / "model.safetensors").is_file()
+    assert (tmp_path / "train" / "final" / "model.safetensors").is_file()
+    assert len(list((tmp_path / "embeddings" / "data" / "train").glob("*.parquet"))) == 12
     help_text = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--help"],
                                capture_output=True, text=True).stdout  # fmt: skip
     assert "examples:" in help_text

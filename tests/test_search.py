@@ -262,3 +262,17 @@ def test_index_errors(random_collection):
         EmbeddingIndex(random_collection[:3], ids=["a", "b"])
     with pytest.raises(ClayInputError, match=r"every metadata column must have 3 values.*'lat': 2"):
         EmbeddingIndex(random_collection[:3], metadata={"lat": [1.0, 2.0]})
+
+
+def test_centring_spreads_cosines_without_changing_the_self_match():
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=16) * 50  # a large shared direction, as embeddings of one model often have
+    embeddings = (common + rng.normal(size=(40, 16))).astype(np.float32)
+    plain = EmbeddingIndex(embeddings)
+    centred = EmbeddingIndex(embeddings, center=True)
+    raw_hits, centred_hits = plain.search(3, k=40), centred.search(3, k=40)
+    assert float(raw_hits.scores[-1]) > 0.99  # everything looks alike before centring
+    assert centred_hits.ids[0] == 3 and abs(float(centred_hits.scores[0]) - 1) < 1e-5
+    assert float(centred_hits.scores[-1]) < 0.5
+    vector_hits = centred.search(embeddings[3], k=1)  # vector queries are centred with the collection's mean
+    assert vector_hits.ids[0] == 3 and abs(float(vector_hits.scores[0]) - 1) < 1e-5
