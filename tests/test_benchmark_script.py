@@ -41,8 +41,12 @@ def test_quick_run_writes_the_table(tmp_path):
     assert result.returncode == 0, result.stderr
     report = output.read_text()
     assert report == result.stdout.rstrip("\n") + "\n"
-    for heading in ("## Matmul peak", "## ClayModel embeddings", "## ClayForPreTraining step", "## Checks"):
+    for heading in ("## Matmul peak", "## ClayModel embeddings", "## ClayForPreTraining step", "## Checks",
+                    "## Data pipeline"):  # fmt: skip
         assert heading in report
+    assert "| build (read windows, tile, write Parquet) | 108 |" in report  # BigEarthNet: 12 patches x 9 chips
+    assert "| stream (read, decode, normalise, batch) | 108 |" in report
+    assert "what a tiny training step at 32 px consumes" in report
     rows = [line for line in report.splitlines() if line.startswith("| tiny | 32 |")]
     assert len(rows) == 3  # float32 and bfloat16 embeddings, one training step
     assert "| chips/s |" in report and "peak MiB" in report
