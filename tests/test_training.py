@@ -233,3 +233,38 @@ def test_two_processes_train_on_disjoint_chips_with_synchronised_weights(tmp_pat
 
     model, info = AutoModel.from_pretrained(tmp_path / "final", output_loading_info=True)
     assert not any(info.values())
+
+
+@pytest.mark.parametrize("sig", ["KILL", "TERM"])
+def test_a_killed_or_preempted_process_resumes_to_the_same_weights(tmp_path, sample_chip_dataset, sig):
+    """SIGKILL during step 5 (last checkpoint: step 4) or SIGTERM after step 3 (checkpoint, clean exit), then
+    --resume in a new process: the final weights equal an uninterrupted run's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("_signal_train.py")
+    env = {**__import__("os").environ, "PYTHONPATH": str(script.parents[1])}
+
+    def run(output, *extra):
+        cmd = [sys.executable, str(script), str(sample_chip_dataset), str(output), "7", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    full = run(tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    at = "5" if sig == "KILL" else "3"
+    stopped = run(tmp_path / "cut", "--signal", sig, "--at", at)
+    if sig == "KILL":
+        assert stopped.returncode == -9  # really killed: no clean-up ran
+        assert find_latest_checkpoint(tmp_path / "cut").name == "checkpoint-00000004"
+    else:
+        assert stopped.returncode == 0, stopped.stderr[-3000:]
+        assert "stopped by SIGTERM at step 3" in stopped.stderr
+        assert json.loads(stopped.stdout.splitlines()[-1])["step"] == 3
+    assert not (tmp_path / "cut" / "final").exists()
+    resumed = run(tmp_path / "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "final" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
