@@ -481,6 +481,8 @@ def train(
         project_dir=str(output_dir),
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    logger.info("%s on %d process(es), device %s, mixed precision %s", accelerator.distributed_type.value, world,
+                accelerator.device, accelerator.mixed_precision)  # fmt: skip
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)  # the same initial weights on every rank

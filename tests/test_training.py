@@ -268,3 +268,32 @@ def test_a_killed_or_preempted_process_resumes_to_the_same_weights(tmp_path, sam
     b = load_file(tmp_path / "cut" / "final" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_fsdp2_shards_every_clay_layer_on_two_cpu_processes(tmp_path, sample_chip_dataset):
+    """The model side of scripts/accelerate_configs/fsdp.yaml: fully_shard per ClayLayer, two real gloo processes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(root / "tests" / "_fsdp2_step.py"), str(sample_chip_dataset),
+           str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["sharded"] and r["wrapped"] == 6 + 3  # tiny: 6 encoder + 3 decoder layers
+        assert all(math.isfinite(v) for v in r["losses"]) and len(r["losses"]) == 2
+        assert r["local_numel"] < 0.6 * ranks[0]["total_numel"]  # each process holds about half of the parameters
+    from transformers import AutoModelForPreTraining
+
+    model, info = AutoModelForPreTraining.from_pretrained(tmp_path / "final", output_loading_info=True)
+    assert not any(info.values())
