@@ -165,3 +165,8 @@ def test_bad_inputs_name_the_problem(model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ClayInputError, match="holds neither GeoTIFFs"):
         embed_to_parquet(tmp_path / "empty", model, tmp_path / "o", progress=False)
+
+
+def test_embed_help_has_examples():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "embed.py"), "--help"], capture_output=True, text=True)
+    assert "examples:" in out.stdout and "--dtype" in out.stdout

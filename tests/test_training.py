@@ -297,3 +297,13 @@ def test_fsdp2_shards_every_clay_layer_on_two_cpu_processes(tmp_path, sample_chi
 
     model, info = AutoModelForPreTraining.from_pretrained(tmp_path / "final", output_loading_info=True)
     assert not any(info.values())
+
+
+def test_train_help_has_examples():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True).stdout
+    assert "examples:" in out and "accelerate launch" in out and "--resume" in out
