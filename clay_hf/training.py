@@ -415,12 +415,13 @@ def evaluate(model, batches: list[dict[str, Any]], teacher=None, seed: int = 0, 
 
 
 def _eval_batches(config: TrainingConfig, processor: ClayImageProcessor, rank: int, world: int) -> list[dict]:
-    """The first ``eval_batches`` batches of this process's share of the eval dataset (cycled if it has fewer)."""
+    """``eval_batches`` batches of this process's share of the eval dataset (cycled if it has fewer)."""
     from .data import get_dataloader
 
+    # A seeded shuffle over shards and rows: a fixed sample that mixes the dataset's sensors (not its first files).
     loader = get_dataloader(config.eval_dataset, batch_size=config.batch_size, rank=rank, world_size=world,
-                            seed=config.seed, shuffle_buffer=0, drop_last=False, processor=processor,
-                            max_buffer_input_shards=1)  # fmt: skip
+                            seed=config.seed + 1, shuffle_buffer=1024, drop_last=False, processor=processor,
+                            max_buffer_input_shards=8)  # fmt: skip
     batches: list[dict] = []
     for batch in loader:
         batches.append(batch)

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, learning_rate=1e-3, warmup_steps=min(10, args.max_steps // 10),
             teacher="tiny-random", teacher_image_size=56, checkpoint_every=max(1, args.max_steps // 2),
             log_every=max(1, args.max_steps // 10), shuffle_buffer=256, shuffle_shards=4,
-            eval_dataset=str(chips_dir), eval_batches=4,
+            eval_dataset=str(chips_dir), eval_batches=8,
         )  # fmt: skip
         result = train(config)
         first, last = result["eval"][0], result["eval"][-1]
