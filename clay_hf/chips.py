@@ -7,10 +7,16 @@ Layout of a build (one folder, any number of splits)::
 
     chips/
       README.md                          dataset card: YAML ``configs`` -> the Parquet files, sources table
-      manifest.json                      build settings, sources, chip counts, shard files
+      manifest.json                      settings, sources, chips per sensor, dropped chips, shard files
       data/<split>/<source>-00000.parquet   one chip per row (schema below), shards named per source
-      _build/config.json                 the settings every later run into this folder must share
-      _build/<split>/<source>.json       a source's done marker, written last (resume skips these sources)
+      .build/config.json                 the settings every later run into this folder must share
+      .build/<split>/<source>.json       a source's done marker, written last (resume skips these sources)
+      .build/<split>/staging/<source>/   shards of a source being built (moved into data/ when it is done)
+
+The build records live in a hidden folder, so ``datasets.load_dataset("parquet", data_dir=...)`` (which
+reads every file under a ``train/`` folder but skips hidden ones) sees only the shards. Each Parquet row
+group holds at most ``ROW_GROUP_ROWS`` (16) chips, which gives ``IterableDataset.reshard()`` room to split
+shards for many workers.
 
 Parquet schema (one row per chip; see :func:`chip_schema`)::
 
@@ -32,13 +38,18 @@ shard must share one Arrow schema for ``load_dataset("parquet", streaming=True)`
 not care. It is plain Arrow (pyarrow, DuckDB and pandas read it without datasets' extension types), it is
 bit-exact in the native dtype, and decoding is one ``np.frombuffer`` (:func:`clay_hf.data.decode_chip`).
 
-Writes are atomic: a shard is written to a dot-prefixed temporary file in its folder and renamed with
-``os.replace``; a source's done marker is written after its last shard. A rerun skips sources with a
-marker (and an unchanged spec, by :func:`spec_fingerprint`) and redoes the others from scratch (their stray shards and temporary files are deleted first),
-so an interrupted build (an exception, a killed worker, a lost node) never leaves a half-written shard
-visible and resumes where it stopped. Sources are built in parallel by processes
-(``ProcessPoolExecutor``, spawn), and across machines by giving each rank its share of the sources
-(``rank``/``world_size``, or ``accelerate.PartialState().split_between_processes``).
+Writes are atomic: a source's shards are written into its staging folder and moved into ``data/`` with
+``os.replace`` only when the source is complete; its done marker is written after that. A rerun skips
+sources with a marker (and an unchanged spec, by :func:`spec_fingerprint`) and redoes the others from
+scratch (their stray shards and staging folders are deleted first), so an interrupted build (an
+exception, a killed worker, a lost node) never leaves a half-written shard, or the shards of a half-built
+source, visible, and resumes where it stopped. Bad sources (corrupt, without CRS, all nodata, bands of
+mismatched size, unknown band names, STAC items without usable assets) stop the build with an error
+naming the file, or, with ``skip_errors=True``, are logged, recorded in the manifest and retried next run.
+
+Sources are built in parallel by processes (``ProcessPoolExecutor``, spawn), and across machines by
+giving each rank its share of the sources (``rank``/``world_size``, or
+``accelerate.PartialState().split_between_processes``).
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -60,7 +72,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ChipSizeError, ClayError, ClayInputError, EmptyRasterError, IncompatibleBuildError, NoChipsError
-from .io import SourceSpec, iter_chips, open_source, sources_from_stac
+from .io import SourceSpec, iter_chips, open_source, sources_from_path
+from .sensors import get_sensor
 
 __all__ = [
     "FORMAT_VERSION",
@@ -77,8 +90,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-ROW_GROUP_ROWS = 32  # rows per Parquet row group: bounds memory when writing and when streaming
-BUILD_DIR = "_build"
+ROW_GROUP_ROWS = 16  # chips per Parquet row group: bounds memory, and reshard() splits shards at row groups
+BUILD_DIR = ".build"  # hidden: load_dataset("parquet", data_dir=...) must not take its JSON for data
 
 
 @functools.cache
@@ -120,20 +133,55 @@ def chip_schema():
 # --------------------------------------------------------------------------------------------------
 
 
-def as_source_specs(sources: Sequence[Any]) -> list[SourceSpec]:
-    """``SourceSpec`` objects as they are; a STAC Item/ItemCollection JSON -> its specs; a raster path -> a spec."""
+def as_source_specs(sources: Sequence[Any], **fields: Any) -> list[SourceSpec]:
+    """``SourceSpec`` objects as they are; paths through :func:`clay_hf.io.sources_from_path`.
+
+    A path is a raster file, a folder of band files (one source) or a STAC Item/ItemCollection JSON;
+    ``fields`` (``sensor``, ``datetime``, ``resolution``...) apply to the paths (see ``sources_from_path``).
+    """
+    specs, _ = _expand_sources(sources, fields, skip_errors=False)
+    return specs
+
+
+def _input_name(source: Any) -> str:
+    """A name for a path that could not be expanded into sources (for the summary and its marker)."""
+    text = os.fspath(source).rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "source"
+
+
+def _check_source_fields(fields: dict[str, Any]) -> None:
+    """A bad ``--datetime`` or ``--sensor`` is the user's mistake, not a bad source to skip: raise it up front."""
+    known = {f.name for f in dataclasses.fields(SourceSpec)} - {"paths"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ClayInputError(f"unknown source fields {unknown}; SourceSpec fields are {sorted(known)}")
+    SourceSpec(paths=("fields-check",), **fields)  # validates datetime, resolution, qa_kind...
+    if fields.get("sensor") is not None:
+        get_sensor(fields["sensor"])  # an unknown name raises with a did-you-mean
+
+
+def _expand_sources(
+    sources: Sequence[Any], fields: dict[str, Any], skip_errors: bool
+) -> tuple[list[SourceSpec], list[SourceSummary]]:
+    """Specs of ``sources``, and the summaries of paths that failed (only with ``skip_errors``)."""
+    _check_source_fields(fields)
     specs: list[SourceSpec] = []
+    failed: list[SourceSummary] = []
     for source in sources:
         if isinstance(source, SourceSpec):
             specs.append(source)
-        elif isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(".json"):
-            specs.extend(sources_from_stac(source))
         elif isinstance(source, (str, os.PathLike)):
-            specs.append(SourceSpec(paths=(os.fspath(source),)))
+            try:
+                specs.extend(sources_from_path(source, **fields))
+            except ClayError as err:
+                if not skip_errors:
+                    raise
+                logger.warning("skipping bad source %s: %s", os.fspath(source), err)
+                failed.append(_failed_summary(_input_name(source), err))
         else:
             raise ClayInputError(
-                f"a chip source must be a SourceSpec, a raster path or a STAC JSON path, got {type(source).__name__}; "
-                "build one with clay_hf.io.SourceSpec(paths=[...], sensor=...)"
+                f"a chip source must be a SourceSpec, a raster file, a folder of band files or a STAC JSON path, "
+                f"got {type(source).__name__}; build one with clay_hf.io.SourceSpec(paths=[...], sensor=...)"
             )
     names = [spec.name for spec in specs]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -142,7 +190,7 @@ def as_source_specs(sources: Sequence[Any]) -> list[SourceSpec]:
             f"sources must have distinct names (shards, chip ids and resume use them), got {twice} more than once; "
             "pass name= to the SourceSpecs, or list each source once"
         )
-    return specs
+    return specs, failed
 
 
 def spec_fingerprint(spec: SourceSpec) -> str:
@@ -199,7 +247,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 class _ShardWriter:
-    """Rows -> ``<key>-00000.parquet``, ``<key>-00001.parquet``... each written to a temporary file first."""
+    """Rows -> ``<key>-00000.parquet``, ``<key>-00001.parquet``... in ``folder`` (a source's staging folder),
+    each written to a temporary file first, in row groups of at most ``ROW_GROUP_ROWS`` chips."""
 
     def __init__(self, folder: Path, key: str, rows_per_shard: int) -> None:
         self.folder, self.key, self.rows_per_shard = folder, key, rows_per_shard
@@ -260,11 +309,15 @@ class _Task:
     max_cloud_fraction: float
     rows_per_shard: int
     patch_size: int
+    skip_errors: bool = False
+
+
+SKIP_REASONS = ("too_small", "error")
 
 
 @dataclasses.dataclass
 class SourceSummary:
-    """What one source contributed to a build (also its done marker ``_build/<split>/<name>.json``)."""
+    """What one source contributed to a build (also its done marker ``.build/<split>/<name>.json``)."""
 
     name: str
     sensor: str | None
@@ -274,9 +327,17 @@ class SourceSummary:
     shards: list[str]
     seconds: float
     fingerprint: str = ""  # spec_fingerprint of the spec it was built from
-    note: str | None = None  # why a source gave no chips
-    skipped: str | None = None  # the error that skipped it: "ChipSizeError" (too small), "EmptyRasterError"
+    note: str | None = None  # why a source gave no chips (or fewer than it could)
+    skipped: str | None = None  # "too_small" (smaller than a chip) or "error" (a bad source, skip_errors=True)
     resumed: bool = False  # True when a previous run had finished this source
+    platform: str | None = None
+    dropped_nodata: int = 0  # chips dropped for more nodata than max_nodata_fraction
+    dropped_cloud: int = 0  # chips dropped for more cloud than max_cloud_fraction
+
+    @property
+    def sensor_label(self) -> str:
+        """The key of per-sensor counts: the sensor-table name, else the platform, else "unknown"."""
+        return self.sensor or self.platform or "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -296,46 +357,91 @@ def _remove_stale(folder: Path, name: str) -> None:
             path.unlink(missing_ok=True)
 
 
+def _failed_summary(name: str, err: BaseException, spec: SourceSpec | None = None) -> SourceSummary:
+    return SourceSummary(
+        name=name, sensor=spec.sensor if spec else None, band_names=[], license=spec.license if spec else None,
+        num_chips=0, shards=[], seconds=0.0, fingerprint=spec_fingerprint(spec) if spec else "",
+        note=f"{type(err).__name__}: {err}", skipped="error", platform=spec.platform if spec else None,
+    )  # fmt: skip
+
+
+def _write_marker(output_dir: str | os.PathLike, split: str, summary: SourceSummary) -> None:
+    marker = Path(output_dir) / BUILD_DIR / split / f"{summary.name}.json"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(marker, json.dumps(summary.to_dict(), indent=1))
+
+
 def _build_source(task: _Task) -> SourceSummary:
-    """Tile one source and write its shards, then its done marker. Top-level so spawn workers can import it."""
+    """Tile one source and write its shards, then its done marker. Top-level so spawn workers can import it.
+
+    The shards go to the source's staging folder and are moved into ``data/<split>/`` once the source is
+    complete. A bad source (a ``ClayError`` from opening or reading it, an all-nodata scene) is raised, or
+    with ``task.skip_errors`` logged and recorded (no shards; retried by the next run).
+    """
     start = time.perf_counter()
     spec = task.spec
     folder = Path(task.output_dir) / "data" / task.split
-    marker = Path(task.output_dir) / BUILD_DIR / task.split / f"{spec.name}.json"
-    marker.unlink(missing_ok=True)
+    staging = Path(task.output_dir) / BUILD_DIR / task.split / "staging" / spec.name
+    (Path(task.output_dir) / BUILD_DIR / task.split / f"{spec.name}.json").unlink(missing_ok=True)
     _remove_stale(folder, spec.name)
-    writer = _ShardWriter(folder, spec.name, task.rows_per_shard)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    writer = _ShardWriter(staging, spec.name, task.rows_per_shard)
+    stats: dict[str, int] = {}
     note = skipped = None
     try:
         with open_source(spec) as raster:
             sensor, band_names, license = raster.sensor, list(raster.band_names), raster.license
+            platform = raster.platform
             chips = iter_chips(
-                raster, task.chip_size, task.stride, task.max_nodata_fraction, task.max_cloud_fraction, task.patch_size
-            )
+                raster, task.chip_size, task.stride, task.max_nodata_fraction, task.max_cloud_fraction,
+                task.patch_size, stats=stats,
+            )  # fmt: skip
             try:
                 for chip in chips:
                     writer.add(_chip_row(chip))
-            except (EmptyRasterError, ChipSizeError) as err:  # no data, or smaller than a chip: skip this source
-                note, skipped = str(err), type(err).__name__
+            except ChipSizeError as err:  # the raster is smaller than one chip: not an error, a skip
+                note, skipped = str(err), "too_small"
                 logger.warning("skipping source %s: %s", spec.name, err)
+            except EmptyRasterError as err:
+                if stats.get("empty", 0) == stats.get("windows", 0):
+                    raise  # not one valid pixel: a wrong file or nodata value, a bad source
+                note = str(err)  # every chip over the nodata threshold: dropped chips, counted below
+                logger.info("source %s gave no chips: %s", spec.name, err)
         shards = writer.close()
+    except ClayError as err:
+        writer.abort()
+        shutil.rmtree(staging, ignore_errors=True)
+        if not task.skip_errors:
+            raise
+        logger.warning("skipping bad source %s: %s", spec.name, err)
+        summary = _failed_summary(spec.name, err, spec)
+        _write_marker(task.output_dir, task.split, summary)
+        return summary
     except BaseException:
         writer.abort()
+        shutil.rmtree(staging, ignore_errors=True)
         raise
+    num_chips = sum(_parquet_rows(staging / s) for s in shards)
+    for shard in shards:  # the source is complete: its shards appear in data/ (each rename atomic)
+        os.replace(staging / shard, folder / shard)
+    shutil.rmtree(staging, ignore_errors=True)
     summary = SourceSummary(
         name=spec.name,
         sensor=sensor,
         band_names=band_names,
         license=license,
-        num_chips=sum(_parquet_rows(folder / s) for s in shards),
+        num_chips=num_chips,
         shards=shards,
         seconds=round(time.perf_counter() - start, 3),
         fingerprint=spec_fingerprint(spec),
         note=note,
         skipped=skipped,
+        platform=platform,
+        dropped_nodata=stats.get("nodata", 0),
+        dropped_cloud=stats.get("cloud", 0),
     )
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(marker, json.dumps(summary.to_dict(), indent=1))  # last: the source is done
+    _write_marker(task.output_dir, task.split, summary)  # last: the source is done
     logger.info("source %s: %d chips in %d shards (%.1f s)", spec.name, summary.num_chips, len(shards), summary.seconds)
     return summary
 
@@ -366,6 +472,37 @@ class ChipBuildSummary:
     @property
     def num_resumed(self) -> int:
         return sum(s.resumed for s in self.sources)
+
+    @property
+    def chips_per_sensor(self) -> dict[str, int]:
+        """Chips per sensor (the sensor-table name, else the platform), resumed sources included."""
+        return _tally(self.sources)["chips_per_sensor"]
+
+    @property
+    def dropped_chips(self) -> dict[str, int]:
+        """Chips dropped for ``nodata`` and for ``cloud``."""
+        return _tally(self.sources)["dropped_chips"]
+
+    @property
+    def skipped_sources(self) -> dict[str, list[str]]:
+        """Names of the sources skipped whole: ``too_small`` (smaller than a chip) and ``error`` (bad input)."""
+        return _tally(self.sources)["skipped_sources"]
+
+
+def _tally(sources: Sequence[SourceSummary]) -> dict[str, Any]:
+    """Chips per sensor, chips dropped per reason and sources skipped per reason (summary and manifest)."""
+    per_sensor: dict[str, int] = {}
+    for s in sources:
+        if s.num_chips:
+            per_sensor[s.sensor_label] = per_sensor.get(s.sensor_label, 0) + s.num_chips
+    return {
+        "chips_per_sensor": dict(sorted(per_sensor.items())),
+        "dropped_chips": {
+            "nodata": sum(s.dropped_nodata for s in sources),
+            "cloud": sum(s.dropped_cloud for s in sources),
+        },
+        "skipped_sources": {reason: [s.name for s in sources if s.skipped == reason] for reason in SKIP_REASONS},
+    }
 
 
 def _check_build_config(output_dir: Path, config: dict[str, Any]) -> None:
@@ -430,11 +567,14 @@ def build_chip_dataset(
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = False,
+    skip_errors: bool = False,
+    source_fields: dict[str, Any] | None = None,
 ) -> ChipBuildSummary:
     """Tile ``sources`` into ``chip_size`` chips and write them as sharded Parquet under ``output_dir``.
 
     Args:
-        sources: ``clay_hf.io.SourceSpec`` objects, or paths io can open (a multi-band GeoTIFF, a STAC Item JSON).
+        sources: ``clay_hf.io.SourceSpec`` objects, or paths (:func:`clay_hf.io.sources_from_path`): a raster
+            file, a folder of band files (one source) or a STAC Item/ItemCollection JSON.
         output_dir: the dataset folder; created if needed. A folder from a previous run with the same
             settings is resumed: finished sources are skipped, unfinished ones are redone.
         chip_size: chip side in pixels; a multiple of ``patch_size`` and at most the raster's size.
@@ -450,11 +590,20 @@ def build_chip_dataset(
             on a cluster writing to one shared folder. Default: ``accelerate.PartialState`` when it is
             initialised (``split_between_processes``), else everything.
         progress: show a tqdm bar (chips and chips/s).
+        skip_errors: a bad source (corrupt or truncated, without CRS, all nodata, bands of mismatched size,
+            unknown band names, a STAC item without usable assets) is logged, skipped and counted
+            (``summary.skipped_sources["error"]``, ``manifest.json``) instead of stopping the build; it is
+            tried again by the next run. Either way it leaves no shard behind.
+        source_fields: :class:`~clay_hf.io.SourceSpec` fields for the sources given as paths (``sensor``,
+            ``datetime``, ``resolution``...): the spec of a raster or band folder, and what a STAC item
+            does not say.
 
     Returns:
-        :class:`ChipBuildSummary`; the same numbers are in ``manifest.json``.
+        :class:`ChipBuildSummary` (chips per sensor, dropped chips and skipped sources with reasons); the same
+        numbers are in ``manifest.json``.
 
     Raises:
+        RasterError, StacError, UnknownBandError...: a bad source (without ``skip_errors``), naming its file.
         ChipSizeError: ``chip_size`` not a multiple of ``patch_size``, or larger than every raster (a source
             smaller than one chip is skipped with a warning and a ``note`` in its summary).
         IncompatibleBuildError: ``output_dir`` holds a build with another chip size, stride or thresholds.
@@ -483,23 +632,32 @@ def build_chip_dataset(
         "max_nodata_fraction": float(max_nodata_fraction),
         "max_cloud_fraction": float(max_cloud_fraction),
     }
+    specs, failed = _expand_sources(sources, dict(source_fields or {}), skip_errors)
     _check_build_config(output_dir, config)
     (output_dir / "data" / split).mkdir(parents=True, exist_ok=True)
 
     tasks = [
         _Task(spec, str(output_dir), split, chip_size, stride, float(max_nodata_fraction), float(max_cloud_fraction),
-              rows_per_shard, patch_size)
-        for spec in as_source_specs(sources)
+              rows_per_shard, patch_size, bool(skip_errors))
+        for spec in specs
     ]  # fmt: skip
     mine, state = _split_for_rank(tasks, rank, world_size)
     done = _done_sources(output_dir, split)
+    names = {spec.name for spec in specs} | {f.name for f in failed}
+    for name, previous in done.items():  # a bad input of an earlier run that is no longer given, or now reads
+        if previous.skipped == "error" and name not in names:
+            (output_dir / BUILD_DIR / split / f"{name}.json").unlink(missing_ok=True)
+    for summary in failed:
+        _write_marker(output_dir, split, summary)
     todo, resumed = [], []
     for task in mine:
         previous = done.get(task.spec.name)
-        if previous is not None and previous.fingerprint == spec_fingerprint(task.spec):
+        if previous is not None and previous.skipped == "error":
+            logger.info("source %s failed last time; trying it again", task.spec.name)
+        elif previous is not None and previous.fingerprint == spec_fingerprint(task.spec):
             resumed.append(dataclasses.replace(previous, resumed=True))
             continue
-        if previous is not None:
+        elif previous is not None:
             logger.warning("source %s changed since it was built; building it again", task.spec.name)
         todo.append(task)
     if resumed:
@@ -507,7 +665,7 @@ def build_chip_dataset(
 
     built = _run_tasks(todo, num_workers, progress)
     order = {t.spec.name: i for i, t in enumerate(mine)}
-    summaries = sorted(resumed + built, key=lambda s: order[s.name])
+    summaries = failed + sorted(resumed + built, key=lambda s: order[s.name])
     if state is not None:  # accelerate: the main process writes the card once every rank is done
         state.wait_for_everyone()
         if state.is_main_process:
@@ -523,8 +681,8 @@ def build_chip_dataset(
         sources=summaries,
         seconds=round(time.perf_counter() - start, 3),
     )
-    if summary.num_chips == 0 and mine:
-        if all(s.skipped == "ChipSizeError" for s in summaries):
+    if summary.num_chips == 0 and mine and not any(s.skipped == "error" for s in summaries):
+        if all(s.skipped == "too_small" for s in summaries):
             raise ChipSizeError("; ".join(s.note for s in summaries))
         notes = "".join(f"; {s.name}: {s.note}" for s in summaries if s.note)
         raise NoChipsError(
@@ -621,6 +779,7 @@ def write_dataset_card(output_dir: str | os.PathLike) -> dict[str, Any]:
         sources = list(_done_sources(output_dir, folder.name).values())
         splits[folder.name] = {
             "num_chips": sum(s.num_chips for s in sources),
+            **_tally(sources),  # chips_per_sensor, dropped_chips, skipped_sources
             "shards": [f"data/{folder.name}/{shard}" for s in sources for shard in s.shards],
             "sources": [s.to_dict() for s in sources],
         }
@@ -653,6 +812,12 @@ def _card_text(name: str, config: dict[str, Any], splits: dict[str, Any]) -> str
     ]
     total = sum(info["num_chips"] for info in splits.values())
     size = config.get("chip_size", "?")
+    counts = [
+        f"- {split}: chips per sensor {json.dumps(info['chips_per_sensor'])}; dropped chips "
+        f"{json.dumps(info['dropped_chips'])}; skipped sources "
+        f"{json.dumps({k: len(v) for k, v in info['skipped_sources'].items()})}"
+        for split, info in splits.items()
+    ]
     return "\n".join(
         [
             "---",
@@ -667,6 +832,8 @@ def _card_text(name: str, config: dict[str, Any], splits: dict[str, Any]) -> str
             "One chip per row: `pixels` holds the `shape` (C, H, W) array as little-endian bytes of `dtype`; "
             "`clay_hf.data.decode_chip` turns a row back into an array, `clay_hf.data.get_dataloader` into "
             "batches of one band set.",
+            "",
+            *counts,
             "",
             "| split | source | sensor | bands | chips | license |",
             "|---|---|---|---|---|---|",

