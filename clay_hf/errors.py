@@ -112,3 +112,7 @@ class NoChipsError(ClayError, ValueError):
 
 class LoaderStateError(ClayError, ValueError):
     """A data loader state that does not fit the loader it is loaded into (other seed, batch size, ranks...)."""
+
+
+class HubPublishError(ClayError, ValueError):
+    """A folder, repo id or option that cannot be published as asked."""

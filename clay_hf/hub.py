@@ -1,0 +1,675 @@
+"""Publishing to the Hugging Face Hub: a model folder, a chip dataset folder and the Space folder.
+
+    >>> push_model("models/clay-v1.5", "made-with-clay/Clay-v1.5-hf", metrics="results/evaluation.json")
+    >>> push_dataset("data/chips", "made-with-clay/clay-sample-chips")
+    >>> push_space("spaces", "made-with-clay/clay-explorer")
+    >>> print(push_model("models/clay-v1.5", "me/clay", dry_run=True).plan.summary())  # uploads nothing
+
+Every push first makes an :class:`UploadPlan`: the files of the folder that belong to that kind of repo,
+minus everything that must never leave the machine. The plan is what ``--dry-run`` prints and exactly what
+is uploaded: ``HfApi.upload_folder`` gets the plan's paths as ``allow_patterns`` (escaped, one per file)
+plus the ignore patterns below, so the two cannot disagree.
+
+What is never uploaded, at any depth: dotfiles and dot-folders (``.git``, ``.cache``, ``.env``,
+``.huggingface``, ``.tmp-*``), ``__pycache__`` and ``*.pyc``, temporary and partial files (``*.tmp*``,
+``*~``, ``*.lock``, ``*.incomplete``, ``*.part``), checkpoint and run folders (``checkpoints``,
+``checkpoint-*``, ``wandb``, ``lightning_logs``, ``flagged``), and anything named like a credential
+(``token``, ``*_token``, ``*.token``, ``*token.txt``, ``*.pem``, ``*.key``, ``*credentials*``,
+``*secret*``, ``id_rsa*``). Symlinked folders are not followed. A push is refused (:class:`HubPublishError`)
+when a planned file is a symlink that resolves outside the folder, or when a small planned file contains
+something shaped like a Hugging Face token (``hf_`` and 34 letters or digits).
+
+What each kind uploads (``*`` stays within one folder level, ``**`` crosses levels):
+
+- model: ``*.safetensors``, ``*.safetensors.index.json``, ``config.json`` (must carry an ``auto_map`` whose
+  modules are in the folder, so ``trust_remote_code=True`` works), ``preprocessor_config.json``,
+  ``generation_config.json``, ``*.py`` (the remote code), and ``README.md``: the model card rendered from
+  the ``model_card.md`` template with the real architecture, sensors, training data, metrics and license
+  (written into the folder before the upload unless ``card=False``).
+- dataset: ``data/**/*.parquet``, ``README.md`` (the dataset card of :func:`clay_hf.chips.write_dataset_card`)
+  and ``manifest.json``.
+- space: every file (``**``) except the above; the folder needs a ``README.md`` with ``sdk:`` in its YAML
+  and the ``app_file`` it names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import glob
+import json
+import logging
+import math
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import HubPublishError
+
+__all__ = [
+    "HubPublishError",
+    "PlannedFile",
+    "UploadPlan",
+    "PushResult",
+    "KIND_PATTERNS",
+    "NEVER_UPLOAD",
+    "DEFAULT_MODEL_CARD_TEMPLATE",
+    "plan_upload",
+    "render_model_card",
+    "push_folder",
+    "push_model",
+    "push_dataset",
+    "push_space",
+    "package_files",
+]
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["model", "dataset", "space"]
+
+KIND_PATTERNS: dict[str, tuple[str, ...]] = {
+    "model": ("*.safetensors", "*.safetensors.index.json", "config.json", "preprocessor_config.json",
+              "generation_config.json", "*.py", "README.md"),
+    "dataset": ("data/**/*.parquet", "README.md", "manifest.json"),
+    "space": ("**",),
+}  # fmt: skip
+
+# Matched against every component of a path (file and folder names), fnmatch style.
+NEVER_UPLOAD: tuple[str, ...] = (
+    ".*", "__pycache__", "*.pyc", "*.pyo", "*.tmp", "*.tmp*", "*~", "*.swp", "*.lock", "*.incomplete", "*.part",
+    "checkpoints", "checkpoint-*", "wandb", "lightning_logs", "flagged",
+    "token", "*_token", "*.token", "*token.txt", "*.pem", "*.key", "*credentials*", "*secret*", "id_rsa*",
+)  # fmt: skip
+
+# The template: package data when it ships inside clay_hf, else the checkout's top-level model_card.md.
+DEFAULT_MODEL_CARD_TEMPLATE = next(
+    (p for p in (Path(__file__).with_name("model_card.md"), Path(__file__).resolve().parents[1] / "model_card.md")
+     if p.is_file()),
+    Path(__file__).resolve().parents[1] / "model_card.md",
+)  # fmt: skip
+_TOKEN_RE = re.compile(rb"hf_[A-Za-z0-9]{34}")
+_TOKEN_SCAN_MAX_BYTES = 5 * 1024 * 1024  # weights and shards are not scanned; configs, code and cards are
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# --------------------------------------------------------------------------------------------------
+# the plan: what leaves the machine
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedFile:
+    """One file of an upload: its path in the repo, its size in bytes, and whether push generates it."""
+
+    path_in_repo: str
+    size: int
+    generated: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadPlan:
+    """The files a push uploads (``files``) and the ones it leaves out with the reason (``excluded``)."""
+
+    kind: str
+    folder: Path
+    files: tuple[PlannedFile, ...]
+    excluded: tuple[tuple[str, str], ...]
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path_in_repo for f in self.files]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def allow_patterns(self) -> list[str]:
+        """One escaped pattern per planned file: ``upload_folder`` can match nothing else."""
+        return [glob.escape(p) for p in self.paths]
+
+    @staticmethod
+    def ignore_patterns() -> list[str]:
+        """:data:`NEVER_UPLOAD` for ``upload_folder`` (whose fnmatch ``*`` also matches ``/``) at any depth."""
+        return [
+            form for pattern in NEVER_UPLOAD for form in (pattern, f"*/{pattern}", f"{pattern}/*", f"*/{pattern}/*")
+        ]
+
+    def summary(self) -> str:
+        """A readable listing: one line per file with its size, then the total and the exclusions."""
+        width = max([len(p) for p in self.paths] + [10])
+        lines = [f"{self.kind} folder {self.folder}: {len(self.files)} files, {_human(self.total_bytes)}"]
+        lines += [
+            f"  {f.path_in_repo:<{width}}  {f.size:>12,d} B{'  (generated)' if f.generated else ''}" for f in self.files
+        ]
+        if self.excluded:
+            lines.append(f"left out ({len(self.excluded)}):")
+            lines += [f"  {path:<{width}}  {reason}" for path, reason in self.excluded]
+        return "\n".join(lines)
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A path pattern as a regex: ``**/`` any folders (or none), ``**`` anything, ``*`` and ``?`` within a name."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _never_upload_reason(path: str) -> str | None:
+    import fnmatch
+
+    for part in path.split("/"):
+        for pattern in NEVER_UPLOAD:
+            if fnmatch.fnmatchcase(part, pattern):
+                return f"never uploaded ({pattern!r})"
+    return None
+
+
+def plan_upload(folder: str | os.PathLike, kind: Kind, generated: dict[str, bytes] | None = None) -> UploadPlan:
+    """The files of ``folder`` that a push of ``kind`` uploads, after checking the folder is one of that kind.
+
+    Args:
+        folder: the folder to publish; nothing outside it is ever planned.
+        kind: ``"model"``, ``"dataset"`` or ``"space"`` (see the module docstring for what each takes).
+        generated: files push will write before uploading (path -> content), planned with their final size.
+
+    Raises:
+        HubPublishError: ``folder`` is not a folder or misses what ``kind`` needs, a planned file is a symlink
+            out of the folder, or a planned file looks like it holds a token.
+    """
+    if kind not in KIND_PATTERNS:
+        raise HubPublishError(f"kind must be one of {sorted(KIND_PATTERNS)}, got {kind!r}")
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise HubPublishError(f"{str(folder)!r} is not a folder; pass the {kind} folder to publish")
+    root = root.resolve()
+    allow = [_pattern_regex(p) for p in KIND_PATTERNS[kind]]
+    generated = dict(generated or {})
+    files: dict[str, PlannedFile] = {}
+    excluded: list[tuple[str, str]] = []
+    escaping: list[str] = []
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else f"{rel_dir}/"
+        for name in sorted(dirnames):
+            rel = prefix + name
+            reason = _never_upload_reason(rel)
+            if reason is None and (Path(dirpath) / name).is_symlink():
+                reason = "symlinked folder (not followed)"
+            if reason is not None:
+                excluded.append((rel + "/", reason))
+                dirnames.remove(name)
+        for name in sorted(filenames):
+            rel, path = prefix + name, Path(dirpath) / name
+            reason = _never_upload_reason(rel)
+            if reason is None and not any(r.match(rel) for r in allow):
+                reason = f"not part of a {kind} repo"
+            if reason is None and path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    escaping.append(f"{rel} -> {target}")
+                    continue
+                if not target.is_file():
+                    reason = "symlink to something that is not a file"
+            elif reason is None and not path.is_file():
+                reason = "not a regular file"
+            if reason is not None:
+                excluded.append((rel, reason))
+                continue
+            files[rel] = PlannedFile(rel, path.stat().st_size)
+    if escaping:
+        raise HubPublishError(
+            f"refusing to publish {root}: {len(escaping)} file(s) are symlinks that leave the folder "
+            f"({'; '.join(escaping[:5])}); copy the real files in (cp -L) or remove the links"
+        )
+    for rel, content in generated.items():
+        files[rel] = PlannedFile(rel, len(content), generated=True)
+
+    _check_kind(root, kind, files, generated)
+    _check_no_tokens(root, files, generated)
+    # The plan is what upload_folder uploads: the same filter function with the same patterns.
+    from huggingface_hub.utils import filter_repo_objects
+
+    plan = UploadPlan(kind, root, tuple(files[p] for p in sorted(files)), tuple(sorted(excluded)))
+    kept = set(
+        filter_repo_objects(plan.paths, allow_patterns=plan.allow_patterns(), ignore_patterns=plan.ignore_patterns())
+    )
+    if kept != set(plan.paths):
+        raise HubPublishError(f"internal: upload_folder would drop {sorted(set(plan.paths) - kept)} from the plan")
+    return plan
+
+
+def _read(root: Path, rel: str, generated: dict[str, bytes]) -> bytes:
+    return generated[rel] if rel in generated else (root / rel).read_bytes()
+
+
+def _check_kind(root: Path, kind: str, files: dict[str, PlannedFile], generated: dict[str, bytes]) -> None:
+    names = set(files)
+    if kind == "model":
+        if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
+            raise HubPublishError(
+                f"{root} is not a model folder: expected config.json and *.safetensors, found {sorted(names) or 'none'}; "
+                "write one with save_pretrained or scripts/convert_clay_checkpoint.py"
+            )
+        config = json.loads(_read(root, "config.json", generated))
+        modules = {ref.split(".")[0] + ".py" for ref in (config.get("auto_map") or {}).values() if isinstance(ref, str)}
+        if not modules or not modules <= names:
+            raise HubPublishError(
+                f"{root}/config.json needs an auto_map whose modules are in the folder for trust_remote_code; "
+                f"auto_map modules {sorted(modules) or 'none'}, .py files {sorted(n for n in names if n.endswith('.py'))}; "
+                "re-save the model with clay_hf's save_pretrained"
+            )
+    elif kind == "dataset":
+        if not any(n.startswith("data/") and n.endswith(".parquet") for n in names) or "README.md" not in names:
+            raise HubPublishError(
+                f"{root} is not a chip dataset folder: expected data/<split>/*.parquet and README.md, found "
+                f"{sorted(names)[:10] or 'none'}; build it with scripts/prepare_chips.py"
+            )
+    elif kind == "space":
+        meta = _front_matter(_read(root, "README.md", generated)) if "README.md" in names else {}
+        app_file = meta.get("app_file", "app.py")
+        if not meta.get("sdk") or app_file not in names:
+            raise HubPublishError(
+                f"{root} is not a Space folder: expected README.md with 'sdk:' in its YAML and the app_file "
+                f"({app_file!r}); found sdk={meta.get('sdk')!r} and files {sorted(names)[:10] or 'none'}"
+            )
+
+
+def _check_no_tokens(root: Path, files: dict[str, PlannedFile], generated: dict[str, bytes]) -> None:
+    leaks = []
+    for rel, f in files.items():
+        if f.size <= _TOKEN_SCAN_MAX_BYTES and _TOKEN_RE.search(_read(root, rel, generated)):
+            leaks.append(rel)
+    if leaks:
+        raise HubPublishError(
+            f"refusing to publish {root}: {leaks} contain something shaped like a Hugging Face token (hf_...); "
+            "remove it and revoke the token if it was real"
+        )
+
+
+def _front_matter(data: bytes) -> dict[str, Any]:
+    import yaml
+
+    text = data.decode("utf-8", errors="replace")
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    loaded = yaml.safe_load(text[3:end]) if end > 0 else None
+    return loaded if isinstance(loaded, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------------
+# the model card
+# --------------------------------------------------------------------------------------------------
+
+
+def _safetensors_counts(folder: Path, paths: Sequence[str]) -> tuple[int, int, str]:
+    """(all parameters, encoder parameters, dtypes) from the safetensors headers, without loading tensors."""
+    total = encoder = 0
+    dtypes = set()
+    for path in (folder / p for p in paths if p.endswith(".safetensors")):
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            n = math.prod(meta["shape"])
+            total += n
+            dtypes.add(meta["dtype"])
+            if not name.startswith(("decoder.", "proj.")):  # ClayForPreTraining's heads; the rest is the encoder
+                encoder += n
+    return total, encoder, "/".join(sorted(dtypes)).lower()
+
+
+def _params(n: int) -> str:
+    return f"{n:,d} ({n / 1e6:.1f} M)" if n >= 1e5 else f"{n:,d}"
+
+
+def _architecture_table(config: dict[str, Any]) -> str:
+    rows = [
+        ("patch size (pixels)", "patch_size"), ("encoder width D", "hidden_size"),
+        ("encoder layers", "num_hidden_layers"), ("encoder heads x head dim", ("num_attention_heads", "head_dim")),
+        ("encoder MLP ratio", "mlp_ratio"), ("decoder width", "decoder_hidden_size"),
+        ("decoder layers", "decoder_num_hidden_layers"),
+        ("decoder heads x head dim", ("decoder_num_attention_heads", "decoder_head_dim")),
+        ("wavelength embedding width", "wave_dim"), ("weight-generator latent tokens", "num_latent_tokens"),
+        ("teacher embedding width", "teacher_dim"), ("mask ratio (pre-training)", "mask_ratio"),
+    ]  # fmt: skip
+    lines = ["| setting | value |", "|---|---|"]
+    for label, key in rows:
+        if isinstance(key, tuple):
+            if all(k in config for k in key):
+                lines.append(f"| {label} | {config[key[0]]} x {config[key[1]]} |")
+        elif key in config:
+            lines.append(f"| {label} | {config[key]} |")
+    return "\n".join(lines)
+
+
+def _sensors_table() -> str:
+    from .sensors import get_sensor, list_sensors
+
+    lines = ["| sensor | bands | GSD (m) | wavelengths (um) |", "|---|---|---|---|"]
+    for name in list_sensors():
+        s = get_sensor(name)
+        waves = ", ".join(f"{w:g}" for w in s.wavelengths_um)
+        lines.append(f"| `{s.name}` | {len(s.band_names)}: {', '.join(s.band_names)} | {s.gsd_m:g} | {waves} |")
+    return "\n".join(lines)
+
+
+def _flatten_metrics(data: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """Numeric leaves of a metrics JSON as ``("a / b / c", value)``; lists, per-class tables and matrices skipped."""
+    rows: list[tuple[str, float]] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if any(word in str(key).lower() for word in ("per_class", "confusion", "wall_time", "seconds")):
+                continue
+            rows += _flatten_metrics(value, f"{prefix} / {key}" if prefix else str(key))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(data):
+        rows.append((prefix, float(data)))
+    return rows
+
+
+def _evaluation_section(metrics: str | os.PathLike | dict[str, Any] | None) -> str:
+    if metrics is None:
+        return (
+            "No evaluation numbers were published with this upload. `scripts/evaluate.py` in clay_hf measures "
+            "linear-probe, k-NN, retrieval and segmentation quality on labelled imagery; publish its "
+            "`evaluation.json` with `scripts/push_to_hub.py model ... --metrics evaluation.json`."
+        )
+    source = "the metrics supplied with this upload"
+    if not isinstance(metrics, dict):
+        path = Path(metrics)
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise HubPublishError(f"cannot read the metrics JSON {str(path)!r}: {err}") from err
+        source = f"`{path.name}`"
+    rows = _flatten_metrics(metrics)
+    if not rows:
+        raise HubPublishError('the metrics JSON holds no numbers; expected e.g. {"linear_probe_accuracy": 0.91}')
+    table = ["| metric | value |", "|---|---|"] + [f"| {name} | {value:.4g} |" for name, value in rows]
+    return f"Numbers from {source}:\n\n" + "\n".join(table)
+
+
+def _training_procedure(config: dict[str, Any]) -> str:
+    return (
+        "Masked-autoencoder pre-training with a representation loss (Clay v1.5): "
+        f"{config.get('mask_ratio', 0.75):.0%} of the patches are masked and the decoder reconstructs their "
+        f"normalised pixels (weight {config.get('reconstruction_loss_weight', 0.9)}), while the encoder's class "
+        f"token, projected to the teacher's width ({config.get('teacher_dim', '?')}), is pulled towards the "
+        f"embedding of a frozen DINOv2 teacher of the chip's RGB bands (cosine loss, weight "
+        f"{config.get('representation_loss_weight', 0.1)}). Band dropout during training: all but the RGB bands "
+        f"with probability {config.get('drop_all_bands_prob', '?')}, half of them with probability "
+        f"{config.get('drop_half_bands_prob', '?')}. Pre-train or continue training with clay_hf's "
+        "`scripts/train.py` (Accelerate: CPU, one or many GPUs, FSDP)."
+    )
+
+
+DEFAULT_TRAINING_DATA = (
+    "The Clay v1.5 weights were pre-trained by the Clay Foundation on chips sampled worldwide from the sensors "
+    "in the table above (Sentinel-2 L2A, Landsat level 1 and level 2, Sentinel-1 RTC, NAIP, LINZ, MODIS, "
+    "PlanetScope and Satellogic imagery), normalised with the per-band statistics of that table. See the "
+    "[Clay documentation](https://clay-foundation.github.io/model/) for the sampling strategy and the data "
+    "sources' licences. If this repository holds weights trained with clay_hf, the dataset(s) named in the "
+    "metadata are the training chips."
+)
+
+
+def render_model_card(
+    model_folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    template: str | os.PathLike | None = None,
+    license: str = "apache-2.0",
+    datasets: Sequence[str] = (),
+    training_data: str | None = None,
+    metrics: str | os.PathLike | dict[str, Any] | None = None,
+) -> str:
+    """The model card of ``model_folder`` from the ``model_card.md`` template.
+
+    Fills in the architecture from ``config.json``, parameter counts and dtype from the safetensors headers,
+    the processor's patch size, the sensor table (:func:`clay_hf.list_sensors`), the training data text, an
+    evaluation table from ``metrics`` (a JSON file or dict; numeric leaves), the license and the datasets.
+
+    Raises:
+        HubPublishError: no template, a placeholder the renderer does not know, or an unreadable metrics file.
+    """
+    from . import __version__
+    from .sensors import get_sensor
+
+    plan = plan_upload(model_folder, "model")  # checks the folder; only its planned weights are counted
+    folder = plan.folder
+    template = Path(template) if template is not None else DEFAULT_MODEL_CARD_TEMPLATE
+    if not template.is_file():
+        raise HubPublishError(
+            f"model card template {str(template)!r} not found; pass template= (--card-template) with clay_hf's "
+            "model_card.md"
+        )
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    processor_path = folder / "preprocessor_config.json"
+    processor = json.loads(processor_path.read_text(encoding="utf-8")) if processor_path.is_file() else {}
+    total, encoder, dtype = _safetensors_counts(folder, plan.paths)
+    s2 = get_sensor("sentinel-2-l2a")
+    rgbn = s2.select(["blue", "green", "red", "nir"])
+    values = {
+        "license": license,
+        "datasets_yaml": json.dumps(list(datasets)),
+        "clay_hf_version": __version__,
+        "date": _dt.date.today().isoformat(),
+        "model_name": repo_id.split("/")[-1],
+        "repo_id": repo_id,
+        "total_params": _params(total),
+        "encoder_params": _params(encoder),
+        "weights_dtype": dtype or "unknown",
+        "architecture_table": _architecture_table(config),
+        "patch_size": str(config.get("patch_size", "?")),
+        "hidden_size": str(config.get("hidden_size", "D")),
+        "processor_patch_size": str(processor.get("patch_size", config.get("patch_size", "?"))),
+        "sensors_table": _sensors_table(),
+        "s2_num_bands": str(len(s2.band_names)),
+        "s2_band_names": ", ".join(s2.band_names),
+        "s2_rgbn_mean": json.dumps(list(rgbn.mean)),
+        "s2_rgbn_std": json.dumps(list(rgbn.std)),
+        "s2_rgbn_wavelengths": json.dumps(list(rgbn.wavelengths_um)),
+        "s2_gsd": f"{s2.gsd_m:.1f}",
+        "training_data": (training_data or DEFAULT_TRAINING_DATA).strip()
+        + (
+            ("\n\nDatasets: " + ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets))
+            if datasets
+            else ""
+        ),
+        "training_procedure": _training_procedure(config),
+        "evaluation": _evaluation_section(metrics),
+    }
+    text = template.read_text(encoding="utf-8")
+    unknown = sorted({m.group(1) for m in _PLACEHOLDER_RE.finditer(text)} - set(values))
+    if unknown:
+        raise HubPublishError(
+            f"{template} has placeholders this renderer does not fill: {unknown}; known: {sorted(values)}"
+        )
+    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], text)
+
+
+# --------------------------------------------------------------------------------------------------
+# pushing
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PushResult:
+    """What a push did: the plan, the repo URL and the commit (both ``None`` for a dry run)."""
+
+    plan: UploadPlan
+    repo_id: str
+    repo_type: str
+    revision: str
+    repo_url: str | None = None
+    commit_oid: str | None = None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.commit_oid is None
+
+
+def _check_repo_id(repo_id: str) -> None:
+    if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id) or ".." in repo_id:
+        raise HubPublishError(
+            f"repo id must look like 'namespace/name' (letters, digits, '-', '_', '.'), got {repo_id!r}"
+        )
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    kind: Kind,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    dry_run: bool = False,
+    generated: dict[str, bytes] | None = None,
+    space_sdk: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> PushResult:
+    """Publish ``folder`` as a ``kind`` repo: plan, create the repo (and branch), write generated files, upload.
+
+    Args:
+        folder: the folder to publish.
+        repo_id: ``namespace/name`` on the Hub.
+        kind: ``"model"``, ``"dataset"`` or ``"space"``.
+        private: create the repo private (an existing repo keeps its visibility).
+        revision: the branch to commit to; created from ``main`` when missing. Default ``main``.
+        commit_message: the commit title (default: "Upload <kind> with clay_hf").
+        dry_run: plan only; nothing is written, created or uploaded.
+        generated: files to write into ``folder`` before the upload (``README.md`` for a model card).
+        space_sdk: the Space SDK (default: the ``sdk`` of the Space's README).
+        token, endpoint: passed to ``HfApi`` (default: the logged-in token and ``HF_ENDPOINT``).
+    """
+    _check_repo_id(repo_id)
+    plan = plan_upload(folder, kind, generated=generated)
+    branch = revision or "main"
+    if dry_run:
+        logger.info(
+            "dry run: would upload %d files (%d bytes) to %s %s@%s",
+            len(plan.files),
+            plan.total_bytes,
+            kind,
+            repo_id,
+            branch,
+        )
+        return PushResult(plan=plan, repo_id=repo_id, repo_type=kind, revision=branch)
+
+    from huggingface_hub import HfApi
+
+    for rel, content in (generated or {}).items():
+        _atomic_write_bytes(plan.folder / rel, content)
+    if kind == "space" and space_sdk is None:
+        space_sdk = _front_matter((plan.folder / "README.md").read_bytes()).get("sdk")
+    api = HfApi(endpoint=endpoint, token=token)
+    url = api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True, space_sdk=space_sdk)
+    if branch != "main":
+        api.create_branch(repo_id, branch=branch, repo_type=kind, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        repo_type=kind,
+        folder_path=plan.folder,
+        revision=branch,
+        commit_message=commit_message or f"Upload {kind} with clay_hf",
+        allow_patterns=plan.allow_patterns(),
+        ignore_patterns=plan.ignore_patterns(),
+    )
+    logger.info("uploaded %d files to %s (commit %s)", len(plan.files), url, info.oid)
+    return PushResult(
+        plan=plan, repo_id=repo_id, repo_type=kind, revision=branch, repo_url=str(url), commit_oid=info.oid
+    )
+
+
+def push_model(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    card: bool = True,
+    card_template: str | os.PathLike | None = None,
+    license: str = "apache-2.0",
+    datasets: Sequence[str] = (),
+    training_data: str | None = None,
+    metrics: str | os.PathLike | dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> PushResult:
+    """Publish a model folder (safetensors, config with auto_map, processor config, remote code) with its card.
+
+    The card (:func:`render_model_card`) is written to ``folder/README.md`` before the upload, or only planned
+    in a dry run; ``card=False`` keeps the folder's own README.md. Other arguments go to :func:`push_folder`.
+    """
+    generated = None
+    if card:
+        text = render_model_card(
+            folder, repo_id, template=card_template, license=license, datasets=datasets,
+            training_data=training_data, metrics=metrics,
+        )  # fmt: skip
+        generated = {"README.md": text.encode("utf-8")}
+    return push_folder(folder, repo_id, "model", generated=generated, **kwargs)
+
+
+def push_dataset(folder: str | os.PathLike, repo_id: str, **kwargs: Any) -> PushResult:
+    """Publish a chip dataset folder (``data/<split>/*.parquet``, README.md dataset card, manifest.json)."""
+    return push_folder(folder, repo_id, "dataset", **kwargs)
+
+
+def package_files() -> dict[str, bytes]:
+    """The clay_hf package as ``{"clay_hf/<file>": bytes}``: its modules and package data (the sensor table)."""
+    root = Path(__file__).parent
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in (".py", ".json"))
+    return {f"clay_hf/{p.name}": p.read_bytes() for p in files}
+
+
+def push_space(folder: str | os.PathLike, repo_id: str, bundle_package: bool = True, **kwargs: Any) -> PushResult:
+    """Publish the Space folder (README.md with the Space YAML, the app file, requirements, bundled data).
+
+    ``bundle_package`` (default) writes this clay_hf package into ``folder/clay_hf/`` and uploads it with the app,
+    so the Space imports the same code the folder was tested with (the Space's requirements hold the rest).
+    """
+    generated = package_files() if bundle_package else None
+    return push_folder(folder, repo_id, "space", generated=generated, **kwargs)
