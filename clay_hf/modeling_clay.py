@@ -262,7 +262,8 @@ class ClayWaveConditionedWeights(nn.Module):
         params = list(self.parameters())
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return None  # gradients must flow into the generator: compute afresh, as the original does
-        state = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        # Inference tensors (parameters created under inference_mode) carry no version counter.
+        state = tuple((p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params)
         return (
             tuple(wavelengths.detach().float().cpu().tolist()),
             state,
@@ -369,6 +370,42 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+def cpu_reduced_precision_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """bfloat16/float16 attention on CPU without gradients: two matmuls and a softmax in the input dtype.
+
+    PyTorch's CPU flash-attention kernel runs no faster in bfloat16 than in float32, while bfloat16 matmuls run at
+    about twice the float32 rate where the CPU has bfloat16 instructions (base, 257 tokens, batch 16: 16.5 ms
+    against 29.8 ms). The CPU softmax kernel computes in float32 internally and rounds once to the input dtype.
+    """
+    attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))  # (B, heads, N, d) -> (B, heads, N, N)
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, N, heads, d)
+    return attn_output, None
+
+
+def _attention_function(config: ClayConfig, query: torch.Tensor) -> Callable:
+    implementation = config._attn_implementation
+    if (
+        implementation == "sdpa"
+        and query.device.type == "cpu"
+        and query.dtype in (torch.bfloat16, torch.float16)
+        and not torch.is_grad_enabled()
+    ):
+        return cpu_reduced_precision_attention
+    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+
+
 class ClayAttention(nn.Module):
     """Pre-norm multi-head self-attention without biases on qkv and output (original ``Attention``)."""
 
@@ -387,9 +424,7 @@ class ClayAttention(nn.Module):
         b, n, _ = hidden_states.shape
         qkv = self.to_qkv(self.norm(hidden_states))  # (B, N, D) -> (B, N, 3*heads*d)
         qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, d)
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        attention = _attention_function(self.config, qkv)
         out, _ = attention(self, qkv[0], qkv[1], qkv[2], None, scaling=self.scaling, dropout=0.0)  # (B, N, heads, d)
         return self.to_out(out.reshape(b, n, self.num_heads * self.head_dim))  # (B, N, heads*d) -> (B, N, D)
 

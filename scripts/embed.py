@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--mean", nargs="+", type=float, default=None, help="per-band mean (unknown sensors)")
     add("--std", nargs="+", type=float, default=None, help="per-band std (unknown sensors)")
     add("--device", default=None, help="device (default: this process's accelerator device, else cpu)")
+    add("--no-tune-allocator", action="store_true", help="on CPU, keep glibc's default mmap behaviour for big tensors")
     add("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     open_kwargs = {k: v for k, v in dict(sensor=args.sensor, band_names=args.band_names, datetime=args.datetime,
                                          wavelengths_um=args.wavelengths, mean=args.mean, std=args.std).items()
                    if v is not None}  # fmt: skip
+    if str(device).startswith("cpu") and not args.no_tune_allocator:
+        from clay_hf.runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()  # big activations from the heap: no page faults on every forward pass
     start = time.perf_counter()
     try:
         model = load_embedding_model(args.model, dtype=args.dtype, device=device)

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +19,7 @@ from clay_hf.io import iter_chips, open_source
 from clay_hf.sensors import get_sensor
 
 from .chip_helpers import NUM_CHIPS, build_small, small_specs
+from .launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"max_buffer_input_shards": 1, "shuffle_buffer": 8}  # no 5 s pause per epoch (see get_dataloader)
@@ -185,13 +182,7 @@ def test_uneven_shards_warn_and_still_cover_every_chip(built, all_ids, caplog):
 
 
 def test_two_process_torchrun_epoch_is_disjoint_and_complete(built, all_ids, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(ROOT / "tests" / "_ddp_epoch.py"), str(built), str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = torchrun(ROOT / "tests" / "_ddp_epoch.py", built, tmp_path, timeout=240, ACCELERATE_USE_CPU="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [(r["rank"], r["world_size"]) for r in results] == [(0, 2), (1, 2)]  # from accelerate's PartialState

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import torch
 from clay_hf import ClayModel
 from clay_hf.embeddings import embed_array, embed_geotiff, embed_to_parquet, footprint_wkb, write_embedding_shard
 from clay_hf.errors import ClayInputError
+
+from .launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,12 +135,21 @@ def test_embed_folder_resumes_without_recomputing(model, model_dir, geotiff_fold
 
 def test_embed_script_two_processes_write_disjoint_shards(model_dir, geotiff_folder, tmp_path):
     out = tmp_path / "emb2"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()),
-           str(ROOT / "scripts" / "embed.py"), str(geotiff_folder), "--model", str(model_dir), "--output", str(out),
-           "--chip-size", "40", "--sensor", "sentinel-2-l2a", "--quiet"]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun(
+        ROOT / "scripts" / "embed.py",
+        geotiff_folder,
+        "--model",
+        model_dir,
+        "--output",
+        out,
+        "--chip-size",
+        "40",
+        "--sensor",
+        "sentinel-2-l2a",
+        "--quiet",
+        timeout=300,
+        ACCELERATE_USE_CPU="1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert sorted(s["rank"] for s in summaries) == [0, 1] and all(s["world_size"] == 2 for s in summaries)
@@ -149,14 +159,6 @@ def test_embed_script_two_processes_write_disjoint_shards(model_dir, geotiff_fol
         i for f in sorted((out / "data" / "train").glob("*.parquet")) for i in pq.read_table(f)["chip_id"].to_pylist()
     ]
     assert len(ids) == len(set(ids)) == 54
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_bad_inputs_name_the_problem(model, tmp_path):

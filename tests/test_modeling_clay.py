@@ -339,3 +339,19 @@ def test_input_shape_errors(encoder, pretrainer):
         pretrainer(**_batch(), noise=torch.rand(2, 10))
     with pytest.raises(ClayInputError, match=r"teacher_embeddings must have shape \(2, 48\)"):
         pretrainer(**_batch(), teacher_embeddings=torch.rand(2, 1024))
+
+
+def test_cpu_bfloat16_inference_uses_matmul_attention_close_to_float32(micro_config):
+    from clay_hf.modeling_clay import _attention_function, cpu_reduced_precision_attention
+
+    model = ClayModel(micro_config).eval()
+    batch = _batch()
+    query = torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert _attention_function(model.config, query) is cpu_reduced_precision_attention
+        assert _attention_function(model.config, query.float()) is not cpu_reduced_precision_attention
+        expected = model(**batch).pooler_output
+        low = copy.deepcopy(model).to(torch.bfloat16)
+        got = low(**{**batch, "pixel_values": batch["pixel_values"].bfloat16()}).pooler_output.float()
+    assert _attention_function(model.config, query.requires_grad_()) is not cpu_reduced_precision_attention
+    assert torch.nn.functional.cosine_similarity(expected, got, dim=-1).min() > 0.999

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,10 @@ from safetensors.torch import load_file
 from clay_hf import ClayImageProcessor
 from clay_hf.errors import ClayConfigError
 from clay_hf.training import NonFiniteLossError, TrainingConfig, find_latest_checkpoint, lr_lambda, train
+
+from .launch import torchrun
+
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")
@@ -207,21 +212,7 @@ def test_resume_with_the_streamed_loader_is_exact(tmp_path, sample_chip_dataset)
 
 
 def test_two_processes_train_on_disjoint_chips_with_synchronised_weights(tmp_path, sample_chip_dataset):
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(root / "tests" / "_ddp_train.py"), str(sample_chip_dataset),
-           str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = torchrun(TESTS / "_ddp_train.py", sample_chip_dataset, tmp_path, ACCELERATE_USE_CPU="1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     ids = [set(r["chip_ids"]) for r in ranks]
@@ -272,21 +263,7 @@ def test_a_killed_or_preempted_process_resumes_to_the_same_weights(tmp_path, sam
 
 def test_fsdp2_shards_every_clay_layer_on_two_cpu_processes(tmp_path, sample_chip_dataset):
     """The model side of scripts/accelerate_configs/fsdp.yaml: fully_shard per ClayLayer, two real gloo processes."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(root / "tests" / "_fsdp2_step.py"), str(sample_chip_dataset),
-           str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun(TESTS / "_fsdp2_step.py", sample_chip_dataset, tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:
