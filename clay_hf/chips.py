@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .errors import ChipSizeError, ClayError, ClayInputError, EmptyRasterError, IncompatibleBuildError, NoChipsError
 from .io import SourceSpec, iter_chips, open_source, sources_from_path
 from .sensors import get_sensor
@@ -240,12 +241,6 @@ def _chip_row(chip: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class _ShardWriter:
     """Rows -> ``<key>-00000.parquet``, ``<key>-00001.parquet``... in ``folder`` (a source's staging folder),
     each written to a temporary file first, in row groups of at most ``ROW_GROUP_ROWS`` chips."""
@@ -368,7 +363,7 @@ def _failed_summary(name: str, err: BaseException, spec: SourceSpec | None = Non
 def _write_marker(output_dir: str | os.PathLike, split: str, summary: SourceSummary) -> None:
     marker = Path(output_dir) / BUILD_DIR / split / f"{summary.name}.json"
     marker.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(marker, json.dumps(summary.to_dict(), indent=1))
+    atomic_write_text(marker, json.dumps(summary.to_dict(), indent=1))
 
 
 def _build_source(task: _Task) -> SourceSummary:
@@ -524,7 +519,7 @@ def _check_build_config(output_dir: Path, config: dict[str, Any]) -> None:
             "(or an older one): choose a new --output folder"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(config, indent=1))
+    atomic_write_text(path, json.dumps(config, indent=1))
 
 
 def _split_for_rank(tasks: list[_Task], rank: int | None, world_size: int | None) -> tuple[list[_Task], Any]:
@@ -784,8 +779,8 @@ def write_dataset_card(output_dir: str | os.PathLike) -> dict[str, Any]:
             "sources": [s.to_dict() for s in sources],
         }
     manifest = {"format_version": FORMAT_VERSION, "settings": config, "splits": splits}
-    _atomic_write_text(output_dir / "manifest.json", json.dumps(manifest, indent=1))
-    _atomic_write_text(output_dir / "README.md", _card_text(output_dir.name, config, splits))
+    atomic_write_text(output_dir / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(output_dir / "README.md", _card_text(output_dir.name, config, splits))
     return manifest
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_folder
 from .configuration_clay import CLAY_PRESETS, ClayConfig
 from .errors import CheckpointError
 
@@ -258,17 +257,9 @@ def convert_checkpoint(
         raise CheckpointError(f"conversion left missing={info.missing_keys} unexpected={info.unexpected_keys}")
 
     output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)
         ClayImageProcessor(patch_size=patch_size_for_processor or config.patch_size).save_pretrained(tmp)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("converted %s -> %s (%s)", checkpoint, output_dir, _describe(config))
     return output_dir
 

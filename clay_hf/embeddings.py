@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .errors import ClayInputError
 from .image_processing_clay import ClayImageProcessor
 
@@ -109,12 +110,7 @@ def embed_array(
     processor = processor or ClayImageProcessor(patch_size=model.config.patch_size)
     pixels = pixels if pixels.ndim == 4 else pixels[None]  # (C, H, W) -> (1, C, H, W)
     n = pixels.shape[0]
-    per_chip = {k: v for k, v in processor_kwargs.items() if k in ("datetimes", "lat", "lon") and _is_per_chip(v, n)}
-    if (
-        isinstance(processor_kwargs.get("gsd"), (list, tuple, np.ndarray, torch.Tensor))
-        and len(processor_kwargs["gsd"]) == n
-    ):
-        per_chip["gsd"] = processor_kwargs["gsd"]
+    per_chip = {k: v for k, v in processor_kwargs.items() if k in _PER_CHIP_KEYS and _is_per_chip(v, n)}
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, n, batch_size):
         kwargs = dict(processor_kwargs)
@@ -125,13 +121,14 @@ def embed_array(
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
+_PER_CHIP_KEYS = ("datetimes", "lat", "lon", "gsd")
+
+
 def _is_per_chip(value: Any, n: int) -> bool:
-    return (
-        isinstance(value, (list, tuple, np.ndarray, torch.Tensor))
-        and len(value) == n
-        and n > 1
-        or (isinstance(value, (list, tuple)) and len(value) == n == 1)
-    )
+    """A sequence with one value per chip (sliced per batch); anything else applies to every chip."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.ndim == 1 and len(value) == n
+    return isinstance(value, (list, tuple)) and len(value) == n
 
 
 def embed_chips(
@@ -261,15 +258,9 @@ def write_embedding_shard(rows: list[dict[str, Any]], path: str | os.PathLike) -
     """Write embedding rows as one GeoParquet file, atomically (temporary file, then rename)."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(_arrow_table(rows), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _to_dataset(rows: list[dict[str, Any]]):

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
 from .errors import ClayInputError
 from .search import cosine_search, precision_at_k
 
@@ -692,8 +693,6 @@ def confusion_matrix_png(
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
             draw.text((x0 + 6, y0 + cell // 2 - 6), str(cm[i, j]), fill="black" if shade > 110 else "white", font=font)
     draw.text((8, top + cell * k + 8), "rows: true class; colour: share of the row", fill="black", font=font)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)

@@ -27,8 +27,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .atomic import atomic_folder
 from .errors import ChipSizeError, ClayConfigError, ClayError, ClayInputError
 from .evaluation import DATASETS, classification_metrics, load_labelled_chips, segmentation_metrics
 from .image_processing_clay import ClayImageProcessor
@@ -369,18 +368,11 @@ def _save(accelerator, model, processor: ClayImageProcessor, metrics: dict[str, 
     """Model, processor config and metrics into a temporary sibling folder, which then replaces ``output_dir``."""
     state_dict = accelerator.get_state_dict(model)  # every process must call it (FSDP gathers shards)
     if accelerator.is_main_process:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output_dir.with_name(f".{output_dir.name}.tmp")
-        old = output_dir.with_name(f".{output_dir.name}.old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
-        processor.save_pretrained(tmp)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        if output_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(output_dir, old)  # a folder cannot be replaced over a non-empty one: move it aside first
-        os.replace(tmp, output_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_folder(output_dir) as tmp:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
+            processor.save_pretrained(tmp)
+            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         logger.info("saved the fine-tuned model to %s", output_dir)
     accelerator.wait_for_everyone()
 

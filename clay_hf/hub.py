@@ -43,11 +43,11 @@ import math
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from .atomic import atomic_write_bytes
 from .errors import HubPublishError
 
 __all__ = [
@@ -547,18 +547,6 @@ def _check_repo_id(repo_id: str) -> None:
         )
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -604,7 +592,7 @@ def push_folder(
     from huggingface_hub import HfApi
 
     for rel, content in (generated or {}).items():
-        _atomic_write_bytes(plan.folder / rel, content)
+        atomic_write_bytes(plan.folder / rel, content)
     if kind == "space" and space_sdk is None:
         space_sdk = _front_matter((plan.folder / "README.md").read_bytes()).get("sdk")
     api = HfApi(endpoint=endpoint, token=token)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_folder, atomic_path
 from .errors import (
     BandMismatchError,
     ClayError,
@@ -295,9 +296,7 @@ def build_collection(
     rows = list(embed_chips(model, chips, batch_size=batch_size, progress=progress))
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_folder(output) as tmp:
         write_embedding_shard(rows, tmp / "embeddings.parquet")
         np.save(tmp / "thumbnails.npy", np.stack([thumbs[r["chip_id"]] for r in rows]))  # (N, S, S, 3)
         info = {
@@ -308,12 +307,6 @@ def build_collection(
             "sources": [{"name": name, "license": lic} for name, lic in sorted(licenses.items())],
         }
         (tmp / "collection.json").write_text(json.dumps(info, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote a collection of %d chips from %d sources to %s", len(rows), len(licenses), output)
     return output
 
@@ -454,10 +447,8 @@ class ClaySpace:
         folder = self.workdir / key
         copy = folder / "upload.tif"
         if not copy.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / ".upload.tif.part"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, copy)
+            with atomic_path(copy) as tmp:
+                shutil.copyfile(path, tmp)
         return key, copy
 
     def prepare(self, path: str | os.PathLike | None, sensor: str | None = None, wavelengths: Any = None) -> Upload:

@@ -26,12 +26,13 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_folder
 from .configuration_clay import CLAY_PRESETS, ClayConfig
 from .errors import ClayConfigError, ClayError
 from .image_processing_clay import ClayImageProcessor
@@ -369,16 +370,12 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, rank_state: dict,
 def _save_final(accelerator, model, processor: ClayImageProcessor, output_dir: Path) -> Path:
     """``save_pretrained`` into ``output_dir/final`` (safetensors, processor config, remote code), atomically."""
     final = output_dir / "final"
-    tmp = output_dir / ".tmp-final"
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; every rank must call it
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
-        processor.save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_folder(final) as tmp:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
+            processor.save_pretrained(tmp)
     accelerator.wait_for_everyone()
     return final
 
@@ -554,7 +551,8 @@ def train(
     eval_history: list[dict[str, float]] = []
 
     def run_eval() -> None:
-        metrics = _mean_over_ranks(accelerator, evaluate(model, held_out, teacher, config.seed, accelerator.device))
+        metrics = evaluate(model, held_out, teacher, config.seed, accelerator.device)
+        metrics = _mean_over_ranks(accelerator, metrics, ("eval_reconstruction_loss", "eval_representation_loss"))
         eval_history.append({"step": step, **metrics})
         if accelerator.is_main_process:
             with open(metrics_path, "a") as f:
@@ -565,8 +563,7 @@ def train(
         run_eval()
     try:
         while step < stop_at:
-            sums = {"loss": 0.0, "reconstruction_loss": 0.0, "representation_loss": 0.0}
-            has_repr = False
+            losses: dict[str, list[float]] = {"loss": [], "reconstruction_loss": [], "representation_loss": []}
             for _ in range(config.gradient_accumulation_steps):
                 # 4. one micro-batch: teacher targets, masked reconstruction, losses
                 batch = _to_device(next(batches), accelerator.device)
@@ -590,18 +587,21 @@ def train(
                     if accelerator.sync_gradients:
                         scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                n = config.gradient_accumulation_steps
-                sums["loss"] += float(out.loss.detach()) / n
-                sums["reconstruction_loss"] += float(out.reconstruction_loss.detach()) / n
+                losses["loss"].append(float(out.loss.detach()))
+                losses["reconstruction_loss"].append(float(out.reconstruction_loss.detach()))
                 if out.representation_loss is not None:
-                    has_repr = True
-                    sums["representation_loss"] += float(out.representation_loss.detach()) / n
+                    losses["representation_loss"].append(float(out.representation_loss.detach()))
                 window_chips += batch["pixel_values"].shape[0] * world
             step += 1
             chips_seen += config.batch_size * config.gradient_accumulation_steps * world
-            if not has_repr:
-                sums.pop("representation_loss")
-            last = _mean_over_ranks(accelerator, sums)
+            # One all-reduce per step: the losses (the representation loss only where a batch had a teacher
+            # target) and whether any process was asked to stop.
+            values = {key: sum(v) / len(v) for key, v in losses.items() if v}
+            if stop_signal["set"]:
+                values[_STOP] = 1.0
+            last = _mean_over_ranks(accelerator, values, (*losses, _STOP))
+            stopping = last.pop(_STOP, None) is not None
+            has_repr = "representation_loss" in last
             first_losses = first_losses or dict(last)
             progress.update(1)
             if step_callback is not None:
@@ -629,7 +629,6 @@ def train(
                     accelerator.log(record, step=step)
 
             # 6. evaluation, checkpoints (and a clean stop on SIGTERM)
-            stopping = _any_rank(accelerator, stop_signal["set"])
             eval_every = config.eval_every or config.checkpoint_every
             if held_out is not None and (step % eval_every == 0 or step == stop_at or stopping):
                 run_eval()
@@ -685,16 +684,14 @@ def _check_finite(accelerator, loss: torch.Tensor, step: int, output_dir: Path) 
         )
 
 
-def _mean_over_ranks(accelerator, values: dict[str, float]) -> dict[str, float]:
-    if accelerator.num_processes == 1:
-        return dict(values)
-    tensor = torch.tensor(list(values.values()), device=accelerator.device, dtype=torch.float64)
-    tensor = accelerator.reduce(tensor, reduction="mean")
-    return dict(zip(values, tensor.tolist()))
+_STOP = "stop_requested"
 
 
-def _any_rank(accelerator, flag: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
+def _mean_over_ranks(accelerator, values: dict[str, float], keys: Sequence[str]) -> dict[str, float]:
+    """The mean of each of ``keys`` over the processes whose ``values`` have it (one all-reduce); keys that no
+    process has are left out. Every process must pass the same ``keys``."""
+    pairs = [[float(values.get(key, 0.0)), 1.0 if key in values else 0.0] for key in keys]  # (K, [sum, count])
+    tensor = torch.tensor(pairs, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        tensor = accelerator.reduce(tensor, reduction="sum")
+    return {key: total / count for key, (total, count) in zip(keys, tensor.tolist()) if count > 0}

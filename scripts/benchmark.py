@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 import clay_hf
 from clay_hf import ClayConfig, ClayForPreTraining, ClayModel, get_sensor
+from clay_hf.atomic import atomic_write_text
 
 EXAMPLES = """examples:
   # the full benchmark (about 8 minutes on a 2-core CPU), written to BENCHMARKS.md
@@ -1034,16 +1035,7 @@ def write_atomic(path: Path, text: str) -> None:
         old = path.read_text()
         if GENERATED_END in old:
             text = text + "\n" + GENERATED_END + old.split(GENERATED_END, 1)[1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 @contextlib.contextmanager

@@ -79,12 +79,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _models(args, work: Path, log) -> list[tuple[str, str]]:
     """(label, folder or Hub id) of every Clay to evaluate."""
     from clay_hf.evaluation import pretrain_on_sample_chips, random_clay
@@ -233,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     report["wall_time_s"] = time.perf_counter() - start
     report["device"] = f"CPU ({os.cpu_count()} cores), torch {__import__('torch').__version__}"
     report["command"] = "python scripts/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    _atomic_write(output / "evaluation.json", json.dumps(report, indent=2, default=str))
-    _atomic_write(output / "evaluation.md", render_markdown(report))
+    from clay_hf.atomic import atomic_write_text
+
+    atomic_write_text(output / "evaluation.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(output / "evaluation.md", render_markdown(report))
     log.info("wrote %s and %s in %.0f s", output / "evaluation.md", output / "evaluation.json", report["wall_time_s"])
     print(render_markdown(report).split("## Notes")[0])
     return 0

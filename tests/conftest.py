@@ -68,3 +68,23 @@ def sample_chip_dataset(tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("sample-chips") / "bigearthnet-40"
     build_chip_dataset(sample_sources(packages=["bigearthnet-common"]), output, chip_size=40, rows_per_shard=9)
     return output
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For tiny models on a shared 2-core machine, where a second intra-op thread mostly waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def micro_model_dir(tmp_path_factory, micro_config) -> Path:
+    """A seeded micro ClayModel (patch size 4) saved with save_pretrained: a pretrained-encoder stand-in."""
+    from clay_hf import ClayModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("micro") / "clay-micro"
+    ClayModel(micro_config).save_pretrained(folder)
+    return folder

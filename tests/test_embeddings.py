@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from clay_hf import ClayModel
 from clay_hf.embeddings import embed_array, embed_geotiff, embed_to_parquet, footprint_wkb, write_embedding_shard
 from clay_hf.errors import ClayInputError
 
@@ -23,11 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, micro_config) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "clay-micro"
-    ClayModel(micro_config).save_pretrained(path)
-    return path
+def model_dir(micro_model_dir) -> Path:
+    return micro_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +168,56 @@ def test_bad_inputs_name_the_problem(model, tmp_path):
 def test_embed_help_has_examples():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "embed.py"), "--help"], capture_output=True, text=True)
     assert "examples:" in out.stdout and "--dtype" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_naip_tiffs(tmp_path_factory, geotiff_folder) -> dict[str, Path]:
+    """A real 4-band chip (red, green, blue, nir of a BigEarthNet patch) as a GeoTIFF, and a truncated copy."""
+    import rasterio
+
+    folder = tmp_path_factory.mktemp("bad-input")
+    with rasterio.open(sorted(geotiff_folder.glob("*.tif"))[0]) as src:
+        profile = {**src.profile, "count": 4}
+        pixels = src.read([3, 2, 1, 7])  # sentinel-2-l2a order: red, green, blue, nir
+    good = folder / "rgbn.tif"
+    with rasterio.open(good, "w", **profile) as out:
+        out.write(pixels)
+    data = good.read_bytes()
+    (folder / "truncated.tif").write_bytes(data[: len(data) // 2])
+    return {"good": good, "truncated": folder / "truncated.tif"}
+
+
+def test_embedding_bad_inputs_give_clear_errors(model, tiny_naip_tiffs):
+    from clay_hf.errors import (
+        BandMismatchError,
+        ChipSizeError,
+        CorruptRasterError,
+        NonFiniteInputError,
+        UnknownSensorError,
+    )
+
+    good, truncated = tiny_naip_tiffs["good"], tiny_naip_tiffs["truncated"]
+    with pytest.raises(CorruptRasterError, match="is corrupt or truncated"):
+        embed_geotiff(model, truncated, sensor="naip", chip_size=40)
+    with pytest.raises(UnknownSensorError, match="unknown sensor 'sentinal-2'; did you mean 'sentinel-2-l2a'"):
+        embed_geotiff(model, good, sensor="sentinal-2", chip_size=40)
+    with pytest.raises(BandMismatchError, match="4 bands in 1 files but 2 values in wavelengths_um"):
+        embed_geotiff(model, good, wavelengths_um=[0.5, 0.6], mean=[1, 1], std=[1, 1], chip_size=40)
+    with pytest.raises(BandMismatchError, match="expected 4 bands for sensor 'naip'.*got 3"):
+        embed_array(model, np.ones((2, 3, 32, 32), np.float32), sensor="naip")
+    with pytest.raises(NonFiniteInputError, match="non-finite values"):
+        embed_array(model, np.full((2, 4, 32, 32), np.nan, np.float32), sensor="naip")
+    with pytest.raises(ChipSizeError, match="smaller than one patch"):
+        embed_array(model, np.ones((2, 4, 2, 2), np.float32), sensor="naip")
+
+
+def test_embed_script_reports_a_corrupt_file_without_writing(model_dir, tiny_naip_tiffs, tmp_path):
+    out = tmp_path / "emb"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "embed.py"), str(tiny_naip_tiffs["truncated"]), "--model",
+         str(model_dir), "--output", str(out), "--sensor", "naip", "--chip-size", "40", "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "is corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(out.rglob("*.parquet"))

@@ -20,13 +20,7 @@ from clay_hf.evaluation import DATASETS, IGNORE_INDEX
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finetune.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """A micro model on a shared 2-core machine: a second intra-op thread mostly waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +32,8 @@ def script():
 
 
 @pytest.fixture(scope="module")
-def micro_clay(tmp_path_factory, micro_config) -> Path:
-    """A pretrained-encoder stand-in: a seeded micro ClayModel (patch size 4) saved with save_pretrained."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("micro") / "clay-micro"
-    ClayModel(micro_config).save_pretrained(folder)
-    return folder
+def micro_clay(micro_model_dir) -> Path:
+    return micro_model_dir
 
 
 def _run(script, monkeypatch, argv: list[str]) -> tuple[int, dict]:

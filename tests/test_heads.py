@@ -32,13 +32,7 @@ RED, NIR, SWIR = 2, 6, 8  # band positions of B04, B08 and B11 in the sentinel-2
 VEGETATED = 0.2  # NDVI threshold of a vegetated pixel or chip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: on a shared 2-core machine a second intra-op thread mostly waits (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: a second thread mostly waits
 
 
 def _subset(inputs: dict, n: int) -> dict:
