@@ -594,13 +594,8 @@ def train(
                 window_chips += batch["pixel_values"].shape[0] * world
             step += 1
             chips_seen += config.batch_size * config.gradient_accumulation_steps * world
-            # One all-reduce per step: the losses (the representation loss only where a batch had a teacher
-            # target) and whether any process was asked to stop.
-            values = {key: sum(v) / len(v) for key, v in losses.items() if v}
-            if stop_signal["set"]:
-                values[_STOP] = 1.0
-            last = _mean_over_ranks(accelerator, values, (*losses, _STOP))
-            stopping = last.pop(_STOP, None) is not None
+            # Means over processes; the representation loss only over those whose batches had a teacher target.
+            last = _mean_over_ranks(accelerator, {key: sum(v) / len(v) for key, v in losses.items() if v}, losses)
             has_repr = "representation_loss" in last
             first_losses = first_losses or dict(last)
             progress.update(1)
@@ -628,7 +623,8 @@ def train(
                 if config.report_to != "none":
                     accelerator.log(record, step=step)
 
-            # 6. evaluation, checkpoints (and a clean stop on SIGTERM)
+            # 6. evaluation, checkpoints (and a clean stop on SIGTERM, seen by every process at once)
+            stopping = _mean_over_ranks(accelerator, {"stop": 1.0} if stop_signal["set"] else {}, ("stop",)) != {}
             eval_every = config.eval_every or config.checkpoint_every
             if held_out is not None and (step % eval_every == 0 or step == stop_at or stopping):
                 run_eval()
@@ -682,9 +678,6 @@ def _check_finite(accelerator, loss: torch.Tensor, step: int, output_dir: Path) 
             f"updated. Last good checkpoint: {latest or 'none yet'}. Lower the learning rate, check the data for "
             "extreme values, or try --mixed-precision no, then --resume"
         )
-
-
-_STOP = "stop_requested"
 
 
 def _mean_over_ranks(accelerator, values: dict[str, float], keys: Sequence[str]) -> dict[str, float]:
