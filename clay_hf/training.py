@@ -494,6 +494,7 @@ def train(
     model = build_model(config, teacher_dim=teacher.embedding_dim if teacher is not None else None)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    model.set_cpu_prepacking(False)  # the weights change every step: each evaluation would pack a fresh copy
     model.train()
     if teacher is not None:
         teacher = teacher.to(accelerator.device)

@@ -355,3 +355,101 @@ def test_cpu_bfloat16_inference_uses_matmul_attention_close_to_float32(micro_con
         got = low(**{**batch, "pixel_values": batch["pixel_values"].bfloat16()}).pooler_output.float()
     assert _attention_function(model.config, query.requires_grad_()) is not cpu_reduced_precision_attention
     assert torch.nn.functional.cosine_similarity(expected, got, dim=-1).min() > 0.999
+
+
+# ---- prepacked CPU linear layers ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_s2_inputs(s2_files) -> dict[str, torch.Tensor]:
+    """8 real 32 x 32 Sentinel-2 chips at 20 m, processed for the parity fixture's patch size 4."""
+    import numpy as np
+
+    from clay_hf import ClayImageProcessor
+    from clay_hf.io import MultiBandSource, iter_chips
+
+    with MultiBandSource(s2_files, resolution=20.0) as source:
+        chips = list(iter_chips(source, 32, stride=96))[:8]
+    raw = np.stack([c["pixels"] for c in chips]).astype(np.float32)  # (8, 10, 32, 32)
+    processor = ClayImageProcessor(sensor="sentinel-2-l2a", patch_size=4)
+    inputs = processor(raw, lat=[c["lat"] for c in chips], lon=[c["lon"] for c in chips], datetimes="2022-06-15")
+    return dict(inputs)
+
+
+def _linears(model):
+    from clay_hf.modeling_clay import ClayLinear
+
+    return [m for m in model.modules() if isinstance(m, ClayLinear)]
+
+
+def test_prepacked_cpu_inference_equals_plain_linear_on_real_chips(converted_micro, real_s2_inputs):
+    from clay_hf.modeling_clay import cpu_prepacking_available
+
+    assert cpu_prepacking_available(torch.float32)  # oneDNN is in every x86/ARM CPU build of PyTorch
+    model = ClayModel.from_pretrained(converted_micro).eval()
+    linears = _linears(model)
+    assert len(linears) == 4 * model.config.num_hidden_layers  # qkv, out, fc1, fc2 of every layer
+    with torch.inference_mode():
+        packed = model(**real_s2_inputs).last_hidden_state
+        weight_bytes = sum(m.weight.numel() * 4 for m in linears)
+        assert model.cpu_prepacked_bytes() == weight_bytes
+        model.set_cpu_prepacking(False)
+        assert model.cpu_prepacked_bytes() == 0
+        plain = model(**real_s2_inputs).last_hidden_state
+        assert model.cpu_prepacked_bytes() == 0
+    assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+
+    model.set_cpu_prepacking(True)
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    low_inputs = {**real_s2_inputs, "pixel_values": real_s2_inputs["pixel_values"].bfloat16()}
+    with torch.inference_mode():
+        packed_low = low(**low_inputs).pooler_output
+        # Where oneDNN has no bfloat16 kernels here the plain path runs: nothing is packed.
+        expected_bytes = weight_bytes // 2 if cpu_prepacking_available(torch.bfloat16) else 0
+        assert low.cpu_prepacked_bytes() == expected_bytes
+        low.set_cpu_prepacking(False)
+        plain_low = low(**low_inputs).pooler_output
+    cosine = torch.nn.functional.cosine_similarity(packed_low.float(), plain_low.float(), dim=-1)
+    assert cosine.min() > 0.9999
+
+
+def test_prepacking_only_in_cpu_inference_without_autocast(micro_config):
+    model = ClayModel(micro_config).eval()
+    batch = _batch()
+    out = model(**batch).last_hidden_state  # gradients recorded: training path
+    assert out.requires_grad and model.cpu_prepacked_bytes() == 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(**batch)
+    assert model.cpu_prepacked_bytes() == 0
+    linear = _linears(model)[0]
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="same dtype"):  # a dtype unlike the weight's goes to plain F.linear
+            linear(torch.randn(3, linear.in_features, dtype=torch.float64))
+        assert model.cpu_prepacked_bytes() == 0
+        model(**batch)
+    assert model.cpu_prepacked_bytes() > 0
+
+
+def test_prepacked_weights_follow_updates_copies_and_casts(micro_config):
+    torch.manual_seed(0)
+    model = ClayModel(micro_config).eval()
+    batch = _batch()
+    with torch.no_grad():
+        first = model(**batch).pooler_output
+        model.encoder.layers[0].mlp.fc1.weight.add_(0.05)  # an in-place update (an optimizer step)
+        updated = model(**batch).pooler_output
+        reference = ClayModel(micro_config).eval()
+        reference.set_cpu_prepacking(False)
+        reference.load_state_dict(model.state_dict())
+        assert_close(updated, reference(**batch).pooler_output, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(first, updated)
+        model.load_state_dict(reference.state_dict() | {"encoder.layers.0.mlp.fc1.bias": torch.full((128,), 0.1)})
+        reloaded = model(**batch).pooler_output
+        assert not torch.allclose(updated, reloaded)
+        # deepcopy and pickle leave the opaque packed tensors behind; the copy packs its own
+        clone = copy.deepcopy(model)
+        assert clone.cpu_prepacked_bytes() == 0
+        assert_close(clone(**batch).pooler_output, reloaded)
+        import pickle
+
+        assert_close(pickle.loads(pickle.dumps(model))(**batch).pooler_output, reloaded)
+        model.to(torch.float64)  # a cast makes new parameters and drops the packed copy of the old ones
+        assert model.cpu_prepacked_bytes() == 0

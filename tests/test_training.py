@@ -61,6 +61,12 @@ def _factory(chips, poison_batch=None):
     return factory
 
 
+def _prepacking_state(model) -> tuple[bool, int]:
+    from clay_hf.modeling_clay import ClayLinear
+
+    return any(m.cpu_prepacking for m in model.modules() if isinstance(m, ClayLinear)), model.cpu_prepacked_bytes()
+
+
 def _config(tmp_path, **overrides) -> TrainingConfig:
     settings = dict(
         dataset="unused", output_dir=str(tmp_path), model="tiny", max_steps=8, batch_size=8, learning_rate=1e-3,
@@ -89,7 +95,12 @@ def test_training_config_errors_name_the_values(tmp_path):
 
 
 def test_losses_fall_and_the_teacher_contributes(tmp_path, s2_chips):
-    summary = train(_config(tmp_path, max_steps=12), dataloader_factory=_factory(s2_chips), show_progress=False)
+    prepacking = []  # training turns off the prepacked CPU inference path (weights change every step)
+    summary = train(
+        _config(tmp_path, max_steps=12), dataloader_factory=_factory(s2_chips), show_progress=False,
+        step_callback=lambda step, model, losses: prepacking.append(_prepacking_state(model)),
+    )  # fmt: skip
+    assert prepacking == [(False, 0)] * 12
     first, last = summary["first"], summary["last"]
     print("reconstruction", first["reconstruction_loss"], "->", last["reconstruction_loss"],
           "representation", first["representation_loss"], "->", last["representation_loss"])  # fmt: skip
