@@ -51,6 +51,7 @@ from tqdm import tqdm
 import clay_hf
 from clay_hf import ClayConfig, ClayForPreTraining, ClayModel, get_sensor
 from clay_hf.atomic import atomic_write_text
+from clay_hf.modeling_clay import ClayLinear, cpu_prepacking_available
 
 EXAMPLES = """examples:
   # the full benchmark (about 8 minutes on a 2-core CPU), written to BENCHMARKS.md
@@ -61,6 +62,9 @@ EXAMPLES = """examples:
 
   # the same on a GPU with a bigger batch, and a torch.profiler table of the float32 cases
   python scripts/benchmark.py --device cuda --batch-size 256 --profile
+
+  # CPU inference without the prepacked oneDNN weights (plain F.linear), to see what packing gains
+  python scripts/benchmark.py --sizes base --chip-sizes 128 --train-sizes none --no-prepacking
 
   # a smoke test in a few seconds (tiny model, 32 px chips)
   python scripts/benchmark.py --quick
@@ -109,6 +113,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("cast", "autocast"),
         default="cast",
         help="reduced precision by converting the model with .to(dtype) (cast) or by torch.autocast (default: cast)",
+    )
+    parser.add_argument(
+        "--no-prepacking",
+        action="store_true",
+        help="CPU inference with plain F.linear instead of prepacked oneDNN weights (model.set_cpu_prepacking(False))",
     )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="chips per batch for every case (default: sized per case)"
@@ -339,6 +348,36 @@ class PeakPoint:
         return max(self.flops_per_s.values())
 
 
+PREPACKED = "ClayLinear, prepacked"
+
+
+def _matmul_layouts(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
+    """Operand layouts measured for the peak: both torch.mm layouts, plus the model's own prepacked CPU linear."""
+    layouts = ("x @ w.T", "a @ b")
+    if device.type == "cpu" and cpu_prepacking_available(dtype):
+        layouts += (PREPACKED,)
+    return layouts
+
+
+def _square_product(layout: str, n: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator):
+    """A no-argument callable computing one ``n x n @ n x n`` product in ``layout``."""
+    a = torch.randn(n, n, generator=generator).to(device, dtype)
+    b = torch.randn(n, n, generator=generator).to(device, dtype)
+    if layout == PREPACKED:  # the kernel ClayModel's linear layers run in CPU inference (weights packed once)
+        linear = ClayLinear(n, n, bias=False).to(device, dtype)
+        with torch.no_grad():
+            linear.weight.copy_(b)
+
+        def product() -> torch.Tensor:
+            with torch.inference_mode():
+                return linear(a)
+
+        return product
+    b = b.t() if layout == "x @ w.T" else b  # nn.Linear multiplies by the transposed weight
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    return lambda: torch.mm(a, b, out=out)
+
+
 def measure_matmul_peak(
     device: torch.device,
     dtypes: Sequence[str],
@@ -349,7 +388,8 @@ def measure_matmul_peak(
     when: str,
     points: list[PeakPoint] | None = None,
 ) -> list[PeakPoint]:
-    """Square ``n x n @ n x n`` products into a preallocated output, per dtype, operand layout and size.
+    """Square ``n x n @ n x n`` products, per dtype, operand layout and size: ``torch.mm`` into a preallocated output
+    in both operand layouts and, on CPU, the model's prepacked ``ClayLinear`` (the peak is the fastest kernel).
 
     The rate of a point is the best of ``windows`` windows of ``window_s`` seconds (the best is what the
     hardware can do; slower windows are other load or clock changes). Measured under the label ``when``
@@ -361,22 +401,19 @@ def measure_matmul_peak(
     generator = torch.Generator().manual_seed(0)
     for name in dtypes:
         dtype = DTYPES[name]
-        for layout in ("x @ w.T", "a @ b"):
+        for layout in _matmul_layouts(device, dtype):
             for n in sizes:
-                a = torch.randn(n, n, generator=generator).to(device, dtype)
-                b = torch.randn(n, n, generator=generator).to(device, dtype)
-                b = b.t() if layout == "x @ w.T" else b  # nn.Linear multiplies by the transposed weight
-                out = torch.empty(n, n, device=device, dtype=dtype)
+                product = _square_product(layout, n, dtype, device, generator)
                 synchronize(device)
                 start = time.perf_counter()
-                torch.mm(a, b, out=out)  # warm-up (kernel selection, first touch of the output)
+                product()  # warm-up (kernel selection, weight packing, first touch of the output)
                 synchronize(device)
                 first = time.perf_counter() - start
                 best = 0.0
                 for _ in range(1 if first > slow_call_s else windows):
                     iters, start = 0, time.perf_counter()
                     while True:
-                        torch.mm(a, b, out=out)
+                        product()
                         iters += 1
                         synchronize(device)
                         elapsed = time.perf_counter() - start
@@ -388,7 +425,7 @@ def measure_matmul_peak(
                     by_key[key] = PeakPoint(name, layout, n, {})
                     points.append(by_key[key])
                 by_key[key].flops_per_s[when] = best
-                del a, b, out
+                del product
                 if first > slow_call_s:
                     break
     return points
@@ -500,6 +537,7 @@ class EmbeddingResult:
     weights: int
     memory_rise: int | None
     generator_calls: int
+    packed: int = 0
     cosine_min: float | None = None
     cosine_mean: float | None = None
     profile: str | None = None
@@ -583,6 +621,7 @@ def run_embedding_cases(args: argparse.Namespace, progress: tqdm) -> tuple[list[
         config = ClayConfig.from_preset(size, attn_implementation=args.attn_implementation)
         torch.manual_seed(args.seed)
         reference = ClayModel(config).eval().to(device)
+        reference.set_cpu_prepacking(not args.no_prepacking)
         reference_cls: dict[int, torch.Tensor] = {}
         for dtype_name in args.dtypes:
             dtype = DTYPES[dtype_name]
@@ -618,6 +657,7 @@ def run_embedding_cases(args: argparse.Namespace, progress: tqdm) -> tuple[list[
                 result = EmbeddingResult(
                     size, chip_px, 1 + (chip_px // config.patch_size) ** 2, dtype_name, mode, batch, timing.iters,
                     timing.seconds_per_iter, flops, None, weight_bytes(model), timing.memory_rise, calls.count,
+                    model.cpu_prepacked_bytes(),
                 )  # fmt: skip
                 if dtype == torch.float32:
                     reference_cls[chip_px] = outputs[0]
@@ -722,7 +762,7 @@ def run_data_cases(args: argparse.Namespace, progress: tqdm) -> list[DataResult]
     Real sample imagery at the training chip size; the build uses one worker process, the stream no DataLoader
     workers, so both are per-process numbers (they scale with ``--workers`` / ``num_workers`` and processes).
     """
-    if args.data_packages == ["none"]:
+    if not args.data_packages:  # --data-packages none
         return []
     from clay_hf.chips import build_chip_dataset
     from clay_hf.data import get_dataloader
@@ -948,12 +988,13 @@ def render_report(
                 f"{r.flops_per_chip / 1e9:,.1f}", f"{r.flops_per_s / scale:,.1f}",
                 f"{r.peak_flops / scale:,.1f}" if r.peak_flops else "n/a",
                 f"{r.fraction:.1%}" if r.fraction is not None else "n/a",
-                _mib(None if r.memory_rise is None else r.weights + r.memory_rise), _mib(r.weights), cosine,
+                _mib(None if r.memory_rise is None else r.weights + r.packed + r.memory_rise), _mib(r.weights),
+                _mib(r.packed), cosine,
             ]
         )  # fmt: skip
     lines += _table(
         ["model", "chip px", "tokens", "dtype", "batch", "iters", "chips/s", "GFLOP/chip", unit,
-         f"peak {unit}", "% of peak", "peak MiB", "weights MiB", "cos vs fp32 (min)"],
+         f"peak {unit}", "% of peak", "peak MiB", "weights MiB", "packed MiB", "cos vs fp32 (min)"],
         rows,
     )  # fmt: skip
 
@@ -1010,8 +1051,11 @@ def render_report(
         + "; training under autocast (reduced precision on CUDA only).",
         f"- Timing: {args.warmup} warm-up iteration(s) (the first call also fills the weight-generator cache), then "
         f"iterations until {args.min_time:g} s or {args.max_iters} iterations; inference under `torch.inference_mode()`.",
-        f"- Peak MiB = weights (training: weights + AdamW state) + the {memory_note}; activations, gradients and "
-        "workspace are in the rise.",
+        f"- Peak MiB = weights (training: weights + AdamW state) + prepacked weight copies + the {memory_note}; "
+        "activations, gradients and workspace are in the rise. packed MiB: the copies of the linear weights in "
+        "oneDNN's layout that CPU inference keeps (`ClayLinear`; "
+        + ("off in this run, `--no-prepacking`" if args.no_prepacking else "`--no-prepacking` turns them off")
+        + ").",
         "- cos vs fp32: cosine similarity of the cls embedding (`pooler_output`) to the float32 model's on the same "
         "inputs, minimum over the batch.",
     ]
@@ -1058,7 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device
     train_dtypes = 1 + sum(d != "float32" for d in args.dtypes) * (device.type == "cuda")
     total = 2 + len(args.sizes) * len(args.chip_sizes) * len(args.dtypes) + len(args.train_sizes) * train_dtypes
-    total += 0 if args.data_packages == ["none"] else 2
+    total += 2 if args.data_packages else 0
     sizes = (256, 512) if args.quick else PEAK_SIZES[device.type]
     peak_settings = {"window_s": 0.25, "windows": 4, "slow_call_s": 1.0}
     if args.quick:

@@ -49,7 +49,8 @@ def test_quick_run_writes_the_table(tmp_path):
     assert "what a tiny training step at 32 px consumes" in report
     rows = [line for line in report.splitlines() if line.startswith("| tiny | 32 |")]
     assert len(rows) == 3  # float32 and bfloat16 embeddings, one training step
-    assert "| chips/s |" in report and "peak MiB" in report
+    assert "| chips/s |" in report and "peak MiB" in report and "packed MiB" in report
+    assert "| float32 | `ClayLinear, prepacked` |" in report  # the model's own kernel is part of the peak
     assert "SKIP  float32 base@128" in report  # the reference case is not part of a quick run
 
 
@@ -91,3 +92,14 @@ def test_write_atomic_keeps_the_hand_written_tail(bench_script, tmp_path):
     bench_script.write_atomic(path, "new table\n")
     assert path.read_text() == f"new table\n\n{bench_script.GENERATED_END}\n\nInterpretation by hand.\n"
     assert [p.name for p in tmp_path.iterdir()] == ["BENCHMARKS.md"]  # no temporary file left behind
+
+
+def test_peak_includes_the_prepacked_linear_and_none_turns_sections_off(bench_script):
+    points = bench_script.measure_matmul_peak(
+        bench_script.torch.device("cpu"), ["float32"], [64], window_s=0.01, windows=1, slow_call_s=10.0, when="start"
+    )
+    assert [p.layout for p in points] == ["x @ w.T", "a @ b", bench_script.PREPACKED]
+    assert all(p.best > 0 for p in points)
+    args = bench_script.parse_args(["--data-packages", "none", "--train-sizes", "none", "--no-prepacking"])
+    assert args.data_packages == [] and args.train_sizes == [] and args.no_prepacking
+    assert bench_script.run_data_cases(args, progress=None) == []
