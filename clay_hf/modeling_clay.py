@@ -385,8 +385,9 @@ class ClayLinear(nn.Linear):
     and keeping it while the weight is unchanged made ClayModel embeddings 9-14% faster in float32 and bfloat16 on
     the benchmark machine (see BENCHMARKS.md). Used only when no gradient is recorded,
     outside autocast, on plain CPU tensors of matching float32/bfloat16 dtype; everything else (training, CUDA,
-    sharded weights) is ``nn.Linear`` unchanged. The packed copy costs as much memory as the weight; turn it off
-    with ``model.set_cpu_prepacking(False)``. The state dict and the numbers (to float rounding) are the same.
+    sharded weights, tracing and compiling) is ``nn.Linear`` unchanged. The packed copy costs as much memory as the
+    weight; turn it off with ``model.set_cpu_prepacking(False)``. The state dict and the numbers (to float rounding)
+    are the same.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs) -> None:
@@ -404,6 +405,8 @@ class ClayLinear(nn.Linear):
             and type(weight) in (nn.Parameter, torch.Tensor)  # not a DTensor (FSDP) or another subclass
             and weight.device.type == "cpu"
             and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_tracing()  # exporters (ONNX, TorchScript, torch.export) see a plain linear
+            and not torch.compiler.is_compiling()
             and cpu_prepacking_available(weight.dtype)
         )
 

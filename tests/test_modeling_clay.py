@@ -411,6 +411,7 @@ def test_prepacked_cpu_inference_equals_plain_linear_on_real_chips(converted_mic
     assert cosine.min() > 0.9999
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # still what the ONNX exporter uses
 def test_prepacking_only_in_cpu_inference_without_autocast(micro_config):
     model = ClayModel(micro_config).eval()
     batch = _batch()
@@ -423,6 +424,9 @@ def test_prepacking_only_in_cpu_inference_without_autocast(micro_config):
     with torch.no_grad():
         with pytest.raises(RuntimeError, match="same dtype"):  # a dtype unlike the weight's goes to plain F.linear
             linear(torch.randn(3, linear.in_features, dtype=torch.float64))
+        assert model.cpu_prepacked_bytes() == 0
+        traced = torch.jit.trace(linear, torch.randn(3, linear.in_features), check_trace=False)  # exporters: plain
+        assert "aten::linear" in {node.kind() for node in traced.graph.nodes()}
         assert model.cpu_prepacked_bytes() == 0
         model(**batch)
     assert model.cpu_prepacked_bytes() > 0
