@@ -27,7 +27,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_clay import NUM_METADATA_CHANNELS, ClayConfig
 from .errors import BandMismatchError, ChipSizeError, ClayConfigError, ClayInputError
@@ -46,6 +46,8 @@ __all__ = [
     "random_masking",
     "tokens_to_grid",
 ]
+
+logger = logging.get_logger(__name__)
 
 # The dynamic weights are scaled by this constant before use (quirk of the original DynamicEmbedding).
 DYNAMIC_WEIGHT_SCALE = 0.02
@@ -245,6 +247,12 @@ class ClayWeightGenerator(nn.Module):
         return weights, bias
 
 
+def _tensor_state(tensor: torch.Tensor) -> tuple:
+    """What changes when a parameter is replaced, updated in place or cast: (pointer, version, dtype) for caches."""
+    # Inference tensors (parameters created under inference_mode) carry no version counter.
+    return (tensor.data_ptr(), -1 if tensor.is_inference() else tensor._version, tensor.dtype)
+
+
 class ClayWaveConditionedWeights(nn.Module):
     """Wavelengths -> generated weights, cached per band set while the generator cannot change.
 
@@ -263,8 +271,7 @@ class ClayWaveConditionedWeights(nn.Module):
         params = list(self.parameters())
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return None  # gradients must flow into the generator: compute afresh, as the original does
-        # Inference tensors (parameters created under inference_mode) carry no version counter.
-        state = tuple((p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params)
+        state = tuple(_tensor_state(p) for p in params)
         return (
             tuple(wavelengths.detach().float().cpu().tolist()),
             state,
@@ -373,9 +380,13 @@ def cpu_prepacking_available(dtype: torch.dtype) -> bool:
             out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")  # (M, N)
             expected = F.linear(x, weight, bias).float()
             tolerance = 1e-4 if dtype == torch.float32 else 5e-2
-            return out.shape == (5, 16) and torch.allclose(out.float(), expected, atol=tolerance)
-    except (RuntimeError, AttributeError, NotImplementedError):
-        return False
+            if out.shape == (5, 16) and torch.allclose(out.float(), expected, atol=tolerance):
+                return True
+            reason = "its result differs from F.linear"
+    except (RuntimeError, AttributeError, NotImplementedError) as error:
+        reason = f"{type(error).__name__}: {error}"
+    logger.info("prepacked %s linear layers are off here (%s); using F.linear", dtype, reason)
+    return False
 
 
 class ClayLinear(nn.Linear):
@@ -413,9 +424,7 @@ class ClayLinear(nn.Linear):
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's layout, packed again only when the weight changed (pointer, version, dtype)."""
         weight = self.weight
-        # Inference tensors (parameters created under inference_mode) carry no version counter.
-        state = (weight.data_ptr(), -1 if weight.is_inference() else weight._version, weight.dtype, weight.shape)
-        state = (*state, torch.is_inference_mode_enabled())
+        state = (_tensor_state(weight), weight.shape, torch.is_inference_mode_enabled())
         if self._packed is None or self._packed[0] != state:
             self._packed = None  # release the old copy before making the new one
             self._packed = (state, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PREPACK_BATCH_HINT))

@@ -522,8 +522,24 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
+class _Rates:
+    """Throughput of a timed case with ``batch`` chips per iteration and ``flops_per_chip``."""
+
+    batch: int
+    seconds_per_iter: float
+    flops_per_chip: int
+
+    @property
+    def chips_per_s(self) -> float:
+        return self.batch / self.seconds_per_iter
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.flops_per_chip * self.chips_per_s
+
+
 @dataclasses.dataclass
-class EmbeddingResult:
+class EmbeddingResult(_Rates):
     size: str
     chip_px: int
     tokens: int
@@ -543,20 +559,12 @@ class EmbeddingResult:
     profile: str | None = None
 
     @property
-    def chips_per_s(self) -> float:
-        return self.batch / self.seconds_per_iter
-
-    @property
-    def flops_per_s(self) -> float:
-        return self.flops_per_chip * self.chips_per_s
-
-    @property
     def fraction(self) -> float | None:
         return self.flops_per_s / self.peak_flops if self.peak_flops else None
 
 
 @dataclasses.dataclass
-class TrainingResult:
+class TrainingResult(_Rates):
     size: str
     chip_px: int
     dtype: str
@@ -568,14 +576,6 @@ class TrainingResult:
     resident: int
     memory_rise: int | None
     loss: float
-
-    @property
-    def chips_per_s(self) -> float:
-        return self.batch / self.seconds_per_iter
-
-    @property
-    def flops_per_s(self) -> float:
-        return self.flops_per_chip * self.chips_per_s
 
 
 class CallCounter:

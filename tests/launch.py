@@ -1,12 +1,15 @@
-"""Launch a script on two real CPU processes (gloo) with torchrun, as the multi-process tests do."""
+"""Run the project's scripts from tests: imported as modules (``load_script``), or on two real CPU processes
+(gloo) with torchrun, as the multi-process tests do."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,3 +27,16 @@ def torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = 400, **env
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
            "127.0.0.1", "--master_port", str(free_port()), str(script), *map(str, args)]  # fmt: skip
     return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a script (``scripts/*.py``, ``spaces/*.py``) as a fresh module named ``clay_script_<stem>``.
+
+    The module is registered in ``sys.modules`` while it runs and after, as dataclasses and pickling need.
+    """
+    name = f"clay_script_{path.parent.name}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,11 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 import clay_hf
 from clay_hf import ClayForPreTraining, ClayImageProcessor, ClayModel
 
+from .model_helpers import RUN_REMOTE_CODE, WITHOUT_CLAY_HF, seeded_inputs
+
 
 def _inputs() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(11)
-    return dict(
-        pixel_values=torch.randn(2, 3, 16, 24, generator=g),
-        wavelengths=torch.tensor([0.665, 0.56, 0.493]),
-        gsd=torch.tensor(10.0),
-        time=torch.randn(2, 4, generator=g),
-        latlon=torch.randn(2, 4, generator=g),
-    )
+    return seeded_inputs(11)
 
 
 @pytest.fixture(scope="module")
@@ -96,31 +90,11 @@ def test_image_processor_through_auto_class(tmp_path):
     assert processor.patch_size == 4
 
 
-REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    sys.modules["clay_hf"] = None  # any `import clay_hf` now raises ImportError
-    try:
-        import clay_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("clay_hf should not be importable here")
-    import torch
-    from transformers import AutoModel, AutoModelForPreTraining
-
-    folder, data = sys.argv[1], torch.load(sys.argv[2])
-    enc = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    pre = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True).eval()
-    assert type(enc).__module__.startswith("transformers_modules"), type(enc).__module__
-    with torch.no_grad():
-        out = dict(
-            embeddings=enc(**data["inputs"]).last_hidden_state,
-            logits=pre(**data["inputs"], noise=data["noise"]).logits,
-            module=type(enc).__module__,
-        )
-    torch.save(out, sys.argv[3])
-    """
+REMOTE_SCRIPT = (
+    WITHOUT_CLAY_HF
+    + "import torch\nsource, data = sys.argv[1], torch.load(sys.argv[2])\n"
+    + RUN_REMOTE_CODE
+    + "torch.save(out, sys.argv[3])\n"
 )
 
 

@@ -8,7 +8,6 @@ Item written from the BigEarthNet band files go through the STAC path to the sam
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from clay_hf.sample_data import sample_sources
 from clay_hf.sensors import get_sensor
 
 from .chip_helpers import BEN_S2, ben_s2_folder, write_cogs_and_item
+from .launch import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 S2 = get_sensor("sentinel-2-l2a")
@@ -33,10 +33,7 @@ TEN_METRE = ("blue", "green", "red", "nir")  # band files on the chip grid itsel
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("prepare_chips", ROOT / "scripts" / "prepare_chips.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "prepare_chips.py")
 
 
 @pytest.fixture(scope="module")

