@@ -28,6 +28,9 @@ __all__ = [
     "IncompatibleBuildError",
     "NoChipsError",
     "LoaderStateError",
+    "HubPublishError",
+    "OutputExistsError",
+    "OutputLockedError",
 ]
 
 
@@ -116,3 +119,25 @@ class LoaderStateError(ClayError, ValueError):
 
 class HubPublishError(ClayError, ValueError):
     """A folder, repo id or option that cannot be published as asked."""
+
+
+class OutputExistsError(ClayError, FileExistsError):
+    """An output folder that holds something clay_hf would delete: another run, another model, other files."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class OutputLockedError(ClayError, BlockingIOError):
+    """An output folder another live process is writing to (its pid is in the message and ``.pid``)."""
+
+    def __init__(self, message: str, path: str | None = None, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.path, self.pid = path, pid
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
