@@ -240,11 +240,19 @@ def convert_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
     patch_size_for_processor: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Convert ``checkpoint`` into ``output_dir`` (safetensors, config with auto_map, remote code, processor).
 
     The folder is written to a temporary sibling and renamed into place, so a failure leaves nothing behind.
+    An existing ``output_dir`` is replaced only when it is empty or a Clay model folder (a previous
+    conversion); any other folder needs ``overwrite=True``, and the current directory or one of its parents is
+    never replaced (:class:`~clay_hf.errors.OutputExistsError`). The folder is checked before the checkpoint is
+    read, so a refusal costs nothing.
     """
+    from .atomic import check_replaceable_folder, is_clay_model_folder
+
+    check_replaceable_folder(output_dir, is_clay_model_folder, overwrite, what="Clay model folder")
     from .image_processing_clay import ClayImageProcessor
     from .modeling_clay import ClayForPreTraining
 
@@ -252,12 +260,10 @@ def convert_checkpoint(
     config = config_from_checkpoint(state_dict, hparams)
     weights = convert_state_dict(state_dict, config)
     model = ClayForPreTraining(config)
-    info = model.load_state_dict(weights, strict=True)
-    if info.missing_keys or info.unexpected_keys:  # strict=True raises first; kept as a belt for the reader
-        raise CheckpointError(f"conversion left missing={info.missing_keys} unexpected={info.unexpected_keys}")
+    model.load_state_dict(weights, strict=True)  # raises on any missing or unexpected key
 
     output_dir = Path(output_dir)
-    with atomic_folder(output_dir) as tmp:
+    with atomic_folder(output_dir, is_clay_model_folder, overwrite, what="Clay model folder") as tmp:
         model.save_pretrained(tmp)
         ClayImageProcessor(patch_size=patch_size_for_processor or config.patch_size).save_pretrained(tmp)
     logger.info("converted %s -> %s (%s)", checkpoint, output_dir, _describe(config))

@@ -20,6 +20,9 @@ EXAMPLES = """examples:
   # the small parity checkpoint that ships with the tests
   python scripts/convert_clay_checkpoint.py --checkpoint tests/fixtures/clay-micro-original.ckpt --output /tmp/clay-micro
 
+  # into a folder that already holds other files (they are deleted)
+  python scripts/convert_clay_checkpoint.py --checkpoint clay-v1.5.ckpt --output models/scratch --overwrite
+
 then:
   python -c "import clay_hf, transformers; print(transformers.AutoModel.from_pretrained('models/clay-v1.5'))"
 """
@@ -30,7 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="original Clay .ckpt file")
-    parser.add_argument("--output", required=True, type=Path, help="folder to write (replaced atomically)")
+    parser.add_argument(
+        "--output", required=True, type=Path,
+        help="folder to write; an existing Clay model folder is replaced atomically, any other needs --overwrite",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --output even if it holds other files (never . or a parent)"
+    )
     parser.add_argument(
         "--verify", action="store_true", help="reload the folder with AutoModel and report loading info"
     )
@@ -44,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from clay_hf.errors import ClayError
 
     try:
-        out = convert_checkpoint(args.checkpoint, args.output)
+        out = convert_checkpoint(args.checkpoint, args.output, overwrite=args.overwrite)
     except ClayError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +127,57 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path):
     with pytest.raises(CheckpointError):
         convert_checkpoint(bad, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt"]
+
+
+def _convert_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "convert_clay_checkpoint.py"), "--checkpoint", str(PARITY_CKPT), *args],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_cli_refuses_to_replace_a_folder_that_is_not_a_model_folder(tmp_path):
+    # Defect: "--output D" where D held notes.txt and sub/ returned 0 and deleted both.
+    target = tmp_path / "D"
+    (target / "sub").mkdir(parents=True)
+    (target / "notes.txt").write_text("field notes")
+    proc = _convert_cli("--output", str(target))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "is not a Clay model folder (it holds notes.txt, sub/)" in proc.stderr
+    assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert (target / "notes.txt").read_text() == "field notes" and (target / "sub").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D"]  # no temporary folder left
+
+    proc = _convert_cli("--output", str(target), "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (target / "notes.txt").exists() and (target / "model.safetensors").is_file()
+    proc = _convert_cli("--output", str(target))  # a Clay model folder is replaced without --overwrite
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D"]
+
+
+@pytest.mark.parametrize("output", [".", ".."])
+def test_cli_never_replaces_the_current_directory_or_a_parent(tmp_path, output):
+    # Defect: "--output ." failed with a raw "OSError: Device or resource busy" and left an empty "..XXXX.old".
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("x")
+    for flags in ((), ("--overwrite",)):
+        proc = _convert_cli("--output", output, *flags, cwd=work)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "is the current directory or one of its parents; it is never replaced" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    assert sorted(p.name for p in work.iterdir()) == ["keep.txt"]
+
+
+def test_converted_folder_follows_the_umask(tmp_path):
+    # Defect: with umask 0022 the folder came out 0700 and its files 0600 (tempfile's modes).
+    previous = os.umask(0o022)
+    try:
+        out = convert_checkpoint(PARITY_CKPT, tmp_path / "converted")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
