@@ -51,6 +51,7 @@ from .errors import (
 from .sensors import get_sensor, list_sensors
 
 __all__ = [
+    "prune_folder",
     "AUTO_SENSOR",
     "DEFAULT_MAX_UPLOAD_MB",
     "DEFAULT_PACKAGES",
@@ -296,7 +297,7 @@ def build_collection(
     rows = list(embed_chips(model, chips, batch_size=batch_size, progress=progress))
 
     output = Path(output)
-    with atomic_folder(output) as tmp:
+    with atomic_folder(output, _is_collection, what="collection folder") as tmp:
         write_embedding_shard(rows, tmp / "embeddings.parquet")
         np.save(tmp / "thumbnails.npy", np.stack([thumbs[r["chip_id"]] for r in rows]))  # (N, S, S, 3)
         info = {
@@ -309,6 +310,10 @@ def build_collection(
         (tmp / "collection.json").write_text(json.dumps(info, indent=2) + "\n")
     logger.info("wrote a collection of %d chips from %d sources to %s", len(rows), len(licenses), output)
     return output
+
+
+def _is_collection(folder: Path) -> bool:
+    return (folder / "collection.json").is_file()
 
 
 def load_collection(folder: str | os.PathLike, model=None) -> Collection:
@@ -407,6 +412,7 @@ class ClaySpace:
         self.max_upload_mb = float(max_upload_mb)
         self.patch_size = int(encoder.config.patch_size)
         self.processor = ClayImageProcessor(patch_size=self.patch_size)
+        self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="clay-space-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._cache: OrderedDict[str, Upload] = OrderedDict()
@@ -453,8 +459,6 @@ class ClaySpace:
 
     def prepare(self, path: str | os.PathLike | None, sensor: str | None = None, wavelengths: Any = None) -> Upload:
         """Accept an upload and read its centre chip and preview (cached by content and choices)."""
-        from .io import bounds_to_wgs84, open_source
-
         sensor = None if sensor in (None, "", AUTO_SENSOR) else sensor
         wavelengths_um = parse_wavelengths(wavelengths)
         digest, copy = self._accept(path)
@@ -469,8 +473,44 @@ class ClaySpace:
         if wavelengths_um is not None:
             overrides["wavelengths_um"] = wavelengths_um
         try:
+            upload = self._open_upload(copy, overrides, digest, sensor, wavelengths_um)
+        except BaseException:
+            self._forget_folder(copy.parent)  # a refused file leaves nothing in the work folder
+            raise
+        with self._lock:
+            self._cache[key] = upload
+            evicted = []
+            while len(self._cache) > self._cache_size:
+                evicted.append(self._cache.popitem(last=False)[1].folder)
+        for folder in evicted:
+            self._forget_folder(folder)
+        return upload
+
+    def _forget_folder(self, folder: Path) -> None:
+        """Delete an upload's folder in the work folder unless a cached upload still uses it."""
+        with self._lock:
+            if any(u.folder == folder for u in self._cache.values()):
+                return
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def close(self) -> None:
+        """Forget every upload and delete the work folder if this object made it (a temporary folder)."""
+        with self._lock:
+            folders = {u.folder for u in self._cache.values()}
+            self._cache.clear()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _open_upload(self, copy: Path, overrides: dict[str, Any], digest: str, sensor, wavelengths_um) -> Upload:
+        """Read the accepted copy; every way it can fail becomes a :class:`SpaceInputError` for the page."""
+        from .io import bounds_to_wgs84, open_source
+
+        try:
             with open_source(copy, **overrides) as source:
-                upload = self._read_upload(source, digest, copy.parent, sensor, wavelengths_um, bounds_to_wgs84)
+                return self._read_upload(source, digest, copy.parent, sensor, wavelengths_um, bounds_to_wgs84)
         except SpaceInputError:
             raise
         except BandMismatchError as err:
@@ -490,11 +530,6 @@ class ClaySpace:
             raise SpaceInputError(f"the raster could not be read: {_strip_paths(str(err))}") from err
         except ClayError as err:
             raise SpaceInputError(_strip_paths(str(err))) from err
-        with self._lock:
-            self._cache[key] = upload
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return upload
 
     def _read_upload(self, source, digest, folder, sensor, wavelengths_um, bounds_to_wgs84) -> Upload:
         count = len(source.band_names)
@@ -721,6 +756,43 @@ def _sensor_mismatch_message(path: Path, sensor: str | None) -> str:
         f"the file's {bands} do not match sensor {table.name!r} ({len(table.band_names)} bands: "
         f"{', '.join(table.band_names)}); choose another sensor, 'auto-detect', or type one wavelength per band"
     )
+
+
+def prune_folder(root: str | os.PathLike, older_than_s: float) -> int:
+    """Delete the files and folders below ``root`` that nothing has changed for ``older_than_s`` seconds.
+
+    For the app's Gradio cache: Gradio's ``delete_cache`` deletes the files it registered, but leaves the
+    folders it made them in and the raw temporary files of uploads; the app runs this on the same schedule.
+    A folder goes once it is empty. Returns how many entries were removed; ``root`` itself stays.
+    """
+    import time
+
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    removed = 0
+
+    def old(path: Path) -> bool:
+        st = path.lstat()
+        return time.time() - max(st.st_mtime, st.st_ctime) >= older_than_s
+
+    for folder, _dirs, files in os.walk(root, topdown=False):
+        path = Path(folder)
+        for name in files:
+            try:
+                if old(path / name):
+                    (path / name).unlink()
+                    removed += 1
+            except OSError:  # removed or changed meanwhile
+                continue
+        if path != root:
+            try:
+                if not any(path.iterdir()) and old(path):
+                    path.rmdir()
+                    removed += 1
+            except OSError:
+                continue
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------- loading it all

@@ -8,12 +8,20 @@ A thin shell over :mod:`clay_hf.space` (all the logic, tested without a browser)
     python spaces/app.py --model path/to/clay-folder --collection spaces/collection --max-upload-mb 50
 
 Settings (flag or environment): ``CLAY_SPACE_MODEL`` (a Clay folder or Hub id), ``CLAY_SPACE_COLLECTION``
-(a folder from ``spaces/build_collection.py``), ``CLAY_SPACE_MAX_UPLOAD_MB`` (default 50).
+(a folder from ``spaces/build_collection.py``), ``CLAY_SPACE_MAX_UPLOAD_MB`` (default 50),
+``CLAY_SPACE_KEEP_MINUTES`` (default 30).
+
+Uploads and results are temporary: Gradio's ``delete_cache`` removes every file the app wrote (uploads, result
+files, images) once it is older than the keep time, on a schedule, and all of them when the server stops; what
+it leaves (empty folders, raw upload files) goes on the same schedule, and the Space's own work folder holds only
+the uploads of its small in-memory cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -23,9 +31,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 
 from clay_hf.errors import ClayError  # noqa: E402
-from clay_hf.space import RESULT_COLUMNS, ClaySpace, SearchHits, load_space  # noqa: E402
+from clay_hf.space import RESULT_COLUMNS, ClaySpace, SearchHits, load_space, prune_folder  # noqa: E402
 
 logger = logging.getLogger("clay_space")
 
@@ -36,6 +45,13 @@ CSS = """
 """
 THUMBNAIL_PX = 128  # gallery thumbnails are enlarged (nearest neighbour) to at least this size
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # written by build_collection.py
+DEFAULT_KEEP_MINUTES = 30.0
+
+
+def cache_schedule(keep_seconds: float) -> tuple[int, int]:
+    """``delete_cache`` for Gradio: (how often to look, in seconds; how old a file may get, in seconds)."""
+    age = max(1, int(keep_seconds))
+    return max(1, min(age, 300)), age
 
 
 def _friendly(fn):
@@ -62,8 +78,9 @@ def _gallery(hits: SearchHits) -> list[tuple[np.ndarray, str]]:
     return list(zip(list(big), hits.captions()))
 
 
-def build_demo(space: ClaySpace) -> gr.Blocks:
-    """The page. Every event calls one :class:`ClaySpace` method and has an ``api_name``."""
+def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60) -> gr.Blocks:
+    """The page. Every event calls one :class:`ClaySpace` method and has an ``api_name``; files it writes are
+    deleted once older than ``keep_seconds`` (and at shutdown)."""
     n = len(space.collection)
     sources = space.collection.info.get("sources", [])
     licences = sorted({s["license"] for s in sources if s.get("license")})
@@ -106,7 +123,8 @@ def build_demo(space: ClaySpace) -> gr.Blocks:
     def reconstruct(path, sensor, wavelengths, seed):
         return space.reconstruct(path, sensor, wavelengths, seed=int(seed or 0))
 
-    with gr.Blocks(title="Clay v1.5: embed, search and reconstruct Earth-observation imagery") as demo:
+    title = "Clay v1.5: embed, search and reconstruct Earth-observation imagery"
+    with gr.Blocks(title=title, delete_cache=cache_schedule(keep_seconds)) as demo:
         gr.Markdown(
             "# Clay v1.5 · Earth-observation embeddings\n"
             "Upload a **GeoTIFF of any sensor** (Sentinel-2, Landsat, Sentinel-1, NAIP, PlanetScope, or your own "
@@ -185,13 +203,39 @@ def build_demo(space: ClaySpace) -> gr.Blocks:
     return demo
 
 
-def launch_kwargs(space: ClaySpace) -> dict:
-    """What ``launch()`` needs beyond host and port: the upload limit enforced by the server, theme, CSS."""
+def _tidy_lifespan(keep_seconds: float):
+    """A FastAPI lifespan that prunes Gradio's cache folder on ``delete_cache``'s schedule and at shutdown:
+    what Gradio's own deletion leaves (empty folders, raw upload files) once it is older than the keep time."""
+    frequency, age = cache_schedule(keep_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async def tidy():
+            while True:
+                await asyncio.sleep(frequency)
+                await asyncio.to_thread(prune_folder, get_upload_folder(), age)
+
+        task = asyncio.create_task(tidy())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            prune_folder(get_upload_folder(), age)
+
+    return lifespan
+
+
+def launch_kwargs(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60) -> dict:
+    """What ``launch()`` needs beyond host and port: the upload limit enforced by the server, theme, CSS, and
+    the tidying of Gradio's cache folder (pass the ``keep_seconds`` given to :func:`build_demo`)."""
     return {
         "max_file_size": f"{int(space.max_upload_mb * 1024)}kb",
         "allowed_paths": [str(EXAMPLES)],
         "css": CSS,
         "theme": gr.themes.Soft(),
+        "app_kwargs": {"lifespan": _tidy_lifespan(keep_seconds)},
     }
 
 
@@ -201,6 +245,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="Clay folder or Hub id (default: $CLAY_SPACE_MODEL or offline)")
     parser.add_argument("--collection", default=None, help="collection folder (default: spaces/collection)")
     parser.add_argument("--max-upload-mb", type=float, default=None, help="upload limit in MB (default 50)")
+    parser.add_argument("--keep-minutes", type=float, default=None,
+                        help=f"delete uploads and results older than this (default {DEFAULT_KEEP_MINUTES:g})")  # fmt: skip
     parser.add_argument("--host", default=None, help="interface to listen on (default: Gradio's, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860)")
     return parser.parse_args(argv)
@@ -210,8 +256,12 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     space = load_space(args.model, args.collection, args.max_upload_mb)  # loaded once, before the first request
-    demo = build_demo(space)
-    demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(space))
+    keep = args.keep_minutes or float(os.environ.get("CLAY_SPACE_KEEP_MINUTES", DEFAULT_KEEP_MINUTES))
+    demo = build_demo(space, keep_seconds=keep * 60)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(space, keep_seconds=keep * 60))
+    finally:
+        space.close()
 
 
 if __name__ == "__main__":

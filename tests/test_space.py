@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -516,3 +517,90 @@ def test_space_readme_and_entry_point():
     source = (SPACES / "app.py").read_text()
     assert 'if __name__ == "__main__":\n    main()' in source and "share=True" not in source
     assert "gradio" in (SPACES / "requirements.txt").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- (h) clean-up
+
+
+def _variants(s2_chip: dict, folder: Path, n: int) -> list[Path]:
+    """``n`` distinct real uploads: the same chip with one pixel changed, so each file has its own hash."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        chip = dict(s2_chip, pixels=s2_chip["pixels"].copy())
+        chip["pixels"][0, 0, 0] += i + 1
+        paths.append(_write_geotiff(chip, folder / f"variant-{i}.tif"))
+    return paths
+
+
+def test_the_work_folder_keeps_only_the_cached_uploads(models, built, s2_chip, files, tmp_path):
+    from clay_hf.space import ClaySpace, SpaceInputError, load_collection
+
+    encoder, _ = models
+    workdir = tmp_path / "work"
+    space = ClaySpace(encoder, load_collection(built["collection"], encoder), workdir=workdir, cache_size=3)
+    for path in _variants(s2_chip, tmp_path / "uploads", 8):
+        space.embed(path)
+    assert len(list(workdir.iterdir())) == 3  # the three most recent uploads, not one folder per call
+    with pytest.raises(SpaceInputError):
+        space.inspect(files["corrupt"])
+    assert len(list(workdir.iterdir())) == 3  # a refused file leaves nothing
+    space.close()
+    assert list(workdir.iterdir()) == []
+    own = ClaySpace(encoder, load_collection(built["collection"], encoder))
+    own.inspect(files["tagged"])
+    assert own.workdir.is_dir()
+    own.close()
+    assert not own.workdir.exists()
+
+
+def test_prune_folder_removes_old_entries_keeps_young_ones_and_the_root(tmp_path):
+    from clay_hf.space import prune_folder
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "upload.tif").write_bytes(b"x")
+    (tmp_path / "tmpabc123").write_bytes(b"raw upload")
+    assert prune_folder(tmp_path, older_than_s=3600) == 0  # all just made: left alone
+    old = time.time() - 7200
+    for path in (tmp_path / "a" / "b", tmp_path / "a", tmp_path / "tmpabc123"):
+        os.utime(path, (old, old))
+    assert prune_folder(tmp_path, older_than_s=3600) == 0  # ctime is still now: a changed entry is young
+    assert prune_folder(tmp_path, older_than_s=0) == 5
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+
+
+def test_the_apps_cache_folder_does_not_grow_with_calls(models, built, s2_chip, network_log, tmp_path, monkeypatch):
+    # Defect: Gradio's upload folder grew by 268 folders over 60 calls and never shrank.
+    from gradio_client import Client, handle_file
+
+    from clay_hf.space import ClaySpace, load_collection
+
+    cache = tmp_path / "gradio-cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    encoder, pretraining = models
+    space = ClaySpace(encoder, load_collection(built["collection"], encoder), pretraining=pretraining,
+                      max_upload_mb=UPLOAD_LIMIT_MB, workdir=tmp_path / "work", cache_size=2)  # fmt: skip
+    module = _load_script("app")
+    demo = module.build_demo(space, keep_seconds=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **module.launch_kwargs(space, keep_seconds=1))  # fmt: skip
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
+        uploads = _variants(s2_chip, tmp_path / "uploads", 6)
+        for path in uploads:
+            client.predict(handle_file(str(path)), "auto-detect", "", api_name="/embed")
+        assert len(list(cache.rglob("*"))) > 0  # the calls did write into the cache
+        entries = None
+        for _ in range(60):  # bounded wait: the schedule runs every second
+            entries = sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
+            if not entries:
+                break
+            time.sleep(0.5)
+        assert entries == [], entries
+    finally:
+        demo.close()
+    assert len(list((tmp_path / "work").iterdir())) <= 2
