@@ -15,13 +15,34 @@ open them as a layer, and ``datasets`` loads them as usual.
 
 Chips are grouped by band set before batching (the wavelengths are shared in a batch); within a group they
 keep their input order. Every chip comes out once, in batch order.
+
+Layout of an embedding folder written by :func:`embed_to_parquet` (``scripts/embed.py``)::
+
+    emb/
+      embedding_info.json                the model (name, fingerprint), dtype, outputs and, per split, the input
+                                         and chipping settings; every later run into this folder must share them
+      data/<split>/<unit>.parquet        one GeoParquet shard per work unit (a raster file or an input chip shard)
+      .clay_embeddings/<split>/<unit>.json   a shard's record: rows, bytes, sha256 of its chip ids, settings hash
+      .lock, .lock-rank<r>               the write lock of a running job (:func:`clay_hf.locking.output_lock`)
+
+Resume rule: a shard is finished only when its record exists and matches it (same byte count, a readable
+Parquet footer with the recorded row count, the same sha256 over its ``chip_id`` column, and this run's
+settings); the record is written, atomically, after the shard. A shard without a matching record (truncated,
+damaged, a leftover of an interrupted run) is logged and embedded again; a missing shard is simply embedded.
+A folder made by another model (by :func:`model_fingerprint`), dtype or ``outputs``, or a split chipped with
+other settings, is refused with an :class:`~clay_hf.errors.OutputExistsError` naming both, as is a non-empty
+folder without ``embedding_info.json``; ``overwrite=True`` (``--overwrite``) deletes what clay_hf wrote there
+(the shards under ``data/``, the records, the info file) and starts again, and leaves other files alone. The
+records and the lock are hidden, so ``datasets.load_dataset("parquet", data_dir=...)`` reads only the shards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,8 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .errors import ClayInputError
+from .atomic import atomic_path, atomic_write_text
+from .errors import ChipDatasetError, ClayInputError, OutputExistsError
 from .image_processing_clay import ClayImageProcessor
 
 __all__ = [
@@ -44,6 +65,10 @@ __all__ = [
     "embed_dataset",
     "footprint_wkb",
     "write_embedding_shard",
+    "model_fingerprint",
+    "embed_to_parquet",
+    "INFO_FILE",
+    "RECORDS_DIR",
 ]
 
 logger = logging.getLogger(__name__)
@@ -254,12 +279,23 @@ def _arrow_table(rows: list[dict[str, Any]]):
     return table.replace_schema_metadata({**(table.schema.metadata or {}), b"geo": _geo_metadata(bbox)})
 
 
-def write_embedding_shard(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Write embedding rows as one GeoParquet file, atomically (temporary file, then rename)."""
+SHARD_METADATA_KEY = b"clay_embeddings"
+
+
+def write_embedding_shard(rows: list[dict[str, Any]], path: str | os.PathLike,
+                          metadata: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Write embedding rows as one GeoParquet file, atomically (temporary file, then rename).
+
+    ``metadata`` (JSON-serialisable: the model, dtype, outputs and settings that made the rows) is stored in the
+    file's key-value metadata under ``clay_embeddings``.
+    """
     import pyarrow.parquet as pq
 
+    table = _arrow_table(rows)
+    if metadata is not None:
+        table = table.replace_schema_metadata({**table.schema.metadata, SHARD_METADATA_KEY: json.dumps(metadata)})
     with atomic_path(path) as tmp:
-        pq.write_table(_arrow_table(rows), tmp)
+        pq.write_table(table, tmp)
     return Path(path)
 
 
@@ -363,6 +399,7 @@ def _unit_chips(kind: str, unit: Any, input_path: str, chip_size: int, stride: i
     if kind == "raster":
         yield from iter_source_chips(unit, chip_size, stride, max_nodata_fraction, **open_kwargs)
         return
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .data import decode_chip
@@ -372,10 +409,198 @@ def _unit_chips(kind: str, unit: Any, input_path: str, chip_size: int, stride: i
         from huggingface_hub import hf_hub_download
 
         local = hf_hub_download(input_path, unit, repo_type="dataset")
-    parquet = pq.ParquetFile(local)
-    for group in range(parquet.num_row_groups):
-        for row in parquet.read_row_group(group).to_pylist():
-            yield decode_chip(row)
+    try:
+        parquet = pq.ParquetFile(local)
+        groups = (parquet.read_row_group(group) for group in range(parquet.num_row_groups))
+        for table in groups:
+            for row in table.to_pylist():
+                yield decode_chip(row)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        if isinstance(err, ChipDatasetError):
+            raise
+        raise ChipDatasetError(
+            f"chip shard {os.fspath(local)} cannot be read: it is truncated, damaged or not a Parquet file ({err}). "
+            "Rebuild the chip dataset (scripts/prepare_chips.py), or download the shard again"
+        ) from err
+
+
+# What clay_hf writes into an embedding folder (see the module docstring).
+INFO_FILE = "embedding_info.json"
+RECORDS_DIR = ".clay_embeddings"
+_INFO_FORMAT = "clay_hf embeddings 1"
+# Entries a run into a fresh folder makes before its info file exists: the locks and the info file's temporary.
+_OWN_EARLY_ENTRY = re.compile(rf"\.lock(-rank\d+)?(\.json)?|\.{re.escape(INFO_FILE)}\..*\.tmp")
+# A shard or record name, or atomic_path's temporary of one: ".<name>.<ext>.<random>.tmp".
+_UNIT_FILE = re.compile(r"(?:\.(?P<tmp>.+)\.(?:parquet|json)\..+\.tmp|(?P<name>.+)\.(?:parquet|json))")
+
+
+def model_fingerprint(model) -> str:
+    """sha256 over the model's architecture (its Clay config fields) and its state dict as loaded.
+
+    Every tensor's name, dtype, shape and bytes go in, in name order, so two models of one architecture with
+    other weights differ, and every reload of one folder in one dtype gives the same hex digest.
+    """
+    from transformers import PreTrainedConfig
+
+    base = set(PreTrainedConfig().to_dict())
+    architecture = {k: v for k, v in model.config.to_dict().items() if k not in base and not k.startswith("_")}
+    digest = hashlib.sha256(json.dumps({"model_type": model.config.model_type, **architecture},
+                                       sort_keys=True).encode())  # fmt: skip
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"\n{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+
+
+def _settings_digest(info: dict[str, Any], split: str) -> str:
+    """sha256 of what makes this split's rows: the model, dtype, outputs and the split's chipping settings."""
+    split_info = {k: v for k, v in info["splits"][split].items() if k != "input"}
+    keyed = {"model": info["model"]["fingerprint"], "dtype": info["dtype"], "outputs": info["outputs"],
+             "split": split, **split_info}  # fmt: skip
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+
+
+def _chip_ids_digest(chip_ids: list[str]) -> str:
+    return hashlib.sha256(json.dumps(chip_ids).encode()).hexdigest()
+
+
+def _describe(info: dict[str, Any]) -> str:
+    model = info.get("model") or {}
+    return (f"model {model.get('name_or_path')!r} (fingerprint {str(model.get('fingerprint'))[:12]}, "
+            f"{info.get('dtype')}, outputs {' '.join(info.get('outputs') or [])})")  # fmt: skip
+
+
+def _read_info(output_dir: Path) -> dict[str, Any] | None:
+    path = output_dir / INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise OutputExistsError(
+            f"{path} cannot be read ({err}); it should record the model that made {output_dir}. Choose another "
+            "--output folder, or pass --overwrite (overwrite=True) to start again",
+            path=str(output_dir),
+        ) from err
+    if not isinstance(info, dict) or info.get("format") != _INFO_FORMAT:
+        raise OutputExistsError(
+            f"{path} is not an embedding record of clay_hf (expected format {_INFO_FORMAT!r}); choose another "
+            "--output folder, or pass --overwrite (overwrite=True) to start again",
+            path=str(output_dir),
+        )
+    return info
+
+
+def _check_info(output_dir: Path, info: dict[str, Any], split: str, overwrite: bool) -> dict[str, Any]:
+    """The info file this run leaves in ``output_dir``; raise if the folder holds another model's embeddings.
+
+    Every rank of a job calls it and writes the same info, so it needs no coordination between ranks.
+    """
+    if overwrite:
+        return info
+    previous = _read_info(output_dir)
+    if previous is None:
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir()
+                         if not _OWN_EARLY_ENTRY.fullmatch(p.name))  # fmt: skip
+        if INFO_FILE in entries:  # another rank of this job wrote it since: compare with it
+            return _check_info(output_dir, info, split, overwrite)
+        if entries:
+            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+            raise OutputExistsError(
+                f"{output_dir} is not empty (it holds {shown}) and has no {INFO_FILE}, so it is not an embedding "
+                "folder written by clay_hf (or by an older version). Choose another --output folder, or pass "
+                "--overwrite (overwrite=True) to write into it (its Parquet shards under data/ are deleted first)",
+                path=str(output_dir),
+            )
+        return info
+    changed = [key for key in ("dtype", "outputs") if previous.get(key) != info[key]]
+    if (previous.get("model") or {}).get("fingerprint") != info["model"]["fingerprint"]:
+        changed.insert(0, "model")
+    if changed:
+        raise OutputExistsError(
+            f"{output_dir} was written by {_describe(previous)}; this run uses {_describe(info)} (other "
+            f"{', '.join(changed)}). Choose another --output folder, or pass --overwrite (overwrite=True) to delete "
+            "those embeddings and start again",
+            path=str(output_dir),
+        )
+    merged = {**previous, "splits": dict(previous.get("splits") or {})}
+    before = merged["splits"].get(split)
+    now = info["splits"][split]
+    if before is None:
+        merged["splits"][split] = now
+        return merged
+    diffs = [f"{k} {before.get(k)!r} there vs {now[k]!r} now" for k in now if k != "input" and before.get(k) != now[k]]
+    if diffs:
+        raise OutputExistsError(
+            f"split {split!r} of {output_dir} was embedded with other settings ({'; '.join(diffs)}). Use the same "
+            "settings to resume it, choose another --output folder, or pass --overwrite (overwrite=True) to start "
+            "again",
+            path=str(output_dir),
+        )
+    return merged
+
+
+def _remove_previous(output_dir: Path, split: str, names: list[str], rank: int, world_size: int) -> list[str]:
+    """``overwrite``: delete the shards, records and their temporaries clay_hf wrote in ``output_dir``.
+
+    Rank ``r`` deletes the files of its own units; rank 0 also deletes every other one except the units of the
+    other ranks of this job, so no rank ever deletes a file another rank of the job is writing.
+    """
+    mine = set(names[rank::world_size])
+    others = set(names) - mine
+    removed = []
+    for pattern in ("data/*/*.parquet", "data/*/.*.parquet.*.tmp", f"{RECORDS_DIR}/*/*.json",
+                    f"{RECORDS_DIR}/*/.*.json.*.tmp"):  # fmt: skip
+        for path in sorted(output_dir.glob(pattern)):
+            match = _UNIT_FILE.fullmatch(path.name)
+            unit = (match["tmp"] or match["name"]) if match else path.name
+            here = path.parent.name == split
+            if (here and unit in mine) or (rank == 0 and not (here and unit in others)):
+                path.unlink(missing_ok=True)
+                removed.append(str(path))
+    if removed:
+        logger.warning("overwrite: removed %d file(s) of earlier embeddings from %s", len(removed), output_dir)
+    return removed
+
+
+def _damage(target: Path, record_path: Path, settings: str) -> str | None:
+    """None when ``target`` is a finished shard of this run, else why it is not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it has no record of a finished write (a leftover of an interrupted run, or not written by clay_hf)"
+    except (OSError, ValueError) as err:
+        return f"its record {record_path} cannot be read ({err})"
+    if not isinstance(record, dict) or record.get("settings_sha256") != settings:
+        return f"its record {record_path} is of other settings"
+    size = target.stat().st_size
+    if size != record.get("bytes"):
+        return f"it has {size} bytes, {record.get('bytes')} were written"
+    try:
+        parquet = pq.ParquetFile(target)
+        rows = parquet.metadata.num_rows
+        chip_ids = parquet.read(columns=["chip_id"])["chip_id"].to_pylist()
+    except (OSError, ValueError, KeyError, pa.ArrowException) as err:
+        return f"it cannot be read as Parquet ({err})"
+    if rows != record.get("rows"):
+        return f"it has {rows} rows, {record.get('rows')} were written"
+    if _chip_ids_digest(chip_ids) != record.get("chip_ids_sha256"):
+        return "its chip ids are not the ones written"
+    return None
 
 
 def embed_to_parquet(
@@ -391,19 +616,37 @@ def embed_to_parquet(
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **open_kwargs: Any,
 ) -> dict[str, Any]:
     """Embed INPUT (a GeoTIFF, a folder of them, a chip dataset folder or a Hub dataset id) into GeoParquet shards.
 
     One output shard per work unit (a raster file, or an input chip shard), at
     ``output_dir/data/{split}/{unit}.parquet``. Process ``rank`` of ``world_size`` takes units ``rank::world_size``,
-    so processes write disjoint shards that together hold every chip once. A shard that exists is finished
-    (it was written atomically) and is skipped on a rerun.
+    so processes write disjoint shards that together hold every chip once. A shard whose record matches it is
+    finished and skipped on a rerun; one that does not (truncated, damaged, without a record) is embedded again
+    (the resume rule and the folder layout are in the module docstring). The whole call holds the folder's write
+    lock (one per rank), so two jobs never write into one folder at once.
+
+    Args:
+        overwrite: delete the embeddings clay_hf wrote in ``output_dir`` (shards, records, info file) and start
+            again, instead of refusing a folder made by another model, dtype, ``outputs`` or chipping settings,
+            or a non-empty folder without ``embedding_info.json``. Other files are left alone.
 
     Returns:
-        ``{"written": [...], "skipped": [...], "chips": n, "rank": r, "world_size": w}`` for this process.
+        For this process: ``written`` (shards written now), ``skipped`` (finished before), ``chips`` (embedded
+        now), ``rank``, ``world_size``, ``units`` (of the whole job), ``rewritten`` (the written shards that
+        replaced a damaged one), ``removed`` (files deleted by ``overwrite``), ``info`` (the info file's path) and
+        ``model_fingerprint``.
+
+    Raises:
+        OutputExistsError: ``output_dir`` holds embeddings of another model or settings, or other files.
+        OutputLockedError: another job is writing into ``output_dir``.
+        ChipDatasetError: an input chip shard that cannot be read (named in the message).
     """
     from tqdm.auto import tqdm
+
+    from .locking import output_lock
 
     if rank is None or world_size is None:
         from .data import _default_rank_world
@@ -411,29 +654,64 @@ def embed_to_parquet(
         rank, world_size = _default_rank_world()
     outputs = _check_outputs(outputs)
     kind, units = _work_units(str(input_path), split)
-    folder = Path(output_dir) / "data" / split
-    folder.mkdir(parents=True, exist_ok=True)
-    mine = units[rank::world_size]
-    processor = ClayImageProcessor(patch_size=model.config.patch_size)
-    written, skipped, chips = [], [], 0
-    bar = tqdm(desc=f"embedding (rank {rank})", unit="chip", disable=not progress, dynamic_ncols=True)
-    try:
-        for name, unit in mine:
-            target = folder / f"{name}.parquet"
-            if target.is_file():
-                skipped.append(str(target))
-                continue
-            source_chips = _unit_chips(kind, unit, str(input_path), chip_size, stride, max_nodata_fraction,
-                                       open_kwargs)  # fmt: skip
-            rows = list(embed_chips(model, source_chips, processor, batch_size, outputs, progress=bar))
-            if not rows:
-                logger.warning("no chips in %s (all nodata, or smaller than one chip); nothing written", unit)
-                continue
-            write_embedding_shard(rows, target)
-            written.append(str(target))
-            chips += len(rows)
-            logger.info("wrote %s (%d chips)", target, len(rows))
-    finally:
-        bar.close()
+    output_dir = Path(output_dir)
+    chipping = {"chip_size": chip_size, "stride": stride, "max_nodata_fraction": max_nodata_fraction,
+                "overrides": _jsonable(open_kwargs)} if kind == "raster" else {}  # fmt: skip
+    info = {
+        "format": _INFO_FORMAT,
+        "model": {"name_or_path": str(getattr(model, "name_or_path", "")), "fingerprint": model_fingerprint(model)},
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "outputs": list(outputs),
+        "splits": {split: {"input": os.fspath(input_path), "kind": kind, **chipping}},
+    }
+    with output_lock(output_dir, job="embedding run", rank=rank):
+        new_info = _check_info(output_dir, info, split, overwrite)
+        removed = _remove_previous(output_dir, split, [n for n, _ in units], rank, world_size) if overwrite else []
+        if overwrite or _read_info(output_dir) != new_info:  # a no-op rerun leaves the file as it was
+            atomic_write_text(output_dir / INFO_FILE, json.dumps(new_info, indent=1) + "\n")
+        settings = _settings_digest(new_info, split)
+        shard_metadata = {k: v for k, v in info.items() if k != "splits"}
+        shard_metadata.update(split=split, settings=info["splits"][split])
+        folder = output_dir / "data" / split
+        records = output_dir / RECORDS_DIR / split
+        folder.mkdir(parents=True, exist_ok=True)
+        records.mkdir(parents=True, exist_ok=True)
+        processor = ClayImageProcessor(patch_size=model.config.patch_size)
+        written, skipped, rewritten, chips = [], [], [], 0
+        bar = tqdm(desc=f"embedding (rank {rank})", unit="chip", disable=not progress, dynamic_ncols=True)
+        try:
+            for name, unit in units[rank::world_size]:
+                target, record_path = folder / f"{name}.parquet", records / f"{name}.json"
+                damaged = _damage(target, record_path, settings) if target.is_file() else None
+                if target.is_file() and damaged is None:
+                    skipped.append(str(target))
+                    continue
+                if damaged is not None:
+                    logger.warning("shard %s is damaged or unfinished (%s); embedding it again", target, damaged)
+                source_chips = _unit_chips(kind, unit, str(input_path), chip_size, stride, max_nodata_fraction,
+                                           open_kwargs)  # fmt: skip
+                rows = list(embed_chips(model, source_chips, processor, batch_size, outputs, progress=bar))
+                if not rows:
+                    logger.warning("no chips in %s (all nodata, or smaller than one chip); nothing written", unit)
+                    if damaged is not None:  # nothing to put in its place: a damaged shard must not stay readable
+                        target.unlink()
+                    continue
+                write_embedding_shard(rows, target, metadata={**shard_metadata, "unit": name})
+                record = {
+                    "shard": target.relative_to(output_dir).as_posix(),
+                    "rows": len(rows),
+                    "bytes": target.stat().st_size,
+                    "chip_ids_sha256": _chip_ids_digest([r["chip_id"] for r in rows]),
+                    "settings_sha256": settings,
+                }
+                atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+                written.append(str(target))
+                if damaged is not None:
+                    rewritten.append(str(target))
+                chips += len(rows)
+                logger.info("wrote %s (%d chips)", target, len(rows))
+        finally:
+            bar.close()
     return {"written": written, "skipped": skipped, "chips": chips, "rank": rank, "world_size": world_size,
-            "units": len(units)}  # fmt: skip
+            "units": len(units), "rewritten": rewritten, "removed": removed, "info": str(output_dir / INFO_FILE),
+            "model_fingerprint": info["model"]["fingerprint"]}  # fmt: skip

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_folder, atomic_path
+from .embeddings import model_fingerprint
 from .errors import (
     BandMismatchError,
     ClayError,
@@ -178,16 +179,6 @@ def rgb_image(
     scaled = np.clip((bands - low) / (high - low), 0, 1)
     scaled = np.where(np.isfinite(scaled), scaled, 0.5)
     return (scaled * 255).round().astype(np.uint8).transpose(1, 2, 0), limits  # (3, H, W) -> (H, W, 3)
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of a model's parameter shapes and values (the first 4096 numbers of each tensor)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)[:4096].float().cpu().numpy()
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(flat.tobytes())
-    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -814,7 +805,7 @@ def load_space(
     try:
         loaded = load_collection(folder, encoder)
     except (OSError, ClayError) as err:
-        cached = _cache_home() / f"collection-{model_fingerprint(encoder)}"
+        cached = _cache_home() / f"collection-{model_fingerprint(encoder)[:16]}"
         logger.info("no usable collection at %s (%s); using %s", folder, err, cached)
         if not (cached / "collection.json").exists():
             build_collection(encoder, cached)

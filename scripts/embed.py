@@ -5,8 +5,14 @@
 
 INPUT is a GeoTIFF, a folder of GeoTIFFs (tiled into --chip-size chips), a chip dataset folder written by
 scripts/prepare_chips.py, or a Hub dataset id. Every process takes its own work units (raster files or input
-shards) and writes one shard per unit to DIR/data/<split>/; a rerun skips the shards that exist (each is
-written atomically), so an interrupted job just runs again. Several processes or GPUs:
+shards) and writes one shard per unit to DIR/data/<split>/, then a record of it (rows, bytes, a hash of its
+chip ids) to DIR/.clay_embeddings/<split>/. A rerun skips the shards that match their record and writes the
+others again (missing, truncated or damaged ones: each is named in a warning and counted in the summary), so
+an interrupted job just runs again. DIR/embedding_info.json records the model (its name and a fingerprint of
+its weights), the dtype, --outputs and the chipping settings; a rerun with others is refused, as is a
+non-empty DIR that is not an embedding folder, unless --overwrite is given: it deletes the shards and records
+clay_hf wrote there (other files stay) and starts again. One job writes into DIR at a time (a lock that dies
+with the process). Several processes or GPUs:
 
     accelerate launch --num_processes 8 scripts/embed.py chips/ --model models/clay-v1.5 --output emb/
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/embed.py chips/ --model ... --output emb/
@@ -35,6 +41,9 @@ EXAMPLES = """examples:
   # an RGB drone mosaic with explicit band numbers (no sensor table entry)
   python scripts/embed.py drone.tif --model models/clay-v1.5 --output emb/ --wavelengths 0.65 0.56 0.48 \\
       --mean 120 115 100 --std 50 45 45 --chip-size 224
+
+  # the same chips again with another model into the same folder: start it afresh
+  python scripts/embed.py data/chips --model runs/small/final --output data/embeddings --overwrite
 """
 
 
@@ -62,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--std", nargs="+", type=float, default=None, help="per-band std (unknown sensors)")
     add("--device", default=None, help="device (default: this process's accelerator device, else cpu)")
     add("--no-tune-allocator", action="store_true", help="on CPU, keep glibc's default mmap behaviour for big tensors")
+    add("--overwrite", action="store_true",
+        help="delete the embeddings in --output (written by another model, dtype, --outputs or chipping settings, "
+             "or a folder that is not an embedding folder) and start again; other files stay")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = embed_to_parquet(
             args.input, model, args.output, batch_size=args.batch_size, outputs=args.outputs, split=args.split,
             chip_size=args.chip_size, stride=args.stride, max_nodata_fraction=args.max_nodata, rank=rank,
-            world_size=world, progress=not args.quiet, **open_kwargs,
+            world_size=world, progress=not args.quiet, overwrite=args.overwrite, **open_kwargs,
         )  # fmt: skip
     except ClayError as err:
         log.error("%s", err)
@@ -104,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     summary["seconds"] = round(elapsed, 2)
     summary["chips_per_s"] = round(summary["chips"] / elapsed, 2) if elapsed > 0 else None
-    log.info("rank %d/%d: %d chips into %d shard(s), %d already done, %.1f chips/s", rank, world, summary["chips"],
-             len(summary["written"]), len(summary["skipped"]), summary["chips_per_s"] or 0.0)  # fmt: skip
+    rewritten = len(summary["rewritten"])
+    damaged = f", rewrote {rewritten} damaged shard{'s' if rewritten != 1 else ''}" if rewritten else ""
+    removed = f", removed {len(summary['removed'])} old file(s)" if summary["removed"] else ""
+    log.info("rank %d/%d: %d chips into %d shard(s), %d already done%s%s, %.1f chips/s", rank, world,
+             summary["chips"], len(summary["written"]), len(summary["skipped"]), damaged, removed,
+             summary["chips_per_s"] or 0.0)  # fmt: skip
     print(json.dumps(summary))
     return 0
 

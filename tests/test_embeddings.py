@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -155,6 +156,9 @@ def test_embed_script_two_processes_write_disjoint_shards(model_dir, geotiff_fol
         i for f in sorted((out / "data" / "train").glob("*.parquet")) for i in pq.read_table(f)["chip_id"].to_pylist()
     ]
     assert len(ids) == len(set(ids)) == 54
+    shards = sorted(p.stem for p in (out / "data" / "train").glob("*.parquet"))
+    assert sorted(p.stem for p in (out / ".clay_embeddings" / "train").glob("*.json")) == shards  # one record each
+    assert json.loads((out / "embedding_info.json").read_text())["splits"]["train"]["kind"] == "raster"
 
 
 def test_bad_inputs_name_the_problem(model, tmp_path):
@@ -221,3 +225,192 @@ def test_embed_script_reports_a_corrupt_file_without_writing(model_dir, tiny_nai
     assert proc.returncode == 1
     assert "is corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(out.rglob("*.parquet"))
+
+
+# --------------------------------------------------------------------------------------------------
+# scripts/embed.py: damaged shards, another model's folder, a second job, a damaged input
+# --------------------------------------------------------------------------------------------------
+
+GEOTIFF_ARGS = ("--chip-size", "40", "--sensor", "sentinel-2-l2a")
+
+
+@pytest.fixture
+def embed_main(monkeypatch, capsys, caplog):
+    """``scripts/embed.py``'s ``main`` in this process -> (exit code, printed summary or None).
+
+    Without accelerate (its ``PartialState`` is process-wide state later tests would inherit): one process.
+    """
+    import logging
+
+    from .launch import load_script
+
+    monkeypatch.setitem(sys.modules, "accelerate", None)
+    caplog.set_level(logging.INFO)
+    script = load_script(ROOT / "scripts" / "embed.py")
+
+    def run(*argv) -> tuple[int, dict | None]:
+        caplog.clear()
+        capsys.readouterr()
+        code = script.main([*map(str, argv), "--quiet", "--no-tune-allocator"])
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        return code, json.loads(lines[-1]) if lines else None
+
+    return run
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file clay_hf left in ``folder`` (not the lock files), by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".lock")
+    }
+
+
+def test_embed_script_rewrites_truncated_foreign_and_unrecorded_shards(
+    embed_main, model_dir, geotiff_folder, tmp_path, caplog
+):
+    out = tmp_path / "emb"
+    code, first = embed_main(geotiff_folder, "--model", model_dir, "--output", out, *GEOTIFF_ARGS)
+    assert code == 0 and first["chips"] == 54
+    shards = sorted((out / "data" / "train").glob("*.parquet"))
+    truncated, foreign, unrecorded = shards[2], shards[4], shards[5]
+    os.truncate(truncated, truncated.stat().st_size // 2)  # a shard cut short (a full disk, a bad copy)
+    foreign.write_bytes(shards[0].read_bytes())  # a readable Parquet file with another unit's chips
+    (out / ".clay_embeddings" / "train" / f"{unrecorded.stem}.json").unlink(missing_ok=True)  # no record
+
+    code, again = embed_main(geotiff_folder, "--model", model_dir, "--output", out, *GEOTIFF_ARGS)
+    assert code == 0 and again["chips"] == 27  # three shards of 9 chips embedded again
+    assert sorted(again["written"]) == sorted(again["rewritten"]) == sorted(map(str, (truncated, foreign, unrecorded)))
+    assert len(again["skipped"]) == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for shard, why in ((truncated, ("bytes",)), (foreign, ("bytes", "chip ids")), (unrecorded, ("no record",))):
+        assert any(str(shard) in w and any(reason in w for reason in why) for w in warnings), (shard, warnings)
+    assert "rewrote 3 damaged shards" in caplog.text
+    from datasets import load_dataset
+
+    ds = load_dataset("parquet", data_dir=str(out), split="train")  # records, info and lock are not data
+    assert len(ds) == 54 and len(set(ds["chip_id"])) == 54
+
+    code, third = embed_main(geotiff_folder, "--model", model_dir, "--output", out, *GEOTIFF_ARGS)
+    assert code == 0 and third["chips"] == 0 and len(third["skipped"]) == 6 and third["rewritten"] == []
+
+
+def test_rerun_of_a_finished_job_is_a_byte_identical_no_op(model, geotiff_folder, tmp_path):
+    out = tmp_path / "emb"
+    first = embed_to_parquet(geotiff_folder, model, out, chip_size=40, sensor="sentinel-2-l2a", progress=False)
+    before = _files(out)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
+    again = embed_to_parquet(geotiff_folder, model, out, chip_size=40, sensor="sentinel-2-l2a", progress=False)
+    old_keys = {"written", "skipped", "chips", "rank", "world_size", "units"}
+    assert old_keys | {"rewritten", "removed", "info", "model_fingerprint"} <= set(again)
+    assert again["chips"] == 0 and again["written"] == [] and again["rewritten"] == []
+    assert sorted(again["skipped"]) == sorted(first["written"])
+    assert _files(out) == before and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    info = json.loads((out / "embedding_info.json").read_text())
+    assert info["model"]["fingerprint"] == again["model_fingerprint"] and info["outputs"] == ["cls"]
+    assert info["splits"]["train"]["chip_size"] == 40
+    assert info["splits"]["train"]["overrides"] == {"sensor": "sentinel-2-l2a"}
+    for shard in first["written"]:  # every shard says what made it
+        meta = json.loads(pq.read_schema(shard).metadata[b"clay_embeddings"])
+        assert meta["model"] == info["model"] and meta["outputs"] == ["cls"] and meta["dtype"] == "float32"
+        assert meta["settings"]["chip_size"] == 40 and meta["unit"] == Path(shard).stem
+
+
+def test_model_fingerprint_tells_models_apart(model, model_dir, converted_micro):
+    from clay_hf.embeddings import load_embedding_model, model_fingerprint
+
+    other = load_embedding_model(converted_micro)
+    assert other.config.hidden_size == model.config.hidden_size  # one architecture, other weights
+    assert model_fingerprint(load_embedding_model(model_dir)) == model_fingerprint(model)  # stable across reloads
+    assert model_fingerprint(other) != model_fingerprint(model)
+    assert model_fingerprint(load_embedding_model(model_dir, dtype="bfloat16")) != model_fingerprint(model)
+
+
+def test_embed_script_refuses_another_models_folder_unless_overwrite(
+    embed_main, model_dir, converted_micro, geotiff_folder, tmp_path, caplog
+):
+    out = tmp_path / "emb"
+    code, _ = embed_main(
+        geotiff_folder, "--model", model_dir, "--output", out, *GEOTIFF_ARGS, "--outputs", "cls", "mean"
+    )
+    assert code == 0
+    stale = out / "data" / "validation" / "old.parquet"  # a shard of model 1 in another split
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(sorted((out / "data" / "train").glob("*.parquet"))[0].read_bytes())
+    (out / "notes.txt").write_text("my notes")  # not clay_hf's: never deleted
+    before = _files(out)
+
+    code, _ = embed_main(geotiff_folder, "--model", converted_micro, "--output", out, *GEOTIFF_ARGS)
+    assert code == 1 and _files(out) == before  # refused, nothing touched
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert f"{out} was written by model {str(model_dir)!r}" in error and "outputs cls mean)" in error
+    assert f"this run uses model {str(converted_micro)!r}" in error and "outputs cls)" in error
+    assert "--overwrite" in error and "--output" in error
+    code, _ = embed_main(geotiff_folder, "--model", model_dir, "--output", out, "--chip-size", "60", "--sensor",
+                         "sentinel-2-l2a", "--outputs", "cls", "mean")  # fmt: skip
+    assert code == 1 and "chip_size 40 there vs 60 now" in caplog.text and _files(out) == before
+
+    code, summary = embed_main(geotiff_folder, "--model", converted_micro, "--output", out, *GEOTIFF_ARGS,
+                               "--overwrite")  # fmt: skip
+    assert code == 0 and summary["chips"] == 54 and str(stale) in summary["removed"]
+    assert not stale.exists() and (out / "notes.txt").read_text() == "my notes"
+    info = json.loads((out / "embedding_info.json").read_text())
+    assert info["model"]["name_or_path"] == str(converted_micro) and info["outputs"] == ["cls"]
+    assert sorted(info["splits"]) == ["train"]
+    from datasets import load_dataset
+
+    ds = load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert len(ds) == 54 and "mean_embedding" not in ds.column_names  # only model 2's shards are left
+
+
+def test_embed_to_parquet_refuses_a_folder_that_is_not_an_embedding_folder(model, geotiff_folder, tmp_path):
+    from clay_hf.errors import OutputExistsError
+
+    out = tmp_path / "mine"
+    (out / "data" / "train").mkdir(parents=True)
+    (out / "data" / "train" / "table.parquet").write_bytes(b"PAR1 of someone else")
+    (out / "README.md").write_text("my project")
+    kwargs = dict(chip_size=40, sensor="sentinel-2-l2a", progress=False)
+    with pytest.raises(OutputExistsError, match=r"is not empty \(it holds README.md, data/\) and has no "
+                       r"embedding_info.json.*pass --overwrite"):  # fmt: skip
+        embed_to_parquet(geotiff_folder, model, out, **kwargs)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".lock")) == ["README.md", "data"]
+    done = embed_to_parquet(geotiff_folder, model, out, overwrite=True, **kwargs)
+    assert done["chips"] == 54 and done["removed"] == [str(out / "data" / "train" / "table.parquet")]
+    assert (out / "README.md").read_text() == "my project"
+    with pytest.raises(OutputExistsError, match=r"was written by model .*outputs cls\); this run uses model "
+                       r".*outputs cls mean\) \(other outputs\)"):  # fmt: skip
+        embed_to_parquet(geotiff_folder, model, out, outputs=("cls", "mean"), **kwargs)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert embed_to_parquet(geotiff_folder, model, empty, **kwargs)["chips"] == 54  # an empty folder is fine
+
+
+def test_embed_script_refuses_a_folder_another_run_is_writing(embed_main, model_dir, geotiff_folder, tmp_path, caplog):
+    from clay_hf.locking import output_lock
+
+    out = tmp_path / "emb"
+    with output_lock(out, job="embedding run"):  # as a running embed.py holds it
+        code, summary = embed_main(geotiff_folder, "--model", model_dir, "--output", out, *GEOTIFF_ARGS)
+    assert code == 1 and summary is None
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert f"another embedding run is writing to {out} (pid {os.getpid()}" in error
+    assert not list(out.rglob("*.parquet")) and not (out / "embedding_info.json").exists()
+    code, summary = embed_main(geotiff_folder, "--model", model_dir, "--output", out, *GEOTIFF_ARGS)
+    assert code == 0 and summary["chips"] == 54  # the lock went with its holder
+
+
+def test_embed_script_names_a_truncated_input_chip_shard(embed_main, model_dir, tmp_path, caplog):
+    from .chip_helpers import build_small
+
+    chips = tmp_path / "chips"
+    build_small(chips)
+    victim = sorted((chips / "data" / "train").glob("*.parquet"))[0]
+    os.truncate(victim, victim.stat().st_size // 2)
+    code, summary = embed_main(chips, "--model", model_dir, "--output", tmp_path / "emb")
+    assert code == 1 and summary is None
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert f"chip shard {victim} cannot be read: it is truncated, damaged or not a Parquet file" in error
+    assert "prepare_chips.py" in error
+    assert not (tmp_path / "emb" / "data" / "train" / f"train-{victim.stem}.parquet").exists()
