@@ -12,6 +12,7 @@ Layout of a build (one folder, any number of splits)::
       .build/config.json                 the settings every later run into this folder must share
       .build/<split>/<source>.json       a source's done marker, written last (resume skips these sources)
       .build/<split>/staging/<source>/   shards of a source being built (moved into data/ when it is done)
+      .lock, .lock.json                  the write lock of the running build and its holder (.lock-rank<r>...)
 
 The build records live in a hidden folder, so ``datasets.load_dataset("parquet", data_dir=...)`` (which
 reads every file under a ``train/`` folder but skips hidden ones) sees only the shards. Each Parquet row
@@ -39,22 +40,47 @@ not care. It is plain Arrow (pyarrow, DuckDB and pandas read it without datasets
 bit-exact in the native dtype, and decoding is one ``np.frombuffer`` (:func:`clay_hf.data.decode_chip`).
 
 Writes are atomic: a source's shards are written into its staging folder and moved into ``data/`` with
-``os.replace`` only when the source is complete; its done marker is written after that. A rerun skips
-sources with a marker (and an unchanged spec, by :func:`spec_fingerprint`) and redoes the others from
-scratch (their stray shards and staging folders are deleted first), so an interrupted build (an
-exception, a killed worker, a lost node) never leaves a half-written shard, or the shards of a half-built
-source, visible, and resumes where it stopped. Bad sources (corrupt, without CRS, all nodata, bands of
-mismatched size, unknown band names, STAC items without usable assets) stop the build with an error
-naming the file, or, with ``skip_errors=True``, are logged, recorded in the manifest and retried next run.
+``os.replace`` only when the source is complete; its done marker is written after that. An interrupted build
+(an exception, a killed worker, a lost node) never leaves a half-written shard, or the shards of a
+half-built source, visible, and the next run resumes where it stopped: the sources it has to build again are
+redone from scratch (their stray shards and staging folders are deleted first). Bad sources (corrupt,
+without CRS, all nodata, bands of mismatched size, unknown band names, STAC items without usable assets)
+stop the build with an error naming the file, or, with ``skip_errors=True``, are logged, recorded in the
+manifest and retried next run. One build writes to a folder at a time (:func:`clay_hf.locking.output_lock`,
+per rank): a second one fails at once with :class:`~clay_hf.errors.OutputLockedError` naming the holder's
+pid; the lock of a killed build dies with it.
+
+What a rerun trusts. A done marker records, at build time, the spec (:func:`spec_fingerprint`), the size and
+modification time of each of the source's local files (its rasters, its cloud mask and the STAC JSON it came
+from) and the row count of each shard. Every marker of the split is checked against the disk first:
+
+- a source of this run is resumed only when its spec, every one of its files and its shards (their Parquet
+  footers: readable, with the recorded row counts) are as they were; otherwise it is built again, with a
+  warning saying why (``SourceSummary.rebuilt``). A source file that is now truncated then fails like any
+  bad source, and its old chips are gone either way.
+- a source built earlier but not given to this run stays (incremental builds, and the other ranks' shares
+  of a cluster build), with a warning where its files changed, except when its files are gone (or its
+  shards damaged): then it is removed from the dataset (shards and marker) with a warning naming it.
+  ``keep_missing=True`` (``--keep-missing``) keeps a source whose files are gone, e.g. in a build folder
+  copied from another machine. A URL is not checked.
+- markers from older builds, without file and row records, are checked for their shards' total only.
+
+The summary of a build (:class:`ChipBuildSummary`) counts the whole split as ``manifest.json`` and the card
+do: this run's sources (``sources``: built, resumed, rebuilt, skipped) and the others in the folder
+(``kept``); ``removed`` names what left it. The card is rewritten even when a build stops with an error,
+since the build may have removed sources.
 
 Sources are built in parallel by processes (``ProcessPoolExecutor``, spawn), and across machines by
 giving each rank its share of the sources (``rank``/``world_size``, or
-``accelerate.PartialState().split_between_processes``).
+``accelerate.PartialState().split_between_processes``). A worker ends itself when the build process that
+started it dies (killed, out of memory), so no worker outlives a killed build: a thread in each worker
+watches ``os.getppid()``, and on Linux the kernel also sends it SIGKILL (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -64,6 +90,9 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -74,6 +103,7 @@ import numpy as np
 from .atomic import atomic_write_text
 from .errors import ChipSizeError, ClayError, ClayInputError, EmptyRasterError, IncompatibleBuildError, NoChipsError
 from .io import SourceSpec, iter_chips, open_source, sources_from_path
+from .locking import output_lock
 from .sensors import get_sensor
 
 __all__ = [
@@ -93,6 +123,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 ROW_GROUP_ROWS = 16  # chips per Parquet row group: bounds memory, and reshard() splits shards at row groups
 BUILD_DIR = ".build"  # hidden: load_dataset("parquet", data_dir=...) must not take its JSON for data
+PARENT_POLL_S = 0.5  # how often a worker process checks that the build process that started it is alive
 
 
 @functools.cache
@@ -140,7 +171,7 @@ def as_source_specs(sources: Sequence[Any], **fields: Any) -> list[SourceSpec]:
     A path is a raster file, a folder of band files (one source) or a STAC Item/ItemCollection JSON;
     ``fields`` (``sensor``, ``datetime``, ``resolution``...) apply to the paths (see ``sources_from_path``).
     """
-    specs, _ = _expand_sources(sources, fields, skip_errors=False)
+    specs, _, _ = _expand_sources(sources, fields, skip_errors=False)
     return specs
 
 
@@ -163,22 +194,28 @@ def _check_source_fields(fields: dict[str, Any]) -> None:
 
 def _expand_sources(
     sources: Sequence[Any], fields: dict[str, Any], skip_errors: bool
-) -> tuple[list[SourceSpec], list[SourceSummary]]:
-    """Specs of ``sources``, and the summaries of paths that failed (only with ``skip_errors``)."""
+) -> tuple[list[SourceSpec], list[SourceSummary], dict[str, str]]:
+    """Specs of ``sources``, the summaries of paths that failed (only with ``skip_errors``), and the file each
+    spec given as a file path came from (a STAC JSON, whose changes a rerun must see; or the raster itself)."""
     _check_source_fields(fields)
     specs: list[SourceSpec] = []
     failed: list[SourceSummary] = []
+    origins: dict[str, str] = {}
     for source in sources:
         if isinstance(source, SourceSpec):
             specs.append(source)
         elif isinstance(source, (str, os.PathLike)):
             try:
-                specs.extend(sources_from_path(source, **fields))
+                found = sources_from_path(source, **fields)
+                specs.extend(found)
+                if os.path.isfile(source):
+                    origins.update((spec.name, os.path.abspath(source)) for spec in found)
             except ClayError as err:
                 if not skip_errors:
                     raise
                 logger.warning("skipping bad source %s: %s", os.fspath(source), err)
-                failed.append(_failed_summary(_input_name(source), err))
+                summary = _failed_summary(_input_name(source), err)
+                failed.append(dataclasses.replace(summary, files=_file_stats([os.path.abspath(source)])))
         else:
             raise ClayInputError(
                 f"a chip source must be a SourceSpec, a raster file, a folder of band files or a STAC JSON path, "
@@ -191,12 +228,64 @@ def _expand_sources(
             f"sources must have distinct names (shards, chip ids and resume use them), got {twice} more than once; "
             "pass name= to the SourceSpecs, or list each source once"
         )
-    return specs, failed
+    return specs, failed, origins
 
 
 def spec_fingerprint(spec: SourceSpec) -> str:
     """A hash of everything that describes a source: a source whose spec changed is built again on resume."""
     return hashlib.sha1(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_local(path: str) -> bool:
+    """A path on this machine (not a URL or a GDAL virtual path such as ``/vsicurl/...``): its stats can be checked."""
+    return not re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", path) and not path.startswith("/vsi")
+
+
+def _source_files(spec: SourceSpec, origin: str | None = None) -> tuple[str, ...]:
+    """The local files a source is read from (rasters, cloud mask, the STAC JSON it came from), absolute."""
+    paths = [*spec.paths, *([spec.cloud_mask] if spec.cloud_mask else []), *([origin] if origin else [])]
+    return tuple(sorted({os.path.abspath(p) for p in paths if _is_local(p)}))
+
+
+def _file_stats(paths: Sequence[str]) -> dict[str, list[int]]:
+    """``{path: [size in bytes, mtime in ns]}`` of the files of ``paths`` that exist."""
+    stats = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        stats[path] = [st.st_size, st.st_mtime_ns]
+    return stats
+
+
+def _file_change(recorded: dict[str, list[int]] | None, paths: Sequence[str]) -> str | None:
+    """What differs between the file stats of a done marker and ``paths`` now; None when nothing does (or when
+    the marker, from an older build, recorded none)."""
+    if recorded is None:
+        return None
+    now = _file_stats(paths)
+    for path in sorted(set(recorded) | set(paths)):
+        before, after = recorded.get(path), now.get(path)
+        if before is not None and after is not None and list(before) == after:
+            continue
+        if after is None:
+            return f"{path} is gone"
+        if before is None:
+            return f"{path} was not one of its files when it was built"
+        if before[0] != after[0]:
+            return f"{path} changed size since it was built ({before[0]} -> {after[0]} bytes)"
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(after[1] / 1e9))
+        return f"{path} was modified since it was built (at {when})"
+    return None
+
+
+def _missing_files(recorded: dict[str, list[int]] | None) -> list[str]:
+    return [path for path in recorded or {} if not os.path.exists(path)]
+
+
+def _gone_text(gone: list[str]) -> str:
+    return f"its files are gone ({gone[0]}{f' and {len(gone) - 1} more' if len(gone) > 1 else ''})"
 
 
 def _floats(values: Any) -> list[float] | None:
@@ -305,6 +394,7 @@ class _Task:
     rows_per_shard: int
     patch_size: int
     skip_errors: bool = False
+    files: tuple[str, ...] = ()  # the local files it is read from (_source_files): their stats go into the marker
 
 
 SKIP_REASONS = ("too_small", "error")
@@ -328,6 +418,9 @@ class SourceSummary:
     platform: str | None = None
     dropped_nodata: int = 0  # chips dropped for more nodata than max_nodata_fraction
     dropped_cloud: int = 0  # chips dropped for more cloud than max_cloud_fraction
+    shard_rows: list[int] | None = None  # chips per shard, checked against the Parquet footers on resume
+    files: dict[str, list[int]] | None = None  # {local path: [size, mtime_ns]} at build time (marker only)
+    rebuilt: str | None = None  # why a source a previous run had finished was built again
 
     @property
     def sensor_label(self) -> str:
@@ -352,6 +445,21 @@ def _remove_stale(folder: Path, name: str) -> None:
             path.unlink(missing_ok=True)
 
 
+def _marker(output_dir: str | os.PathLike, split: str, name: str) -> Path:
+    return Path(output_dir) / BUILD_DIR / split / f"{name}.json"
+
+
+def _remove_source(output_dir: Path, split: str, summary: SourceSummary) -> None:
+    """Take a finished source out of the dataset: its shards first, then its marker (an interruption in between
+    leaves a marker with missing shards, which the next run removes too)."""
+    folder = output_dir / "data" / split
+    for shard in summary.shards:
+        (folder / shard).unlink(missing_ok=True)
+    _remove_stale(folder, summary.name)
+    shutil.rmtree(output_dir / BUILD_DIR / split / "staging" / summary.name, ignore_errors=True)
+    _marker(output_dir, split, summary.name).unlink(missing_ok=True)
+
+
 def _failed_summary(name: str, err: BaseException, spec: SourceSpec | None = None) -> SourceSummary:
     return SourceSummary(
         name=name, sensor=spec.sensor if spec else None, band_names=[], license=spec.license if spec else None,
@@ -361,7 +469,7 @@ def _failed_summary(name: str, err: BaseException, spec: SourceSpec | None = Non
 
 
 def _write_marker(output_dir: str | os.PathLike, split: str, summary: SourceSummary) -> None:
-    marker = Path(output_dir) / BUILD_DIR / split / f"{summary.name}.json"
+    marker = _marker(output_dir, split, summary.name)
     marker.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, json.dumps(summary.to_dict(), indent=1))
 
@@ -377,7 +485,8 @@ def _build_source(task: _Task) -> SourceSummary:
     spec = task.spec
     folder = Path(task.output_dir) / "data" / task.split
     staging = Path(task.output_dir) / BUILD_DIR / task.split / "staging" / spec.name
-    (Path(task.output_dir) / BUILD_DIR / task.split / f"{spec.name}.json").unlink(missing_ok=True)
+    _marker(task.output_dir, task.split, spec.name).unlink(missing_ok=True)
+    files = _file_stats(task.files)  # before reading: a change while it is read shows on the next run
     _remove_stale(folder, spec.name)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -410,14 +519,14 @@ def _build_source(task: _Task) -> SourceSummary:
         if not task.skip_errors:
             raise
         logger.warning("skipping bad source %s: %s", spec.name, err)
-        summary = _failed_summary(spec.name, err, spec)
+        summary = dataclasses.replace(_failed_summary(spec.name, err, spec), files=files)
         _write_marker(task.output_dir, task.split, summary)
         return summary
     except BaseException:
         writer.abort()
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    num_chips = sum(_parquet_rows(staging / s) for s in shards)
+    shard_rows = [_parquet_rows(staging / s) for s in shards]
     for shard in shards:  # the source is complete: its shards appear in data/ (each rename atomic)
         os.replace(staging / shard, folder / shard)
     shutil.rmtree(staging, ignore_errors=True)
@@ -426,7 +535,7 @@ def _build_source(task: _Task) -> SourceSummary:
         sensor=sensor,
         band_names=band_names,
         license=license,
-        num_chips=num_chips,
+        num_chips=sum(shard_rows),
         shards=shards,
         seconds=round(time.perf_counter() - start, 3),
         fingerprint=spec_fingerprint(spec),
@@ -435,6 +544,8 @@ def _build_source(task: _Task) -> SourceSummary:
         platform=platform,
         dropped_nodata=stats.get("nodata", 0),
         dropped_cloud=stats.get("cloud", 0),
+        shard_rows=shard_rows,
+        files=files,
     )
     _write_marker(task.output_dir, task.split, summary)  # last: the source is done
     logger.info("source %s: %d chips in %d shards (%.1f s)", spec.name, summary.num_chips, len(shards), summary.seconds)
@@ -444,7 +555,32 @@ def _build_source(task: _Task) -> SourceSummary:
 def _parquet_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path).metadata.num_rows
+    return pq.read_metadata(path).num_rows  # the footer only
+
+
+def _shard_problem(folder: Path, summary: SourceSummary) -> str | None:
+    """What is wrong with a finished source's shards in ``folder`` (missing, unreadable, other row counts than
+    its marker records), read from the Parquet footers only; None when they are as built."""
+    import pyarrow as pa
+
+    expected = summary.shard_rows
+    if expected is not None and len(expected) != len(summary.shards):
+        return f"its done marker lists {len(summary.shards)} shards but {len(expected)} row counts"
+    total = 0
+    for i, shard in enumerate(summary.shards):
+        path = folder / shard
+        if not path.is_file():
+            return f"shard {path} is missing"
+        try:
+            rows = _parquet_rows(path)
+        except (OSError, pa.ArrowException) as err:
+            return f"shard {path} is unreadable ({type(err).__name__}: {err})"
+        if expected is not None and rows != expected[i]:
+            return f"shard {path} holds {rows} chips, its done marker {expected[i]}"
+        total += rows
+    if total != summary.num_chips:
+        return f"its shards hold {total} chips, its done marker {summary.num_chips}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,7 +590,14 @@ def _parquet_rows(path: Path) -> int:
 
 @dataclasses.dataclass
 class ChipBuildSummary:
-    """The result of :func:`build_chip_dataset` (also written as ``manifest.json``)."""
+    """The result of :func:`build_chip_dataset`: the split as ``manifest.json`` and the card count it.
+
+    ``sources`` are this run's (this rank's share: built, resumed, rebuilt or skipped), ``kept`` the other
+    sources of the split (built by earlier runs or other ranks); ``num_chips``, ``num_shards`` and the
+    tallies count both, like the manifest. ``removed`` names the sources taken out of the dataset (their
+    files are gone, or their shards damaged) and why; ``outdated`` the kept ones whose files changed or are
+    gone (with ``keep_missing``).
+    """
 
     output_dir: str
     split: str
@@ -463,25 +606,38 @@ class ChipBuildSummary:
     num_shards: int
     sources: list[SourceSummary]
     seconds: float
+    kept: list[SourceSummary] = dataclasses.field(default_factory=list)
+    removed: dict[str, str] = dataclasses.field(default_factory=dict)
+    outdated: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def num_resumed(self) -> int:
         return sum(s.resumed for s in self.sources)
 
     @property
+    def rebuilt(self) -> dict[str, str]:
+        """This run's sources that a previous run had finished but that were built again, and why."""
+        return {s.name: s.rebuilt for s in self.sources if s.rebuilt}
+
+    @property
+    def run_chips(self) -> int:
+        """Chips of this run's sources (built or resumed), without the kept ones."""
+        return sum(s.num_chips for s in self.sources)
+
+    @property
     def chips_per_sensor(self) -> dict[str, int]:
-        """Chips per sensor (the sensor-table name, else the platform), resumed sources included."""
-        return _tally(self.sources)["chips_per_sensor"]
+        """Chips per sensor (the sensor-table name, else the platform) in the split, as in the manifest."""
+        return _tally(self.sources + self.kept)["chips_per_sensor"]
 
     @property
     def dropped_chips(self) -> dict[str, int]:
         """Chips dropped for ``nodata`` and for ``cloud``."""
-        return _tally(self.sources)["dropped_chips"]
+        return _tally(self.sources + self.kept)["dropped_chips"]
 
     @property
     def skipped_sources(self) -> dict[str, list[str]]:
         """Names of the sources skipped whole: ``too_small`` (smaller than a chip) and ``error`` (bad input)."""
-        return _tally(self.sources)["skipped_sources"]
+        return _tally(self.sources + self.kept)["skipped_sources"]
 
 
 def _tally(sources: Sequence[SourceSummary]) -> dict[str, Any]:
@@ -522,21 +678,21 @@ def _check_build_config(output_dir: Path, config: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(config, indent=1))
 
 
-def _split_for_rank(tasks: list[_Task], rank: int | None, world_size: int | None) -> tuple[list[_Task], Any]:
+def _split_for_rank(tasks: list[_Task], rank: int | None, world_size: int | None) -> tuple[list[_Task], Any, int]:
     """This machine's share of the sources: explicit rank/world_size, else accelerate's split, else all.
 
-    Returns the share and the accelerate state when accelerate split it (None otherwise).
+    Returns the share, the accelerate state when accelerate split it (None otherwise) and the rank.
     """
     if rank is not None or world_size is not None:
         rank, world_size = int(rank or 0), int(world_size or 1)
         if not 0 <= rank < world_size:
             raise ClayError(f"rank must be in [0, {world_size - 1}] for world_size {world_size}, got {rank}")
-        return tasks[rank::world_size], None
+        return tasks[rank::world_size], None, rank
     state = _accelerate_state()
     if state is None or state.num_processes == 1:
-        return tasks, None
+        return tasks, None, 0
     with state.split_between_processes(tasks) as mine:
-        return list(mine), state
+        return list(mine), state, int(state.process_index)
 
 
 def _accelerate_state():
@@ -564,6 +720,7 @@ def build_chip_dataset(
     progress: bool = False,
     skip_errors: bool = False,
     source_fields: dict[str, Any] | None = None,
+    keep_missing: bool = False,
 ) -> ChipBuildSummary:
     """Tile ``sources`` into ``chip_size`` chips and write them as sharded Parquet under ``output_dir``.
 
@@ -571,7 +728,10 @@ def build_chip_dataset(
         sources: ``clay_hf.io.SourceSpec`` objects, or paths (:func:`clay_hf.io.sources_from_path`): a raster
             file, a folder of band files (one source) or a STAC Item/ItemCollection JSON.
         output_dir: the dataset folder; created if needed. A folder from a previous run with the same
-            settings is resumed: finished sources are skipped, unfinished ones are redone.
+            settings is resumed: finished sources are skipped, unfinished ones, changed ones (spec, file sizes
+            or times, the STAC JSON) and ones with damaged shards are redone; sources of earlier runs that
+            are not given stay, unless their files are gone (see the module docstring). One build writes to
+            a folder at a time (per rank).
         chip_size: chip side in pixels; a multiple of ``patch_size`` and at most the raster's size.
         stride: step between chips in pixels (default ``chip_size``: no overlap).
         max_nodata_fraction: drop chips with a larger fraction of nodata pixels (0: only complete chips).
@@ -592,17 +752,20 @@ def build_chip_dataset(
         source_fields: :class:`~clay_hf.io.SourceSpec` fields for the sources given as paths (``sensor``,
             ``datetime``, ``resolution``...): the spec of a raster or band folder, and what a STAC item
             does not say.
+        keep_missing: keep the sources of earlier runs whose files are gone (a folder copied from another
+            machine, sources on a disk that is not mounted) instead of removing them from the dataset.
 
     Returns:
-        :class:`ChipBuildSummary` (chips per sensor, dropped chips and skipped sources with reasons); the same
-        numbers are in ``manifest.json``.
+        :class:`ChipBuildSummary` (this run's sources, the others kept, chips per sensor, dropped chips and
+        skipped sources with reasons); its counts are those of ``manifest.json`` and the card.
 
     Raises:
         RasterError, StacError, UnknownBandError...: a bad source (without ``skip_errors``), naming its file.
         ChipSizeError: ``chip_size`` not a multiple of ``patch_size``, or larger than every raster (a source
             smaller than one chip is skipped with a warning and a ``note`` in its summary).
         IncompatibleBuildError: ``output_dir`` holds a build with another chip size, stride or thresholds.
-        NoChipsError: no sources, or every chip was dropped.
+        OutputLockedError: another build (of this rank) is writing to ``output_dir``; its pid is in the message.
+        NoChipsError: no sources, or every chip of this run's sources was dropped.
     """
     start = time.perf_counter()
     if isinstance(chip_size, bool) or not isinstance(chip_size, int) or chip_size < patch_size:
@@ -627,56 +790,48 @@ def build_chip_dataset(
         "max_nodata_fraction": float(max_nodata_fraction),
         "max_cloud_fraction": float(max_cloud_fraction),
     }
-    specs, failed = _expand_sources(sources, dict(source_fields or {}), skip_errors)
-    _check_build_config(output_dir, config)
-    (output_dir / "data" / split).mkdir(parents=True, exist_ok=True)
-
+    specs, failed, origins = _expand_sources(sources, dict(source_fields or {}), skip_errors)
     tasks = [
         _Task(spec, str(output_dir), split, chip_size, stride, float(max_nodata_fraction), float(max_cloud_fraction),
-              rows_per_shard, patch_size, bool(skip_errors))
+              rows_per_shard, patch_size, bool(skip_errors), _source_files(spec, origins.get(spec.name)))
         for spec in specs
     ]  # fmt: skip
-    mine, state = _split_for_rank(tasks, rank, world_size)
-    done = _done_sources(output_dir, split)
-    names = {spec.name for spec in specs} | {f.name for f in failed}
-    for name, previous in done.items():  # a bad input of an earlier run that is no longer given, or now reads
-        if previous.skipped == "error" and name not in names:
-            (output_dir / BUILD_DIR / split / f"{name}.json").unlink(missing_ok=True)
-    for summary in failed:
-        _write_marker(output_dir, split, summary)
-    todo, resumed = [], []
-    for task in mine:
-        previous = done.get(task.spec.name)
-        if previous is not None and previous.skipped == "error":
-            logger.info("source %s failed last time; trying it again", task.spec.name)
-        elif previous is not None and previous.fingerprint == spec_fingerprint(task.spec):
-            resumed.append(dataclasses.replace(previous, resumed=True))
-            continue
-        elif previous is not None:
-            logger.warning("source %s changed since it was built; building it again", task.spec.name)
-        todo.append(task)
-    if resumed:
-        logger.info("resuming %s: %d of %d sources already built", output_dir, len(resumed), len(mine))
-
-    built = _run_tasks(todo, num_workers, progress)
-    order = {t.spec.name: i for i, t in enumerate(mine)}
-    summaries = failed + sorted(resumed + built, key=lambda s: order[s.name])
-    if state is not None:  # accelerate: the main process writes the card once every rank is done
-        state.wait_for_everyone()
-        if state.is_main_process:
-            write_dataset_card(output_dir)
-    else:  # one process, or independent ranks: rewrite it; run write_dataset_card once more after all finish
-        write_dataset_card(output_dir)
+    mine, state, lock_rank = _split_for_rank(tasks, rank, world_size)
+    with output_lock(output_dir, job="chip build", rank=lock_rank):
+        _check_build_config(output_dir, config)
+        (output_dir / "data" / split).mkdir(parents=True, exist_ok=True)
+        try:
+            summaries, removed, outdated = _build_split(
+                output_dir, split, specs, failed, mine, num_workers, progress, keep_missing
+            )
+        except BaseException:
+            if state is None:  # the build may have removed or rebuilt sources: the card says what is there now
+                _rewrite_card_after_failure(output_dir)
+            raise
+        if state is not None:  # accelerate: the main process writes the card once every rank is done
+            state.wait_for_everyone()
+            manifest = write_dataset_card(output_dir) if state.is_main_process else None
+        else:  # one process, or independent ranks: rewrite it; run write_dataset_card once more after all finish
+            manifest = write_dataset_card(output_dir)
+    if manifest is not None:  # what the card counts, so the summary cannot disagree with it
+        in_split = [SourceSummary.from_dict(d) for d in manifest["splits"].get(split, {}).get("sources", [])]
+    else:
+        in_split = list(_done_sources(output_dir, split).values())
+    ours = {s.name for s in summaries}
+    kept = [s for s in in_split if s.name not in ours]
     summary = ChipBuildSummary(
         output_dir=str(output_dir),
         split=split,
         chip_size=chip_size,
-        num_chips=sum(s.num_chips for s in summaries),
-        num_shards=sum(len(s.shards) for s in summaries),
+        num_chips=sum(s.num_chips for s in summaries + kept),
+        num_shards=sum(len(s.shards) for s in summaries + kept),
         sources=summaries,
         seconds=round(time.perf_counter() - start, 3),
+        kept=kept,
+        removed=removed,
+        outdated={name: why for name, why in outdated.items() if name in {s.name for s in kept}},
     )
-    if summary.num_chips == 0 and mine and not any(s.skipped == "error" for s in summaries):
+    if summary.run_chips == 0 and mine and not any(s.skipped == "error" for s in summaries):
         if all(s.skipped == "too_small" for s in summaries):
             raise ChipSizeError("; ".join(s.note for s in summaries))
         notes = "".join(f"; {s.name}: {s.note}" for s in summaries if s.note)
@@ -686,6 +841,118 @@ def build_chip_dataset(
             "max_nodata_fraction or max_cloud_fraction, or choose a smaller chip_size"
         )
     return summary
+
+
+def _build_split(
+    output_dir: Path,
+    split: str,
+    specs: list[SourceSpec],
+    failed: list[SourceSummary],
+    mine: list[_Task],
+    num_workers: int,
+    progress: bool,
+    keep_missing: bool,
+) -> tuple[list[SourceSummary], dict[str, str], dict[str, str]]:
+    """Check every done marker of ``split``, build what needs building, and return this run's summaries,
+    the sources removed from the dataset and the kept ones that are outdated (name -> why)."""
+    records = _read_markers(output_dir, split)
+    names = {spec.name for spec in specs} | {f.name for f in failed}  # every rank's sources, not only mine
+    failed_files = {path for f in failed for path in f.files or {}}
+    removed, outdated = {}, {}
+    for name, (previous, problem) in records.items():
+        if name in names:
+            continue  # a source of this run: decided below, by the rank that builds it
+        if previous.skipped == "error":  # a bad input of an earlier run that is no longer given
+            _marker(output_dir, split, name).unlink(missing_ok=True)
+            continue
+        gone = _missing_files(previous.files)
+        if failed_files & set(previous.files or {}):  # e.g. a STAC JSON that now fails to read
+            why = f"its input {sorted(failed_files & set(previous.files))[0]} now fails (skipped as an error)"
+            logger.warning("removing source %s from %s: %s", name, output_dir, why)
+            _remove_source(output_dir, split, previous)
+            removed[name] = why
+        elif problem is not None:
+            logger.warning("removing source %s from %s: %s, and it is not among this run's sources; pass its "
+                           "source to build it again", name, output_dir, problem)  # fmt: skip
+            _remove_source(output_dir, split, previous)
+            removed[name] = problem
+        elif gone and not keep_missing:
+            why = _gone_text(gone)
+            logger.warning("removing source %s (%d chips) from %s: %s; keep such sources with --keep-missing "
+                           "(keep_missing=True)", name, previous.num_chips, output_dir, why)  # fmt: skip
+            _remove_source(output_dir, split, previous)
+            removed[name] = why
+        elif gone:
+            outdated[name] = _gone_text(gone)
+            logger.warning("keeping source %s (keep_missing): %s", name, outdated[name])
+        elif (change := _file_change(previous.files, list(previous.files or {}))) is not None:
+            outdated[name] = change
+            logger.warning("keeping source %s, which is not among this run's sources, with chips of its old files: "
+                           "%s; pass it to build it again", name, change)  # fmt: skip
+    for summary in failed:  # an input that failed to expand: what an earlier run built of it goes
+        if summary.name in records:
+            _remove_source(output_dir, split, records[summary.name][0])
+        _write_marker(output_dir, split, summary)
+    todo, resumed, reasons = [], [], {}
+    for task in mine:
+        previous, problem = records.get(task.spec.name, (None, None))
+        if previous is None:
+            todo.append(task)
+            continue
+        if previous.skipped == "error":
+            logger.info("source %s failed last time; trying it again", task.spec.name)
+            todo.append(task)
+            continue
+        if problem is not None:
+            reason = problem
+        elif previous.fingerprint != spec_fingerprint(task.spec):
+            reason = "its spec changed since it was built"
+        else:
+            reason = _file_change(previous.files, task.files)
+        if reason is None:
+            resumed.append(dataclasses.replace(previous, resumed=True))
+            continue
+        logger.warning("building source %s again: %s", task.spec.name, reason)
+        reasons[task.spec.name] = reason
+        todo.append(task)
+    if resumed:
+        logger.info("resuming %s: %d of %d sources already built", output_dir, len(resumed), len(mine))
+
+    built = [dataclasses.replace(s, rebuilt=reasons.get(s.name)) for s in _run_tasks(todo, num_workers, progress)]
+    order = {t.spec.name: i for i, t in enumerate(mine)}
+    return failed + sorted(resumed + built, key=lambda s: order[s.name]), removed, outdated
+
+
+def _rewrite_card_after_failure(output_dir: Path) -> None:
+    try:
+        write_dataset_card(output_dir)
+    except Exception as err:  # the build's own error is the one to raise
+        logger.warning("could not rewrite the dataset card of %s after the failed build: %s", output_dir, err)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """``ProcessPoolExecutor`` initializer: end this worker when the build process that started it is gone.
+
+    A killed build (SIGKILL, the OOM killer) cannot shut its pool down, and its workers would wait on their
+    pipe forever. On Linux the kernel kills the worker when its parent dies (``PR_SET_PDEATHSIG``, set for
+    the thread that spawned it, which waits in the pool until the pool is shut down); everywhere a daemon
+    thread sees ``os.getppid()`` change (the orphan is adopted by another process) and exits at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # pragma: no cover - an unusual libc: the thread below suffices
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="clay_hf-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # no cleanup: the half-built source's staging folder is redone by the next run
 
 
 def _run_tasks(tasks: list[_Task], num_workers: int, progress: bool) -> list[SourceSummary]:
@@ -708,7 +975,10 @@ def _run_tasks(tasks: list[_Task], num_workers: int, progress: bool) -> list[Sou
                 _done(_with_source_note(_build_source, task))
             return results
         context = multiprocessing.get_context("spawn")  # fork is unsafe with GDAL and torch threads
-        with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(tasks)), mp_context=context) as pool:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            min(num_workers, len(tasks)), mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),)
+        )
+        with pool:
             futures = {pool.submit(_build_source, task): task for task in tasks}
             try:
                 for future in concurrent.futures.as_completed(futures):
@@ -733,15 +1003,31 @@ def _with_source_note(fn, task: _Task) -> SourceSummary:
         raise
 
 
-def _done_sources(output_dir: Path, split: str) -> dict[str, SourceSummary]:
+def _read_markers(output_dir: Path, split: str) -> dict[str, tuple[SourceSummary, str | None]]:
+    """Every done marker of ``split``: ``{name: (summary, what is wrong with its shards or marker, or None)}``."""
     folder = output_dir / BUILD_DIR / split
-    done = {}
+    markers = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        summary = SourceSummary.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        if all((output_dir / "data" / split / s).is_file() for s in summary.shards):
-            done[summary.name] = summary
+        try:
+            summary = SourceSummary.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as err:
+            empty = SourceSummary(name=path.stem, sensor=None, band_names=[], license=None, num_chips=0, shards=[],
+                                  seconds=0.0)  # fmt: skip
+            markers[path.stem] = (empty, f"its done marker {path} is unreadable ({type(err).__name__}: {err})")
+            continue
+        markers[summary.name] = (summary, _shard_problem(output_dir / "data" / split, summary))
+    return markers
+
+
+def _done_sources(output_dir: Path, split: str) -> dict[str, SourceSummary]:
+    """The finished sources of ``split`` whose shards are as built (the others are logged and left out)."""
+    done = {}
+    for name, (summary, problem) in _read_markers(output_dir, split).items():
+        if problem is None:
+            done[name] = summary
         else:
-            logger.warning("source %s has a done marker but missing shards; building it again", summary.name)
+            logger.warning("leaving source %s out of %s: %s; rerun the build with it to build it again",
+                           name, output_dir, problem)  # fmt: skip
     return done
 
 
@@ -764,7 +1050,9 @@ def write_dataset_card(output_dir: str | os.PathLike) -> dict[str, Any]:
     """(Re)write ``manifest.json`` and the ``README.md`` dataset card from the done markers of every split.
 
     Idempotent and atomic, so each rank of a cluster build can call it when it finishes: the last one to
-    finish writes the complete card. Returns the manifest.
+    finish writes the complete card. A source whose shards are damaged or missing is left out (with a
+    warning; the next build with it builds it again). The manifest leaves out the local file paths of the
+    done markers (it is published with the shards). Returns the manifest.
     """
     output_dir = Path(output_dir)
     config_path = output_dir / BUILD_DIR / "config.json"
@@ -776,7 +1064,7 @@ def write_dataset_card(output_dir: str | os.PathLike) -> dict[str, Any]:
             "num_chips": sum(s.num_chips for s in sources),
             **_tally(sources),  # chips_per_sensor, dropped_chips, skipped_sources
             "shards": [f"data/{folder.name}/{shard}" for s in sources for shard in s.shards],
-            "sources": [s.to_dict() for s in sources],
+            "sources": [{k: v for k, v in s.to_dict().items() if k != "files"} for s in sources],
         }
     manifest = {"format_version": FORMAT_VERSION, "settings": config, "splits": splits}
     atomic_write_text(output_dir / "manifest.json", json.dumps(manifest, indent=1))

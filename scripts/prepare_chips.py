@@ -8,7 +8,12 @@ A SOURCE is a raster file (GeoTIFF/COG/JP2, one multi-band source), a folder of 
 band, e.g. a Sentinel-2 ``*_B02.jp2``... folder: one source, resampled onto one grid; files that are not
 bands of the sensor are left out) or a STAC Item/ItemCollection JSON. ``--sensor`` and ``--datetime`` may
 be omitted where the source says them (STAC ``platform``/``datetime``, file tags). ``--sample`` adds the
-sample imagery of the package index. Rerunning the same command resumes: finished sources are skipped.
+sample imagery of the package index. Rerunning the same command resumes: finished sources are skipped, and
+sources whose files changed (size or time, the STAC JSON too) or whose shards are damaged are built again.
+Sources of earlier runs that are not given stay in the dataset (incremental builds, cluster ranks), except
+those whose files are gone: they are removed, unless ``--keep-missing``. The summary counts the whole
+dataset, as its README.md and manifest.json do. One build writes to a folder at a time: a second one exits
+with status 1 and names the first one's pid.
 The output loads with ``datasets.load_dataset("parquet", data_dir=OUTPUT)`` and trains or embeds with
 ``clay_hf.data.get_dataloader(OUTPUT)``; push the folder to the Hub as a dataset repository.
 """
@@ -32,6 +37,8 @@ EXAMPLES = """examples:
   python scripts/prepare_chips.py S2A_T33UUU_20170216/ --sensor sentinel-2-l2a --output chips/s2  # band files
   python scripts/prepare_chips.py item.json items.json --output chips/stac --chip-size 128 --stride 64
   python scripts/prepare_chips.py rasters/*.tif --output chips/mix --max-nodata 0.1 --skip-bad --workers 8
+  # add new rasters to a build copied from another machine, keeping the sources whose files are not here
+  python scripts/prepare_chips.py new/*.tif --output chips/mix --max-nodata 0.1 --keep-missing
   # a cluster: each node builds its share of the sources into one shared folder, then one rewrites the card
   python scripts/prepare_chips.py --sample --output /shared/chips --rank $RANK --world-size $WORLD_SIZE
   python scripts/prepare_chips.py --output /shared/chips --write-card
@@ -84,6 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="train", help="dataset split of these chips (default train)")
     parser.add_argument("--rank", type=int, default=None, help="this node's index on a cluster (with --world-size)")
     parser.add_argument("--world-size", type=int, default=None, help="number of nodes sharing the sources")
+    parser.add_argument(
+        "--keep-missing",
+        action="store_true",
+        help="keep the sources of earlier runs whose files are gone (default: remove them from the dataset)",
+    )
     parser.add_argument("--write-card", action="store_true", help="only rewrite README.md and manifest.json")
     args = parser.parse_args(argv)
     if not (args.inputs or args.sample or args.write_card):
@@ -94,32 +106,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def print_summary(summary) -> None:
-    """The per-source table, chips per sensor and what was dropped, with reasons."""
-    width = max([len(s.name) for s in summary.sources] + [6])
+    """The dataset's totals (what README.md and manifest.json count), the per-source table (this run's sources,
+    then the others kept in the folder), chips per sensor, what was dropped, rebuilt and removed, with reasons."""
+    rows, kept = summary.sources + summary.kept, {s.name for s in summary.kept}
+    width = max([len(s.name) for s in rows] + [6])
     print(
         f"\n{summary.num_chips} chips of {summary.chip_size} px in {summary.num_shards} shards -> {summary.output_dir}"
     )
     print(f"{'source':<{width}}  {'sensor':<16} {'bands':>5} {'chips':>6}  status")
-    for s in summary.sources:
-        status = "resumed" if s.resumed else f"built in {s.seconds:.1f} s"
+    for s in rows:
+        if s.name in kept:
+            status = "kept (built earlier, not among this run's sources)"
+            if s.name in summary.outdated:
+                status += f"; {summary.outdated[s.name]}"
+        elif s.resumed:
+            status = "resumed"
+        else:
+            status = f"{'rebuilt' if s.rebuilt else 'built'} in {s.seconds:.1f} s"
         if s.skipped:
             status = f"skipped ({s.skipped.replace('_', ' ')}): {s.note[:160]}"
         elif s.dropped_nodata or s.dropped_cloud:
             status += f", dropped {s.dropped_nodata} nodata + {s.dropped_cloud} cloudy chips"
         print(f"{s.name:<{width}}  {s.sensor_label:<16} {len(s.band_names):>5} {s.num_chips:>6}  {status}")
+    if summary.kept:
+        per_sensor = {}
+        for s in summary.sources:
+            if s.num_chips:
+                per_sensor[s.sensor_label] = per_sensor.get(s.sensor_label, 0) + s.num_chips
+        print(
+            f"this run: {len(summary.sources)} of {len(rows)} sources, {summary.run_chips} chips; chips per sensor: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(per_sensor.items()))
+        )
     skipped = summary.skipped_sources
-    print("chips per sensor: " + ", ".join(f"{k} {v}" for k, v in summary.chips_per_sensor.items()))
+    print("in the dataset: chips per sensor: " + ", ".join(f"{k} {v}" for k, v in summary.chips_per_sensor.items()))
     print(
         f"dropped chips: {summary.dropped_chips['nodata']} nodata, {summary.dropped_chips['cloud']} cloud; "
         f"skipped sources: {len(skipped['too_small'])} too small, {len(skipped['error'])} errors"
     )
+    for name, why in summary.rebuilt.items():
+        print(f"rebuilt {name}: {why}")
+    for name, why in summary.removed.items():
+        hint = " (--keep-missing keeps such sources)" if why.startswith("its files are gone") else ""
+        print(f"removed {name} from the dataset: {why}{hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from clay_hf.chips import build_chip_dataset, write_dataset_card
-    from clay_hf.errors import ClayError
+    from clay_hf.errors import ClayError, OutputLockedError
 
     if args.write_card:
         manifest = write_dataset_card(args.output)
@@ -137,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             sources, args.output, chip_size=args.chip_size, stride=args.stride, max_nodata_fraction=args.max_nodata,
             max_cloud_fraction=args.max_cloud, rows_per_shard=args.rows_per_shard, num_workers=args.workers,
             split=args.split, rank=args.rank, world_size=args.world_size, progress=True, skip_errors=args.skip_bad,
-            source_fields={k: v for k, v in fields.items() if v is not None},
+            source_fields={k: v for k, v in fields.items() if v is not None}, keep_missing=args.keep_missing,
         )  # fmt: skip
+    except OutputLockedError as err:  # not a mistake in the command: another build is running, try again later
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except ClayError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

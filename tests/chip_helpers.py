@@ -147,3 +147,18 @@ def write_cogs_and_item(folder: Path, patch: str = BEN_S2) -> Path:
     path = folder / "item.json"
     path.write_text(json.dumps(item.to_dict(include_self_link=False)))
     return path
+
+
+OTHER_BEN_S2 = "S2A_MSIL2A_20170617T113321_4_55"  # another BigEarthNet Sentinel-2 patch, 2017-06-17
+
+
+def copy_ben_s2_folders(folder: Path) -> tuple[Path, Path]:
+    """Copies of two BigEarthNet Sentinel-2 patches' band folders, ``folder/a`` and ``folder/b``: sources ``a``
+    and ``b`` of 9 chips each at 40 px (``--sensor sentinel-2-l2a``), whose files a test may change or delete
+    (never the cached sample data's own)."""
+    import shutil
+
+    a, b = folder / "a", folder / "b"
+    shutil.copytree(ben_s2_folder(), a)
+    shutil.copytree(ben_s2_folder(OTHER_BEN_S2), b)
+    return a, b

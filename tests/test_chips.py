@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,21 @@ from clay_hf.errors import ChipSizeError, ClayError, ClayInputError, Incompatibl
 from clay_hf.io import iter_chips, open_source
 from clay_hf.sample_data import sample_sources
 
-from .chip_helpers import BEN_S2, CHIP_SIZE, NUM_CHIPS, ROWS_PER_SHARD, build_small, small_specs, write_bad_sources
+from .chip_helpers import (
+    BEN_S2,
+    CHIP_SIZE,
+    NUM_CHIPS,
+    OTHER_BEN_S2,
+    ROWS_PER_SHARD,
+    ben_s2_folder,
+    build_small,
+    small_specs,
+    write_bad_sources,
+)
 from .launch import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCK_FILE = re.compile(r"\.lock(-rank\d+)?")  # the lock itself; its holder file .lock.json must be gone
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +57,9 @@ def _rows(folder: Path) -> list[dict]:
 
 
 def _stray_files(folder: Path) -> list[str]:
-    """Temporary shards, and anything left in a staging folder."""
-    tmp = [p.name for p in folder.rglob(".*") if p.is_file()]
+    """Temporary shards, and anything left in a staging folder (not the write lock ``.lock``, which stays by
+    design: an flock file is never deleted, see clay_hf.locking)."""
+    tmp = [p.name for p in folder.rglob(".*") if p.is_file() and not LOCK_FILE.fullmatch(p.name)]
     return sorted(tmp + [p.name for p in (folder / ".build").glob("*/staging/**/*") if p.is_file()])
 
 
@@ -241,6 +254,109 @@ def test_killed_build_resumes(tmp_path):
     assert len(_rows(output)) == NUM_CHIPS
 
 
+def _start_held_build(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """scripts/prepare_chips.py ARGS in a process whose sources stop at their second chip (tests/_kill_build.py):
+    the process building one writes HOLD/busy-<pid>, and waits until HOLD/go exists."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    env = {**os.environ, "CLAY_TEST_HOLD": str(hold), "PYTHONPATH": str(ROOT)}
+    log = (tmp_path / "held-build.log").open("w")  # a file, not a pipe nobody reads while the build waits
+    cmd = [sys.executable, str(ROOT / "tests" / "_kill_build.py"), "prepare_chips", *args]
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), hold
+
+
+def _wait_for(condition, proc: subprocess.Popen | None, what: str, limit_s: float = 240.0) -> None:
+    """Poll ``condition`` until it holds (bounded); fail early, with its log, if ``proc`` exited meanwhile."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the build exited ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {limit_s:.0f} s")
+        time.sleep(0.1)
+
+
+HELD_ARGV = ["--chip-size", "64", "--resolution", "80", "--rows-per-shard", "2"]  # one band file: 9 chips, 5 shards
+
+
+def test_a_second_build_into_the_same_folder_fails_with_the_holders_pid_while_the_first_finishes(tmp_path, capsys):
+    output = tmp_path / "out"
+    argv = [small_specs()[0].paths[0], "--output", str(output), *HELD_ARGV]
+    first, hold = _start_held_build(tmp_path, *argv)
+    try:
+        _wait_for(lambda: any(hold.glob("busy-*")), first, "first build at work")
+        assert _script().main(argv) == 1  # the same command again, while the first one writes
+        err = capsys.readouterr().err
+        assert f"error: another chip build is writing to {output} (pid {first.pid} on " in err
+        assert "wait for it to finish, or choose another output folder" in err and "Traceback" not in err
+    finally:
+        (hold / "go").touch()
+        first.wait(timeout=300)
+    assert first.returncode == 0, (tmp_path / "held-build.log").read_text()[-3000:]
+    manifest = json.loads((output / "manifest.json").read_text())["splits"]["train"]
+    assert manifest["num_chips"] == 9 and len(manifest["shards"]) == 5
+    assert _stray_files(output) == [] and not (output / ".lock.json").exists()
+
+
+def test_the_lock_of_a_killed_build_is_taken_over(tmp_path, capsys):
+    output = tmp_path / "out"
+    argv = [small_specs()[0].paths[0], "--output", str(output), *HELD_ARGV]
+    killed, hold = _start_held_build(tmp_path, *argv)
+    try:
+        _wait_for(lambda: any(hold.glob("busy-*")), killed, "build at work")
+        holder = json.loads((output / ".lock.json").read_text())
+        assert (holder["pid"], holder["job"]) == (killed.pid, "chip build")
+    finally:
+        killed.kill()  # SIGKILL: no cleanup; its flock dies with it, its holder record stays behind
+        killed.wait(timeout=60)
+    assert killed.returncode == -9 and (output / ".lock.json").exists()
+    assert _script().main(argv) == 0
+    assert "9 chips of 64 px in 5 shards" in capsys.readouterr().out
+    assert _stray_files(output) == [] and not (output / ".lock.json").exists()
+
+
+@pytest.mark.slow  # spawns two workers, each importing clay_hf
+def test_the_workers_of_a_killed_parallel_build_exit(tmp_path):
+    import psutil
+
+    sources = [str(ben_s2_folder()), str(ben_s2_folder(OTHER_BEN_S2))]
+    argv = [
+        *sources,
+        "--sensor",
+        "sentinel-2-l2a",
+        "--chip-size",
+        "40",
+        "--workers",
+        "2",
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    parent, hold = _start_held_build(tmp_path, *argv)
+    family: list = []
+    try:
+        _wait_for(lambda: len(list(hold.glob("busy-*"))) == 2, parent, "two workers at work")
+        family = psutil.Process(parent.pid).children(recursive=True)  # the workers and the resource tracker
+        busy = {int(p.name.split("-")[1]) for p in hold.glob("busy-*")}
+        assert busy <= {p.pid for p in family} and parent.pid not in busy
+        parent.kill()  # SIGKILL: the pool is never shut down
+        parent.wait(timeout=60)
+
+        def gone(process) -> bool:
+            try:
+                return process.status() == psutil.STATUS_ZOMBIE  # dead, waiting for its new parent to reap it
+            except psutil.NoSuchProcess:
+                return True
+
+        _wait_for(lambda: all(gone(p) for p in family), None, "exit of every child of the killed build", 20.0)
+    finally:
+        parent.kill()
+        for process in family:  # what did not exit on its own must not outlive the test
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
 def test_parallel_build_matches_sequential(built, tmp_path):
     summary = build_small(tmp_path / "parallel", num_workers=2)  # spawned worker processes
     assert summary.num_chips == NUM_CHIPS
@@ -302,6 +418,19 @@ def test_no_chips_produced(tmp_path):
         build_chip_dataset(landsat, tmp_path / "x", chip_size=128, max_cloud_fraction=0.0)
     with pytest.raises(NoChipsError, match="no sources given"):
         build_chip_dataset([], tmp_path / "y")
+
+
+def test_a_locked_folder_is_refused_naming_the_holder_and_ranks_have_their_own_locks(tmp_path):
+    from clay_hf.errors import OutputLockedError
+    from clay_hf.locking import output_lock
+
+    output = tmp_path / "x"
+    with output_lock(output, job="chip build"):
+        with pytest.raises(OutputLockedError, match=rf"another chip build is writing to {output} \(pid {os.getpid()} "):
+            build_small(output)
+        assert not (output / "data").exists()  # refused before anything was written
+    with output_lock(output, job="chip build", rank=1):  # rank 1 of a cluster build does not block rank 0
+        assert build_small(output, rank=0, world_size=2).num_chips == 9
 
 
 def test_sources_need_distinct_names(tmp_path):

