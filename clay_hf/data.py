@@ -89,7 +89,8 @@ def load_chip_dataset(path_or_hub_id: str | os.PathLike, split: str = "train", s
         streaming: stream the Parquet shards (default) instead of converting them to a local Arrow cache.
 
     Raises:
-        ChipDatasetError: a local path that is not a chip dataset folder, or without shards for ``split``.
+        ChipDatasetError: a local path that is not a chip dataset folder, without shards for ``split``, or with a
+            shard that is not a complete Parquet file (its footer is read, so a truncated shard is named here).
     """
     from datasets import load_dataset
 
@@ -101,10 +102,68 @@ def load_chip_dataset(path_or_hub_id: str | os.PathLike, split: str = "train", s
                 f"no Parquet shards for split {split!r} in {folder}; build them with "
                 f"scripts/prepare_chips.py --output {folder}"
             )
+        _check_footers(files, folder)
         return load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
     if folder.exists() or str(path_or_hub_id).startswith((".", "/", "~")):  # a path, not a Hub id
         raise ChipDatasetError(f"{path_or_hub_id} is not a chip dataset folder (expected data/<split>/*.parquet)")
     return load_dataset(str(path_or_hub_id), split=split, streaming=streaming)
+
+
+def _rebuild_hint(shard: str) -> str:
+    folder = Path(shard).parents[2] if len(Path(shard).parents) > 2 else Path(shard).parent
+    return f"rebuild the dataset with scripts/prepare_chips.py --output {folder} (or delete the shard and rebuild it)"
+
+
+def _one_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"  # pyarrow's messages span lines
+
+
+def _check_footers(files: list[str], folder: Path) -> None:
+    """Read every shard's Parquet footer (a few KiB each): a truncated or overwritten shard is named before training."""
+    import pyarrow.parquet as pq
+
+    for shard in files:
+        try:
+            pq.read_metadata(shard)
+        except FileNotFoundError as err:
+            raise ChipDatasetError(
+                f"the chip shard {shard} listed in {folder / 'manifest.json'} is missing; rebuild the dataset with "
+                f"scripts/prepare_chips.py --output {folder}"
+            ) from err
+        except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError, ArrowIOError an OSError
+            raise ChipDatasetError(
+                f"the chip shard {shard} is not a complete Parquet file ({_one_line(err)}); it is truncated or damaged: "
+                f"{_rebuild_hint(shard)}"
+            ) from err
+
+
+def _damaged_shard(files: list[str] | None) -> tuple[str, Exception] | None:
+    """The first of ``files`` that cannot be read through (every row group), with its error (the error path only)."""
+    import pyarrow.parquet as pq
+
+    for shard in files or ():
+        try:
+            parquet = pq.ParquetFile(shard)
+            for index in range(parquet.num_row_groups):
+                parquet.read_row_group(index)
+        except (OSError, ValueError) as err:
+            return shard, err
+    return None
+
+
+def _shard_read_error(files: list[str] | None, err: Exception) -> ChipDatasetError:
+    """A ChipDatasetError for an Arrow/IO error raised while streaming rows, naming the shard that causes it."""
+    found = _damaged_shard(files)
+    if found is not None:
+        shard, cause = found
+        return ChipDatasetError(
+            f"cannot read the chip shard {shard} ({_one_line(cause)}); it is damaged: {_rebuild_hint(shard)}"
+        )
+    where = f"one of its {len(files)} shards" if files else "one of its shards"
+    return ChipDatasetError(
+        f"reading the chip dataset failed in {where} ({_one_line(err)}); check the files and rebuild "
+        "damaged ones with scripts/prepare_chips.py"
+    )
 
 
 def decode_chip(row: dict[str, Any]) -> dict[str, Any]:
@@ -113,16 +172,30 @@ def decode_chip(row: dict[str, Any]) -> dict[str, Any]:
     Rows must come in datasets' default Python format: ``with_format("numpy")`` turns the binary ``pixels``
     into ``numpy.bytes_``, which drops trailing zero bytes (a chip ending in zeros would lose pixels).
     """
+    chip_id = row.get("chip_id")
     shape = tuple(int(n) for n in row["shape"])  # (C, H, W)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ChipDatasetError(
+            f"chip {chip_id!r}: shape {list(shape)} is not (C, H, W) with three positive sizes; the shard is damaged "
+            "or was not written by scripts/prepare_chips.py: rebuild it"
+        )
+    for key in ("band_names", "wavelengths", "mean", "std"):
+        values = row.get(key)
+        count = 0 if values is None else len(values)
+        if (values is not None or key == "band_names") and count != shape[0]:
+            raise ChipDatasetError(
+                f"chip {chip_id!r}: {count} {key} for {shape[0]} bands (shape {list(shape)}); the row's "
+                "metadata disagrees with its pixels: rebuild the shard with scripts/prepare_chips.py"
+            )
     dtype = np.dtype(str(row["dtype"])).newbyteorder("<")
     if not isinstance(row["pixels"], (bytes, bytearray, memoryview)):
         raise ChipDatasetError(
-            f"chip {row.get('chip_id')!r}: pixels must be the row's bytes, got {type(row['pixels']).__name__}; "
+            f"chip {chip_id!r}: pixels must be the row's bytes, got {type(row['pixels']).__name__}; "
             'read chip datasets in Python format: with_format("numpy") drops trailing zero bytes of binary columns'
         )
     if len(row["pixels"]) % dtype.itemsize or len(row["pixels"]) // dtype.itemsize != int(np.prod(shape)):
         raise ChipDatasetError(
-            f"chip {row.get('chip_id')!r}: {len(row['pixels'])} bytes of {row['dtype']} for shape {list(shape)}; "
+            f"chip {chip_id!r}: {len(row['pixels'])} bytes of {row['dtype']} for shape {list(shape)}; "
             'the shard is damaged (rebuild it), or was read with with_format("numpy"), which drops trailing zero '
             "bytes: read it in Python format"
         )
@@ -131,6 +204,12 @@ def decode_chip(row: dict[str, Any]) -> dict[str, Any]:
     if not dtype.isnative:
         pixels = pixels.astype(dtype.newbyteorder("="))
     if row.get("valid_mask") is not None:
+        expected = -(-shape[1] * shape[2] // 8)  # one bit per pixel, rounded up to whole bytes
+        if len(row["valid_mask"]) != expected:
+            raise ChipDatasetError(
+                f"chip {chip_id!r}: valid_mask has {len(row['valid_mask'])} bytes, expected {expected} for "
+                f"{shape[1]} x {shape[2]} pixels; the shard is damaged: rebuild it with scripts/prepare_chips.py"
+            )
         bits = np.frombuffer(row["valid_mask"], dtype=np.uint8)
         valid = np.unpackbits(bits, count=shape[1] * shape[2]).astype(bool).reshape(shape[1:])  # (H, W)
     else:
@@ -182,18 +261,46 @@ def collate_chips(samples: list[dict[str, Any]], processor: ClayImageProcessor) 
 # --------------------------------------------------------------------------------------------------
 
 
+class _Failure:
+    """A ChipDatasetError raised in a DataLoader worker, carried to the main process as its plain message."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
 class _DecodedRows(torch.utils.data.IterableDataset):
     """Rows of a datasets ``IterableDataset`` decoded into samples.
 
     Iterated inside a DataLoader worker, the wrapped dataset shards its files over the workers itself
-    (it checks ``torch.utils.data.get_worker_info()``), so each worker reads different shards.
+    (it checks ``torch.utils.data.get_worker_info()``), so each worker reads different shards. An unreadable
+    shard becomes a ChipDatasetError naming it (``shard_files``: where to look); in a worker it is yielded as
+    a :class:`_Failure`, so the main process raises it with its own message rather than the worker's traceback.
     """
 
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset, shard_files: list[str] | None = None) -> None:
+        self.dataset, self.shard_files = dataset, shard_files
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for row in self.dataset:
+    def __iter__(self) -> Iterator[dict[str, Any] | _Failure]:
+        try:
+            yield from self._decoded()
+        except ChipDatasetError as err:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            yield _Failure(str(err))
+
+    def _decoded(self) -> Iterator[dict[str, Any]]:
+        import pyarrow as pa
+
+        rows = iter(self.dataset)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except ChipDatasetError:
+                raise
+            except (OSError, pa.ArrowException) as err:  # a truncated or overwritten shard, seen while streaming it
+                raise _shard_read_error(self.shard_files, err) from err
             yield decode_chip(row)
 
 
@@ -219,7 +326,8 @@ class ChipLoader:
     Made by :func:`get_dataloader` (see there for the arguments). Iterating runs the rest of the current
     epoch and then advances ``epoch``; :meth:`set_epoch` starts an epoch from its first batch.
     :meth:`state_dict` / :meth:`load_state_dict` save and restore ``(epoch, batches consumed)``, so it can
-    be registered with ``accelerator.register_for_checkpointing``.
+    be registered with ``accelerator.register_for_checkpointing``. ``shard_files`` (the dataset's Parquet
+    files, when known) lets an error while reading name the damaged shard.
     """
 
     def __init__(
@@ -235,6 +343,7 @@ class ChipLoader:
         time_latlon_dropout: float = 0.0,
         processor: ClayImageProcessor | None = None,
         max_buffer_input_shards: int = 10,
+        shard_files: list[str] | None = None,
     ) -> None:
         from datasets.distributed import split_dataset_by_node
 
@@ -252,6 +361,7 @@ class ChipLoader:
         self.max_buffer_input_shards = max(1, int(max_buffer_input_shards))
         self.processor = processor if processor is not None else ClayImageProcessor()
         self.num_shards = dataset.num_shards  # of the whole dataset, or of this rank when split already
+        self.shard_files = list(shard_files) if shard_files is not None else None  # to name a damaged one
 
         distributed = getattr(dataset, "_distributed", None)
         if distributed is not None:  # split already (once is enough: twice would halve the data again)
@@ -327,13 +437,17 @@ class ChipLoader:
     # ------------------------------------------------------------------ iteration
 
     def _samples(self) -> Iterator[dict[str, Any]]:
-        rows = _DecodedRows(self.dataset)
+        rows = _DecodedRows(self.dataset, self.shard_files)
         if self.num_workers == 0:
-            return iter(rows)
+            yield from rows
+            return
         loader = torch.utils.data.DataLoader(
             rows, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, persistent_workers=False
         )
-        return iter(loader)
+        for sample in loader:
+            if isinstance(sample, _Failure):
+                raise ChipDatasetError(sample.message)
+            yield sample
 
     def _sample_groups(self) -> Iterator[list[dict[str, Any]]]:
         """Lists of samples of one band set, in the epoch's deterministic order."""
@@ -415,8 +529,11 @@ def get_dataloader(
     """
     import datasets
 
+    shard_files = None
     if isinstance(dataset_or_path, (str, os.PathLike)):
         dataset = load_chip_dataset(dataset_or_path, split=split, streaming=True)
+        if Path(dataset_or_path).is_dir():
+            shard_files = _shard_files(Path(dataset_or_path), split)
     elif isinstance(dataset_or_path, datasets.IterableDataset):
         dataset = dataset_or_path
     elif isinstance(dataset_or_path, datasets.Dataset):
@@ -433,5 +550,5 @@ def get_dataloader(
     return ChipLoader(
         dataset, batch_size, rank=rank, world_size=world_size, num_workers=num_workers, seed=seed,
         shuffle_buffer=shuffle_buffer, drop_last=drop_last, time_latlon_dropout=time_latlon_dropout,
-        processor=processor, max_buffer_input_shards=max_buffer_input_shards,
+        processor=processor, max_buffer_input_shards=max_buffer_input_shards, shard_files=shard_files,
     )  # fmt: skip

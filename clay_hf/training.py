@@ -14,10 +14,19 @@ One optimizer step:
    continues bit for bit where the run stopped.
 
 A non-finite loss on any rank stops every rank before the weights change, with the last good checkpoint intact.
+
+One run per output folder. The main process holds the folder's lock (:func:`clay_hf.locking.output_lock`) for
+the whole run, and a run has an id (``run.json``, and ``run_id`` in every checkpoint's ``trainer_state.json``;
+``resume`` carries it over). A new run into a folder that holds another one (checkpoints, ``final/``,
+``metrics.jsonl``) is refused unless ``resume`` (continue it) or ``overwrite`` (delete those, keep everything
+else); pruning to ``keep_checkpoints`` only ever deletes checkpoints of the current run. On ``resume`` the
+newest checkpoint is checked first (safetensors header, zip directories of the torch files, JSON state); a
+damaged one is named and skipped for the newest intact one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,15 +35,17 @@ import os
 import shutil
 import signal
 import time
+import uuid
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import atomic_folder
+from .atomic import apply_umask, atomic_folder, atomic_write_text, is_clay_model_folder
 from .configuration_clay import CLAY_PRESETS, ClayConfig
-from .errors import ClayConfigError, ClayError
+from .errors import CheckpointError, ClayConfigError, ClayError, OutputExistsError
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForPreTraining
 from .sensors import get_sensor
@@ -54,6 +65,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
+RUN_FILE = "run.json"  # the run id of the folder's run, written when it starts
+METRICS_FILE = "metrics.jsonl"
+FINAL_FOLDER = "final"
 
 
 class NonFiniteLossError(ClayError, FloatingPointError):
@@ -83,6 +97,10 @@ class TrainingConfig:
         stop_after: end this run (with a checkpoint) after this many optimizer steps of the schedule, e.g. to fit
             a job time limit; ``--resume`` goes on from there.
         time_latlon_dropout: probability that a chip's time and location are zeroed (0.2 in v1.5).
+        resume: continue the run in ``output_dir`` from its newest intact checkpoint.
+        overwrite: start afresh in an ``output_dir`` that holds another run: its checkpoints, ``final/`` and
+            ``metrics.jsonl`` are deleted before the first step (other files are kept). Without it (or ``resume``)
+            such a folder is refused.
         eval_dataset, eval_batches, eval_every: a held-out chip dataset, and how many of its batches per process
             to evaluate (the same batches and masks every time) at step 0, every ``eval_every`` steps (default:
             at checkpoints) and at the end; logged as ``eval_reconstruction_loss`` (and ``eval_representation_loss``).
@@ -117,6 +135,7 @@ class TrainingConfig:
     shuffle_shards: int = 10
     time_latlon_dropout: float = 0.2
     resume: bool = False
+    overwrite: bool = False
     stop_after: int | None = None
     attn_implementation: str | None = None
     eval_dataset: str | None = None
@@ -137,6 +156,11 @@ class TrainingConfig:
             raise ClayConfigError(
                 f"checkpoint_every and keep_checkpoints must be at least 1, got {self.checkpoint_every} and "
                 f"{self.keep_checkpoints}"
+            )
+        if self.resume and self.overwrite:
+            raise ClayConfigError(
+                "resume and overwrite exclude each other: --resume continues the run in the output folder, "
+                "--overwrite deletes it and starts afresh; pass one of them"
             )
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 
@@ -333,17 +357,126 @@ def _checkpoint_step(path: Path) -> int:
     return int(path.name[len(CHECKPOINT_PREFIX) :])
 
 
-def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder under ``output_dir/checkpoints`` (temporary folders ignored)."""
+def _checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
+    """Every ``checkpoints/checkpoint-<step>`` folder under ``output_dir`` (complete or not), oldest first."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
-        return None
-    done = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / TRAINER_STATE).is_file()]
-    return max(done, key=_checkpoint_step, default=None)
+        return []
+    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
+    return sorted(found, key=_checkpoint_step)
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder under ``output_dir/checkpoints`` (temporary folders ignored)."""
+    done = [p for p in _checkpoint_dirs(output_dir) if (p / TRAINER_STATE).is_file()]
+    return done[-1] if done else None
+
+
+def _trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.json`` ({} when it is missing or unreadable)."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:  # parses the header, checks it against the file size
+            weights.keys()
+    except (SafetensorError, OSError) as err:
+        return f"is not a complete safetensors file ({type(err).__name__}: {err})"
+    return None
+
+
+def _zip_problem(path: Path) -> str | None:
+    """torch.save writes zip archives: a truncated one has lost its central directory (at the end)."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.header_offset + info.compress_size > size:
+                    return f"is truncated ({size} bytes; its entry {info.filename} needs more)"
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"is not a complete torch file ({size} bytes; {type(err).__name__}: {err})"
+    return None
+
+
+def _checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, naming the file; None when it looks intact.
+
+    Cheap checks that catch truncated and half-written files without loading them: ``trainer_state.json``
+    parses, the model and optimizer files and every process's ``clay_rank<r>.pt`` are there, each
+    ``*.safetensors`` header agrees with its file's size, and each torch file (``*.bin``, ``*.pt``, ``*.pkl``,
+    zip archives) has its central directory.
+    """
+    state_path = checkpoint / TRAINER_STATE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        world = int(state["world_size"])
+        int(state["step"]), int(state["chips_seen"])
+    except FileNotFoundError:
+        return f"{state_path} is missing"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{state_path} cannot be read ({type(err).__name__}: {err})"
+    names = [p.name for p in checkpoint.iterdir()]
+    for what, prefixes in (("model weights (model.safetensors)", ("model", "pytorch_model")),
+                           ("optimizer state (optimizer.bin)", ("optimizer",))):  # fmt: skip
+        if not any(name.startswith(prefixes) for name in names):
+            return f"{checkpoint} has no {what}"
+    for rank in range(world):
+        if not (checkpoint / f"clay_rank{rank}.pt").is_file():
+            return f"{checkpoint / f'clay_rank{rank}.pt'} is missing"
+    for path in sorted(checkpoint.rglob("*")):
+        problem = None
+        if path.is_file() and path.suffix == ".safetensors":
+            problem = _safetensors_problem(path)
+        elif path.is_file() and path.suffix in (".bin", ".pt", ".pkl", ".pth"):
+            problem = _zip_problem(path)
+        if problem is not None:
+            return f"{path} {problem}"
+    return None
+
+
+def _newest_intact_checkpoint(output_dir: Path, world_size: int) -> Path | None:
+    """The checkpoint to resume from: the newest that passes :func:`_checkpoint_problem` (damaged ones are logged).
+
+    Raises:
+        CheckpointError: there are checkpoints but none is intact, or the newest intact one was written by another
+            number of processes.
+    """
+    problems = []
+    for checkpoint in reversed(_checkpoint_dirs(output_dir)):
+        problem = _checkpoint_problem(checkpoint)
+        if problem is None:
+            written_by = int(_trainer_state(checkpoint)["world_size"])
+            if written_by != world_size:
+                raise CheckpointError(
+                    f"{checkpoint} was written by {written_by} process(es) and this run has {world_size}; resume "
+                    f"with {written_by} (each process continues its own shards and generator)"
+                )
+            if problems:
+                logger.warning("resuming from %s, the newest intact checkpoint", checkpoint)
+            return checkpoint
+        logger.warning("checkpoint %s is damaged: %s; trying the one before it", checkpoint.name, problem)
+        problems.append(problem)
+    if problems:
+        raise CheckpointError(
+            f"no intact checkpoint to resume from in {output_dir / 'checkpoints'}: {'; '.join(problems)}. Delete "
+            "the damaged checkpoints to start this run again from step 0 with --resume, or start afresh with --overwrite"
+        )
+    return None
 
 
 def _save_checkpoint(accelerator, output_dir: Path, step: int, rank_state: dict, trainer_state: dict, keep: int):
-    """Write ``checkpoints/checkpoint-{step}`` atomically: everything goes to a temporary folder first."""
+    """Write ``checkpoints/checkpoint-{step}`` atomically: everything goes to a temporary folder first.
+
+    Then the oldest checkpoints of this run (``trainer_state["run_id"]``) beyond ``keep`` are deleted; checkpoints
+    of any other run, and those without a run id, are left alone.
+    """
     root = output_dir / "checkpoints"
     final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
@@ -356,11 +489,13 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, rank_state: dict,
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+        apply_umask(tmp)  # safetensors writes model.safetensors 0600 whatever the umask
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        older = sorted((p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=_checkpoint_step)
-        for old in older[:-keep]:
+        run_id = trainer_state["run_id"]
+        ours = [p for p in _checkpoint_dirs(output_dir) if p != final and _trainer_state(p).get("run_id") == run_id]
+        for old in ours[: max(0, len(ours) - (keep - 1))]:  # the newest keep - 1 others stay, with this one
             shutil.rmtree(old, ignore_errors=True)
         logger.info("saved checkpoint %s", final)
     accelerator.wait_for_everyone()
@@ -369,15 +504,141 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, rank_state: dict,
 
 def _save_final(accelerator, model, processor: ClayImageProcessor, output_dir: Path) -> Path:
     """``save_pretrained`` into ``output_dir/final`` (safetensors, processor config, remote code), atomically."""
-    final = output_dir / "final"
+    final = output_dir / FINAL_FOLDER
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; every rank must call it
     if accelerator.is_main_process:
-        with atomic_folder(final) as tmp:
+        with atomic_folder(final, replaceable=is_clay_model_folder, what="Clay model folder") as tmp:
             unwrapped = accelerator.unwrap_model(model)
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
             processor.save_pretrained(tmp)
     accelerator.wait_for_everyone()
     return final
+
+
+# --------------------------------------------------------------------------------------------------
+# the output folder: one run at a time, and which run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _RunPlan:
+    """What the main process decided about the output folder: the run's id and the checkpoint to resume from."""
+
+    run_id: str
+    resume_from: Path | None = None
+    trainer_state: dict[str, Any] | None = None  # of resume_from
+
+
+def _run_outputs(output_dir: Path) -> list[Path]:
+    """What a training run leaves in ``output_dir``: checkpoints (finished or not), ``final/``, ``metrics.jsonl``."""
+    root = output_dir / "checkpoints"
+    unfinished = sorted(p for p in root.glob(f".tmp-{CHECKPOINT_PREFIX}*") if p.is_dir()) if root.is_dir() else []
+    outputs = [*_checkpoint_dirs(output_dir), *unfinished]
+    return outputs + [p for p in (output_dir / FINAL_FOLDER, output_dir / METRICS_FILE) if p.exists() or p.is_symlink()]
+
+
+def _describe_outputs(outputs: list[Path], output_dir: Path) -> str:
+    """E.g. "checkpoints up to step 40, final/, metrics.jsonl"."""
+    steps = [_checkpoint_step(p) for p in outputs if p.name.startswith(CHECKPOINT_PREFIX)]
+    parts = []
+    if steps:
+        parts.append(f"checkpoints up to step {max(steps)}" if len(steps) > 1 else f"a checkpoint at step {steps[0]}")
+    if any(p.name.startswith(".tmp-") for p in outputs):
+        parts.append("an unfinished checkpoint")
+    parts += [p.name + ("/" if p.is_dir() else "") for p in outputs if p.parent == output_dir]
+    return ", ".join(parts)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _plan_run(config: TrainingConfig, output_dir: Path, world_size: int) -> _RunPlan:
+    """On the main process, holding the folder's lock: refuse, clear or resume the run there; write ``run.json``.
+
+    Raises:
+        OutputExistsError: the folder holds another run and neither ``resume`` nor ``overwrite`` is set, or
+            (``resume``) its ``final`` is not a Clay model folder.
+        CheckpointError: ``resume`` with checkpoints of which none is intact.
+    """
+    outputs = _run_outputs(output_dir)
+    run_file = output_dir / RUN_FILE
+    try:
+        previous_id = json.loads(run_file.read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        previous_id = None
+    if config.resume:
+        final = output_dir / FINAL_FOLDER
+        if final.exists() and not is_clay_model_folder(final) and (not final.is_dir() or any(final.iterdir())):
+            raise OutputExistsError(
+                f"{final} is not a Clay model folder, and the run's final model would replace it; move it away, then "
+                "--resume again",
+                path=str(final),
+            )
+        checkpoint = _newest_intact_checkpoint(output_dir, world_size)
+        if checkpoint is None:
+            logger.warning("--resume: no checkpoint under %s, starting from step 0", output_dir / "checkpoints")
+            plan = _RunPlan(previous_id or uuid.uuid4().hex)
+        else:
+            state = _trainer_state(checkpoint)
+            plan = _RunPlan(state.get("run_id") or previous_id or uuid.uuid4().hex, checkpoint, state)
+    else:
+        if outputs and not config.overwrite:
+            raise OutputExistsError(
+                f"{output_dir} holds another training run ({_describe_outputs(outputs, output_dir)}); a new run there "
+                "would mix with it and its pruning would delete checkpoints. Pass --resume to continue that run, or "
+                "--overwrite to delete its checkpoints, final/ and metrics.jsonl (nothing else) and start afresh",
+                path=str(output_dir),
+            )
+        if outputs:
+            logger.warning("--overwrite: deleting the previous run in %s (%s)", output_dir,
+                           _describe_outputs(outputs, output_dir))  # fmt: skip
+            for path in outputs:
+                _remove(path)
+            with contextlib.suppress(OSError):
+                (output_dir / "checkpoints").rmdir()  # only when nothing else is in it
+        plan = _RunPlan(uuid.uuid4().hex)
+    record = {"run_id": plan.run_id, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "resumed_from_step": plan.trainer_state["step"] if plan.trainer_state else None}  # fmt: skip
+    atomic_write_text(run_file, json.dumps(record, indent=2) + "\n")
+    return plan
+
+
+def _from_main_process(accelerator, value: Any) -> Any:
+    """The main process's ``value`` on every process (one broadcast; no-op on one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value if accelerator.is_main_process else None], from_process=0)[0]
+
+
+@contextlib.contextmanager
+def _claim_output(accelerator, config: TrainingConfig, output_dir: Path) -> Iterator[_RunPlan]:
+    """The main process holds ``output_dir``'s lock for the block (other processes take none, so they never block
+    each other) and plans the run; every process gets the plan, or raises what stopped the main process."""
+    from .locking import output_lock
+
+    with contextlib.ExitStack() as stack:
+        outcome: Any = None
+        if accelerator.is_main_process:
+            try:
+                stack.enter_context(output_lock(output_dir, job="training run"))
+                outcome = _plan_run(config, output_dir, accelerator.num_processes)
+            except Exception as err:  # every process must learn that the run cannot start, or they would hang
+                outcome = err
+        sent = outcome
+        if isinstance(outcome, Exception) and not isinstance(outcome, ClayError):  # may not pickle: send its text
+            sent = ClayError(f"the main process could not start the run ({type(outcome).__name__}: {outcome})")
+        shared = _from_main_process(accelerator, sent)
+        if isinstance(outcome, Exception):
+            raise outcome
+        if isinstance(shared, Exception):
+            raise shared
+        yield shared
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,10 +727,14 @@ def train(
         show_progress: a progress bar on the main process.
         step_callback: called on every process after each optimizer step as ``(step, unwrapped model, losses)``,
             e.g. for custom evaluation.
+
+    Raises:
+        OutputExistsError: ``output_dir`` holds another run, and neither ``resume`` nor ``overwrite`` is set.
+        OutputLockedError: another training run is writing to ``output_dir`` (its pid is in the message).
+        CheckpointError: ``resume`` finds checkpoints but none intact (each damaged file is named).
+        NonFiniteLossError: the loss became NaN or infinite.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
@@ -478,15 +743,26 @@ def train(
         log_with=None if config.report_to == "none" else config.report_to,
         project_dir=str(output_dir),
     )
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
     if accelerator.device.type == "cpu":
         from .runtime import tune_cpu_allocator
 
         tune_cpu_allocator()  # big activations from the heap: no page faults on every step
     logger.info("%s on %d process(es), device %s, mixed precision %s", accelerator.distributed_type.value, world,
                 accelerator.device, accelerator.mixed_precision)  # fmt: skip
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    # 0. the output folder: locked by the main process for the whole run; refused, cleared or resumed
+    with _claim_output(accelerator, config, output_dir) as plan:
+        return _train(accelerator, config, plan, dataloader_factory, show_progress, step_callback)
+
+
+def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_factory, show_progress: bool,
+           step_callback) -> dict[str, Any]:  # fmt: skip
+    """The body of :func:`train`, run while the main process holds the output folder."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    output_dir = Path(config.output_dir)
+    rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(config.seed)  # the same initial weights on every rank
 
     # 1. model, teacher, optimizer, schedule
@@ -516,24 +792,26 @@ def train(
 
     # 3. resume
     step, chips_seen = 0, 0
-    if config.resume:
-        latest = find_latest_checkpoint(output_dir)
-        if latest is None:
-            logger.warning("--resume: no checkpoint under %s, starting from step 0", output_dir / "checkpoints")
-        else:
+    if plan.resume_from is not None:  # checked by the main process: the newest intact checkpoint
+        latest = plan.resume_from
+        try:
             accelerator.load_state(str(latest))
             rank_state = torch.load(latest / f"clay_rank{rank}.pt", weights_only=False)
-            generator.set_state(rank_state["generator"])
-            batches.load_state_dict(rank_state["data"])
-            trainer_state = json.loads((latest / TRAINER_STATE).read_text())
-            step, chips_seen = int(trainer_state["step"]), int(trainer_state["chips_seen"])
-            logger.info("resumed from %s at step %d", latest, step)
+        except Exception as err:  # what the checks before loading cannot see: name the checkpoint
+            raise CheckpointError(
+                f"cannot load the checkpoint {latest} ({type(err).__name__}: {err}); delete it to resume from the one "
+                "before, or start afresh with --overwrite"
+            ) from err
+        generator.set_state(rank_state["generator"])
+        batches.load_state_dict(rank_state["data"])
+        step, chips_seen = int(plan.trainer_state["step"]), int(plan.trainer_state["chips_seen"])
+        logger.info("resumed from %s at step %d", latest, step)
     if step >= config.max_steps:
         logger.info("already at step %d of %d", step, config.max_steps)
 
     if config.report_to != "none":
         accelerator.init_trackers("clay", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
-    metrics_path = output_dir / "metrics.jsonl"
+    metrics_path = output_dir / METRICS_FILE
     stop_signal = {"set": False}
 
     def _on_sigterm(signum, frame):  # a cluster's pre-emption notice: checkpoint at the next step, then exit
@@ -632,7 +910,8 @@ def train(
             if step % config.checkpoint_every == 0 or step == stop_at or stopping:
                 rank_state = {"generator": generator.get_state(), "data": batches.state_dict()}
                 trainer_state = {"step": step, "chips_seen": chips_seen, "max_steps": config.max_steps,
-                                 "world_size": world, "config": dataclasses.asdict(config)}  # fmt: skip
+                                 "world_size": world, "run_id": plan.run_id,
+                                 "config": dataclasses.asdict(config)}  # fmt: skip
                 _save_checkpoint(accelerator, output_dir, step, rank_state, trainer_state, config.keep_checkpoints)
             if stopping:
                 logger.warning("stopped by SIGTERM at step %d; continue with --resume", step)
@@ -657,6 +936,7 @@ def train(
         "final_model": str(final) if final is not None else None,
         "checkpoint": str(find_latest_checkpoint(output_dir)),
         "world_size": world,
+        "run_id": plan.run_id,
         "eval": eval_history,
     }
 

@@ -16,6 +16,9 @@ Two CPU processes (gloo), e.g. to try the multi-process path on a laptop:
 Every process reads its own Parquet shards (every chip once per epoch over all processes); checkpoints go
 to OUTPUT/checkpoints/checkpoint-STEP (atomically, the last --keep-checkpoints kept), metrics to
 OUTPUT/metrics.jsonl, the final model (safetensors + processor config + remote code) to OUTPUT/final.
+One run per OUTPUT: a folder that holds another run is refused unless --resume (continue it) or --overwrite
+(delete its checkpoints, final/ and metrics.jsonl first); a second run into the same OUTPUT at the same time
+exits with an error naming the first one's pid.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ EXAMPLES = """examples:
 
   # pick up a stopped run where it left off (same data order, optimizer, schedule and RNG)
   python scripts/train.py --dataset data/chips --model tiny --output runs/tiny --max-steps 200 --resume
+
+  # start again from scratch in the same folder (deletes its checkpoints, final/ and metrics.jsonl first)
+  python scripts/train.py --dataset data/chips --model tiny --output runs/tiny --max-steps 200 --overwrite
 """
 
 
@@ -68,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpoint-every", type=int, default=500, help="optimizer steps between checkpoints (default: 500)")
     add("--keep-checkpoints", type=int, default=3, help="how many checkpoints to keep (default: 3)")
     add("--stop-after", type=int, default=None, help="end this run after N steps with a checkpoint (job limits)")
-    add("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    add("--resume", action="store_true", help="continue from the newest intact checkpoint in --output")
+    add("--overwrite", action="store_true", help="start afresh in an --output that holds another run (deletes its "
+        "checkpoints, final/ and metrics.jsonl; other files stay)")  # fmt: skip
     add("--log-every", type=int, default=10, help="steps between log lines and metrics records (default: 10)")
     add("--report-to", default="none", help="Accelerate tracker: none, tensorboard, wandb, all (default: none)")
     add("--num-workers", type=int, default=0, help="dataloader worker processes per training process (default: 0)")
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
             log_every=args.log_every, report_to=args.report_to, num_workers=args.num_workers,
             shuffle_buffer=args.shuffle_buffer, shuffle_shards=args.shuffle_shards,
-            time_latlon_dropout=args.time_latlon_dropout, resume=args.resume,
+            time_latlon_dropout=args.time_latlon_dropout, resume=args.resume, overwrite=args.overwrite,
             stop_after=args.stop_after, attn_implementation=args.attn_implementation,
             eval_dataset=args.eval_dataset, eval_batches=args.eval_batches, eval_every=args.eval_every,
         )  # fmt: skip

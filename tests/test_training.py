@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from clay_hf import ClayImageProcessor
-from clay_hf.errors import ClayConfigError
+from clay_hf.errors import CheckpointError, ClayConfigError, OutputExistsError
 from clay_hf.training import NonFiniteLossError, TrainingConfig, find_latest_checkpoint, lr_lambda, train
 
 from .launch import torchrun
@@ -169,6 +177,207 @@ def test_init_from_with_a_teacher_of_another_width_is_refused(tmp_path, converte
         train(config, dataloader_factory=_factory(s2_chips), show_progress=False)
 
 
+# ---- one run per output folder -------------------------------------------------------------------------------
+def _checkpoints(output: Path) -> list[str]:
+    return sorted(p.name for p in (output / "checkpoints").iterdir())
+
+
+def _steps(output: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    a, b = load_file(a), load_file(b)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_a_new_run_into_a_folder_with_another_run_is_refused_unless_overwrite(tmp_path, s2_chips):
+    """The old run's checkpoints 4, 6, 8 would outlive the new run's 2 and 4 under keep-last-3 pruning."""
+    old = train(_config(tmp_path, checkpoint_every=2), dataloader_factory=_factory(s2_chips), show_progress=False)
+    assert _checkpoints(tmp_path) == ["checkpoint-00000004", "checkpoint-00000006", "checkpoint-00000008"]
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "checkpoints" / "README.txt").write_text("mine too")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
+
+    new = _config(tmp_path, max_steps=4, checkpoint_every=2)
+    expected = (rf"{re.escape(str(tmp_path))} holds another training run \(checkpoints up to step 8, final/, "
+                r"metrics.jsonl\);.*Pass --resume to continue that run, or --overwrite to delete")  # fmt: skip
+    with pytest.raises(OutputExistsError, match=expected) as refused:
+        train(new, dataloader_factory=_factory(s2_chips), show_progress=False)
+    assert refused.value.path == str(tmp_path)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
+    assert after == before  # nothing written, nothing deleted
+
+    with pytest.raises(ClayConfigError, match="resume and overwrite exclude each other"):
+        _config(tmp_path, resume=True, overwrite=True)
+    summary = train(_config(tmp_path, max_steps=4, checkpoint_every=2, overwrite=True),
+                    dataloader_factory=_factory(s2_chips), show_progress=False)  # fmt: skip
+    assert summary["run_id"] != old["run_id"]
+    assert _checkpoints(tmp_path) == ["README.txt", "checkpoint-00000002", "checkpoint-00000004"]  # none pruned
+    assert _steps(tmp_path) == [1, 2, 3, 4]  # this run's metrics only
+    assert json.loads((tmp_path / "run.json").read_text())["run_id"] == summary["run_id"]
+    state = json.loads((tmp_path / "checkpoints" / "checkpoint-00000004" / "trainer_state.json").read_text())
+    assert state["run_id"] == summary["run_id"] and state["step"] == 4
+    _assert_same_weights(tmp_path / "final" / "model.safetensors",
+                         tmp_path / "checkpoints" / "checkpoint-00000004" / "model.safetensors")  # fmt: skip
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # the user's files stay
+    assert (tmp_path / "checkpoints" / "README.txt").read_text() == "mine too"
+
+    # --resume replaces final/ (a Clay model folder) at the end, and refuses up front where final/ is something else
+    shutil.rmtree(tmp_path / "final")
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "draft.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"final is not a Clay model folder, .*move it away, then --resume"):
+        train(_config(tmp_path, max_steps=6, resume=True), dataloader_factory=_factory(s2_chips), show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, s2_chips) -> Path:
+    """The final weights of an uninterrupted 8-step run (checkpoint_every does not change them)."""
+    output = tmp_path_factory.mktemp("reference")
+    train(_config(output, checkpoint_every=2), dataloader_factory=_factory(s2_chips), show_progress=False)
+    return output / "final" / "model.safetensors"
+
+
+def test_pruning_only_deletes_checkpoints_of_the_current_run(tmp_path, s2_chips, reference_run):
+    part = _config(tmp_path, checkpoint_every=2, keep_checkpoints=2, stop_after=4)
+    run_id = train(part, dataloader_factory=_factory(s2_chips), show_progress=False)["run_id"]
+    foreign = tmp_path / "checkpoints" / "checkpoint-00000001"  # another run's checkpoint, older than this run's
+    shutil.copytree(tmp_path / "checkpoints" / "checkpoint-00000002", foreign)
+    state = json.loads((foreign / "trainer_state.json").read_text())
+    (foreign / "trainer_state.json").write_text(json.dumps({**state, "step": 1, "run_id": "another-run"}))
+
+    resumed = train(_config(tmp_path, checkpoint_every=2, keep_checkpoints=2, resume=True),
+                    dataloader_factory=_factory(s2_chips), show_progress=False)  # fmt: skip
+    assert resumed["run_id"] == run_id  # carried over by --resume
+    assert _checkpoints(tmp_path) == ["checkpoint-00000001", "checkpoint-00000006", "checkpoint-00000008"]
+    _assert_same_weights(reference_run, tmp_path / "final" / "model.safetensors")
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.bin", "trainer_state.json", "clay_rank0.pt"])
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, s2_chips, reference_run, damaged, caplog):
+    train(
+        _config(tmp_path, checkpoint_every=2, stop_after=6), dataloader_factory=_factory(s2_chips), show_progress=False
+    )
+    assert _checkpoints(tmp_path) == ["checkpoint-00000002", "checkpoint-00000004", "checkpoint-00000006"]
+    broken = tmp_path / "checkpoints" / "checkpoint-00000006" / damaged
+    _truncate(broken)
+    with caplog.at_level(logging.INFO, logger="clay_hf.training"):
+        summary = train(_config(tmp_path, checkpoint_every=2, resume=True), dataloader_factory=_factory(s2_chips),
+                        show_progress=False)  # fmt: skip
+    assert f"checkpoint checkpoint-00000006 is damaged: {broken} " in caplog.text
+    assert f"resumed from {tmp_path / 'checkpoints' / 'checkpoint-00000004'} at step 4" in caplog.text
+    assert summary["step"] == 8
+    _assert_same_weights(reference_run, tmp_path / "final" / "model.safetensors")  # as if never interrupted
+    assert _checkpoints(tmp_path) == ["checkpoint-00000004", "checkpoint-00000006", "checkpoint-00000008"]
+    load_file(tmp_path / "checkpoints" / "checkpoint-00000006" / "model.safetensors")  # written again, whole
+
+
+def test_resume_without_an_intact_checkpoint_names_every_damaged_file(tmp_path, s2_chips, converted_micro):
+    train(
+        _config(tmp_path, checkpoint_every=2, stop_after=4), dataloader_factory=_factory(s2_chips), show_progress=False
+    )
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(checkpoints, tmp_path / "intact")
+    for step in (2, 4):
+        _truncate(checkpoints / f"checkpoint-0000000{step}" / "model.safetensors")
+    resume = _config(tmp_path, checkpoint_every=2, resume=True)
+    expected = (rf"no intact checkpoint to resume from in {re.escape(str(checkpoints))}: "
+                rf"{re.escape(str(checkpoints / 'checkpoint-00000004' / 'model.safetensors'))} is not a complete "
+                rf"safetensors file .*; {re.escape(str(checkpoints / 'checkpoint-00000002' / 'model.safetensors'))} "
+                r"is not a complete safetensors file .*--overwrite")  # fmt: skip
+    with pytest.raises(CheckpointError, match=expected):
+        train(resume, dataloader_factory=_factory(s2_chips), show_progress=False)
+
+    # what the checks cannot see (whole files of another model) still names the checkpoint
+    shutil.rmtree(checkpoints)
+    shutil.copytree(tmp_path / "intact", checkpoints)
+    shutil.copy(converted_micro / "model.safetensors", checkpoints / "checkpoint-00000004" / "model.safetensors")
+    with pytest.raises(
+        CheckpointError, match=rf"cannot load the checkpoint {re.escape(str(checkpoints))}/checkpoint-00000004 "
+    ):
+        train(resume, dataloader_factory=_factory(s2_chips), show_progress=False)
+    # a checkpoint of another number of processes
+    shutil.copy(tmp_path / "intact" / "checkpoint-00000004" / "model.safetensors", checkpoints / "checkpoint-00000004")
+    state_path = checkpoints / "checkpoint-00000004" / "trainer_state.json"
+    state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "world_size": 2}))
+    shutil.copy(
+        checkpoints / "checkpoint-00000004" / "clay_rank0.pt", checkpoints / "checkpoint-00000004" / "clay_rank1.pt"
+    )
+    with pytest.raises(CheckpointError, match=r"checkpoint-00000004 was written by 2 process\(es\) and this run has 1"):
+        train(resume, dataloader_factory=_factory(s2_chips), show_progress=False)
+
+
+def test_checkpoints_and_the_final_model_follow_the_umask(tmp_path, s2_chips):
+    previous = os.umask(0o022)
+    try:
+        train(_config(tmp_path, max_steps=2, checkpoint_every=1), dataloader_factory=_factory(s2_chips),
+              show_progress=False)  # fmt: skip
+    finally:
+        os.umask(previous)
+    written = [tmp_path / "final", tmp_path / "checkpoints", tmp_path / "run.json", tmp_path / "metrics.jsonl"]
+    written += [p for folder in (tmp_path / "final", tmp_path / "checkpoints") for p in folder.rglob("*")]
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    assert "checkpoints/checkpoint-00000002/model.safetensors" in modes and "final/model.safetensors" in modes
+    assert modes == {name: "0o755" if (tmp_path / name).is_dir() else "0o644" for name in modes}
+
+
+def test_a_second_run_into_the_same_folder_exits_with_one_line(tmp_path, sample_chip_dataset, caplog, capsys):
+    """A run paused (SIGSTOP) after its first step holds the folder; train.py into it exits 1 with one line naming
+    its pid. Once it has finished, train.py there is refused again (another run) until --overwrite."""
+    sys.path.insert(0, str(TESTS.parent / "scripts"))
+    import train as train_script
+
+    output, log = tmp_path / "run", tmp_path / "first.log"
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+    cmd = [sys.executable, str(TESTS / "_signal_train.py"), str(sample_chip_dataset), str(output), "2",
+           "--signal", "STOP", "--at", "1"]  # fmt: skip
+    with open(log, "w") as stderr:
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    try:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once it has stopped itself after step 1
+        assert os.WIFSTOPPED(status), log.read_text()[-3000:]
+        argv = ["--dataset", str(sample_chip_dataset), "--output", str(output), "--max-steps", "2", "--batch-size",
+                "6", "--teacher", "tiny-random", "--teacher-image-size", "56", "--shuffle-buffer", "16",
+                "--shuffle-shards", "1", "--checkpoint-every", "2", "--quiet"]  # fmt: skip
+        run_file = (output / "run.json").read_bytes()
+        for extra in ([], ["--overwrite"], ["--resume"]):  # the lock comes before anything is read or deleted
+            caplog.clear()
+            with caplog.at_level(logging.ERROR):
+                assert train_script.main([*argv, *extra]) == 1
+            (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert error.startswith(f"another training run is writing to {output} (pid {first.pid} on ")
+            assert "\n" not in error
+        assert "Traceback" not in capsys.readouterr().err
+        assert (output / "run.json").read_bytes() == run_file
+    finally:
+        first.send_signal(signal.SIGCONT)
+        out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, log.read_text()[-3000:]
+    first_run = json.loads(out.splitlines()[-1])
+    assert first_run["step"] == 2 and first_run["final_model"] == str(output / "final")
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert train_script.main(argv) == 1
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.startswith(f"{output} holds another training run (a checkpoint at step 2, final/, metrics.jsonl);")
+    with caplog.at_level(logging.ERROR):
+        assert train_script.main([*argv, "--resume", "--overwrite"]) == 1
+    assert "resume and overwrite exclude each other" in caplog.text
+    capsys.readouterr()
+    assert train_script.main([*argv, "--overwrite"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 2 and summary["run_id"] != first_run["run_id"]
+
+
 # ---- the real streamed loader ----------------------------------------------------------------------------------
 def _real(tmp_path, dataset, **overrides) -> TrainingConfig:
     settings = dict(dataset=str(dataset), shuffle_buffer=16, shuffle_shards=1, batch_size=6, max_steps=6,
@@ -237,6 +446,15 @@ def test_two_processes_train_on_disjoint_chips_with_synchronised_weights(tmp_pat
     assert not any(info.values())
 
 
+def test_two_processes_refuse_a_folder_with_another_run_together(tmp_path, sample_chip_dataset):
+    """Only rank 0 takes the lock and looks at the folder; rank 1 learns its verdict instead of waiting for it."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    proc = torchrun(TESTS / "_ddp_train.py", sample_chip_dataset, tmp_path, timeout=240, ACCELERATE_USE_CPU="1")
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"OutputExistsError: {tmp_path} holds another training run (metrics.jsonl);") == 2
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
 @pytest.mark.parametrize("sig", ["KILL", "TERM"])
 def test_a_killed_or_preempted_process_resumes_to_the_same_weights(tmp_path, sample_chip_dataset, sig):
     """SIGKILL during step 5 (last checkpoint: step 4) or SIGTERM after step 3 (checkpoint, clean exit), then
@@ -295,3 +513,4 @@ def test_train_help_has_examples():
     script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True).stdout
     assert "examples:" in out and "accelerate launch" in out and "--resume" in out
+    assert "--overwrite" in out
