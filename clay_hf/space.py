@@ -807,8 +807,11 @@ def load_space(
     except (OSError, ClayError) as err:
         cached = _cache_home() / f"collection-{model_fingerprint(encoder)[:16]}"
         logger.info("no usable collection at %s (%s); using %s", folder, err, cached)
-        if not (cached / "collection.json").exists():
+        try:
+            loaded = load_collection(cached, encoder)
+        except (OSError, ClayError) as cache_err:  # never built, or damaged since: build it (again)
+            logger.info("building the collection cache %s (%s)", cached, cache_err)
             build_collection(encoder, cached)
-        loaded = load_collection(cached, encoder)
+            loaded = load_collection(cached, encoder)
     limit = max_upload_mb or float(os.environ.get("CLAY_SPACE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
     return ClaySpace(encoder, loaded, pretraining=pretraining, max_upload_mb=limit, workdir=workdir)

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             teacher="tiny-random", teacher_image_size=56, checkpoint_every=max(1, args.max_steps // 2),
             log_every=max(1, args.max_steps // 10), shuffle_buffer=256, shuffle_shards=4,
             eval_dataset=str(chips_dir), eval_batches=8,
+            overwrite=True,  # OUTPUT/train belongs to this pipeline: a rerun trains it afresh
         )  # fmt: skip
         result = train(config)
         first, last = result["eval"][0], result["eval"][-1]
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     model = load_embedding_model(model_path, device="cuda" if torch.cuda.is_available() else "cpu")
     emb_dir = out / "embeddings"
-    done = embed_to_parquet(chips_dir, model, emb_dir, batch_size=64, outputs=("cls", "mean"))
+    done = embed_to_parquet(chips_dir, model, emb_dir, batch_size=64, outputs=("cls", "mean"),
+                            overwrite=True)  # fmt: skip  # OUTPUT/embeddings belongs to this pipeline, like OUTPUT/train
     from datasets import load_dataset
 
     collection = load_dataset("parquet", data_dir=str(emb_dir / "data"), split="train")
