@@ -23,6 +23,7 @@ from clay_hf.conversion import (
 )
 
 from .conftest import PARITY_CKPT
+from .launch import load_script
 
 ROOT = Path(__file__).parents[1]
 
@@ -129,44 +130,44 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt"]
 
 
-def _convert_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "convert_clay_checkpoint.py"), "--checkpoint", str(PARITY_CKPT), *args],
-        capture_output=True, text=True, timeout=300, cwd=cwd,
-    )  # fmt: skip
+def _convert_cli(capsys, *args: str) -> tuple[int, str]:
+    """The converter's CLI in this process (``main(argv)``): its return code and what it printed to stderr."""
+    script = load_script(ROOT / "scripts" / "convert_clay_checkpoint.py")
+    code = script.main(["--checkpoint", str(PARITY_CKPT), *args])
+    return code, capsys.readouterr().err
 
 
-def test_cli_refuses_to_replace_a_folder_that_is_not_a_model_folder(tmp_path):
+def test_cli_refuses_to_replace_a_folder_that_is_not_a_model_folder(tmp_path, capsys):
     # Defect: "--output D" where D held notes.txt and sub/ returned 0 and deleted both.
     target = tmp_path / "D"
     (target / "sub").mkdir(parents=True)
     (target / "notes.txt").write_text("field notes")
-    proc = _convert_cli("--output", str(target))
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "is not a Clay model folder (it holds notes.txt, sub/)" in proc.stderr
-    assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    code, err = _convert_cli(capsys, "--output", str(target))
+    assert code == 2, err
+    assert "is not a Clay model folder (it holds notes.txt, sub/)" in err
+    assert "--overwrite" in err and "Traceback" not in err
     assert (target / "notes.txt").read_text() == "field notes" and (target / "sub").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["D"]  # no temporary folder left
 
-    proc = _convert_cli("--output", str(target), "--overwrite")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, err = _convert_cli(capsys, "--output", str(target), "--overwrite")
+    assert code == 0, err
     assert not (target / "notes.txt").exists() and (target / "model.safetensors").is_file()
-    proc = _convert_cli("--output", str(target))  # a Clay model folder is replaced without --overwrite
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, err = _convert_cli(capsys, "--output", str(target))  # a Clay model folder is replaced without --overwrite
+    assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["D"]
 
 
 @pytest.mark.parametrize("output", [".", ".."])
-def test_cli_never_replaces_the_current_directory_or_a_parent(tmp_path, output):
+def test_cli_never_replaces_the_current_directory_or_a_parent(tmp_path, monkeypatch, capsys, output):
     # Defect: "--output ." failed with a raw "OSError: Device or resource busy" and left an empty "..XXXX.old".
     work = tmp_path / "work"
     work.mkdir()
     (work / "keep.txt").write_text("x")
+    monkeypatch.chdir(work)
     for flags in ((), ("--overwrite",)):
-        proc = _convert_cli("--output", output, *flags, cwd=work)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert "is the current directory or one of its parents; it is never replaced" in proc.stderr
-        assert "Traceback" not in proc.stderr
+        code, err = _convert_cli(capsys, "--output", output, *flags)
+        assert code == 2, err
+        assert "is the current directory or one of its parents; it is never replaced" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
     assert sorted(p.name for p in work.iterdir()) == ["keep.txt"]
 
