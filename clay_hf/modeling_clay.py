@@ -5,6 +5,9 @@ file, ``configuration_clay.py`` and ``errors.py``. The computation reproduces th
 1.5 modules number for number (see ``shared/spec/clay-v1.5-architecture.md``); quirks kept for weight
 compatibility are marked "quirk". The task heads at the end (`ClayForImageClassification`,
 `ClayForSemanticSegmentation`) put a new head on the same `clay` encoder, so pre-trained folders load into them.
+The model runs plain ``nn.Linear`` layers and the attention ``config._attn_implementation`` names; CPU inference
+tuning (prepacked linear weights, a reduced-precision attention) is an opt-in call in ``clay_hf.cpu_inference``,
+which is not part of the remote code.
 
 Shape legend used in the comments:
     B batch, C bands, H x W chip in pixels, P patch size, h x w patch grid (H/P, W/P), L = h*w patches,
@@ -14,10 +17,13 @@ Shape legend used in the comments:
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +33,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
 from .configuration_clay import NUM_METADATA_CHANNELS, ClayConfig
 from .errors import BandMismatchError, ChipSizeError, ClayConfigError, ClayInputError
@@ -46,8 +52,6 @@ __all__ = [
     "random_masking",
     "tokens_to_grid",
 ]
-
-logger = logging.get_logger(__name__)
 
 # The dynamic weights are scaled by this constant before use (quirk of the original DynamicEmbedding).
 DYNAMIC_WEIGHT_SCALE = 0.02
@@ -174,6 +178,69 @@ class ClayForPreTrainingOutput(ModelOutput):
 
 
 # --------------------------------------------------------------------------------------------------
+# Inference caches
+# --------------------------------------------------------------------------------------------------
+_T = TypeVar("_T")
+
+
+def _parameter_state(parameter: torch.Tensor) -> tuple:
+    """What changes when a parameter is replaced, updated in place (an optimizer step, ``load_state_dict``) or cast."""
+    # Inference tensors (parameters created under inference_mode) carry no version counter.
+    version = -1 if parameter.is_inference() else parameter._version
+    return (id(parameter), parameter.data_ptr(), version, parameter.dtype, parameter.device)
+
+
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
+    # Autocast changes output dtypes; each device type (cpu, cuda, ...) has its own switch.
+    if not torch.is_autocast_enabled(device_type):
+        return (False, None)
+    return (True, torch.get_autocast_dtype(device_type))
+
+
+class ClayCachingModule(nn.Module):
+    """Base of the modules that keep inference results between calls (generated weights, position tables).
+
+    One invalidation rule for all of them: an entry is reused only while everything it was computed from is
+    unchanged. It is stored under the caller's inputs, the device, inference mode and autocast, together with the
+    state of the module's parameters (identity, storage, in-place version, dtype); a changed state (an optimizer
+    step, ``load_state_dict``, a replaced parameter) rebuilds the entry. Moves and casts (``.to()``, ``.half()``,
+    ...) and ``load_state_dict`` also empty the cache, so no stale tensor stays alive, and copies start empty.
+    Nothing is stored while a gradient can flow into the module's parameters.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict[tuple, tuple[tuple, Any]] = {}
+
+    def cached(self, inputs: tuple, device: torch.device, build: Callable[[], _T]) -> _T:
+        """``build()``, or what it returned last time for these ``inputs`` on ``device`` if nothing changed since."""
+        params = list(self.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return build()  # gradients must flow into the parameters: compute afresh, as the original does
+        key = (inputs, str(device), torch.is_inference_mode_enabled(), _autocast_state(device.type))
+        state = tuple(_parameter_state(p) for p in params)
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] == state:
+            return entry[1]
+        result = build()
+        if entry is None and len(self._cache) >= _CACHE_SIZE:
+            self._cache.pop(next(iter(self._cache)))  # the oldest entry
+        self._cache[key] = (state, result)
+        return result
+
+    def _apply(self, fn, recurse: bool = True):
+        self._cache.clear()  # .to(), .half(), .cuda() ... make new parameters or move the results' device
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_cache": {}}  # copies and pickles start empty
+
+
+# --------------------------------------------------------------------------------------------------
 # The wavelength-conditioned weight generator ("meta-encoder")
 # --------------------------------------------------------------------------------------------------
 class ClayWaveResidualBlock(nn.Module):
@@ -247,13 +314,7 @@ class ClayWeightGenerator(nn.Module):
         return weights, bias
 
 
-def _tensor_state(tensor: torch.Tensor) -> tuple:
-    """What changes when a parameter is replaced, updated in place or cast: (pointer, version, dtype) for caches."""
-    # Inference tensors (parameters created under inference_mode) carry no version counter.
-    return (tensor.data_ptr(), -1 if tensor.is_inference() else tensor._version, tensor.dtype)
-
-
-class ClayWaveConditionedWeights(nn.Module):
+class ClayWaveConditionedWeights(ClayCachingModule):
     """Wavelengths -> generated weights, cached per band set while the generator cannot change.
 
     The original regenerates the weights on every call. For a fixed band set, parameters and dtype the
@@ -265,26 +326,6 @@ class ClayWaveConditionedWeights(nn.Module):
         self.wave_dim = config.wave_dim
         self.fclayer = ClayWaveResidualBlock(config.wave_dim)
         self.weight_generator = ClayWeightGenerator(config, out_dim, bias_dim)
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
-
-    def _cache_key(self, wavelengths: torch.Tensor) -> tuple | None:
-        params = list(self.parameters())
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return None  # gradients must flow into the generator: compute afresh, as the original does
-        state = tuple(_tensor_state(p) for p in params)
-        return (
-            tuple(wavelengths.detach().float().cpu().tolist()),
-            state,
-            torch.is_inference_mode_enabled(),
-            self._autocast_state(wavelengths.device.type),
-        )
-
-    @staticmethod
-    def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
-        # Autocast changes the generator's output dtype; each device type (cpu, cuda, ...) has its own switch.
-        if not torch.is_autocast_enabled(device_type):
-            return (False, None)
-        return (True, torch.get_autocast_dtype(device_type))
 
     def generate(self, wavelengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(C,)`` micrometres -> raw generator output: weights ``(C, out_dim)``, bias ``(bias_dim,)`` or None."""
@@ -295,15 +336,8 @@ class ClayWaveConditionedWeights(nn.Module):
     def cached_build(self, wavelengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The subclass's ``build`` (the tensors ``forward`` applies), once per band set while no gradient can flow
         into the generator."""
-        key = self._cache_key(wavelengths)
-        if key is not None and key in self._cache:
-            return self._cache[key]
-        result = self.build(wavelengths)
-        if key is not None:
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = result
-        return result
+        band_set = tuple(wavelengths.detach().float().cpu().tolist())
+        return self.cached(band_set, self.fclayer.l1.weight.device, lambda: self.build(wavelengths))
 
 
 class ClayDynamicPatchEmbedding(ClayWaveConditionedWeights):
@@ -358,97 +392,6 @@ class ClayDynamicPixelHead(ClayWaveConditionedWeights):
 # --------------------------------------------------------------------------------------------------
 # The transformer blocks
 # --------------------------------------------------------------------------------------------------
-_PREPACK_BATCH_HINT = 1024  # rows oneDNN is told to expect when it picks the packed layout; fixed for reproducibility
-
-
-@functools.cache
-def cpu_prepacking_available(dtype: torch.dtype) -> bool:
-    """Whether this PyTorch build and CPU run oneDNN linear layers on prepacked ``dtype`` weights correctly.
-
-    Probed once per dtype with a small product checked against ``F.linear``; any failure (no oneDNN, an old
-    PyTorch without the ops, no bfloat16 support) turns the prepacked path off and plain ``F.linear`` is used.
-    """
-    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        with torch.no_grad():
-            generator = torch.Generator().manual_seed(0)
-            x = torch.randn(5, 24, generator=generator).to(dtype)  # (M, K)
-            weight = torch.randn(16, 24, generator=generator).to(dtype)  # (N, K)
-            bias = torch.randn(16, generator=generator).to(dtype)
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, _PREPACK_BATCH_HINT)
-            out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")  # (M, N)
-            expected = F.linear(x, weight, bias).float()
-            tolerance = 1e-4 if dtype == torch.float32 else 5e-2
-            if out.shape == (5, 16) and torch.allclose(out.float(), expected, atol=tolerance):
-                return True
-            reason = "its result differs from F.linear"
-    except (RuntimeError, AttributeError, NotImplementedError) as error:
-        reason = f"{type(error).__name__}: {error}"
-    logger.info("prepacked %s linear layers are off here (%s); using F.linear", dtype, reason)
-    return False
-
-
-class ClayLinear(nn.Linear):
-    """``nn.Linear`` that, in CPU inference, runs on weights prepacked once into oneDNN's blocked layout.
-
-    A plain CPU ``F.linear`` copies the weight into its kernel's blocked layout inside every call; packing it once
-    and keeping it while the weight is unchanged made ClayModel embeddings 9-14% faster in float32 and bfloat16 on
-    the benchmark machine (see BENCHMARKS.md). Used only when no gradient is recorded,
-    outside autocast, on plain CPU tensors of matching float32/bfloat16 dtype; everything else (training, CUDA,
-    sharded weights, tracing and compiling) is ``nn.Linear`` unchanged. The packed copy costs as much memory as the
-    weight; turn it off with ``model.set_cpu_prepacking(False)``. The state dict and the numbers (to float rounding)
-    are the same.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs) -> None:
-        super().__init__(in_features, out_features, bias=bias, **kwargs)
-        self.cpu_prepacking = True
-        self._packed: tuple[tuple, torch.Tensor] | None = None  # (weight state, packed weight)
-
-    def _use_prepacked(self, x: torch.Tensor) -> bool:
-        weight = self.weight
-        return (
-            self.cpu_prepacking
-            and not torch.is_grad_enabled()
-            and x.device.type == "cpu"
-            and x.dtype == weight.dtype
-            and type(weight) in (nn.Parameter, torch.Tensor)  # not a DTensor (FSDP) or another subclass
-            and weight.device.type == "cpu"
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing()  # exporters (ONNX, TorchScript, torch.export) see a plain linear
-            and not torch.compiler.is_compiling()
-            and cpu_prepacking_available(weight.dtype)
-        )
-
-    def packed_weight(self) -> torch.Tensor:
-        """The weight in oneDNN's layout, packed again only when the weight changed (pointer, version, dtype)."""
-        weight = self.weight
-        state = (_tensor_state(weight), weight.shape, torch.is_inference_mode_enabled())
-        if self._packed is None or self._packed[0] != state:
-            self._packed = None  # release the old copy before making the new one
-            self._packed = (state, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PREPACK_BATCH_HINT))
-        return self._packed[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._use_prepacked(x):
-            return super().forward(x)
-        bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), bias, "none", [], "")  # (..., out)
-
-    def _apply(self, fn, recurse: bool = True):
-        self._packed = None  # .to(), .half(), .cuda() ... make new parameters: drop the copy of the old ones
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        # The packed copy is an opaque oneDNN tensor: not copyable or picklable, and rebuilt on demand anyway.
-        return {**self.__dict__, "_packed": None}
-
-    def packed_bytes(self) -> int:
-        """Memory held by the packed copy (0 when none is held)."""
-        return 0 if self._packed is None else self.weight.numel() * self.weight.element_size()
-
-
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -469,42 +412,6 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-def cpu_reduced_precision_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """bfloat16/float16 attention on CPU without gradients: two matmuls and a softmax in the input dtype.
-
-    PyTorch's CPU flash-attention kernel runs no faster in bfloat16 than in float32, while bfloat16 matmuls run at
-    about twice the float32 rate where the CPU has bfloat16 instructions (base, 257 tokens, batch 16: 16.5 ms
-    against 29.8 ms). The CPU softmax kernel computes in float32 internally and rounds once to the input dtype.
-    """
-    attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))  # (B, heads, N, d) -> (B, heads, N, N)
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = F.softmax(attn_weights, dim=-1)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, N, heads, d)
-    return attn_output, None
-
-
-def _attention_function(config: ClayConfig, query: torch.Tensor) -> Callable:
-    implementation = config._attn_implementation
-    if (
-        implementation == "sdpa"
-        and query.device.type == "cpu"
-        and query.dtype in (torch.bfloat16, torch.float16)
-        and not torch.is_grad_enabled()
-    ):
-        return cpu_reduced_precision_attention
-    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-
-
 class ClayAttention(nn.Module):
     """Pre-norm multi-head self-attention without biases on qkv and output (original ``Attention``)."""
 
@@ -516,14 +423,14 @@ class ClayAttention(nn.Module):
         self.scaling = head_dim**-0.5
         self.is_causal = False
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.to_qkv = ClayLinear(dim, 3 * num_heads * head_dim, bias=False)
-        self.to_out = ClayLinear(num_heads * head_dim, dim, bias=False)
+        self.to_qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=False)
+        self.to_out = nn.Linear(num_heads * head_dim, dim, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         b, n, _ = hidden_states.shape
         qkv = self.to_qkv(self.norm(hidden_states))  # (B, N, D) -> (B, N, 3*heads*d)
         qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, d)
-        attention = _attention_function(self.config, qkv)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         out, _ = attention(self, qkv[0], qkv[1], qkv[2], None, scaling=self.scaling, dropout=0.0)  # (B, N, heads, d)
         return self.to_out(out.reshape(b, n, self.num_heads * self.head_dim))  # (B, N, heads*d) -> (B, N, D)
 
@@ -534,8 +441,8 @@ class ClayMLP(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, eps: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=eps)
-        self.fc1 = ClayLinear(dim, hidden_dim)
-        self.fc2 = ClayLinear(hidden_dim, dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self.norm(hidden_states))))
@@ -576,24 +483,18 @@ class ClayTransformer(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Position + metadata encoding (cached per grid, width and gsd)
 # --------------------------------------------------------------------------------------------------
-class ClayPositionMetadataEncoding(nn.Module):
+class ClayPositionMetadataEncoding(ClayCachingModule):
     """Adds ``sincos_2d_gsd(grid, width - 8, gsd) ++ (time, latlon)`` to every patch token."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.pos_width = width - NUM_METADATA_CHANNELS
-        self._cache: dict[tuple, torch.Tensor] = {}
 
     def table(self, grid_h: int, grid_w: int, gsd: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``(L, D-8)`` for one gsd (cached), ``(B, L, D-8)`` for per-sample gsd."""
-        if gsd.ndim == 0 and gsd.device.type == "cpu":
-            key = (grid_h, grid_w, float(gsd), str(device), torch.is_inference_mode_enabled())
-            table = self._cache.get(key)
-            if table is None:
-                if len(self._cache) >= _CACHE_SIZE:
-                    self._cache.pop(next(iter(self._cache)))
-                table = self._cache[key] = sincos_2d_gsd(grid_h, grid_w, self.pos_width, gsd, device=device)
-            return table
+        if gsd.ndim == 0 and gsd.device.type == "cpu":  # a number known without a device sync
+            build = functools.partial(sincos_2d_gsd, grid_h, grid_w, self.pos_width, gsd, device=device)
+            return self.cached((grid_h, grid_w, float(gsd)), device, build)
         return sincos_2d_gsd(grid_h, grid_w, self.pos_width, gsd.to(device), device=device)
 
     def forward(
@@ -615,6 +516,42 @@ class ClayPositionMetadataEncoding(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------------
+def check_arguments(forward: Callable) -> Callable:
+    """Make ``forward`` raise a ``TypeError`` that names an unknown keyword argument and the closest known one.
+
+    A ``forward(**kwargs)`` that drops unknown names turns a typo into a wrong result (``lat_lon=`` would leave the
+    location at zeros), and Python's own error suggests nothing. The signature stays the wrapped one, so tools that
+    read it (the Trainer, pipelines) see exactly the accepted arguments.
+    """
+    names = [
+        name
+        for name, parameter in inspect.signature(forward).parameters.items()
+        if name != "self" and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
+    known = frozenset(names)
+
+    @functools.wraps(forward)
+    def checked(self, *args, **kwargs):
+        if not known.issuperset(kwargs):
+            raise TypeError(_unexpected_arguments_message(f"{type(self).__name__}.forward()", kwargs, names))
+        return forward(self, *args, **kwargs)
+
+    return checked
+
+
+def _unexpected_arguments_message(where: str, kwargs: dict[str, Any], names: list[str]) -> str:
+    unknown = [name for name in kwargs if name not in names]
+    suggestions = {name: difflib.get_close_matches(name, names, n=1) for name in unknown}
+    takes = f"it takes {', '.join(names)}"
+    if len(unknown) == 1:
+        ((name, close),) = suggestions.items()
+        return f"{where} got an unexpected argument {name!r}; " + (f"did you mean {close[0]!r}?" if close else takes)
+    described = [
+        f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") for name, close in suggestions.items()
+    ]
+    return f"{where} got unexpected arguments {', '.join(described)}; {takes}"
+
+
 class ClayPreTrainedModel(PreTrainedModel):
     config: ClayConfig
     config_class = ClayConfig
@@ -661,22 +598,6 @@ class ClayPreTrainedModel(PreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._clay_auto_map}
         super().save_pretrained(save_directory, *args, **kwargs)
 
-    def set_cpu_prepacking(self, enabled: bool = True) -> None:
-        """Turn the prepacked CPU inference path of the transformer's linear layers on (default) or off.
-
-        On, each ``ClayLinear`` keeps a copy of its weight in oneDNN's layout during CPU inference (as much memory
-        again as those weights, about 10% faster); off releases the copies and uses plain ``F.linear``.
-        """
-        for module in self.modules():
-            if isinstance(module, ClayLinear):
-                module.cpu_prepacking = enabled
-                if not enabled:
-                    module._packed = None
-
-    def cpu_prepacked_bytes(self) -> int:
-        """Memory held by prepacked weight copies (see ``set_cpu_prepacking``)."""
-        return sum(m.packed_bytes() for m in self.modules() if isinstance(m, ClayLinear))
-
     @staticmethod
     def _check_inputs(
         pixel_values: torch.Tensor,
@@ -685,6 +606,7 @@ class ClayPreTrainedModel(PreTrainedModel):
         time: torch.Tensor | None,
         latlon: torch.Tensor | None,
         patch_size: int,
+        valid_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Validate and normalise the model inputs; returns (pixels, wavelengths, gsd, time, latlon)."""
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
@@ -725,6 +647,12 @@ class ClayPreTrainedModel(PreTrainedModel):
                     f"got {tuple(value.shape)}; pass None when unknown"
                 )
             meta.append(value)
+        mask_shape = None if valid_mask is None else tuple(getattr(valid_mask, "shape", ()))
+        if mask_shape is not None and mask_shape != (b, height, width):
+            raise ClayInputError(
+                f"valid_mask must have shape ({b}, {height}, {width}) (B, H, W) like pixel_values, got {mask_shape}; "
+                "pass the processor's outputs together"
+            )
         return pixel_values, wavelengths, gsd, meta[0], meta[1]
 
 
@@ -762,6 +690,7 @@ class ClayModel(ClayPreTrainedModel):
         cls = self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1)  # (B, 1, D)
         return self.encoder(torch.cat((cls, tokens), dim=1), output_hidden_states)
 
+    @check_arguments
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -771,7 +700,7 @@ class ClayModel(ClayPreTrainedModel):
         latlon: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        valid_mask: torch.Tensor | None = None,
     ) -> ClayModelOutput | tuple:
         r"""Embed a batch of chips that share one band set.
 
@@ -781,13 +710,20 @@ class ClayModel(ClayPreTrainedModel):
             gsd: ground sample distance in metres, a number or a ``(B,)`` tensor.
             time: ``(B, 4)`` week/hour sines and cosines, or None (zeros).
             latlon: ``(B, 4)`` location sines and cosines in the training order (lon first), or None.
+            output_hidden_states: also return the input of the first layer and the output of every layer.
+            return_dict: a ``ClayModelOutput`` (default) or a tuple.
+            valid_mask: ``(B, H, W)``, True where no band is nodata, as ``ClayImageProcessor`` returns it when
+                ``nodata`` is set. Accepted (shape-checked) so that ``model(**processor(...))`` works; the encoder
+                does not use it: the processor already filled nodata pixels with the band mean.
+
+        Any other keyword raises ``TypeError`` naming the closest accepted one.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         pixel_values, wavelengths, gsd, time, latlon = self._check_inputs(
-            pixel_values, wavelengths, gsd, time, latlon, self.config.patch_size
+            pixel_values, wavelengths, gsd, time, latlon, self.config.patch_size, valid_mask
         )
         tokens = self.embed_patches(pixel_values, wavelengths, gsd, time, latlon)  # (B, L, D)
         hidden, all_hidden = self.encode(tokens, output_hidden_states)  # (B, 1+L, D)
@@ -871,6 +807,7 @@ class ClayForPreTraining(ClayPreTrainedModel):
         per_patch = (logits - target).abs().mean(dim=-1)  # (B, L)
         return (per_patch * mask).sum() / mask.sum().clamp_min(1)
 
+    @check_arguments
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -884,7 +821,7 @@ class ClayForPreTraining(ClayPreTrainedModel):
         generator: torch.Generator | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        valid_mask: torch.Tensor | None = None,
     ) -> ClayForPreTrainingOutput | tuple:
         r"""Masked-autoencoder pre-training step.
 
@@ -895,13 +832,14 @@ class ClayForPreTraining(ClayPreTrainedModel):
             teacher_embeddings: ``(B, T)`` pooled embeddings of the frozen teacher; adds the representation loss.
             reconstruction_loss_scale: multiplies the reconstruction loss (0.1 for MODIS batches in v1.5).
             generator: the source of randomness for the noise and the band-dropping augmentation.
+            output_hidden_states, return_dict, valid_mask: as for [`ClayModel`] (``valid_mask`` is not used).
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         pixel_values, wavelengths, gsd, time, latlon = self._check_inputs(
-            pixel_values, wavelengths, gsd, time, latlon, self.config.patch_size
+            pixel_values, wavelengths, gsd, time, latlon, self.config.patch_size, valid_mask
         )
         b = pixel_values.shape[0]
         p = self.config.patch_size
@@ -1133,11 +1071,11 @@ class ClayPreTrainedHead(ClayPreTrainedModel):
             self.freeze_backbone(True)
 
     def encode_chips(
-        self, pixel_values, wavelengths, gsd, time, latlon, output_hidden_states: bool | None
+        self, pixel_values, wavelengths, gsd, time, latlon, output_hidden_states: bool | None, valid_mask=None
     ) -> ClayModelOutput:
         return self.clay(
             pixel_values, wavelengths, gsd, time=time, latlon=latlon, output_hidden_states=output_hidden_states,
-            return_dict=True,
+            return_dict=True, valid_mask=valid_mask,
         )  # fmt: skip
 
 
@@ -1194,6 +1132,7 @@ class ClayForImageClassification(ClayPreTrainedHead):
             )
         return masked_mse_loss(logits, labels)
 
+    @check_arguments
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -1204,18 +1143,19 @@ class ClayForImageClassification(ClayPreTrainedHead):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        valid_mask: torch.Tensor | None = None,
     ) -> ImageClassifierOutput | tuple:
         r"""Classify (or regress) whole chips.
 
         Args:
             pixel_values, wavelengths, gsd, time, latlon: as for [`ClayModel`].
             labels: see the class docstring; the loss follows ``config.problem_type``.
+            output_hidden_states, return_dict, valid_mask: as for [`ClayModel`] (``valid_mask`` is not used).
         Returns:
             ``ImageClassifierOutput`` with ``logits`` ``(B, num_labels)`` and ``loss`` when labels are given.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.encode_chips(pixel_values, wavelengths, gsd, time, latlon, output_hidden_states)
+        outputs = self.encode_chips(pixel_values, wavelengths, gsd, time, latlon, output_hidden_states, valid_mask)
         logits = self.classifier(self.pool(outputs.last_hidden_state))  # (B, 1+L, D) -> (B, D) -> (B, K)
         loss = self.compute_loss(logits, labels) if labels is not None else None
         if not return_dict:
@@ -1267,6 +1207,7 @@ class ClayForSemanticSegmentation(ClayPreTrainedHead):
             )
         return masked_mse_loss(logits, labels)
 
+    @check_arguments
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -1277,18 +1218,19 @@ class ClayForSemanticSegmentation(ClayPreTrainedHead):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        valid_mask: torch.Tensor | None = None,
     ) -> SemanticSegmenterOutput | tuple:
         r"""Segment (or regress) every pixel of the chips.
 
         Args:
             pixel_values, wavelengths, gsd, time, latlon: as for [`ClayModel`].
             labels: see the class docstring; the loss follows ``config.problem_type``.
+            output_hidden_states, return_dict, valid_mask: as for [`ClayModel`] (``valid_mask`` is not used).
         Returns:
             ``SemanticSegmenterOutput`` with ``logits`` ``(B, num_labels, H, W)`` and ``loss`` when labels are given.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.encode_chips(pixel_values, wavelengths, gsd, time, latlon, output_hidden_states)
+        outputs = self.encode_chips(pixel_values, wavelengths, gsd, time, latlon, output_hidden_states, valid_mask)
         p = self.config.patch_size
         chip_hw = (pixel_values.shape[2], pixel_values.shape[3])
         grid_hw = (chip_hw[0] // p, chip_hw[1] // p)

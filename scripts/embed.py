@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("embed")
     import clay_hf  # noqa: F401  (registers the Auto classes)
+    from clay_hf.cpu_inference import prepare_for_cpu_inference
     from clay_hf.embeddings import embed_to_parquet, load_embedding_model
     from clay_hf.errors import ClayError
 
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         model = load_embedding_model(args.model, dtype=args.dtype, device=device)
+        if str(device).startswith("cpu"):
+            prepare_for_cpu_inference(model)  # prepacked linear weights, reduced-precision attention (opt-in)
         summary = embed_to_parquet(
             args.input, model, args.output, batch_size=args.batch_size, outputs=args.outputs, split=args.split,
             chip_size=args.chip_size, stride=args.stride, max_nodata_fraction=args.max_nodata, rank=rank,

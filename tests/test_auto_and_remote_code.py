@@ -45,6 +45,9 @@ def test_saved_folder_has_safetensors_remote_code_and_full_auto_map(saved):
     names = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "config.json", "modeling_clay.py", "configuration_clay.py", "errors.py"} <= names
     assert not any(n.endswith(".bin") for n in names)
+    # The remote code is the model only: no CPU tuning module, no private torch ops.
+    assert "cpu_inference.py" not in names
+    assert "torch.ops" not in (folder / "modeling_clay.py").read_text()
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_clay.ClayConfig",

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
+import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from clay_hf import (
     BandMismatchError,
     ChipSizeError,
+    ClayForImageClassification,
     ClayForPreTraining,
+    ClayForSemanticSegmentation,
+    ClayImageProcessor,
     ClayInputError,
     ClayModel,
 )
@@ -158,6 +164,25 @@ def test_sdpa_and_eager_attention_agree(micro_config):
     assert_close(sdpa(**batch).last_hidden_state, eager(**batch).last_hidden_state, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_model_runs_the_attention_its_config_names(micro_config, monkeypatch, dtype):
+    """No dtype or device silently swaps the kernel: CPU tunings are opt-in (clay_hf.cpu_inference)."""
+    calls = []
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def spy(module, query, *args, **kwargs):
+        calls.append(query.dtype)
+        return sdpa(module, query, *args, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", spy)
+    model = ClayModel(micro_config).eval().to(dtype)
+    assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
+    batch = _batch()
+    with torch.inference_mode():
+        model(**{**batch, "pixel_values": batch["pixel_values"].to(dtype)})
+    assert calls == [dtype] * micro_config.num_hidden_layers
+
+
 def test_gradient_checkpointing_gives_same_gradients(micro_config):
     torch.manual_seed(0)
     plain = ClayForPreTraining(micro_config).train()
@@ -226,6 +251,51 @@ def test_no_cache_while_generator_trains(micro_config):
     out.pooler_output.sum().backward()
     assert model.patch_embedding.fclayer.l1.weight.grad is not None
     assert model.patch_embedding._cache == {}
+
+
+# The inference caches: (module holding it, in a ClayForPreTraining). One invalidation rule covers them all.
+CACHES = {
+    "patch embedding weights": lambda model: model.clay.patch_embedding,
+    "pixel head weights": lambda model: model.decoder.embed_to_pixels,
+    "encoder position table": lambda model: model.clay.position_encoding,
+    "decoder position table": lambda model: model.decoder.position_encoding,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CACHES))
+def test_every_cache_follows_in_place_updates_load_state_dict_and_casts(micro_config, name):
+    torch.manual_seed(0)
+    model = ClayForPreTraining(micro_config).eval()
+    cache_of = CACHES[name]
+    batch = _batch()
+    noise = torch.rand(2, 64, generator=torch.Generator().manual_seed(0))
+
+    def run(m, dtype=torch.float32):
+        with torch.no_grad():
+            out = m(**{**batch, "pixel_values": batch["pixel_values"].to(dtype)}, noise=noise)
+        return out.last_hidden_state, out.logits
+
+    def assert_same_as_uncached(dtype=torch.float32):
+        got = run(model, dtype)
+        assert len(cache_of(model)._cache) == 1  # a changed entry is replaced, not added
+        fresh = copy.deepcopy(model)
+        assert cache_of(fresh)._cache == {}  # copies start empty
+        for ours, expected in zip(got, run(fresh, dtype)):
+            assert torch.equal(ours, expected)
+
+    run(model)
+    assert len(cache_of(model)._cache) == 1
+    with torch.no_grad():  # an optimizer step: every parameter updated in place
+        for parameter in model.parameters():
+            parameter.mul_(1.01)
+    assert_same_as_uncached()
+    torch.manual_seed(1)
+    model.load_state_dict(ClayForPreTraining(micro_config).state_dict())
+    assert cache_of(model)._cache == {}
+    assert_same_as_uncached()
+    model.to(torch.float64)  # a cast (and any move) makes new parameters
+    assert cache_of(model)._cache == {}
+    assert_same_as_uncached(torch.float64)
 
 
 # ---- ClayForPreTraining ---------------------------------------------------------------------------------------
@@ -341,143 +411,52 @@ def test_input_shape_errors(encoder, pretrainer):
         pretrainer(**_batch(), teacher_embeddings=torch.rand(2, 1024))
 
 
-def test_cpu_bfloat16_inference_uses_matmul_attention_close_to_float32(micro_config):
-    from clay_hf.modeling_clay import _attention_function, cpu_reduced_precision_attention
-
-    model = ClayModel(micro_config).eval()
-    batch = _batch()
-    query = torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16)
-    with torch.inference_mode():
-        assert _attention_function(model.config, query) is cpu_reduced_precision_attention
-        assert _attention_function(model.config, query.float()) is not cpu_reduced_precision_attention
-        expected = model(**batch).pooler_output
-        low = copy.deepcopy(model).to(torch.bfloat16)
-        got = low(**{**batch, "pixel_values": batch["pixel_values"].bfloat16()}).pooler_output.float()
-    assert _attention_function(model.config, query.requires_grad_()) is not cpu_reduced_precision_attention
-    assert torch.nn.functional.cosine_similarity(expected, got, dim=-1).min() > 0.999
+# ---- arguments: the processor's keys are accepted, anything else is named ------------------------------------------
+HEADS = [ClayModel, ClayForPreTraining, ClayForImageClassification, ClayForSemanticSegmentation]
 
 
-# ---- prepacked CPU linear layers ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def real_s2_inputs(s2_files) -> dict[str, torch.Tensor]:
-    """8 real 32 x 32 Sentinel-2 chips at 20 m, processed for the parity fixture's patch size 4."""
-    import numpy as np
-
-    from clay_hf import ClayImageProcessor
-    from clay_hf.io import MultiBandSource, iter_chips
-
-    with MultiBandSource(s2_files, resolution=20.0) as source:
-        chips = list(iter_chips(source, 32, stride=96))[:8]
-    raw = np.stack([c["pixels"] for c in chips]).astype(np.float32)  # (8, 10, 32, 32)
-    processor = ClayImageProcessor(sensor="sentinel-2-l2a", patch_size=4)
-    inputs = processor(raw, lat=[c["lat"] for c in chips], lon=[c["lon"] for c in chips], datetimes="2022-06-15")
+def processed_with_nodata() -> dict[str, torch.Tensor]:
+    """Two 10-band Sentinel-2 chips with nodata pixels: the processor adds ``valid_mask``."""
+    raw = np.random.default_rng(0).uniform(100, 3000, size=(2, 10, 32, 32)).astype(np.float32)
+    raw[0, :, :4, :4] = 0
+    inputs = ClayImageProcessor(sensor="sentinel-2-l2a", patch_size=4, nodata=0)(
+        raw, lat=[48.8, 45.0], lon=[2.3, 7.0], datetimes="2022-06-15"
+    )
+    assert "valid_mask" in inputs
     return dict(inputs)
 
 
-def _linears(model):
-    from clay_hf.modeling_clay import ClayLinear
-
-    return [m for m in model.modules() if isinstance(m, ClayLinear)]
-
-
-def test_prepacked_cpu_inference_equals_plain_linear_on_real_chips(converted_micro, real_s2_inputs):
-    from clay_hf.modeling_clay import cpu_prepacking_available
-
-    assert cpu_prepacking_available(torch.float32)  # oneDNN is in every x86/ARM CPU build of PyTorch
-    model = ClayModel.from_pretrained(converted_micro).eval()
-    linears = _linears(model)
-    assert len(linears) == 4 * model.config.num_hidden_layers  # qkv, out, fc1, fc2 of every layer
-    with torch.inference_mode():
-        packed = model(**real_s2_inputs).last_hidden_state
-        weight_bytes = sum(m.weight.numel() * 4 for m in linears)
-        assert model.cpu_prepacked_bytes() == weight_bytes
-        model.set_cpu_prepacking(False)
-        assert model.cpu_prepacked_bytes() == 0
-        plain = model(**real_s2_inputs).last_hidden_state
-        assert model.cpu_prepacked_bytes() == 0
-    assert_close(packed, plain, atol=1e-5, rtol=1e-5)
-
-    model.set_cpu_prepacking(True)
-    low = copy.deepcopy(model).to(torch.bfloat16)
-    low_inputs = {**real_s2_inputs, "pixel_values": real_s2_inputs["pixel_values"].bfloat16()}
-    with torch.inference_mode():
-        packed_low = low(**low_inputs).pooler_output
-        # Where oneDNN has no bfloat16 kernels here the plain path runs: nothing is packed.
-        expected_bytes = weight_bytes // 2 if cpu_prepacking_available(torch.bfloat16) else 0
-        assert low.cpu_prepacked_bytes() == expected_bytes
-        low.set_cpu_prepacking(False)
-        plain_low = low(**low_inputs).pooler_output
-    cosine = torch.nn.functional.cosine_similarity(packed_low.float(), plain_low.float(), dim=-1)
-    assert cosine.min() > 0.9999
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # still what the ONNX exporter uses
-def test_prepacking_only_in_cpu_inference_without_autocast(micro_config):
-    model = ClayModel(micro_config).eval()
-    batch = _batch()
-    out = model(**batch).last_hidden_state  # gradients recorded: training path
-    assert out.requires_grad and model.cpu_prepacked_bytes() == 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        model(**batch)
-    assert model.cpu_prepacked_bytes() == 0
-    linear = _linears(model)[0]
-    with torch.no_grad():
-        with pytest.raises(RuntimeError, match="same dtype"):  # a dtype unlike the weight's goes to plain F.linear
-            linear(torch.randn(3, linear.in_features, dtype=torch.float64))
-        assert model.cpu_prepacked_bytes() == 0
-        traced = torch.jit.trace(linear, torch.randn(3, linear.in_features), check_trace=False)  # exporters: plain
-        assert "aten::linear" in {node.kind() for node in traced.graph.nodes()}
-        assert model.cpu_prepacked_bytes() == 0
-        model(**batch)
-    assert model.cpu_prepacked_bytes() > 0
-
-
-def test_prepacked_weights_follow_updates_copies_and_casts(micro_config):
+@pytest.mark.parametrize("model_class", HEADS, ids=lambda c: c.__name__)
+def test_processor_outputs_go_straight_into_every_model(micro_config, processed_with_nodata, model_class):
     torch.manual_seed(0)
-    model = ClayModel(micro_config).eval()
-    batch = _batch()
+    model = model_class(copy.deepcopy(micro_config)).eval()
+    assert not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(model.forward).parameters.values())
     with torch.no_grad():
-        first = model(**batch).pooler_output
-        model.encoder.layers[0].mlp.fc1.weight.add_(0.05)  # an in-place update (an optimizer step)
-        updated = model(**batch).pooler_output
-        reference = ClayModel(micro_config).eval()
-        reference.set_cpu_prepacking(False)
-        reference.load_state_dict(model.state_dict())
-        assert_close(updated, reference(**batch).pooler_output, atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(first, updated)
-        model.load_state_dict(reference.state_dict() | {"encoder.layers.0.mlp.fc1.bias": torch.full((128,), 0.1)})
-        reloaded = model(**batch).pooler_output
-        assert not torch.allclose(updated, reloaded)
-        # deepcopy and pickle leave the opaque packed tensors behind; the copy packs its own
-        clone = copy.deepcopy(model)
-        assert clone.cpu_prepacked_bytes() == 0
-        assert_close(clone(**batch).pooler_output, reloaded)
-        import pickle
-
-        assert_close(pickle.loads(pickle.dumps(model))(**batch).pooler_output, reloaded)
-        model.to(torch.float64)  # a cast makes new parameters and drops the packed copy of the old ones
-        assert model.cpu_prepacked_bytes() == 0
+        out = model(**processed_with_nodata)
+    assert out[0] is not None
+    with pytest.raises(ClayInputError, match=r"valid_mask must have shape \(2, 32, 32\) \(B, H, W\)"):
+        model(**{**processed_with_nodata, "valid_mask": torch.ones(2, 8, 8, dtype=torch.bool)})
 
 
-def test_without_working_prepacking_ops_the_plain_path_runs(micro_config, monkeypatch, caplog):
-    import clay_hf.modeling_clay as modeling
-
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("no oneDNN packing in this build")
-
-    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", unavailable)
-    probe = modeling.cpu_prepacking_available.__wrapped__  # the uncached probe
-    with caplog.at_level("INFO", logger="clay_hf.modeling_clay"):
-        assert probe(torch.float32) is False
-    assert "prepacked torch.float32 linear layers are off here (RuntimeError: no oneDNN packing" in caplog.text
-    assert probe(torch.float16) is False  # only float32 and bfloat16 are packed
-
-    monkeypatch.setattr(modeling, "cpu_prepacking_available", probe)
-    model = ClayModel(micro_config).eval()
-    batch = _batch()
-    with torch.no_grad():
-        out = model(**batch).pooler_output
-    assert model.cpu_prepacked_bytes() == 0
-    model.set_cpu_prepacking(False)
-    with torch.no_grad():
-        assert torch.equal(out, model(**batch).pooler_output)
+@pytest.mark.parametrize("model_class", HEADS, ids=lambda c: c.__name__)
+def test_a_misspelt_argument_raises_and_names_the_closest(micro_config, processed_with_nodata, model_class):
+    model = model_class(copy.deepcopy(micro_config)).eval()
+    inputs = dict(processed_with_nodata)
+    name = model_class.__name__
+    latlon = inputs.pop("latlon")
+    with pytest.raises(
+        TypeError, match=rf"^{name}\.forward\(\) got an unexpected argument 'lat_lon'; did you mean 'latlon'\?$"
+    ):
+        model(**inputs, lat_lon=latlon)
+    waves = inputs.pop("wavelengths")
+    with pytest.raises(TypeError, match=r"unexpected argument 'wavelength'; did you mean 'wavelengths'\?"):
+        model(**inputs, latlon=latlon, wavelength=waves)
+    with pytest.raises(
+        TypeError,
+        match=r"unexpected arguments 'wavelength' \(did you mean 'wavelengths'\?\), 'zzz'; "
+        r"it takes pixel_values, wavelengths, gsd, time, latlon",
+    ):
+        model(**inputs, latlon=latlon, wavelength=waves, zzz=1)
+    with pytest.raises(TypeError, match=r"unexpected argument 'output_attentions'; it takes pixel_values, "):
+        model(**inputs, latlon=latlon, wavelengths=waves, output_attentions=True)  # no attention maps to return
