@@ -686,7 +686,7 @@ def _split_for_rank(tasks: list[_Task], rank: int | None, world_size: int | None
     if rank is not None or world_size is not None:
         rank, world_size = int(rank or 0), int(world_size or 1)
         if not 0 <= rank < world_size:
-            raise ClayError(f"rank must be in [0, {world_size - 1}] for world_size {world_size}, got {rank}")
+            raise ClayInputError(f"rank must be in [0, {world_size - 1}] for world_size {world_size}, got {rank}")
         return tasks[rank::world_size], None, rank
     state = _accelerate_state()
     if state is None or state.num_processes == 1:
@@ -779,7 +779,7 @@ def build_chip_dataset(
     if stride < 1:
         raise ChipSizeError(f"stride must be a positive number of pixels, got {stride}")
     if rows_per_shard < 1:
-        raise ClayError(f"rows_per_shard must be at least 1, got {rows_per_shard}")
+        raise ClayInputError(f"rows_per_shard must be at least 1, got {rows_per_shard}")
     if not sources:
         raise NoChipsError("no sources given; pass GeoTIFF paths, STAC Items or SourceSpec objects")
     output_dir = Path(output_dir)

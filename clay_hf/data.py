@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ChipDatasetError, ClayError, ClayInputError, LoaderStateError
+from .errors import ChipDatasetError, ClayInputError, LoaderStateError
 from .image_processing_clay import ClayImageProcessor
 from .io import processor_kwargs
 
@@ -348,13 +348,13 @@ class ChipLoader:
         from datasets.distributed import split_dataset_by_node
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ClayError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise ClayInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not 0 <= rank < world_size:
-            raise ClayError(f"rank must be in [0, {world_size - 1}] for world_size {world_size}, got {rank}")
+            raise ClayInputError(f"rank must be in [0, {world_size - 1}] for world_size {world_size}, got {rank}")
         if num_workers < 0 or shuffle_buffer < 0:
-            raise ClayError(f"num_workers and shuffle_buffer must be >= 0, got {num_workers} and {shuffle_buffer}")
+            raise ClayInputError(f"num_workers and shuffle_buffer must be >= 0, got {num_workers} and {shuffle_buffer}")
         if not 0.0 <= time_latlon_dropout <= 1.0:
-            raise ClayError(f"time_latlon_dropout is a probability in [0, 1], got {time_latlon_dropout}")
+            raise ClayInputError(f"time_latlon_dropout is a probability in [0, 1], got {time_latlon_dropout}")
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers, self.seed, self.shuffle_buffer = num_workers, seed, shuffle_buffer
         self.drop_last, self.time_latlon_dropout = drop_last, float(time_latlon_dropout)
@@ -366,7 +366,7 @@ class ChipLoader:
         distributed = getattr(dataset, "_distributed", None)
         if distributed is not None:  # split already (once is enough: twice would halve the data again)
             if (distributed.rank, distributed.world_size) != (rank, world_size):
-                raise ClayError(
+                raise ClayInputError(
                     f"the dataset was already split for rank {distributed.rank} of {distributed.world_size}, "
                     f"not rank {rank} of {world_size}; pass the unsplit dataset"
                 )
@@ -539,7 +539,7 @@ def get_dataloader(
     elif isinstance(dataset_or_path, datasets.Dataset):
         dataset = dataset_or_path.to_iterable_dataset(num_shards=max(1, (world_size or 1) * max(1, num_workers)))
     else:
-        raise ClayError(
+        raise ClayInputError(
             f"get_dataloader takes a chip dataset folder, Hub id or datasets (Iterable)Dataset, "
             f"got {type(dataset_or_path).__name__}"
         )

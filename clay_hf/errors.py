@@ -29,6 +29,7 @@ __all__ = [
     "NoChipsError",
     "LoaderStateError",
     "HubPublishError",
+    "CollectionError",
     "OutputExistsError",
     "OutputLockedError",
 ]
@@ -43,7 +44,7 @@ class ClayConfigError(ClayError, ValueError):
 
 
 class ClayInputError(ClayError, ValueError):
-    """Model or processor input of the wrong shape, type or value."""
+    """An argument of the wrong shape, type or value: model and processor inputs, loader and builder options."""
 
 
 class UnknownSensorError(ClayError, KeyError):
@@ -54,7 +55,19 @@ class UnknownSensorError(ClayError, KeyError):
 
 
 class BandMismatchError(ClayInputError):
-    """The number of bands does not match the number of wavelengths (or means, stds)."""
+    """The number of bands does not match the number of wavelengths (or band names, means, stds).
+
+    ``num_bands`` is how many bands the data has (the image, the file, the sensor's band names) and
+    ``num_values`` how many per-band values were given for them (wavelengths, names, means, stds, or the
+    chosen sensor's bands); either is None where the raising code does not know it.
+    """
+
+    def __init__(self, message: str, num_bands: int | None = None, num_values: int | None = None) -> None:
+        super().__init__(message)
+        self.num_bands, self.num_values = num_bands, num_values
+
+    def __reduce__(self):  # keep the numbers through pickling (errors sent between processes)
+        return type(self), (str(self.args[0]) if self.args else "", self.num_bands, self.num_values)
 
 
 class NonFiniteInputError(ClayInputError):
@@ -110,7 +123,8 @@ class IncompatibleBuildError(ChipDatasetError):
 
 
 class NoChipsError(ClayError, ValueError):
-    """A chip build that produced no chips: every chip was dropped, or there were no sources."""
+    """No chips where some are needed: a build where every chip was dropped or there were no sources, or a
+    dataset or split that gives a process no batch."""
 
 
 class LoaderStateError(ClayError, ValueError):
@@ -119,6 +133,10 @@ class LoaderStateError(ClayError, ValueError):
 
 class HubPublishError(ClayError, ValueError):
     """A folder, repo id or option that cannot be published as asked."""
+
+
+class CollectionError(ClayError, OSError):
+    """A Space collection folder that is missing, damaged, or was embedded by another model than the Space's."""
 
 
 class OutputExistsError(ClayError, FileExistsError):

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .atomic import atomic_folder, check_replaceable_folder, is_clay_model_folder
-from .errors import ChipSizeError, ClayConfigError, ClayError, ClayInputError, OutputExistsError
+from .errors import ChipSizeError, ClayConfigError, ClayInputError, NoChipsError, OutputExistsError
 from .evaluation import DATASETS, classification_metrics, load_labelled_chips, segmentation_metrics
 from .image_processing_clay import ClayImageProcessor
 from .training import NonFiniteLossError, _param_groups, lr_lambda
@@ -457,7 +457,7 @@ def finetune(
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, data.train, data.test)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
-        raise ClayError(f"the train split of {config.dataset} has no chips at chip size {config.chip_size}")
+        raise NoChipsError(f"the train split of {config.dataset} has no chips at chip size {config.chip_size}")
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)

@@ -348,11 +348,15 @@ class ClayImageProcessor(BaseImageProcessor):
                     hint = "; the array looks channels-last (..., H, W, C): move the band axis first"
                 raise BandMismatchError(
                     f"expected {base.num_bands} bands for sensor {base.name!r} ({', '.join(base.band_names)}), "
-                    f"got {num_bands}; pass wavelengths= or band_names= or choose another sensor{hint}"
+                    f"got {num_bands}; pass wavelengths= or band_names= or choose another sensor{hint}",
+                    num_bands=num_bands,
+                    num_values=base.num_bands,
                 )
             raise BandMismatchError(
                 f"expected one {field} value per band: the images have {num_bands} bands but {source} gives "
-                f"{len(values[field])}; pass wavelengths=, mean= and std= of length {num_bands}"
+                f"{len(values[field])}; pass wavelengths=, mean= and std= of length {num_bands}",
+                num_bands=num_bands,
+                num_values=len(values[field]),
             )
         if any(w <= 0 for w in values["wavelengths"]):
             raise ClayInputError(f"wavelengths must be positive micrometres, got {values['wavelengths']}")

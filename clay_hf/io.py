@@ -602,7 +602,11 @@ class RasterSource:
         if spec.band_names is not None:
             names = list(spec.band_names)
             if len(names) != count:
-                raise BandMismatchError(f"{files} but {len(names)} band names given ({where}); give one name per band")
+                raise BandMismatchError(
+                    f"{files} but {len(names)} band names given ({where}); give one name per band",
+                    num_bands=count,
+                    num_values=len(names),
+                )
         else:
             names = self._file_band_names()
             if sensor is not None and not self._has_band_descriptions() and count == len(sensor.band_names):
@@ -623,7 +627,9 @@ class RasterSource:
                 values = getattr(table, table_field)
             if values is not None and len(values) != count:
                 raise BandMismatchError(
-                    f"{files} but {len(values)} values in {field} ({where}); give one value per band"
+                    f"{files} but {len(values)} values in {field} ({where}); give one value per band",
+                    num_bands=count,
+                    num_values=len(values),
                 )
             setattr(self, field, tuple(values) if values is not None else None)
         if self.mean is None and self.std is None and table is None:

@@ -123,7 +123,9 @@ class Sensor:
             if len(getattr(self, field)) != n:
                 raise BandMismatchError(
                     f"sensor {self.name!r} has {n} band names but {len(getattr(self, field))} values in "
-                    f"{field}; give one value per band"
+                    f"{field}; give one value per band",
+                    num_bands=n,
+                    num_values=len(getattr(self, field)),
                 )
         if len(set(self.band_names)) != n:
             dupes = sorted({b for b in self.band_names if self.band_names.count(b) > 1})
