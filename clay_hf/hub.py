@@ -24,7 +24,7 @@ What each kind uploads (``*`` stays within one folder level, ``**`` crosses leve
 - model: ``*.safetensors``, ``*.safetensors.index.json``, ``config.json`` (must carry an ``auto_map`` whose
   modules are in the folder, so ``trust_remote_code=True`` works), ``preprocessor_config.json``,
   ``generation_config.json``, ``*.py`` (the remote code), and ``README.md``: the model card rendered from
-  the ``model_card.md`` template with the real architecture, sensors, training data, metrics and license
+  the ``templates/model_card.md`` template (package data) with the real architecture, sensors, training data, metrics and license
   (written into the folder before the upload unless ``card=False``).
 - dataset: ``data/**/*.parquet``, ``README.md`` (the dataset card of :func:`clay_hf.chips.write_dataset_card`)
   and ``manifest.json``.
@@ -85,12 +85,7 @@ NEVER_UPLOAD: tuple[str, ...] = (
     "token", "*_token", "*.token", "*token.txt", "*.pem", "*.key", "*credentials*", "*secret*", "id_rsa*",
 )  # fmt: skip
 
-# The template: package data when it ships inside clay_hf, else the checkout's top-level model_card.md.
-DEFAULT_MODEL_CARD_TEMPLATE = next(
-    (p for p in (Path(__file__).with_name("model_card.md"), Path(__file__).resolve().parents[1] / "model_card.md")
-     if p.is_file()),
-    Path(__file__).resolve().parents[1] / "model_card.md",
-)  # fmt: skip
+DEFAULT_MODEL_CARD_TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"  # package data
 _TOKEN_RE = re.compile(rb"hf_[A-Za-z0-9]{34}")
 _TOKEN_SCAN_MAX_BYTES = 5 * 1024 * 1024  # weights and shards are not scanned; configs, code and cards are
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
@@ -454,7 +449,7 @@ def render_model_card(
     training_data: str | None = None,
     metrics: str | os.PathLike | dict[str, Any] | None = None,
 ) -> str:
-    """The model card of ``model_folder`` from the ``model_card.md`` template.
+    """The model card of ``model_folder`` from ``template`` (default: the package's ``templates/model_card.md``).
 
     Fills in the architecture from ``config.json``, parameter counts and dtype from the safetensors headers,
     the processor's patch size, the sensor table (:func:`clay_hf.list_sensors`), the training data text, an
@@ -471,8 +466,8 @@ def render_model_card(
     template = Path(template) if template is not None else DEFAULT_MODEL_CARD_TEMPLATE
     if not template.is_file():
         raise HubPublishError(
-            f"model card template {str(template)!r} not found; pass template= (--card-template) with clay_hf's "
-            "model_card.md"
+            f"model card template {str(template)!r} not found; pass template= (--card-template) with a template like "
+            "clay_hf's templates/model_card.md"
         )
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     processor_path = folder / "preprocessor_config.json"
@@ -647,17 +642,39 @@ def push_dataset(folder: str | os.PathLike, repo_id: str, **kwargs: Any) -> Push
 
 
 def package_files() -> dict[str, bytes]:
-    """The clay_hf package as ``{"clay_hf/<file>": bytes}``: its modules and package data (the sensor table)."""
-    root = Path(__file__).parent
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in (".py", ".json"))
-    return {f"clay_hf/{p.name}": p.read_bytes() for p in files}
+    """The installed clay_hf package as ``{"clay_hf/<path>": bytes}``: its modules and package data (the sensor
+    table, the model card template)."""
+    root = Path(__file__).parent  # this package itself, wherever it is installed
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".json", ".md")
+                   and "__pycache__" not in p.relative_to(root).parts)  # fmt: skip
+    return {f"clay_hf/{p.relative_to(root).as_posix()}": p.read_bytes() for p in files}
 
 
-def push_space(folder: str | os.PathLike, repo_id: str, bundle_package: bool = True, **kwargs: Any) -> PushResult:
+_SPACE_COLLECTION = "collection/collection.json"  # what a pushed Space starts from (spaces/app.py defaults)
+_SPACE_MODEL = "model/config.json"
+
+
+def push_space(
+    folder: str | os.PathLike, repo_id: str, bundle_package: bool = True, bundled_model: bool = True, **kwargs: Any
+) -> PushResult:
     """Publish the Space folder (README.md with the Space YAML, the app file, requirements, bundled data).
 
     ``bundle_package`` (default) writes this clay_hf package into ``folder/clay_hf/`` and uploads it with the app,
     so the Space imports the same code the folder was tested with (the Space's requirements hold the rest).
+
+    The pushed Space starts from what the folder holds, so it must hold the precomputed collection
+    (``collection/``, :func:`clay_hf.space.build_collection`) and the model that embedded it (``model/``, a Clay
+    folder); ``bundled_model=False`` for a Space that names its model in its ``CLAY_SPACE_MODEL`` variable.
     """
     generated = package_files() if bundle_package else None
+    planned = set(plan_upload(folder, "space", generated=generated).paths)  # also checks it is a Space folder
+    needed = [_SPACE_COLLECTION, _SPACE_MODEL] if bundled_model else [_SPACE_COLLECTION]
+    missing = [rel for rel in needed if rel not in planned]
+    if missing:
+        raise HubPublishError(
+            f"{folder} is missing {missing}, so the pushed Space could not start offline: put the model into "
+            "model/ (scripts/convert_clay_checkpoint.py, or copy a model folder) and build collection/ with it "
+            "(spaces/build_collection.py --model <that folder>); pass bundled_model=False (--no-bundled-model) "
+            "when the Space names its model in CLAY_SPACE_MODEL"
+        )
     return push_folder(folder, repo_id, "space", generated=generated, **kwargs)

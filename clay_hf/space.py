@@ -1,7 +1,7 @@
 """What the Gradio Space does, without the UI: load a model and a precomputed collection, inspect, embed, search,
 refine and reconstruct an uploaded GeoTIFF. ``spaces/app.py`` is a thin shell over :class:`ClaySpace`.
 
-    >>> space = load_space()                                  # CLAY_SPACE_MODEL / CLAY_SPACE_COLLECTION, or defaults
+    >>> space = load_space("spaces/model", "spaces/collection")  # a Clay folder or Hub id, a collection folder
     >>> info = space.inspect("scene.tif")                      # RGB preview + metadata of the upload
     >>> hits = space.search("scene.tif", k=8)                  # the most similar chips of the collection
     >>> hits = space.refine("scene.tif", positives=[hits.ids[0]], negatives=[hits.ids[-1]])
@@ -42,8 +42,10 @@ from .atomic import atomic_folder, atomic_path
 from .embeddings import model_fingerprint
 from .errors import (
     BandMismatchError,
+    CheckpointError,
     ClayError,
     ClayInputError,
+    CollectionError,
     CorruptRasterError,
     MissingCRSError,
     RasterError,
@@ -81,7 +83,6 @@ MAX_CHIP_SIZE = 256  # the uploaded image is embedded as its centre chip of at m
 MAX_PREVIEW_SIZE = 1024  # the preview shows the centre window of at most this many pixels a side
 MAX_PIXELS = 400_000_000  # H * W * C above this is refused (a decompression bomb, not imagery we can preview)
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF, both byte orders
-_PARITY_CHECKPOINT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "clay-micro-original.ckpt"
 
 
 class SpaceInputError(ClayInputError):
@@ -184,36 +185,45 @@ def rgb_image(
 # ---------------------------------------------------------------------------------------------- the model
 
 
-def default_model_path() -> Path:
-    """The offline default: the parity checkpoint of the repository, converted once into the cache."""
+def default_model_path(space_folder: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The Space's model when none is named: ``<space_folder>/model`` when it holds a Clay folder (what a pushed
+    Space bundles), else ``checkpoint`` (an original Clay ``.ckpt``) converted once into the cache.
+
+    Raises:
+        CheckpointError: ``<space_folder>/model`` holds no model and there is no ``checkpoint`` file.
+    """
     from .conversion import convert_checkpoint
 
-    bundled = Path(__file__).resolve().parent.parent / "spaces" / "model"
-    if (bundled / "config.json").exists():
+    bundled = Path(space_folder) / "model"
+    if (bundled / "config.json").is_file():
         return bundled
-    target = _cache_home() / "clay-micro"
-    if (target / "config.json").exists():
-        return target
-    if not _PARITY_CHECKPOINT.exists():
-        raise ClayError(
-            f"no model given and no bundled one: set CLAY_SPACE_MODEL to a Clay folder or Hub id "
-            f"(neither spaces/model nor {_PARITY_CHECKPOINT} exists)"
+    if checkpoint is None or not Path(checkpoint).is_file():
+        missing = f" and the checkpoint {str(checkpoint)!r} does not exist" if checkpoint is not None else ""
+        raise CheckpointError(
+            f"no model to load: {str(bundled)!r} holds no Clay model (config.json){missing}; name a Clay folder or "
+            "Hub id (--model or CLAY_SPACE_MODEL) or save one into that folder"
         )
-    logger.info("converting the bundled checkpoint %s -> %s", _PARITY_CHECKPOINT, target)
-    return convert_checkpoint(_PARITY_CHECKPOINT, target)
+    checkpoint = Path(checkpoint)
+    target = _cache_home() / checkpoint.stem
+    if (target / "config.json").is_file():
+        return target
+    logger.info("converting the checkpoint %s -> %s", checkpoint, target)
+    return convert_checkpoint(checkpoint, target)
 
 
-def load_space_model(name_or_path: str | os.PathLike | None = None):
-    """``(encoder, pretraining)``: a ``ClayModel`` and, when the folder has the MAE decoder, the
-    ``ClayForPreTraining`` it belongs to (else None). Both in eval mode, float32, CPU."""
+def load_space_model(name_or_path: str | os.PathLike):
+    """``(encoder, pretraining)`` of a Clay folder or Hub id: a ``ClayModel`` and, when the folder has the MAE
+    decoder, the ``ClayForPreTraining`` it belongs to (else None). Both in eval mode, float32, CPU, and prepared for
+    CPU inference (:func:`~clay_hf.cpu_inference.prepare_for_cpu_inference`)."""
+    from .cpu_inference import prepare_for_cpu_inference
     from .modeling_clay import ClayForPreTraining, ClayModel
 
-    name_or_path = name_or_path or os.environ.get("CLAY_SPACE_MODEL") or default_model_path()
     model, info = ClayForPreTraining.from_pretrained(name_or_path, dtype=torch.float32, output_loading_info=True)
     if any(key.startswith("decoder.") for key in info.get("missing_keys", ())):
         logger.info("%s has no MAE decoder: embeddings and search only", name_or_path)
-        return ClayModel.from_pretrained(name_or_path, dtype=torch.float32).eval(), None
-    model.eval()
+        encoder = ClayModel.from_pretrained(name_or_path, dtype=torch.float32).eval()
+        return prepare_for_cpu_inference(encoder), None
+    prepare_for_cpu_inference(model.eval())  # the encoder and the decoder
     return model.clay, model
 
 
@@ -316,7 +326,7 @@ def load_collection(folder: str | os.PathLike, model=None) -> Collection:
     folder = Path(folder)
     info = json.loads((folder / "collection.json").read_text())
     if model is not None and info.get("model_fingerprint") != model_fingerprint(model):
-        raise ClayError(
+        raise CollectionError(
             f"the collection in {folder} was embedded by another model (fingerprint "
             f"{info.get('model_fingerprint')}, this model {model_fingerprint(model)}); rebuild it with "
             "spaces/build_collection.py"
@@ -328,7 +338,9 @@ def load_collection(folder: str | os.PathLike, model=None) -> Collection:
     index = EmbeddingIndex(raw, ids=table.column("chip_id").to_pylist(), metadata=metadata, center=True)
     thumbnails = np.load(folder / "thumbnails.npy")
     if len(thumbnails) != len(index):
-        raise ClayError(f"{folder}: {len(thumbnails)} thumbnails for {len(index)} embeddings; rebuild the collection")
+        raise CollectionError(
+            f"{folder}: {len(thumbnails)} thumbnails for {len(index)} embeddings; rebuild the collection"
+        )
     return Collection(index=index, raw_embeddings=raw, thumbnails=thumbnails, info=info)
 
 
@@ -720,8 +732,7 @@ def _strip_paths(message: str) -> str:
 
 
 def _band_mismatch_message(err: BandMismatchError, sensor: str | None, wavelengths: tuple | None) -> str:
-    found = re.match(r"(\d+) bands", str(err))
-    count = found.group(1) if found else "a different number of"
+    count = err.num_bands if err.num_bands is not None else "a different number of"  # None: the raiser did not say
     if wavelengths is not None:
         return (
             f"the file has {count} bands but {len(wavelengths)} wavelengths were typed; type one wavelength per "
@@ -790,18 +801,17 @@ def prune_folder(root: str | os.PathLike, older_than_s: float) -> int:
 
 
 def load_space(
-    model: str | os.PathLike | None = None,
-    collection: str | os.PathLike | None = None,
-    max_upload_mb: float | None = None,
+    model: str | os.PathLike,
+    collection: str | os.PathLike,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     workdir: str | os.PathLike | None = None,
 ) -> ClaySpace:
-    """The Space as the app starts it. ``model``: ``$CLAY_SPACE_MODEL`` or the offline default;
-    ``collection``: ``$CLAY_SPACE_COLLECTION`` or ``spaces/collection``; when that is missing or was embedded
-    by another model, one is built once into ``$CLAY_SPACE_CACHE`` (needs the sample data, fetched from the
-    package index the first time)."""
+    """The Space as the app starts it: ``model`` (a Clay folder or Hub id, see :func:`default_model_path`) and
+    the ``collection`` folder embedded by it. When that folder is missing or was embedded by another model, one
+    is built once into ``$CLAY_SPACE_CACHE`` (needs the sample data, fetched from the package index the first
+    time)."""
     encoder, pretraining = load_space_model(model)
-    folder = collection or os.environ.get("CLAY_SPACE_COLLECTION")
-    folder = Path(folder) if folder else Path(__file__).resolve().parent.parent / "spaces" / "collection"
+    folder = Path(collection)
     try:
         loaded = load_collection(folder, encoder)
     except (OSError, ClayError) as err:
@@ -813,5 +823,4 @@ def load_space(
             logger.info("building the collection cache %s (%s)", cached, cache_err)
             build_collection(encoder, cached)
             loaded = load_collection(cached, encoder)
-    limit = max_upload_mb or float(os.environ.get("CLAY_SPACE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
-    return ClaySpace(encoder, loaded, pretraining=pretraining, max_upload_mb=limit, workdir=workdir)
+    return ClaySpace(encoder, loaded, pretraining=pretraining, max_upload_mb=max_upload_mb, workdir=workdir)

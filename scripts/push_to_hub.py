@@ -26,7 +26,7 @@ EXAMPLES = """examples:
   python scripts/push_to_hub.py dataset data/chips --repo-id me/clay-chips --private --branch v2 \\
       --commit-message "Add the 2024 chips"
 
-  # the Gradio Space
+  # the Gradio Space, with the model it starts from (spaces/model) and its collection (spaces/collection)
   python scripts/push_to_hub.py space spaces --repo-id me/clay-explorer
 
 Log in first (hf auth login) or set HF_TOKEN; HF_ENDPOINT selects another Hub.
@@ -48,11 +48,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print what would be uploaded; upload nothing")
     card = parser.add_argument_group("model card (kind model)")
     card.add_argument("--no-card", action="store_true", help="keep the folder's README.md instead of rendering one")
-    card.add_argument("--card-template", type=Path, default=None, help="template (default: clay_hf's model_card.md)")
+    card.add_argument(
+        "--card-template", type=Path, default=None, help="template (default: clay_hf/templates/model_card.md)"
+    )
     card.add_argument("--license", default="apache-2.0", help="Hub license id of the weights (default apache-2.0)")
     card.add_argument("--dataset", action="append", default=[], help="Hub dataset id the model was trained on")
     card.add_argument("--training-data", default=None, help="text of the card's training-data section")
     card.add_argument("--metrics", type=Path, default=None, help="metrics JSON (e.g. scripts/evaluate.py output)")
+    space = parser.add_argument_group("Space (kind space)")
+    space.add_argument("--no-bundled-model", action="store_true",
+                       help="push a Space without model/ (it names its model in the CLAY_SPACE_MODEL variable)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.kind == "dataset":
             result = push_dataset(args.folder, args.repo_id, **common)
         else:
-            result = push_space(args.folder, args.repo_id, **common)
+            result = push_space(args.folder, args.repo_id, bundled_model=not args.no_bundled_model, **common)
     except ClayError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

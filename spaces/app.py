@@ -3,13 +3,14 @@ the search with positive and negative examples, and see the masked-autoencoder r
 
 A thin shell over :mod:`clay_hf.space` (all the logic, tested without a browser):
 
-    python spaces/app.py                                   # offline default model + precomputed collection
+    python spaces/app.py                                   # the folder's model/ and collection/ (offline)
     CLAY_SPACE_MODEL=made-with-clay/Clay-v1.5-hf python spaces/app.py --port 7860
     python spaces/app.py --model path/to/clay-folder --collection spaces/collection --max-upload-mb 50
 
-Settings (flag or environment): ``CLAY_SPACE_MODEL`` (a Clay folder or Hub id), ``CLAY_SPACE_COLLECTION``
-(a folder from ``spaces/build_collection.py``), ``CLAY_SPACE_MAX_UPLOAD_MB`` (default 50),
-``CLAY_SPACE_KEEP_MINUTES`` (default 30).
+Settings (flag or environment): ``CLAY_SPACE_MODEL`` (a Clay folder or Hub id; default ``model/`` next to this
+file, which a pushed Space bundles, else in a checkout the repository's tiny parity checkpoint converted once),
+``CLAY_SPACE_COLLECTION`` (a folder from ``spaces/build_collection.py``; default ``collection/`` next to this
+file), ``CLAY_SPACE_MAX_UPLOAD_MB`` (default 50), ``CLAY_SPACE_KEEP_MINUTES`` (default 30).
 
 Uploads and results are temporary: Gradio's ``delete_cache`` removes every file the app wrote (uploads, result
 files, images) once it is older than the keep time, on a schedule, and all of them when the server stops; what
@@ -34,7 +35,15 @@ import numpy as np  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 
 from clay_hf.errors import ClayError  # noqa: E402
-from clay_hf.space import RESULT_COLUMNS, ClaySpace, SearchHits, load_space, prune_folder  # noqa: E402
+from clay_hf.space import (  # noqa: E402
+    DEFAULT_MAX_UPLOAD_MB,
+    RESULT_COLUMNS,
+    ClaySpace,
+    SearchHits,
+    default_model_path,
+    load_space,
+    prune_folder,
+)
 
 logger = logging.getLogger("clay_space")
 
@@ -44,7 +53,10 @@ CSS = """
 }
 """
 THUMBNAIL_PX = 128  # gallery thumbnails are enlarged (nearest neighbour) to at least this size
-EXAMPLES = Path(__file__).resolve().parent / "examples"  # written by build_collection.py
+HERE = Path(__file__).resolve().parent  # the Space folder: model/, collection/, examples/ (and clay_hf/ when pushed)
+EXAMPLES = HERE / "examples"  # written by build_collection.py
+# In a checkout only (a pushed Space bundles model/ instead): the offline model when model/ is missing.
+PARITY_CHECKPOINT = HERE.parent / "tests" / "fixtures" / "clay-micro-original.ckpt"
 DEFAULT_KEEP_MINUTES = 30.0
 
 
@@ -242,8 +254,10 @@ def launch_kwargs(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES *
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--model", default=None, help="Clay folder or Hub id (default: $CLAY_SPACE_MODEL or offline)")
-    parser.add_argument("--collection", default=None, help="collection folder (default: spaces/collection)")
+    parser.add_argument("--model", default=None,
+                        help="Clay folder or Hub id (default: $CLAY_SPACE_MODEL, else model/ next to app.py)")  # fmt: skip
+    parser.add_argument("--collection", default=None,
+                        help="collection folder (default: $CLAY_SPACE_COLLECTION, else collection/ next to app.py)")  # fmt: skip
     parser.add_argument("--max-upload-mb", type=float, default=None, help="upload limit in MB (default 50)")
     parser.add_argument("--keep-minutes", type=float, default=None,
                         help=f"delete uploads and results older than this (default {DEFAULT_KEEP_MINUTES:g})")  # fmt: skip
@@ -255,7 +269,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    space = load_space(args.model, args.collection, args.max_upload_mb)  # loaded once, before the first request
+    model = args.model or os.environ.get("CLAY_SPACE_MODEL") or default_model_path(HERE, checkpoint=PARITY_CHECKPOINT)
+    collection = args.collection or os.environ.get("CLAY_SPACE_COLLECTION") or HERE / "collection"
+    limit = args.max_upload_mb or float(os.environ.get("CLAY_SPACE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
+    space = load_space(model, collection, limit)  # loaded once, before the first request
     keep = args.keep_minutes or float(os.environ.get("CLAY_SPACE_KEEP_MINUTES", DEFAULT_KEEP_MINUTES))
     demo = build_demo(space, keep_seconds=keep * 60)
     try:

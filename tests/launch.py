@@ -13,6 +13,23 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A sitecustomize.py for a child process (put its folder first on PYTHONPATH, set CLAY_GUARD_LOG): every socket
+# connect is logged to CLAY_GUARD_LOG, one host a line, and anything outside the loopback is refused.
+CONNECT_GUARD = """
+import os, socket
+_log = os.environ["CLAY_GUARD_LOG"]
+_connect = socket.socket.connect
+def connect(self, address):
+    host = address[0] if isinstance(address, tuple) else "unix"
+    with open(_log, "a") as f:
+        f.write(f"{host}\\n")
+    if host not in ("127.0.0.1", "::1", "localhost", "unix"):
+        raise ConnectionRefusedError(f"guard: {address!r} refused")
+    return _connect(self, address)
+socket.socket.connect = connect
+"""
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost", "unix"}  # what CONNECT_GUARD lets through
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -32,8 +32,8 @@ from clay_hf.hub import (
 )
 
 from .chip_helpers import build_small
-from .hub_server import REPO_ROOT, TEST_TOKEN, TEST_USER
-from .launch import load_script
+from .hub_server import REPO_ROOT, TEST_TOKEN, TEST_USER, run_client
+from .launch import CONNECT_GUARD, LOOPBACK_HOSTS, free_port, load_script
 from .model_helpers import RUN_REMOTE_CODE, WITHOUT_CLAY_HF
 
 pytest_plugins = ["tests.hub_fixtures"]  # the local_hub and hub_env fixtures
@@ -85,7 +85,8 @@ def _popen(args: list, env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, converted_micro) -> dict[str, Path]:
-    """The three folders to publish, each with decoys; the Space is the real spaces/ when it exists."""
+    """The three folders to publish, each with decoys; the Space is the real spaces/ when it exists, with the model
+    it starts from in model/ and its collection (real BigEarthNet chips, embedded by that model) in collection/."""
     root = tmp_path_factory.mktemp("publish")
     model = root / "model"
     shutil.copytree(converted_micro, model)
@@ -102,6 +103,15 @@ def folders(tmp_path_factory, converted_micro) -> dict[str, Path]:
         )
         (space / "app.py").write_text('import gradio as gr\n\nif __name__ == "__main__":\n    gr.Blocks().launch()\n')
         (space / "requirements.txt").write_text("clay_hf\ngradio\n")
+    for built in ("model", "collection", "examples", "clay_hf"):  # a checkout's own builds (git-ignored) are not ours
+        shutil.rmtree(space / built, ignore_errors=True)
+    shutil.copytree(converted_micro, space / "model")
+    if (space / "build_collection.py").is_file():  # as a maintainer prepares the Space before pushing it
+        load_script(space / "build_collection.py").main([
+            "--model", str(space / "model"), "--output", str(space / "collection"), "--packages", "bigearthnet-common",
+            "--chip-size", "40", "--max-chips-per-source", "2", "--example", str(space / "examples" / "s2.tif"),
+        ])  # fmt: skip
+    else:
         (space / "collection").mkdir()
         (space / "collection" / "collection.json").write_text("{}")
     (root / "metrics.json").write_text(json.dumps(METRICS))
@@ -325,6 +335,140 @@ def test_remote_code_from_hub_without_clay_hf(clients, reference):
 
 
 # --------------------------------------------------------------------------------------------------
+# outside the checkout: a wheel install, and the pushed Space started from the Hub's copy
+# --------------------------------------------------------------------------------------------------
+
+
+def _env_outside_checkout(**extra: str) -> dict[str, str]:
+    """``os.environ`` without the checkout on the path and without any Space setting, plus ``extra``."""
+    dropped = ("PYTHONPATH", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONSAFEPATH")
+    env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("CLAY_SPACE_")}
+    return {**env, **extra}
+
+
+WHEEL_CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    import clay_hf
+    from clay_hf.hub import package_files, render_model_card
+
+    model_folder, out_path = sys.argv[1:3]
+    card = render_model_card(model_folder, "me/clay-micro", metrics={"knn": {"accuracy": 0.5}})
+    out = {"file": clay_hf.__file__, "path": sys.path, "card": card, "bundled": sorted(package_files())}
+    open(out_path, "w").write(json.dumps(out))
+    """
+)
+
+
+def test_a_wheel_install_renders_the_model_card_from_its_package_data(tmp_path, converted_micro):
+    """The wheel ships the card template and the sensor table; installed into a fresh venv and run from a folder
+    outside the checkout (so the checkout is not importable), it renders a complete card."""
+    import zipfile
+
+    source = tmp_path / "source"  # a copy, so building leaves nothing in the checkout
+    shutil.copytree(REPO_ROOT / "clay_hf", source / "clay_hf", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("clay_hf-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"clay_hf/templates/model_card.md", "clay_hf/sensors.json", "clay_hf/hub.py"} <= set(names)
+    assert not any(n.startswith(("tests/", "spaces/", "scripts/")) or n == "model_card.md" for n in names)
+
+    venv = tmp_path / "venv"  # the system site-packages give torch & co; pip comes from there too
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
+                   timeout=120)  # fmt: skip
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--ignore-installed", "--no-index", "-q",
+                    str(wheel)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "client.py").write_text(WHEEL_CLIENT)
+    proc = subprocess.run([str(python), "client.py", str(converted_micro), "out.json"], cwd=elsewhere,
+                          env=_env_outside_checkout(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads((elsewhere / "out.json").read_text())
+    assert Path(out["file"]).resolve().is_relative_to(venv.resolve()), out["file"]
+    assert not any(Path(p).resolve() == REPO_ROOT for p in out["path"] if p)
+    card = out["card"]
+    assert (
+        not re.search(r"\{\{\s*[a-z0-9_]+\s*\}\}", card) and "Rendered from clay_hf's templates/model_card.md" in card
+    )
+    config = json.loads((converted_micro / "config.json").read_text())
+    assert f"| encoder width D | {config['hidden_size']} |" in card and "| knn / accuracy | 0.5 |" in card
+    assert "| `sentinel-2-l2a` | 10: blue, green, red" in card
+    assert {"clay_hf/templates/model_card.md", "clay_hf/sensors.json"} <= set(out["bundled"])
+
+
+DOWNLOAD_SPACE = textwrap.dedent(
+    """
+    import sys
+    from huggingface_hub import snapshot_download
+
+    repo_id, revision, local_dir = sys.argv[1:4]
+    snapshot_download(repo_id, repo_type="space", revision=revision, local_dir=local_dir)
+    """
+)
+
+
+def test_the_pushed_space_starts_offline_from_its_own_files(pushed, local_hub, hub_env, tmp_path):
+    """The Space repo as the Hub holds it, downloaded with the real client and started the way a Space starts
+    it (``python app.py`` in the repo folder): no CLAY_SPACE_* settings, the checkout not on the path, an empty
+    home. It serves its bundled model and collection, and connects to nothing but its own port."""
+    import time
+
+    import httpx
+    from gradio_client import Client, handle_file
+
+    space = tmp_path / "space"
+    run_client(["-c", DOWNLOAD_SPACE, SPACE_ID, SPACE_BRANCH, space], hub_env, cwd=tmp_path)
+    served = local_hub.files(SPACE_ID, "space", SPACE_BRANCH)
+    assert {p: (space / p).read_bytes() for p in served if p != GITATTRIBUTES} == {
+        p: c for p, c in served.items() if p != GITATTRIBUTES
+    }
+    assert {"app.py", "clay_hf/space.py", "model/config.json", "collection/collection.json"} <= set(served)
+    chips = json.loads(served["collection/collection.json"])["count"]
+
+    (tmp_path / "guard").mkdir()
+    (tmp_path / "guard" / "sitecustomize.py").write_text(CONNECT_GUARD)
+    log, home = tmp_path / "connects.txt", tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    env = _env_outside_checkout(PYTHONPATH=str(tmp_path / "guard"), CLAY_GUARD_LOG=str(log), HOME=str(home),
+                                HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")  # fmt: skip
+    hub_requests = len(local_hub.store.requests)
+    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=space,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120  # a wait for the server, not a timing assertion
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the pushed Space did not start"
+            time.sleep(0.5)
+        page = httpx.get(f"{url}/config", timeout=30, follow_redirects=True).text
+        assert f"{chips} precomputed sample chips" in page and "Model: `model`" in page  # its model/, collection/
+        _, metadata = Client(url, verbose=False).predict(handle_file(str(space / "examples" / "s2.tif")),
+                                                          "auto-detect", "", api_name="/inspect")  # fmt: skip
+        assert metadata["sensor"] == "sentinel-2-l2a" and metadata["bands"][:3] == ["blue", "green", "red"]
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    hosts = set(log.read_text().split()) if log.exists() else set()
+    assert "127.0.0.1" in hosts and hosts <= LOOPBACK_HOSTS, (hosts, output[-2000:])  # the guard ran; nothing left
+    assert len(local_hub.store.requests) == hub_requests  # nothing fetched from the Hub either
+    assert not (home / ".cache" / "clay_hf").exists(), output[-2000:]  # no sample data, no rebuilt collection
+    assert "building the collection" not in output and "no usable collection" not in output
+    assert (space / "clay_hf" / "__pycache__").is_dir()  # the bundled package is the one that ran
+
+
+# --------------------------------------------------------------------------------------------------
 # dry run, the CLI and refusals (no server needed)
 # --------------------------------------------------------------------------------------------------
 
@@ -424,6 +568,20 @@ def test_refuses_folders_of_the_wrong_kind(tmp_path, folders, converted_micro):
     (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "auto_map"}))
     with pytest.raises(HubPublishError, match="needs an auto_map whose modules are in the folder"):
         push_model(folder, "me/clay", dry_run=True)
+
+
+def test_refuses_a_space_without_the_model_and_collection_it_starts_from(tmp_path, folders):
+    space = tmp_path / "space"
+    shutil.copytree(folders["space"], space, symlinks=True)
+    shutil.rmtree(space / "model")
+    with pytest.raises(HubPublishError, match=r"is missing \['model/config.json'\], so the pushed Space could not"):
+        push_space(space, "me/space", dry_run=True)
+    assert "model/config.json" not in push_space(space, "me/space", dry_run=True, bundled_model=False).plan.paths
+    cli = ["space", str(space), "--repo-id", "me/space", "--dry-run"]
+    assert _cli().main(cli) == 2 and _cli().main([*cli, "--no-bundled-model"]) == 0
+    shutil.rmtree(space / "collection")
+    with pytest.raises(HubPublishError, match=r"is missing \['collection/collection.json'\]"):
+        push_space(space, "me/space", dry_run=True, bundled_model=False)
 
 
 def test_refuses_bad_repo_ids_templates_and_metrics(tmp_path, converted_micro):

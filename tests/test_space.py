@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .launch import load_script
+from .launch import CONNECT_GUARD, load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "spaces"
@@ -342,6 +342,19 @@ def test_bad_files_give_clear_messages_through_the_api(client, files):
         client.predict(handle_file(str(files["big"])), "auto-detect", "", api_name="/inspect")
 
 
+def test_band_mismatch_message_uses_the_error_counts_not_its_wording():
+    from clay_hf.errors import BandMismatchError
+    from clay_hf.space import _band_mismatch_message
+
+    reworded = BandMismatchError("wording that names no number at all", num_bands=7, num_values=3)
+    assert _band_mismatch_message(reworded, None, (0.49, 0.56, 0.665)).startswith(
+        "the file has 7 bands but 3 wavelengths were typed"
+    )
+    assert _band_mismatch_message(reworded, "naip", None).startswith("the file has 7 bands, which do not match")
+    unknown = BandMismatchError("12 bands in 1 files but 2 values")  # no counts given: not read from the text
+    assert "a different number of bands" in _band_mismatch_message(unknown, None, (0.49, 0.56))
+
+
 def test_oversized_upload_is_refused_by_server_and_callback(app, space, files):
     import httpx
 
@@ -445,21 +458,6 @@ def test_no_connection_outside_loopback(network_log, client, files):
     network_log.pop()
 
 
-_GUARD = """
-import os, socket
-_log = os.environ["CLAY_GUARD_LOG"]
-_connect = socket.socket.connect
-def connect(self, address):
-    host = address[0] if isinstance(address, tuple) else "unix"
-    with open(_log, "a") as f:
-        f.write(f"{host}\\n")
-    if host not in ("127.0.0.1", "::1", "localhost", "unix"):
-        raise ConnectionRefusedError(f"guard: {address!r} refused")
-    return _connect(self, address)
-socket.socket.connect = connect
-"""
-
-
 def test_app_script_starts_offline_and_stays_on_loopback(tmp_path, built, converted_micro, files):
     """``python spaces/app.py`` as a Space runs it, in its own process with a connect guard loaded first."""
     import time
@@ -468,7 +466,7 @@ def test_app_script_starts_offline_and_stays_on_loopback(tmp_path, built, conver
     from gradio_client import Client, handle_file
 
     (tmp_path / "guard").mkdir()
-    (tmp_path / "guard" / "sitecustomize.py").write_text(_GUARD)
+    (tmp_path / "guard" / "sitecustomize.py").write_text(CONNECT_GUARD)
     log = tmp_path / "connects.txt"
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
