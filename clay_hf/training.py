@@ -45,7 +45,7 @@ import torch
 
 from .atomic import apply_umask, atomic_folder, atomic_write_text, is_clay_model_folder
 from .configuration_clay import CLAY_PRESETS, ClayConfig
-from .errors import CheckpointError, ClayConfigError, ClayError, OutputExistsError
+from .errors import CheckpointError, ClayConfigError, ClayError, NoChipsError, OutputExistsError
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForPreTraining
 from .sensors import get_sensor
@@ -342,7 +342,7 @@ class _Batches:
                 if not self.native:
                     self._epoch, self.taken = self._epoch + 1, 0
                 self._start_epoch()
-        raise ClayError(
+        raise NoChipsError(
             "the dataset gave this process no batch in a whole epoch: it has fewer chips of one band set than "
             "batch_size x processes; lower --batch-size or add chips"
         )
@@ -686,7 +686,7 @@ def _eval_batches(config: TrainingConfig, processor: ClayImageProcessor, rank: i
         if len(batches) == config.eval_batches:
             break
     if not batches:
-        raise ClayError(f"the eval dataset {config.eval_dataset} gave process {rank} no batch")
+        raise NoChipsError(f"the eval dataset {config.eval_dataset} gave process {rank} no batch")
     while len(batches) < config.eval_batches:  # every process runs the same number of forward passes (FSDP)
         batches.append(batches[len(batches) % len(batches)])
     return batches
@@ -744,10 +744,6 @@ def train(
         project_dir=str(output_dir),
     )
     world = accelerator.num_processes
-    if accelerator.device.type == "cpu":
-        from .runtime import tune_cpu_allocator
-
-        tune_cpu_allocator()  # big activations from the heap: no page faults on every step
     logger.info("%s on %d process(es), device %s, mixed precision %s", accelerator.distributed_type.value, world,
                 accelerator.device, accelerator.mixed_precision)  # fmt: skip
     # 0. the output folder: locked by the main process for the whole run; refused, cleared or resumed
@@ -770,7 +766,6 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
     model = build_model(config, teacher_dim=teacher.embedding_dim if teacher is not None else None)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    model.set_cpu_prepacking(False)  # the weights change every step: each evaluation would pack a fresh copy
     model.train()
     if teacher is not None:
         teacher = teacher.to(accelerator.device)

@@ -88,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--eval-batches", type=int, default=4, help="eval batches per process (default: 4)")
     add("--eval-every", type=int, default=None, help="steps between evals (default: at every checkpoint)")
     add("--quiet", action="store_true", help="no progress bar")
+    add("--no-tune-allocator", action="store_true", help="on CPU, keep glibc's default mmap behaviour for big tensors")
     return parser.parse_args(argv)
 
 
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     from clay_hf.errors import ClayError
     from clay_hf.training import TrainingConfig, train
 
+    if _on_cpu() and not args.no_tune_allocator:
+        from clay_hf.runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()  # big activations from the heap: no page faults on every step
     try:
         config = TrainingConfig(
             dataset=args.dataset, output_dir=args.output, model=args.model, init_from=args.init_from,
@@ -119,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     if summary["world_size"] == 1 or _is_main():
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _on_cpu() -> bool:
+    """Whether Accelerate will train this process on the CPU: asked to (ACCELERATE_USE_CPU), or no accelerator."""
+    import torch
+    from accelerate.utils import is_mps_available, is_xpu_available, parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return True
+    return not (torch.cuda.is_available() or is_mps_available() or is_xpu_available())
 
 
 def _is_main() -> bool:

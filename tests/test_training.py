@@ -70,9 +70,9 @@ def _factory(chips, poison_batch=None):
 
 
 def _prepacking_state(model) -> tuple[bool, int]:
-    from clay_hf.modeling_clay import ClayLinear
+    from clay_hf.cpu_inference import CpuPrepackedLinear, cpu_prepacked_bytes
 
-    return any(m.cpu_prepacking for m in model.modules() if isinstance(m, ClayLinear)), model.cpu_prepacked_bytes()
+    return any(isinstance(m, CpuPrepackedLinear) for m in model.modules()), cpu_prepacked_bytes(model)
 
 
 def _config(tmp_path, **overrides) -> TrainingConfig:
@@ -103,7 +103,7 @@ def test_training_config_errors_name_the_values(tmp_path):
 
 
 def test_losses_fall_and_the_teacher_contributes(tmp_path, s2_chips):
-    prepacking = []  # training turns off the prepacked CPU inference path (weights change every step)
+    prepacking = []  # training never has the opt-in prepacked CPU inference path (weights change every step)
     summary = train(
         _config(tmp_path, max_steps=12), dataloader_factory=_factory(s2_chips), show_progress=False,
         step_callback=lambda step, model, losses: prepacking.append(_prepacking_state(model)),
