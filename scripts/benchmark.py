@@ -12,13 +12,13 @@ Measured, in one run, on one device and with one thread setting:
 3. one ``ClayForPreTraining`` training step (mask ratio 0.75, forward + backward + AdamW): chips/s and
    peak memory.
 
-FLOPs per chip (a multiply-add is 2 FLOPs) count the linear layers (qkv, out, fc1, fc2:
-``2 * tokens * in * out`` each), attention (``2 * 2 * tokens^2 * heads * head_dim`` per layer) and the
-patch-embedding conv (``2 * L * C * P * P * D``), with ``tokens = 1 + (H/P) * (W/P)``. LayerNorm, GELU,
-softmax and additions are not counted. The wavelength-conditioned weight generator is left out of the
-embedding count: in inference it runs once per band set and is cached (the script checks that it is not
-called during the timed iterations). A training step counts 3x the forward FLOPs (backward = 2x forward),
-the generators of both dynamic layers included, since they run on every training step.
+FLOPs per chip are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the real model, once per case: the
+matrix products (linear layers, the patch embedding, attention), 2 FLOPs per multiply-add; LayerNorm, GELU,
+softmax and additions count zero. Embeddings: one forward of one chip on the plain model (before any CPU
+tuning), after a first call that fills the weight-generator cache; the generator is thus left out, as in
+inference it runs once per band set (the script checks that it is not called during the timed iterations).
+Training: the first (untimed) step of the case, forward + backward at the case's batch, the generators of both
+dynamic layers included, since they run on every training step (their share spread over the batch).
 
 Inputs: the Sentinel-2 L2A band set (10 bands, gsd 10 m), standard-normal pixels, random time and location
 encodings; the weights are randomly initialised (throughput does not depend on their values).
@@ -46,12 +46,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from tqdm import tqdm
 
 import clay_hf
 from clay_hf import ClayConfig, ClayForPreTraining, ClayModel, get_sensor
 from clay_hf.atomic import atomic_write_text
-from clay_hf.modeling_clay import ClayLinear, cpu_prepacking_available
+from clay_hf.cpu_inference import (
+    CpuPrepackedLinear,
+    cpu_prepacked_bytes,
+    cpu_prepacking_available,
+    prepare_for_cpu_inference,
+)
 
 EXAMPLES = """examples:
   # the full benchmark (about 8 minutes on a 2-core CPU), written to BENCHMARKS.md
@@ -117,7 +123,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-prepacking",
         action="store_true",
-        help="CPU inference with plain F.linear instead of prepacked oneDNN weights (model.set_cpu_prepacking(False))",
+        help="CPU inference with plain F.linear instead of prepacked oneDNN weights "
+        "(prepare_for_cpu_inference(model, prepack_linear=False))",
     )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="chips per batch for every case (default: sized per case)"
@@ -348,11 +355,11 @@ class PeakPoint:
         return max(self.flops_per_s.values())
 
 
-PREPACKED = "ClayLinear, prepacked"
+PREPACKED = "CpuPrepackedLinear"
 
 
 def _matmul_layouts(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
-    """Operand layouts measured for the peak: both torch.mm layouts, plus the model's own prepacked CPU linear."""
+    """Operand layouts measured for the peak: both torch.mm layouts, plus the prepacked CPU linear of CPU inference."""
     layouts = ("x @ w.T", "a @ b")
     if device.type == "cpu" and cpu_prepacking_available(dtype):
         layouts += (PREPACKED,)
@@ -363,8 +370,8 @@ def _square_product(layout: str, n: int, dtype: torch.dtype, device: torch.devic
     """A no-argument callable computing one ``n x n @ n x n`` product in ``layout``."""
     a = torch.randn(n, n, generator=generator).to(device, dtype)
     b = torch.randn(n, n, generator=generator).to(device, dtype)
-    if layout == PREPACKED:  # the kernel ClayModel's linear layers run in CPU inference (weights packed once)
-        linear = ClayLinear(n, n, bias=False).to(device, dtype)
+    if layout == PREPACKED:  # the kernel of prepare_for_cpu_inference's linear layers (weights packed once)
+        linear = CpuPrepackedLinear(n, n, bias=False).to(device, dtype)
         with torch.no_grad():
             linear.weight.copy_(b)
 
@@ -389,7 +396,7 @@ def measure_matmul_peak(
     points: list[PeakPoint] | None = None,
 ) -> list[PeakPoint]:
     """Square ``n x n @ n x n`` products, per dtype, operand layout and size: ``torch.mm`` into a preallocated output
-    in both operand layouts and, on CPU, the model's prepacked ``ClayLinear`` (the peak is the fastest kernel).
+    in both operand layouts and, on CPU, the prepacked ``CpuPrepackedLinear`` (the peak is the fastest kernel).
 
     The rate of a point is the best of ``windows`` windows of ``window_s`` seconds (the best is what the
     hardware can do; slower windows are other load or clock changes). Measured under the label ``when``
@@ -439,62 +446,66 @@ def best_peak(points: Sequence[PeakPoint], dtype: str) -> float | None:
 # --------------------------------------------------------------------------------------------------
 # FLOP counts
 # --------------------------------------------------------------------------------------------------
-def transformer_flops(tokens: int, width: int, depth: int, heads: int, head_dim: int, mlp: int) -> dict[str, int]:
-    """Forward FLOPs of ``depth`` pre-norm layers on ``tokens`` tokens: linear layers and attention."""
-    inner = heads * head_dim
-    linear = 2 * tokens * (width * 3 * inner + inner * width + 2 * width * mlp)  # qkv, out, fc1, fc2
-    attention = 2 * 2 * tokens**2 * inner  # q @ k^T and weights @ v
-    return {"linear": depth * linear, "attention": depth * attention}
+# FlopCounterMode has formulas for the CUDA sdpa kernels but none for the one sdpa dispatches to on CPU; torch's own
+# sdpa formulas apply to it unchanged (the arguments start with the same tensors).
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def embedding_flops(config: ClayConfig, chip_px: int, bands: int) -> dict[str, int]:
-    """Forward FLOPs per chip of ``ClayModel`` (no masking); the cached weight generator is excluded."""
-    p = config.patch_size
-    patches = (chip_px // p) ** 2
-    counts = transformer_flops(
-        1 + patches, config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.head_dim,
-        config.intermediate_size,
-    )  # fmt: skip
-    counts["patch_embedding"] = 2 * patches * bands * p * p * config.hidden_size
-    counts["total"] = sum(counts.values())
-    return counts
+def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-def weight_generator_flops(config: ClayConfig, bands: int, out_dim: int, bias_dim: int | None) -> int:
-    """Forward FLOPs of one wavelength-conditioned weight generator (per call, not per chip)."""
-    e, seq = config.wave_dim, config.num_latent_tokens + bands + 1
-    flops = 2 * 2 * bands * e * e  # the residual block on the wave tokens
-    flops += transformer_flops(seq, e, 1, 1, e, config.wave_intermediate_size)["linear"]
-    flops += 2 * 2 * seq**2 * e  # attention of the generator layer
-    flops += 2 * bands * e * out_dim + (2 * e * bias_dim if bias_dim else 0)
-    return flops
+_CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+}
 
 
-def training_flops(config: ClayConfig, chip_px: int, bands: int, batch: int) -> int:
-    """FLOPs per chip of one pre-training step: 3x the forward (encoder on the visible patches, decoder)."""
-    p, d, dd = config.patch_size, config.hidden_size, config.decoder_hidden_size
-    patches = (chip_px // p) ** 2
-    visible = patches - int(config.mask_ratio * patches)
-    forward = 2 * patches * bands * p * p * d  # patch embedding of every patch
-    forward += sum(
-        transformer_flops(
-            1 + visible, d, config.num_hidden_layers, config.num_attention_heads, config.head_dim,
-            config.intermediate_size,
-        ).values()
-    )  # fmt: skip
-    forward += 2 * (1 + visible) * d * dd if d != dd else 0  # enc_to_dec
-    forward += sum(
-        transformer_flops(
-            1 + patches, dd, config.decoder_num_hidden_layers, config.decoder_num_attention_heads,
-            config.decoder_head_dim, config.decoder_intermediate_size,
-        ).values()
-    )  # fmt: skip
-    forward += 2 * patches * dd * bands * p * p  # the dynamic pixel head
-    forward += 2 * d * config.teacher_dim  # proj
-    generators = weight_generator_flops(config, bands, p * p * d, d) + weight_generator_flops(
-        config, bands, p * p * dd, None
-    )
-    return 3 * (forward + generators // batch)
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` as ``torch.utils.flop_counter.FlopCounterMode`` counts them: matrix products,
+    convolutions and attention, 2 per multiply-add; elementwise ops, norms and softmax count zero."""
+    with FlopCounterMode(display=False, custom_mapping=_CPU_SDPA_FLOPS) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def embedding_flops(model: ClayModel, chip_px: int, wavelengths: torch.Tensor, gsd: float) -> int:
+    """Forward FLOPs per chip of ``model`` (no masking), counted on one chip; the cached weight generator is excluded.
+
+    Count on the plain model: kernels swapped in later (CPU prepacking) are ops the counter has no formula for.
+    """
+    device = next(model.parameters()).device
+    inputs = make_inputs(1, len(wavelengths), chip_px, device, seed=0)
+
+    def forward() -> None:
+        model(wavelengths=wavelengths, gsd=gsd, **inputs)
+
+    with torch.inference_mode():
+        forward()  # generates and caches the patch-embedding weights; the counted call reuses them
+        return count_flops(forward)
+
+
+def training_flops(
+    model: ClayForPreTraining, chip_px: int, wavelengths: torch.Tensor, gsd: float, batch: int = 1
+) -> int:
+    """FLOPs per chip of one pre-training step (forward with masking + backward), counted at ``batch`` chips.
+
+    The weight generators of both dynamic layers run once per step, so their share per chip falls with the batch.
+    The gradients are dropped afterwards; the parameters are not changed.
+    """
+    device = next(model.parameters()).device
+    inputs = make_inputs(batch, len(wavelengths), chip_px, device, seed=0)
+    teacher = torch.zeros(batch, model.config.teacher_dim, device=device)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def step() -> None:
+        out = model(wavelengths=wavelengths, gsd=gsd, teacher_embeddings=teacher, generator=generator, **inputs)
+        out.loss.backward()
+
+    flops = count_flops(step)
+    model.zero_grad(set_to_none=True)
+    return flops // batch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -621,7 +632,12 @@ def run_embedding_cases(args: argparse.Namespace, progress: tqdm) -> tuple[list[
         config = ClayConfig.from_preset(size, attn_implementation=args.attn_implementation)
         torch.manual_seed(args.seed)
         reference = ClayModel(config).eval().to(device)
-        reference.set_cpu_prepacking(not args.no_prepacking)
+        # FLOPs per chip, counted on the plain model once per chip size (they do not depend on the dtype)
+        chip_flops = {px: embedding_flops(reference, px, wavelengths, sensor.gsd_m) for px in args.chip_sizes}
+        if device.type == "cpu":  # the opt-in CPU inference tuning; its attention replaces sdpa only, as before
+            prepare_for_cpu_inference(
+                reference, prepack_linear=not args.no_prepacking, attention=args.attn_implementation == "sdpa"
+            )
         reference_cls: dict[int, torch.Tensor] = {}
         for dtype_name in args.dtypes:
             dtype = DTYPES[dtype_name]
@@ -630,7 +646,7 @@ def run_embedding_cases(args: argparse.Namespace, progress: tqdm) -> tuple[list[
             calls = CallCounter(model.patch_embedding.weight_generator)
             for chip_px in args.chip_sizes:
                 progress.set_description(f"embeddings {size}@{chip_px} {dtype_name}")
-                flops = embedding_flops(config, chip_px, bands)["total"]
+                flops = chip_flops[chip_px]
                 batch = args.batch_size or default_batch(flops, device)
                 inputs = make_inputs(batch, bands, chip_px, device, args.seed)
                 if mode == "cast":
@@ -657,7 +673,7 @@ def run_embedding_cases(args: argparse.Namespace, progress: tqdm) -> tuple[list[
                 result = EmbeddingResult(
                     size, chip_px, 1 + (chip_px // config.patch_size) ** 2, dtype_name, mode, batch, timing.iters,
                     timing.seconds_per_iter, flops, None, weight_bytes(model), timing.memory_rise, calls.count,
-                    model.cpu_prepacked_bytes(),
+                    cpu_prepacked_bytes(model),
                 )  # fmt: skip
                 if dtype == torch.float32:
                     reference_cls[chip_px] = outputs[0]
@@ -691,8 +707,7 @@ def run_training_cases(args: argparse.Namespace, progress: tqdm) -> list[Trainin
             torch.manual_seed(args.seed)
             model = ClayForPreTraining(config).train().to(device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            flops_probe = training_flops(config, chip_px, bands, 1)
-            batch = args.batch_size or default_batch(flops_probe, device)
+            batch = args.batch_size or default_batch(training_flops(model, chip_px, wavelengths, sensor.gsd_m), device)
             inputs = make_inputs(batch, bands, chip_px, device, args.seed)
             teacher = torch.randn(batch, config.teacher_dim, generator=torch.Generator().manual_seed(args.seed))
             generator = torch.Generator(device).manual_seed(args.seed)
@@ -718,7 +733,9 @@ def run_training_cases(args: argparse.Namespace, progress: tqdm) -> list[Trainin
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(out.loss.item())
 
-            step()  # creates the AdamW state, which then stays resident
+            # The first step creates the AdamW state, which then stays resident; its counted FLOPs are the case's
+            # (forward + backward: AdamW's update is elementwise and counts zero).
+            flops_per_chip = count_flops(step) // batch
             state_bytes = sum(
                 t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
             )
@@ -731,7 +748,7 @@ def run_training_cases(args: argparse.Namespace, progress: tqdm) -> list[Trainin
                     batch,
                     timing.iters,
                     timing.seconds_per_iter,
-                    training_flops(config, chip_px, bands, batch),
+                    flops_per_chip,
                     None,  # the peak is filled in after the run
                     weight_bytes(model) + state_bytes,
                     timing.memory_rise,
@@ -1038,13 +1055,13 @@ def render_report(
     lines += [
         "Notes:",
         "",
-        "- FLOPs per chip: linear layers (qkv, out, fc1, fc2: `2 * tokens * in * out`), attention "
-        "(`4 * tokens^2 * heads * head_dim` per layer) and the patch-embedding conv (`2 * L * C * P * P * D`); "
-        "`tokens = 1 + (H/P) * (W/P)`; LayerNorm, GELU, softmax and additions are not counted. "
-        "The weight generator is excluded: it runs once per band set and is cached in inference "
+        "- FLOPs per chip: counted by `torch.utils.flop_counter.FlopCounterMode` on one forward of one chip of the "
+        "plain model: linear layers, patch embedding and attention, 2 per multiply-add; LayerNorm, GELU, softmax and "
+        "additions count zero. The weight generator is excluded: it runs once per band set and is cached in inference "
         f"({'verified: no generator call during the timed iterations' if generator_cached else 'NOT cached in this run: the generator ran during timing'}).",
-        "- Training FLOPs: 3x the forward of the encoder on the 25% visible patches, the decoder on all patches, "
-        "the pixel head, both weight generators (per step, spread over the batch) and the projection.",
+        "- Training FLOPs: counted the same way on the case's first step (forward + backward at its batch): the "
+        "encoder on the 25% visible patches, the decoder on all patches, the pixel head, both weight generators "
+        "(per step, spread over the batch) and the projection.",
         f"- Inputs: {SENSOR} (10 bands, gsd 10 m), random pixels, time and location; random weights; "
         f"attention `{args.attn_implementation}`; reduced precision by "
         + ("`model.to(dtype)`" if args.bf16_mode == "cast" else "`torch.autocast` on a float32 model")
@@ -1053,7 +1070,7 @@ def render_report(
         f"iterations until {args.min_time:g} s or {args.max_iters} iterations; inference under `torch.inference_mode()`.",
         f"- Peak MiB = weights (training: weights + AdamW state) + prepacked weight copies + the {memory_note}; "
         "activations, gradients and workspace are in the rise. packed MiB: the copies of the linear weights in "
-        "oneDNN's layout that CPU inference keeps (`ClayLinear`; "
+        "oneDNN's layout that CPU inference keeps (`prepare_for_cpu_inference`, `CpuPrepackedLinear`; "
         + ("off in this run, `--no-prepacking`" if args.no_prepacking else "`--no-prepacking` turns them off")
         + ").",
         "- cos vs fp32: cosine similarity of the cls embedding (`pooler_output`) to the float32 model's on the same "
