@@ -31,6 +31,7 @@ __all__ = [
     "encode_latlon",
     "to_decibels",
     "parse_datetime",
+    "as_list",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def parse_datetime(value: Any) -> dt.datetime | dt.date | None:
     )
 
 
-def _as_list(values: Any) -> list[Any]:
+def as_list(values: Any) -> list[Any]:
     """A scalar becomes a one-element list; arrays, tensors and sequences become lists."""
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().reshape(-1).tolist() if values.ndim else [values.item()]
@@ -125,7 +126,7 @@ def encode_time(
         raise ClayInputError("pass either hour= or use_capture_hour=True, not both")
     if hour is not None and not (isinstance(hour, (int, float)) and 0 <= hour < 24):
         raise ClayInputError(f"hour must be a number in [0, 24), got {hour!r}")
-    parsed = [parse_datetime(v) for v in _as_list(datetimes)]
+    parsed = [parse_datetime(v) for v in as_list(datetimes)]
     out = np.zeros((len(parsed), 4), dtype=np.float64)  # (B, 4)
     for i, when in enumerate(parsed):
         if when is None:
@@ -144,7 +145,7 @@ def encode_time(
 
 def _coordinates(values: Any, name: str) -> np.ndarray:
     """Coordinates as float64 ``(B,)`` with NaN for unknown (``None``) entries."""
-    items = _as_list(values)
+    items = as_list(values)
     try:
         return np.array([np.nan if v is None else float(v) for v in items], dtype=np.float64)
     except (TypeError, ValueError):

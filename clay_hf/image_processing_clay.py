@@ -33,7 +33,7 @@ import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.utils import TensorType
 
-from .encodings import LatLonOrder, _as_list, encode_latlon, encode_time, to_decibels
+from .encodings import LatLonOrder, as_list, encode_latlon, encode_time, to_decibels
 from .errors import BandMismatchError, ChipSizeError, ClayInputError, NonFiniteInputError
 from .sensors import Sensor, get_sensor, list_sensors
 
@@ -87,8 +87,8 @@ def _is_scalar(values: Any) -> bool:
 def _per_sample(values: Any, batch_size: int, name: str) -> list[Any]:
     """One value per sample: a scalar is repeated over the batch, a sequence must have length B."""
     if _is_scalar(values):
-        return _as_list(values) * batch_size
-    items = _as_list(values)
+        return as_list(values) * batch_size
+    items = as_list(values)
     if len(items) != batch_size:
         raise ClayInputError(
             f"got {len(items)} {name} for a batch of {batch_size} images; pass one per image "
@@ -374,7 +374,7 @@ class ClayImageProcessor(BaseImageProcessor):
 
     @staticmethod
     def _float_list(values: Any, name: str) -> list[float]:
-        items = _as_list(values)
+        items = as_list(values)
         try:
             floats = [float(v) for v in items]
         except (TypeError, ValueError):

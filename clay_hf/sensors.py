@@ -30,6 +30,12 @@ surface-reflectance tables differ, so the lookup error names both and asks which
 
 Users add their own sensors with :func:`register_sensor`, or pass wavelengths, mean and std straight
 to the image processor.
+
+The table also holds, as data, what the raster readers need to recognise a product: the band names products
+and STAC catalogues use (``band_aliases``, ``platform_band_aliases``: ``"B02"`` -> ``"blue"``, Landsat TM/ETM+
+numbering by platform), read by :func:`canonical_band` and :func:`map_band_names`; and the platform rules
+(``platform_rules``, ``level_keywords``) that :func:`sensor_from_platform` applies to a STAC ``platform`` or a
+file's ``SPACECRAFT_ID`` tag.
 """
 
 from __future__ import annotations
@@ -39,11 +45,12 @@ import difflib
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import BandMismatchError, ClayInputError, UnknownSensorError
+from .errors import BandMismatchError, ClayInputError, UnknownBandError, UnknownSensorError
 
 __all__ = [
     "Sensor",
@@ -51,6 +58,12 @@ __all__ = [
     "list_sensors",
     "register_sensor",
     "SENSORS_JSON",
+    "normalize_band_name",
+    "normalize_platform",
+    "band_aliases",
+    "canonical_band",
+    "map_band_names",
+    "sensor_from_platform",
 ]
 
 logger = logging.getLogger(__name__)
@@ -301,13 +314,116 @@ def register_sensor(sensor: Sensor, overwrite: bool = False) -> Sensor:
     return sensor
 
 
-def _load_table(path: Path = SENSORS_JSON) -> Iterable[Sensor]:
+def _read_json(path: Path = SENSORS_JSON) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
-        table = json.load(f)
-    for name, data in table["sensors"].items():
+        return json.load(f)
+
+
+def _load_table(path: Path = SENSORS_JSON) -> Iterable[Sensor]:
+    for name, data in _read_json(path)["sensors"].items():
         yield Sensor.from_dict(name, data)
 
 
+_TABLE = _read_json()
 for _sensor in _load_table():
     register_sensor(_sensor)
 del _sensor
+
+# ---------------------------------------------------------------------------------------------- band names
+
+
+def normalize_band_name(name: str) -> str:
+    """Lookup key of a band name: lower case, ``-`` and spaces turned into ``_`` (``"B8A"`` -> ``"b8a"``)."""
+    return str(name).strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def band_aliases(sensor: str | Sensor, platform: str | None = None) -> dict[str, str]:
+    """Product band names (normalised) -> the table's band names of ``sensor``; ``platform`` picks a
+    platform's own numbering (Landsat 4/5/7 TM/ETM+) where the table has one. Empty for unknown sensors."""
+    name = sensor.name if isinstance(sensor, Sensor) else str(sensor)
+    if platform:
+        key = normalize_platform(platform)
+        for rule in _TABLE.get("platform_band_aliases", ()):
+            if name in rule["sensors"] and key in rule["platforms"]:
+                return dict(rule["aliases"])
+    return dict(_TABLE.get("band_aliases", {}).get(name, {}))
+
+
+def canonical_band(sensor: Sensor, name: str, platform: str | None = None) -> str | None:
+    """The table name of band ``name`` of ``sensor`` (aliases, file-name tails like ``s2_B02``), or None."""
+    table = {normalize_band_name(b): b for b in sensor.band_names}
+    aliases = band_aliases(sensor, platform)
+    key = normalize_band_name(name)
+    candidates = [key, re.sub(r"^(sr|st|toa)_", "", key), key.rsplit("_", 1)[-1]]
+    for cand in candidates:
+        if cand in table:
+            return table[cand]
+        if cand in aliases:
+            return aliases[cand]
+    return None
+
+
+def map_band_names(sensor: Sensor, names: Sequence[str], platform: str | None, where: str) -> tuple[str, ...]:
+    """``names`` as the table names of ``sensor`` (:func:`canonical_band`); ``where`` names the source in errors.
+
+    Raises:
+        UnknownBandError: a name the sensor does not have (with the closest names), or names that map to the
+            same band twice.
+    """
+    mapped = []
+    for name in names:
+        canonical = canonical_band(sensor, name, platform)
+        if canonical is None:
+            known = list(sensor.band_names) + sorted(band_aliases(sensor))
+            close = difflib.get_close_matches(normalize_band_name(name), known, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+            raise UnknownBandError(
+                f"{where}: sensor {sensor.name!r} has no band {name!r}; {hint}its bands are "
+                f"{list(sensor.band_names)}. Pass band_names= with these names, or sensor=None with "
+                "wavelengths_um=, mean= and std= for a band set the table does not have"
+            )
+        mapped.append(canonical)
+    if len(set(mapped)) != len(mapped):
+        raise UnknownBandError(f"{where}: band names {list(names)} map to repeated sensor bands {mapped}")
+    return tuple(mapped)
+
+
+# ---------------------------------------------------------------------------------------------- platforms
+
+
+def normalize_platform(platform: str) -> str:
+    """Lookup key of a platform: lower case, ``_`` and spaces -> ``-``, ``landsat8`` -> ``landsat-8``."""
+    text = str(platform).strip().lower().replace("_", "-").replace(" ", "-")
+    return re.sub(r"^(landsat|sentinel)-?(\d)", r"\1-\2", text)
+
+
+def _rule_matches(rule: dict[str, Any], platform: str) -> bool:
+    return (
+        platform in rule.get("platforms", ())
+        or any(platform.startswith(p) for p in rule.get("prefixes", ()))
+        or any(c in platform for c in rule.get("contains", ()))
+    )
+
+
+def sensor_from_platform(platform: str | None, hint: str = "") -> str | None:
+    """The sensor-table name for a platform (STAC ``platform``, a file's ``SPACECRAFT_ID`` tag), or None.
+
+    ``hint`` is the collection id or processing level ("sentinel-2-l1c", "landsat-c2-l2", "L1TP"): it decides
+    between the level-1 and surface-reflectance Landsat tables. Landsat 4/5/7 level-1 data (8-bit digital
+    numbers) and Landsat without a level have no table entry and give None. A name of the table itself
+    ("sentinel-2-l2a") is returned as is. The rules are data: ``platform_rules`` in ``sensors.json``.
+    """
+    if not platform:
+        return None
+    key, text = normalize_platform(platform), str(hint).lower().replace("-", "")
+    present = {level for level, words in _TABLE["level_keywords"].items() if any(w in text for w in words)}
+    for rule in _TABLE["platform_rules"]:
+        if not _rule_matches(rule, key):
+            continue
+        if "sensor" in rule:
+            return rule["sensor"]
+        return next((lv["sensor"] for lv in rule.get("levels", ()) if set(lv["when"]) <= present), None)
+    try:
+        return get_sensor(platform).name
+    except KeyError:
+        return None

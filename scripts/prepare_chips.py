@@ -15,7 +15,7 @@ those whose files are gone: they are removed, unless ``--keep-missing``. The sum
 dataset, as its README.md and manifest.json do. One build writes to a folder at a time: a second one exits
 with status 1 and names the first one's pid.
 The output loads with ``datasets.load_dataset("parquet", data_dir=OUTPUT)`` and trains or embeds with
-``clay_hf.data.get_dataloader(OUTPUT)``; push the folder to the Hub as a dataset repository.
+``clay_hf.geodata.loader.get_dataloader(OUTPUT)``; push the folder to the Hub as a dataset repository.
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ def print_summary(summary) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from clay_hf.chips import build_chip_dataset, write_dataset_card
     from clay_hf.errors import ClayError, OutputLockedError
+    from clay_hf.geodata.builder import build_chip_dataset, write_dataset_card
 
     if args.write_card:
         manifest = write_dataset_card(args.output)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sources: list = list(args.inputs)
         if args.sample:
-            from clay_hf.sample_data import sample_sources
+            from clay_hf.geodata.sample_data import sample_sources
 
             sources += sample_sources()
         fields = {"sensor": args.sensor, "datetime": args.datetime, "resolution": args.resolution}

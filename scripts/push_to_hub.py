@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Publish a Clay model folder, a chip dataset or the Gradio Space to the Hugging Face Hub.
 
-Each kind uploads only the files that belong to it (see clay_hf.hub) and never tokens, caches, dotfiles,
+Each kind uploads only the files that belong to it (see clay_hf.apps.hub) and never tokens, caches, dotfiles,
 temporary files, checkpoint folders or anything outside the folder. --dry-run prints the exact file list.
 """
 
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     card = parser.add_argument_group("model card (kind model)")
     card.add_argument("--no-card", action="store_true", help="keep the folder's README.md instead of rendering one")
     card.add_argument(
-        "--card-template", type=Path, default=None, help="template (default: clay_hf/templates/model_card.md)"
+        "--card-template", type=Path, default=None, help="template (default: clay_hf/apps/templates/model_card.md)"
     )
     card.add_argument("--license", default="apache-2.0", help="Hub license id of the weights (default apache-2.0)")
     card.add_argument("--dataset", action="append", default=[], help="Hub dataset id the model was trained on")
@@ -64,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from clay_hf.apps.hub import push_dataset, push_model, push_space
     from clay_hf.errors import ClayError
-    from clay_hf.hub import push_dataset, push_model, push_space
 
     common = dict(
         private=args.private, revision=args.revision, commit_message=args.commit_message, dry_run=args.dry_run

@@ -63,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModel
 
     import clay_hf  # noqa: F401  (registers the Auto classes)
-    from clay_hf.chips import build_chip_dataset
+    from clay_hf.apps.embeddings import embed_to_parquet, load_embedding_model
+    from clay_hf.apps.search import EmbeddingIndex
     from clay_hf.conversion import convert_checkpoint
-    from clay_hf.embeddings import embed_to_parquet, load_embedding_model
-    from clay_hf.sample_data import sample_sources
-    from clay_hf.search import EmbeddingIndex
-    from clay_hf.training import TrainingConfig, train
+    from clay_hf.geodata.builder import build_chip_dataset
+    from clay_hf.geodata.sample_data import sample_sources
+    from clay_hf.training.pretraining import TrainingConfig, train
 
     out = args.output
     out.mkdir(parents=True, exist_ok=True)

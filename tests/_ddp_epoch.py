@@ -10,7 +10,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from clay_hf.data import get_dataloader
+from clay_hf.geodata.loader import get_dataloader
 
 # PartialState reads no ACCELERATE_USE_CPU (Accelerator does): ask for CPU (gloo) explicitly.
 state = PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU") == "1")  # get_dataloader takes rank/world from it

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from clay_hf.training import TrainingConfig, get_dataloaders, train
+from clay_hf.training.pretraining import TrainingConfig, get_dataloaders, train
 
 dataset, output = sys.argv[1], Path(sys.argv[2])
 seen, sums = [], {}

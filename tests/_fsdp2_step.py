@@ -18,7 +18,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from clay_hf import ClayConfig, ClayForPreTraining
-from clay_hf.data import get_dataloader
+from clay_hf.geodata.loader import get_dataloader
 from clay_hf.modeling_clay import ClayLayer
 
 dist.init_process_group("gloo")

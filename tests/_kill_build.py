@@ -2,7 +2,7 @@
 
     python tests/_kill_build.py OUTPUT_DIR
         build_small(OUTPUT_DIR), SIGKILLing this process in the middle of the second source's second shard
-        (test_chips.py then resumes the build)
+        (test_builder.py then resumes the build)
     CLAY_TEST_HOLD=DIR python tests/_kill_build.py prepare_chips ARGS...
         scripts/prepare_chips.py's main(ARGS), where each source stops at its second chip: the process building
         it (this one, or a --workers process) writes DIR/busy-<pid> and waits until DIR/go exists
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import clay_hf.chips as chips  # noqa: E402
+import clay_hf.geodata.builder as chips  # noqa: E402
 from tests.chip_helpers import build_small  # noqa: E402
 
 HOLD = os.environ.get("CLAY_TEST_HOLD")

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 
-from clay_hf.training import TrainingConfig, train
+from clay_hf.training.pretraining import TrainingConfig, train
 
 parser = argparse.ArgumentParser()
 parser.add_argument("dataset")

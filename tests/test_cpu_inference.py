@@ -23,7 +23,7 @@ from clay_hf.cpu_inference import (
     cpu_prepacking_available,
     prepare_for_cpu_inference,
 )
-from clay_hf.io import MultiBandSource, iter_chips
+from clay_hf.geodata.raster import iter_chips, open_source
 
 WAVES4 = torch.tensor([0.65, 0.56, 0.48, 0.842])
 
@@ -42,7 +42,7 @@ def _batch(b=2, c=4, h=32, w=32, seed=0):
 @pytest.fixture(scope="module")
 def real_s2_inputs(s2_files) -> dict[str, torch.Tensor]:
     """8 real 32 x 32 Sentinel-2 chips at 20 m, processed for the parity fixture's patch size 4."""
-    with MultiBandSource(s2_files, resolution=20.0) as source:
+    with open_source(s2_files, resolution=20.0) as source:
         chips = list(iter_chips(source, 32, stride=96))[:8]
     raw = np.stack([c["pixels"] for c in chips]).astype(np.float32)  # (8, 10, 32, 32)
     processor = ClayImageProcessor(sensor="sentinel-2-l2a", patch_size=4)

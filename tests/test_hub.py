@@ -20,7 +20,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from clay_hf.hub import (
+from clay_hf.apps.hub import (
     HubPublishError,
     PlannedFile,
     UploadPlan,
@@ -216,7 +216,8 @@ CLIENT_WITH_CLAY_HF = textwrap.dedent(
     from transformers import AutoModel, AutoModelForPreTraining
 
     import clay_hf
-    from clay_hf.data import decode_chip, load_chip_dataset
+    from clay_hf.geodata.chip_format import decode_chip
+    from clay_hf.geodata.loader import load_chip_dataset
 
     model_id, dataset_id, inputs_path, out_path = sys.argv[1:5]
     data = torch.load(inputs_path)
@@ -267,7 +268,8 @@ def reference(folders, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]
     from transformers import AutoModel, AutoModelForPreTraining
 
     from clay_hf import ClayImageProcessor
-    from clay_hf.data import collate_chips, decode_chip, load_chip_dataset
+    from clay_hf.geodata.chip_format import decode_chip
+    from clay_hf.geodata.loader import collate_chips, load_chip_dataset
 
     sample = decode_chip(next(iter(load_chip_dataset(folders["dataset"]))))
     batch = collate_chips([sample], ClayImageProcessor(patch_size=4))
@@ -316,7 +318,8 @@ def test_automodel_and_streamed_dataset_from_hub_with_clay_hf(clients, reference
     assert torch.equal(out["embeddings"], ref["embeddings"])
     assert torch.equal(out["logits"], ref["logits"])
 
-    from clay_hf.data import decode_chip, load_chip_dataset
+    from clay_hf.geodata.chip_format import decode_chip
+    from clay_hf.geodata.loader import load_chip_dataset
 
     local = list(load_chip_dataset(folders["dataset"]))
     assert sorted(out["chip_ids"]) == sorted(row["chip_id"] for row in local) and len(local) == 18
@@ -350,7 +353,7 @@ WHEEL_CLIENT = textwrap.dedent(
     """
     import json, sys
     import clay_hf
-    from clay_hf.hub import package_files, render_model_card
+    from clay_hf.apps.hub import package_files, render_model_card
 
     model_folder, out_path = sys.argv[1:3]
     card = render_model_card(model_folder, "me/clay-micro", metrics={"knn": {"accuracy": 0.5}})
@@ -373,7 +376,7 @@ def test_a_wheel_install_renders_the_model_card_from_its_package_data(tmp_path, 
                     "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("clay_hf-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"clay_hf/templates/model_card.md", "clay_hf/sensors.json", "clay_hf/hub.py"} <= set(names)
+    assert {"clay_hf/apps/templates/model_card.md", "clay_hf/sensors.json", "clay_hf/apps/hub.py"} <= set(names)
     assert not any(n.startswith(("tests/", "spaces/", "scripts/")) or n == "model_card.md" for n in names)
 
     venv = tmp_path / "venv"  # the system site-packages give torch & co; pip comes from there too
@@ -398,7 +401,7 @@ def test_a_wheel_install_renders_the_model_card_from_its_package_data(tmp_path, 
     config = json.loads((converted_micro / "config.json").read_text())
     assert f"| encoder width D | {config['hidden_size']} |" in card and "| knn / accuracy | 0.5 |" in card
     assert "| `sentinel-2-l2a` | 10: blue, green, red" in card
-    assert {"clay_hf/templates/model_card.md", "clay_hf/sensors.json"} <= set(out["bundled"])
+    assert {"clay_hf/apps/templates/model_card.md", "clay_hf/sensors.json"} <= set(out["bundled"])
 
 
 DOWNLOAD_SPACE = textwrap.dedent(
@@ -427,7 +430,7 @@ def test_the_pushed_space_starts_offline_from_its_own_files(pushed, local_hub, h
     assert {p: (space / p).read_bytes() for p in served if p != GITATTRIBUTES} == {
         p: c for p, c in served.items() if p != GITATTRIBUTES
     }
-    assert {"app.py", "clay_hf/space.py", "model/config.json", "collection/collection.json"} <= set(served)
+    assert {"app.py", "clay_hf/apps/space.py", "model/config.json", "collection/collection.json"} <= set(served)
     chips = json.loads(served["collection/collection.json"])["count"]
 
     (tmp_path / "guard").mkdir()

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 
-from clay_hf.data import get_dataloader
+from clay_hf.geodata.loader import get_dataloader
 
 from .chip_helpers import (
     BEN_S2,
@@ -42,7 +42,7 @@ def script():
 
 def _s1_stack(path: Path) -> Path:
     """BigEarthNet's Sentinel-1 VV and VH files as ONE GeoTIFF that names its bands, platform and time in tags."""
-    from clay_hf.sample_data import sample_sources
+    from clay_hf.geodata.sample_data import sample_sources
 
     (spec,) = [s for s in sample_sources(packages=["bigearthnet-common"]) if s.name == f"bigearthnet-{S1_PATCH}"]
     with rasterio.open(spec.paths[0]) as vv, rasterio.open(spec.paths[1]) as vh:
@@ -132,7 +132,7 @@ def test_bad_source_is_an_error_or_with_skip_bad_a_counted_skip(script, tmp_path
 
 
 def test_sample_gives_chips_from_every_sensor_family(script, tmp_path, monkeypatch, capsys):
-    import clay_hf.sample_data as sample_data
+    import clay_hf.geodata.sample_data as sample_data
 
     real = sample_data.sample_sources
 
@@ -212,7 +212,7 @@ def test_a_source_whose_files_are_gone_is_removed_and_the_summary_counts_what_th
     code, out, _ = _run(script, capsys, a, b, "--output", output, *S2_ARGS)
     assert code == 0 and _summary_is_the_card(out, output) == 18
     shutil.rmtree(b)  # its files are deleted: `a` is all that a glob of the sources gives now
-    with caplog.at_level("WARNING", logger="clay_hf.chips"):
+    with caplog.at_level("WARNING", logger="clay_hf.geodata.builder"):
         code, out, _ = _run(script, capsys, a, "--output", output, *S2_ARGS)
     assert code == 0 and _summary_is_the_card(out, output) == 9
     assert f"removed b from the dataset: its files are gone ({b}/" in out
@@ -250,7 +250,7 @@ def test_a_changed_source_file_is_built_again_and_a_truncated_one_is_an_error(sc
         profile, blue = src.profile, src.read()
     with rasterio.open(band, "w", **profile) as dst:  # the blue band reprocessed in place: the same spec
         dst.write(blue // 2)
-    with caplog.at_level("WARNING", logger="clay_hf.chips"):
+    with caplog.at_level("WARNING", logger="clay_hf.geodata.builder"):
         code, out, _ = _run(script, capsys, a, b, "--output", output, *S2_ARGS)
     assert code == 0 and _summary_is_the_card(out, output) == 18
     assert f"rebuilt a: {band} " in out and re.search(r"^a .* 9  rebuilt in ", out, re.M)

@@ -1,4 +1,4 @@
-"""clay_hf.sample_data: public rasters from the package index, their sensors, dates, places and labels."""
+"""clay_hf.geodata.sample_data: public rasters from the package index, their sensors, dates, places and labels."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 
 from clay_hf import ClayImageProcessor, ClayModel
 from clay_hf.errors import SampleDataError
-from clay_hf.io import iter_chips, open_source, processor_kwargs
-from clay_hf.sample_data import (
+from clay_hf.geodata.loader import processor_kwargs
+from clay_hf.geodata.raster import iter_chips, open_source
+from clay_hf.geodata.sample_data import (
     SAMPLE_PACKAGES,
     _dbf_records,
     bigearthnet_labels,

@@ -11,8 +11,7 @@ import torch
 from datasets import Dataset
 
 from clay_hf import ClayImageProcessor, ClayInputError, ClayModel
-from clay_hf.io import MultiBandSource, iter_chips
-from clay_hf.search import (
+from clay_hf.apps.search import (
     EmbeddingIndex,
     SearchResult,
     cosine_search,
@@ -20,12 +19,13 @@ from clay_hf.search import (
     refine_query,
     search_by_examples,
 )
+from clay_hf.geodata.raster import iter_chips, open_source
 
 
 @pytest.fixture(scope="module")
 def chip_embeddings(s2_files, micro_config) -> dict:
     """Clay embeddings (cls token of a tiny random Clay, centred) of 36 real Sentinel-2 chips, with ids and locations."""
-    with MultiBandSource(s2_files, resolution=20.0) as source:
+    with open_source(s2_files, resolution=20.0) as source:
         chips = list(iter_chips(source, 32, stride=160))
     processor = ClayImageProcessor(sensor="sentinel-2-l2a", patch_size=4)
     inputs = processor(
@@ -181,7 +181,7 @@ def test_index_from_a_dataset_with_an_embedding_column(chip_embeddings):
             "lat": chip_embeddings["lat"],
         }
     )
-    index = EmbeddingIndex.from_dataset(dataset)  # the clay_hf.embeddings columns: embedding, chip_id
+    index = EmbeddingIndex.from_dataset(dataset)  # the clay_hf.apps.embeddings columns: embedding, chip_id
     assert len(index) == 36
     hits = index.search(chip_embeddings["ids"][9], k=3)
     assert hits.ids[0] == chip_embeddings["ids"][9]

@@ -11,7 +11,7 @@ import pytest
 
 from clay_hf import sensors as sensors_module
 from clay_hf.errors import BandMismatchError, ClayInputError, UnknownSensorError
-from clay_hf.sensors import SENSORS_JSON, Sensor, get_sensor, list_sensors, register_sensor
+from clay_hf.sensors import SENSORS_JSON, Sensor, get_sensor, list_sensors, register_sensor, sensor_from_platform
 
 # The spec's table, copied into the fixtures (a clean checkout has no shared/ beside it); when shared/ is there
 # the copy must still equal it.
@@ -280,3 +280,44 @@ def test_register_sensor_refuses_an_alias_of_another_sensor(clean_registry):
 def test_register_sensor_takes_only_sensors(clean_registry):
     with pytest.raises(ClayInputError, match=r"register_sensor\(\) takes a Sensor, got dict"):
         register_sensor({"name": "x"})  # type: ignore[arg-type]
+
+
+def test_sensor_from_platform():
+    assert sensor_from_platform("sentinel-2b", "sentinel-2-l1c") == "sentinel-2-l2a"
+    assert sensor_from_platform("LANDSAT_8", "L1TP") == "landsat-c2l1"
+    assert sensor_from_platform("landsat-9", "landsat-c2-l2") == "landsat-c2l2-sr"
+    assert sensor_from_platform("landsat-8") is None  # level unknown: the two tables differ
+    assert sensor_from_platform("landsat-7", "L1TP") is None  # 8-bit ETM+ numbers: no table entry
+    assert sensor_from_platform("Sentinel-1A") == "sentinel-1-rtc"
+    assert sensor_from_platform("unheard-of-sat") is None
+
+
+def test_band_aliases_are_data_of_the_table():
+    from clay_hf.sensors import band_aliases, canonical_band, map_band_names
+
+    table = json.loads(SENSORS_JSON.read_text(encoding="utf-8"))
+    assert band_aliases("sentinel-2-l2a") == table["band_aliases"]["sentinel-2-l2a"]
+    assert band_aliases("sentinel-2-l2a")["b8a"] == "nir08" and band_aliases("not-a-sensor") == {}
+    landsat = get_sensor("landsat-c2l2-sr")
+    # OLI numbering by default, TM/ETM+ numbering for Landsat 4/5/7
+    assert canonical_band(landsat, "LC08_SR_B5") == "nir08" and canonical_band(landsat, "B4", "LANDSAT_7") == "nir08"
+    assert canonical_band(landsat, "B1") is None and canonical_band(landsat, "B1", "landsat-5") == "blue"
+    assert map_band_names(get_sensor("naip"), ["b4", "B1"], None, "here") == ("nir", "red")
+    from clay_hf.errors import UnknownBandError
+
+    with pytest.raises(UnknownBandError, match=r"here: sensor 'naip' has no band 'b9'"):
+        map_band_names(get_sensor("naip"), ["b9"], None, "here")
+    with pytest.raises(UnknownBandError, match=r"map to repeated sensor bands \['red', 'red'\]"):
+        map_band_names(get_sensor("naip"), ["b1", "red"], None, "here")
+
+
+def test_platform_rules_are_data_of_the_table():
+    table = json.loads(SENSORS_JSON.read_text(encoding="utf-8"))
+    targets = {r.get("sensor") for r in table["platform_rules"]} | {
+        lv["sensor"] for r in table["platform_rules"] for lv in r.get("levels", ())
+    }
+    assert targets - {None} <= set(list_sensors())
+    assert sensor_from_platform("landsat-5", "landsat-c2-l2") == "landsat-c2l2-sr"  # level 2 of collection 2
+    assert sensor_from_platform("landsat-5", "L2SP") is None  # level 2 without the collection: no table entry
+    assert sensor_from_platform("terra") == "modis" and sensor_from_platform("PlanetScope") == "planetscope-sr"
+    assert sensor_from_platform("naip") == "naip" and sensor_from_platform(None) is None

@@ -1,4 +1,4 @@
-"""The Gradio Space (``spaces/app.py`` over :mod:`clay_hf.space`), tested as a person and a program use it.
+"""The Gradio Space (``spaces/app.py`` over :mod:`clay_hf.apps.space`), tested as a person and a program use it.
 
 Real imagery throughout: the collection is embedded from BigEarthNet's Sentinel-2 and Sentinel-1 patches
 (``bigearthnet-common`` from the package index) by ``spaces/build_collection.py``; uploads are GeoTIFFs written
@@ -92,7 +92,7 @@ def network_log():
 
 
 def _write_geotiff(chip: dict, path: Path, sensor_tags: bool = True) -> Path:
-    """A chip dict of clay_hf.io as a multi-band GeoTIFF (its CRS, bounds and date; with ``sensor_tags`` the
+    """A chip dict of clay_hf.geodata.raster as a multi-band GeoTIFF (its CRS, bounds and date; with ``sensor_tags`` the
     sensor and band names too, else nothing says what the bands are)."""
     import rasterio
     from rasterio.transform import from_bounds
@@ -113,8 +113,8 @@ def _write_geotiff(chip: dict, path: Path, sensor_tags: bool = True) -> Path:
 @pytest.fixture(scope="module")
 def s2_chip() -> dict:
     """The centre 40 x 40 chip of a real BigEarthNet Sentinel-2 L2A patch (10 bands, 10 m)."""
-    from clay_hf.io import open_source
-    from clay_hf.sample_data import sample_sources
+    from clay_hf.geodata.raster import open_source
+    from clay_hf.geodata.sample_data import sample_sources
 
     spec = next(s for s in sample_sources(packages=["bigearthnet-common"]) if "MSIL2A" in s.name)
     with open_source(spec) as source:
@@ -146,7 +146,7 @@ def files(tmp_path_factory, s2_chip) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def models(network_log, converted_micro):
-    from clay_hf.space import load_space_model
+    from clay_hf.apps.space import load_space_model
 
     return load_space_model(converted_micro)
 
@@ -163,7 +163,7 @@ def built(tmp_path_factory, models, converted_micro) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def space(models, built, tmp_path_factory):
-    from clay_hf.space import ClaySpace, load_collection
+    from clay_hf.apps.space import ClaySpace, load_collection
 
     encoder, pretraining = models
     collection = load_collection(built["collection"], encoder)
@@ -203,8 +203,8 @@ def _chip_id(chip: dict) -> str:
 
 def test_collection_is_real_and_fingerprinted(space, built, s2_chip):
     from clay_hf import ClayModel
+    from clay_hf.apps.space import load_collection
     from clay_hf.errors import ClayError
-    from clay_hf.space import load_collection
 
     info = space.collection.info
     assert info["count"] == len(space.collection) == 108  # 12 patches x 3 x 3 chips of 40 px
@@ -264,8 +264,8 @@ def test_callbacks_upload_embed_search_refine_reconstruct(space, files, s2_chip)
 
 
 def test_sensor_from_dropdown_and_typed_wavelengths(space, files, s2_chip):
+    from clay_hf.apps.space import SpaceInputError
     from clay_hf.sensors import get_sensor
-    from clay_hf.space import SpaceInputError
 
     untagged = files["untagged"]
     with pytest.raises(SpaceInputError, match="could not be detected.*choose it in 'Sensor'"):
@@ -343,8 +343,8 @@ def test_bad_files_give_clear_messages_through_the_api(client, files):
 
 
 def test_band_mismatch_message_uses_the_error_counts_not_its_wording():
+    from clay_hf.apps.space import _band_mismatch_message
     from clay_hf.errors import BandMismatchError
-    from clay_hf.space import _band_mismatch_message
 
     reworded = BandMismatchError("wording that names no number at all", num_bands=7, num_values=3)
     assert _band_mismatch_message(reworded, None, (0.49, 0.56, 0.665)).startswith(
@@ -358,7 +358,7 @@ def test_band_mismatch_message_uses_the_error_counts_not_its_wording():
 def test_oversized_upload_is_refused_by_server_and_callback(app, space, files):
     import httpx
 
-    from clay_hf.space import SpaceInputError
+    from clay_hf.apps.space import SpaceInputError
 
     with open(files["big"], "rb") as f:  # past the client's own check: the server refuses the bytes
         response = httpx.post(f"{app['url']}gradio_api/upload", files={"files": ("big.tif", f, "image/tiff")})
@@ -532,7 +532,7 @@ def _variants(s2_chip: dict, folder: Path, n: int) -> list[Path]:
 
 
 def test_the_work_folder_keeps_only_the_cached_uploads(models, built, s2_chip, files, tmp_path):
-    from clay_hf.space import ClaySpace, SpaceInputError, load_collection
+    from clay_hf.apps.space import ClaySpace, SpaceInputError, load_collection
 
     encoder, _ = models
     workdir = tmp_path / "work"
@@ -553,7 +553,7 @@ def test_the_work_folder_keeps_only_the_cached_uploads(models, built, s2_chip, f
 
 
 def test_prune_folder_removes_old_entries_keeps_young_ones_and_the_root(tmp_path):
-    from clay_hf.space import prune_folder
+    from clay_hf.apps.space import prune_folder
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "full").mkdir()
@@ -572,7 +572,7 @@ def test_the_apps_cache_folder_does_not_grow_with_calls(models, built, s2_chip, 
     # Defect: Gradio's upload folder grew by 268 folders over 60 calls and never shrank.
     from gradio_client import Client, handle_file
 
-    from clay_hf.space import ClaySpace, load_collection
+    from clay_hf.apps.space import ClaySpace, load_collection
 
     cache = tmp_path / "gradio-cache"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))

@@ -8,7 +8,7 @@ refine and reconstruct an uploaded GeoTIFF. ``spaces/app.py`` is a thin shell ov
     >>> images = space.reconstruct("scene.tif", seed=0)       # input, masked input, MAE reconstruction
 
 A *collection* is a folder written once, ahead of time, by :func:`build_collection` (``spaces/build_collection.py``):
-``embeddings.parquet`` (GeoParquet rows of :mod:`clay_hf.embeddings`), ``thumbnails.npy`` ``(N, S, S, 3)`` uint8
+``embeddings.parquet`` (GeoParquet rows of :mod:`clay_hf.apps.embeddings`), ``thumbnails.npy`` ``(N, S, S, 3)`` uint8
 RGB in row order, and ``collection.json`` (chip size, sources and licences, and the fingerprint of the model
 that embedded it: a query is only comparable with embeddings of the same model).
 
@@ -38,9 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_folder, atomic_path
-from .embeddings import model_fingerprint
-from .errors import (
+from ..atomic import atomic_folder, atomic_path
+from ..errors import (
     BandMismatchError,
     CheckpointError,
     ClayError,
@@ -51,7 +50,8 @@ from .errors import (
     RasterError,
     UnknownBandError,
 )
-from .sensors import get_sensor, list_sensors
+from ..sensors import get_sensor, list_sensors
+from .embeddings import model_fingerprint
 
 __all__ = [
     "prune_folder",
@@ -192,7 +192,7 @@ def default_model_path(space_folder: str | os.PathLike, checkpoint: str | os.Pat
     Raises:
         CheckpointError: ``<space_folder>/model`` holds no model and there is no ``checkpoint`` file.
     """
-    from .conversion import convert_checkpoint
+    from ..conversion import convert_checkpoint
 
     bundled = Path(space_folder) / "model"
     if (bundled / "config.json").is_file():
@@ -215,8 +215,8 @@ def load_space_model(name_or_path: str | os.PathLike):
     """``(encoder, pretraining)`` of a Clay folder or Hub id: a ``ClayModel`` and, when the folder has the MAE
     decoder, the ``ClayForPreTraining`` it belongs to (else None). Both in eval mode, float32, CPU, and prepared for
     CPU inference (:func:`~clay_hf.cpu_inference.prepare_for_cpu_inference`)."""
-    from .cpu_inference import prepare_for_cpu_inference
-    from .modeling_clay import ClayForPreTraining, ClayModel
+    from ..cpu_inference import prepare_for_cpu_inference
+    from ..modeling_clay import ClayForPreTraining, ClayModel
 
     model, info = ClayForPreTraining.from_pretrained(name_or_path, dtype=torch.float32, output_loading_info=True)
     if any(key.startswith("decoder.") for key in info.get("missing_keys", ())):
@@ -234,7 +234,7 @@ def load_space_model(name_or_path: str | os.PathLike):
 class Collection:
     """Precomputed embeddings of sample chips with their thumbnails, searchable with :class:`EmbeddingIndex`."""
 
-    index: Any  # clay_hf.search.EmbeddingIndex
+    index: Any  # clay_hf.apps.search.EmbeddingIndex
     raw_embeddings: np.ndarray  # (N, D) as the model gave them
     thumbnails: np.ndarray  # (N, S, S, 3) uint8
     info: dict[str, Any]
@@ -266,13 +266,13 @@ def build_collection(
 
     Args:
         model: a ``ClayModel`` (the Space's encoder).
-        sources: ``SourceSpec``s; default :func:`clay_hf.sample_data.sample_sources` of ``packages``.
+        sources: ``SourceSpec``s; default :func:`clay_hf.geodata.sample_data.sample_sources` of ``packages``.
         chip_size: chip side in pixels (a multiple of the model's patch size).
         max_chips_per_source: chips taken per source, spread evenly; chips with any nodata are skipped.
     """
+    from ..geodata.raster import open_source
+    from ..geodata.sample_data import sample_sources
     from .embeddings import embed_chips, write_embedding_shard
-    from .io import open_source
-    from .sample_data import sample_sources
 
     if chip_size % model.config.patch_size:
         raise SpaceInputError(f"chip_size {chip_size} is not a multiple of the patch size {model.config.patch_size}")
@@ -349,7 +349,7 @@ def load_collection(folder: str | os.PathLike, model=None) -> Collection:
 
 @dataclasses.dataclass
 class Upload:
-    """One accepted upload: its centre chip (the chip dict of :mod:`clay_hf.io`), preview and metadata."""
+    """One accepted upload: its centre chip (a chip record of :mod:`clay_hf.geodata.chip_format`), preview and metadata."""
 
     key: str
     folder: Path
@@ -357,7 +357,7 @@ class Upload:
     preview: np.ndarray  # (h, w, 3) uint8
     metadata: dict[str, Any]
     embedding: np.ndarray | None = None  # (D,)
-    row: dict[str, Any] | None = None  # the embedding row of clay_hf.embeddings
+    row: dict[str, Any] | None = None  # the embedding row of clay_hf.apps.embeddings
 
 
 @dataclasses.dataclass
@@ -407,7 +407,7 @@ class ClaySpace:
         workdir: str | os.PathLike | None = None,
         cache_size: int = 16,
     ) -> None:
-        from .image_processing_clay import ClayImageProcessor
+        from ..image_processing_clay import ClayImageProcessor
 
         self.encoder = encoder
         self.pretraining = pretraining
@@ -509,7 +509,7 @@ class ClaySpace:
 
     def _open_upload(self, copy: Path, overrides: dict[str, Any], digest: str, sensor, wavelengths_um) -> Upload:
         """Read the accepted copy; every way it can fail becomes a :class:`SpaceInputError` for the page."""
-        from .io import bounds_to_wgs84, open_source
+        from ..geodata.raster import bounds_to_wgs84, open_source
 
         try:
             with open_source(copy, **overrides) as source:
@@ -670,8 +670,8 @@ class ClaySpace:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """MAE reconstruction of the centre chip: input, masked input (hidden patches grey), reconstruction,
         each ``(H, W, 3)`` uint8 with the input's stretch. ``seed`` picks which patches are masked."""
-        from .io import processor_kwargs
-        from .modeling_clay import patchify
+        from ..geodata.loader import processor_kwargs
+        from ..modeling_clay import patchify
 
         if self.pretraining is None:
             raise SpaceInputError(
@@ -744,7 +744,7 @@ def _band_mismatch_message(err: BandMismatchError, sensor: str | None, wavelengt
 
 
 def _sensor_mismatch_message(path: Path, sensor: str | None) -> str:
-    from .io import open_source
+    from ..geodata.raster import open_source
 
     table = get_sensor(sensor) if sensor else None
     try:

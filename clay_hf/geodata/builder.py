@@ -19,25 +19,8 @@ reads every file under a ``train/`` folder but skips hidden ones) sees only the 
 group holds at most ``ROW_GROUP_ROWS`` (16) chips, which gives ``IterableDataset.reshard()`` room to split
 shards for many workers.
 
-Parquet schema (one row per chip; see :func:`chip_schema`)::
-
-    chip_id string, pixels binary (C*H*W values, little-endian, native dtype), shape list<int32> [C, H, W],
-    dtype string (numpy name), valid_mask binary|null (np.packbits of (H, W), null when every pixel is valid),
-    sensor string|null, band_names list<string>, wavelengths list<double>|null (micrometres),
-    mean list<double>|null, std list<double>|null, gsd double (metres), lat double, lon double,
-    datetime string|null (ISO 8601), bounds list<double> [left, bottom, right, top], crs string,
-    source string, license string|null, row int32, col int32, cloud_fraction double|null,
-    platform string|null, decibels bool
-
-The columns are the chip dict of :mod:`clay_hf.io` (``chip_id`` is io's ``"<source name>/<row>_<col>"``),
-with ``valid`` packed into ``valid_mask`` and ``pixels`` split into bytes, shape and dtype.
-
-Why bytes + shape + dtype rather than a ``datasets.Array3D`` feature: one build mixes band counts (a
-10-band Sentinel-2 chip next to a 6-band Landsat one), dtypes (uint16 reflectance, float32 backscatter)
-and, across builds, chip sizes. ``Array3D`` fixes the dtype and H, W for the whole dataset, and every
-shard must share one Arrow schema for ``load_dataset("parquet", streaming=True)``; a binary column does
-not care. It is plain Arrow (pyarrow, DuckDB and pandas read it without datasets' extension types), it is
-bit-exact in the native dtype, and decoding is one ``np.frombuffer`` (:func:`clay_hf.data.decode_chip`).
+Each row is one chip record in the format of :mod:`clay_hf.geodata.chip_format` (its table, Arrow schema,
+:func:`~clay_hf.geodata.chip_format.encode_chip` and :func:`~clay_hf.geodata.chip_format.decode_chip`).
 
 Writes are atomic: a source's shards are written into its staging folder and moved into ``data/`` with
 ``os.replace`` only when the source is complete; its done marker is written after that. An interrupted build
@@ -82,7 +65,6 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -98,17 +80,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .atomic import atomic_write_text
-from .errors import ChipSizeError, ClayError, ClayInputError, EmptyRasterError, IncompatibleBuildError, NoChipsError
-from .io import SourceSpec, iter_chips, open_source, sources_from_path
-from .locking import output_lock
-from .sensors import get_sensor
+from ..atomic import atomic_write_text
+from ..distributed import accelerate_state
+from ..errors import ChipSizeError, ClayError, ClayInputError, EmptyRasterError, IncompatibleBuildError, NoChipsError
+from ..locking import output_lock
+from ..sensors import get_sensor
+from .chip_format import chip_schema, encode_chip
+from .raster import iter_chips, open_source
+from .sources import SourceSpec, sources_from_path
 
 __all__ = [
     "FORMAT_VERSION",
-    "chip_schema",
     "as_source_specs",
     "spec_fingerprint",
     "SourceSummary",
@@ -126,47 +108,13 @@ BUILD_DIR = ".build"  # hidden: load_dataset("parquet", data_dir=...) must not t
 PARENT_POLL_S = 0.5  # how often a worker process checks that the build process that started it is alive
 
 
-@functools.cache
-def chip_schema():
-    """The Arrow schema of every shard: explicit, so shards with all-null columns still share one schema."""
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("chip_id", pa.string()),
-            ("pixels", pa.binary()),  # (C, H, W) little-endian bytes of `dtype`
-            ("shape", pa.list_(pa.int32())),  # [C, H, W]
-            ("dtype", pa.string()),  # numpy name: uint16, int16, float32...
-            ("valid_mask", pa.binary()),  # np.packbits of (H, W) bool; null when every pixel is valid
-            ("sensor", pa.string()),
-            ("band_names", pa.list_(pa.string())),  # (C,)
-            ("wavelengths", pa.list_(pa.float64())),  # (C,) micrometres
-            ("mean", pa.list_(pa.float64())),  # (C,)
-            ("std", pa.list_(pa.float64())),  # (C,)
-            ("gsd", pa.float64()),  # metres
-            ("lat", pa.float64()),  # chip centre, WGS84 degrees
-            ("lon", pa.float64()),
-            ("datetime", pa.string()),  # ISO 8601
-            ("bounds", pa.list_(pa.float64())),  # [left, bottom, right, top] in `crs`
-            ("crs", pa.string()),
-            ("source", pa.string()),
-            ("license", pa.string()),
-            ("row", pa.int32()),  # chip origin in the source grid, pixels
-            ("col", pa.int32()),
-            ("cloud_fraction", pa.float64()),
-            ("platform", pa.string()),  # the satellite, e.g. "sentinel-2a", when known
-            ("decibels", pa.bool_()),  # SAR values already in decibels (the processor must not convert again)
-        ]
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # sources
 # --------------------------------------------------------------------------------------------------
 
 
 def as_source_specs(sources: Sequence[Any], **fields: Any) -> list[SourceSpec]:
-    """``SourceSpec`` objects as they are; paths through :func:`clay_hf.io.sources_from_path`.
+    """``SourceSpec`` objects as they are; paths through :func:`clay_hf.geodata.sources.sources_from_path`.
 
     A path is a raster file, a folder of band files (one source) or a STAC Item/ItemCollection JSON;
     ``fields`` (``sensor``, ``datetime``, ``resolution``...) apply to the paths (see ``sources_from_path``).
@@ -219,7 +167,7 @@ def _expand_sources(
         else:
             raise ClayInputError(
                 f"a chip source must be a SourceSpec, a raster file, a folder of band files or a STAC JSON path, "
-                f"got {type(source).__name__}; build one with clay_hf.io.SourceSpec(paths=[...], sensor=...)"
+                f"got {type(source).__name__}; build one with clay_hf.geodata.sources.SourceSpec(paths=[...], sensor=...)"
             )
     names = [spec.name for spec in specs]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -286,43 +234,6 @@ def _missing_files(recorded: dict[str, list[int]] | None) -> list[str]:
 
 def _gone_text(gone: list[str]) -> str:
     return f"its files are gone ({gone[0]}{f' and {len(gone) - 1} more' if len(gone) > 1 else ''})"
-
-
-def _floats(values: Any) -> list[float] | None:
-    return None if values is None else [float(v) for v in values]
-
-
-def _chip_row(chip: dict[str, Any]) -> dict[str, Any]:
-    """One chip dict -> one Parquet row (pixels as little-endian bytes of their native dtype)."""
-    pixels = np.ascontiguousarray(chip["pixels"])  # (C, H, W)
-    pixels = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False)
-    valid = chip.get("valid")
-    all_valid = valid is None or bool(np.all(valid))
-    return {
-        "chip_id": str(chip["chip_id"]),
-        "pixels": pixels.tobytes(),
-        "shape": list(pixels.shape),
-        "dtype": pixels.dtype.name,
-        "valid_mask": None if all_valid else np.packbits(np.asarray(valid, dtype=bool)).tobytes(),
-        "sensor": chip.get("sensor"),
-        "band_names": [str(b) for b in chip["band_names"]],
-        "wavelengths": _floats(chip.get("wavelengths")),
-        "mean": _floats(chip.get("mean")),
-        "std": _floats(chip.get("std")),
-        "gsd": float(chip["gsd"]),
-        "lat": float(chip["lat"]),
-        "lon": float(chip["lon"]),
-        "datetime": chip.get("datetime"),
-        "bounds": _floats(chip["bounds"]),
-        "crs": str(chip["crs"]),
-        "source": str(chip["source"]),
-        "license": chip.get("license"),
-        "row": int(chip["row"]),
-        "col": int(chip["col"]),
-        "cloud_fraction": None if chip.get("cloud_fraction") is None else float(chip["cloud_fraction"]),
-        "platform": chip.get("platform"),
-        "decibels": bool(chip.get("decibels", False)),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -503,7 +414,7 @@ def _build_source(task: _Task) -> SourceSummary:
             )  # fmt: skip
             try:
                 for chip in chips:
-                    writer.add(_chip_row(chip))
+                    writer.add(encode_chip(chip))
             except ChipSizeError as err:  # the raster is smaller than one chip: not an error, a skip
                 note, skipped = str(err), "too_small"
                 logger.warning("skipping source %s: %s", spec.name, err)
@@ -688,20 +599,11 @@ def _split_for_rank(tasks: list[_Task], rank: int | None, world_size: int | None
         if not 0 <= rank < world_size:
             raise ClayInputError(f"rank must be in [0, {world_size - 1}] for world_size {world_size}, got {rank}")
         return tasks[rank::world_size], None, rank
-    state = _accelerate_state()
+    state = accelerate_state()
     if state is None or state.num_processes == 1:
         return tasks, None, 0
     with state.split_between_processes(tasks) as mine:
         return list(mine), state, int(state.process_index)
-
-
-def _accelerate_state():
-    """The initialised ``accelerate.PartialState``, or None (not installed, or never initialised)."""
-    try:
-        from accelerate import PartialState
-    except ImportError:  # pragma: no cover - accelerate is a training extra
-        return None
-    return PartialState() if PartialState._shared_state else None
 
 
 def build_chip_dataset(
@@ -725,7 +627,7 @@ def build_chip_dataset(
     """Tile ``sources`` into ``chip_size`` chips and write them as sharded Parquet under ``output_dir``.
 
     Args:
-        sources: ``clay_hf.io.SourceSpec`` objects, or paths (:func:`clay_hf.io.sources_from_path`): a raster
+        sources: ``clay_hf.geodata.sources.SourceSpec`` objects, or paths (:func:`clay_hf.geodata.sources.sources_from_path`): a raster
             file, a folder of band files (one source) or a STAC Item/ItemCollection JSON.
         output_dir: the dataset folder; created if needed. A folder from a previous run with the same
             settings is resumed: finished sources are skipped, unfinished ones, changed ones (spec, file sizes
@@ -737,7 +639,7 @@ def build_chip_dataset(
         max_nodata_fraction: drop chips with a larger fraction of nodata pixels (0: only complete chips).
         max_cloud_fraction: drop chips with a larger cloud fraction, where the source has a cloud mask.
         rows_per_shard: chips per Parquet file. For training on N processes x W dataloader workers make the
-            total shard count a multiple of N x W (:func:`clay_hf.data.get_dataloader` warns otherwise).
+            total shard count a multiple of N x W (:func:`clay_hf.geodata.loader.get_dataloader` warns otherwise).
         num_workers: processes building sources in parallel (spawned; 1 builds in this process).
         split: the dataset split the chips belong to (``data/<split>/``).
         patch_size: the model's patch size P; ``chip_size`` must be a multiple of it.
@@ -749,7 +651,7 @@ def build_chip_dataset(
             unknown band names, a STAC item without usable assets) is logged, skipped and counted
             (``summary.skipped_sources["error"]``, ``manifest.json``) instead of stopping the build; it is
             tried again by the next run. Either way it leaves no shard behind.
-        source_fields: :class:`~clay_hf.io.SourceSpec` fields for the sources given as paths (``sensor``,
+        source_fields: :class:`~clay_hf.geodata.sources.SourceSpec` fields for the sources given as paths (``sensor``,
             ``datetime``, ``resolution``...): the spec of a raster or band folder, and what a STAC item
             does not say.
         keep_missing: keep the sources of earlier runs whose files are gone (a folder copied from another
@@ -1110,10 +1012,10 @@ def _card_text(name: str, config: dict[str, Any], splits: dict[str, Any]) -> str
             f"# {name}",
             "",
             f"{total} chips of {size} x {size} pixels for [Clay](https://github.com/Clay-foundation/model), "
-            "written by `clay_hf.chips.build_chip_dataset` (`scripts/prepare_chips.py`).",
+            "written by `clay_hf.geodata.builder.build_chip_dataset` (`scripts/prepare_chips.py`).",
             "",
             "One chip per row: `pixels` holds the `shape` (C, H, W) array as little-endian bytes of `dtype`; "
-            "`clay_hf.data.decode_chip` turns a row back into an array, `clay_hf.data.get_dataloader` into "
+            "`clay_hf.geodata.chip_format.decode_chip` turns a row back into an array, `clay_hf.geodata.loader.get_dataloader` into "
             "batches of one band set.",
             "",
             *counts,

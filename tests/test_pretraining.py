@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from clay_hf import ClayImageProcessor
 from clay_hf.errors import CheckpointError, ClayConfigError, OutputExistsError
-from clay_hf.training import NonFiniteLossError, TrainingConfig, find_latest_checkpoint, lr_lambda, train
+from clay_hf.training.pretraining import NonFiniteLossError, TrainingConfig, find_latest_checkpoint, lr_lambda, train
 
 from .launch import torchrun
 
@@ -31,9 +31,9 @@ TESTS = Path(__file__).resolve().parent
 @pytest.fixture(scope="session")
 def s2_chips(s2_files) -> list[np.ndarray]:
     """32 real Sentinel-2 chips of 32 x 32 px at 20 m (uint16 reflectance, 10 bands)."""
-    from clay_hf.io import MultiBandSource, iter_chips
+    from clay_hf.geodata.raster import iter_chips, open_source
 
-    with MultiBandSource(s2_files, resolution=20.0) as source:
+    with open_source(s2_files, resolution=20.0) as source:
         return [chip["pixels"] for chip, _ in zip(iter_chips(source, 32), range(32))]
 
 
@@ -269,7 +269,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, s2_chips, reference_
     assert _checkpoints(tmp_path) == ["checkpoint-00000002", "checkpoint-00000004", "checkpoint-00000006"]
     broken = tmp_path / "checkpoints" / "checkpoint-00000006" / damaged
     _truncate(broken)
-    with caplog.at_level(logging.INFO, logger="clay_hf.training"):
+    with caplog.at_level(logging.INFO, logger="clay_hf.training.pretraining"):
         summary = train(_config(tmp_path, checkpoint_every=2, resume=True), dataloader_factory=_factory(s2_chips),
                         show_progress=False)  # fmt: skip
     assert f"checkpoint checkpoint-00000006 is damaged: {broken} " in caplog.text

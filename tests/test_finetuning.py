@@ -1,4 +1,4 @@
-"""scripts/finetune.py and clay_hf.finetune: the three heads trained on real labelled imagery, saved, reloaded."""
+"""scripts/finetune.py and clay_hf.training.finetuning: the three heads trained on real labelled imagery, saved, reloaded."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
 
 from clay_hf import ClayImageProcessor, ClayModel
-from clay_hf import finetune as ft
+from clay_hf.apps.evaluation import DATASETS, IGNORE_INDEX
 from clay_hf.errors import ChipSizeError, ClayConfigError, ClayInputError
-from clay_hf.evaluation import DATASETS, IGNORE_INDEX
+from clay_hf.training import finetuning as ft
 
 from .launch import load_script
 

