@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+import subprocess
+import sys
+
 import torch
 
-from clay_hf.distributed import accelerate_state, all_finite, mean_over_processes, rank_and_world_size
+from clay_hf.distributed import all_finite, mean_over_processes
 
 
 class _Processes:
@@ -25,9 +28,15 @@ class _Processes:
 
 
 def test_one_process_without_accelerate():
-    if accelerate_state() is not None:
-        pytest.skip("an earlier test initialised accelerate's PartialState in this process")
-    assert rank_and_world_size() == (0, 1)
+    # In a fresh interpreter: earlier tests of this session may have initialised accelerate's PartialState here.
+    code = (
+        "from clay_hf.distributed import accelerate_state, rank_and_world_size; "
+        "print(accelerate_state() is None, rank_and_world_size())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "True (0, 1)"
 
 
 def test_all_finite_on_every_process():
