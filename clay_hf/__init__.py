@@ -25,34 +25,10 @@ from transformers import (
 # The real class (the top-level name is a placeholder that needs Pillow even to register).
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
+from . import errors as _errors
 from .configuration_clay import CLAY_PRESETS, ClayConfig
 from .cpu_inference import cpu_prepacked_bytes, prepare_for_cpu_inference
-from .errors import (
-    BandMismatchError,
-    BandOverlapError,
-    CheckpointError,
-    ChipDatasetError,
-    ChipSizeError,
-    ClayConfigError,
-    ClayError,
-    ClayInputError,
-    CollectionError,
-    CorruptRasterError,
-    EmptyRasterError,
-    HubPublishError,
-    IncompatibleBuildError,
-    LoaderStateError,
-    MissingCRSError,
-    NoChipsError,
-    NonFiniteInputError,
-    OutputExistsError,
-    OutputLockedError,
-    RasterError,
-    SampleDataError,
-    StacError,
-    UnknownBandError,
-    UnknownSensorError,
-)
+from .errors import *  # noqa: F403  (the exception family; its __all__ is the list)
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import (
     ClayForImageClassification,
@@ -114,29 +90,6 @@ __all__ = [
     "get_sensor",
     "list_sensors",
     "register_sensor",
-    "ClayError",
-    "ClayConfigError",
-    "ClayInputError",
-    "UnknownSensorError",
-    "BandMismatchError",
-    "NonFiniteInputError",
-    "ChipSizeError",
-    "CheckpointError",
-    "RasterError",
-    "SampleDataError",
-    "CorruptRasterError",
-    "MissingCRSError",
-    "BandOverlapError",
-    "EmptyRasterError",
-    "UnknownBandError",
-    "StacError",
-    "ChipDatasetError",
-    "IncompatibleBuildError",
-    "NoChipsError",
-    "LoaderStateError",
-    "HubPublishError",
-    "CollectionError",
-    "OutputExistsError",
-    "OutputLockedError",
+    *_errors.__all__,
     *_LAZY,
 ]

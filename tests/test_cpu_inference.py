@@ -25,18 +25,7 @@ from clay_hf.cpu_inference import (
 )
 from clay_hf.geodata.raster import iter_chips, open_source
 
-WAVES4 = torch.tensor([0.65, 0.56, 0.48, 0.842])
-
-
-def _batch(b=2, c=4, h=32, w=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(
-        pixel_values=torch.randn(b, c, h, w, generator=g),
-        wavelengths=WAVES4[:c],
-        gsd=10.0,
-        time=torch.randn(b, 4, generator=g),
-        latlon=torch.randn(b, 4, generator=g),
-    )
+from .model_helpers import random_inputs
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +86,7 @@ def test_prepare_rejects_other_models():
 def test_a_prepared_model_saves_and_loads_as_the_plain_model(micro_config, tmp_path):
     torch.manual_seed(0)
     model = prepare_for_cpu_inference(ClayModel(micro_config).eval())
-    batch = _batch()
+    batch = random_inputs()
     with torch.inference_mode():
         expected = model(**batch).last_hidden_state
     model.save_pretrained(tmp_path)
@@ -133,7 +122,7 @@ def test_cpu_attention_is_matmul_attention_for_reduced_precision_inference_only(
     assert low.shape == full.shape == (2, 5, 2, 32)  # (B, N, heads, d)
     assert torch.nn.functional.cosine_similarity(low.float().flatten(1), full.flatten(1), dim=-1).min() > 0.999
 
-    batch = _batch()
+    batch = random_inputs()
     with torch.inference_mode():
         expected = model(**batch).pooler_output
         low_model = copy.deepcopy(model).to(torch.bfloat16)
@@ -174,7 +163,7 @@ def test_prepacked_cpu_inference_equals_plain_linear_on_real_chips(converted_mic
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # still what the ONNX exporter uses
 def test_prepacking_only_in_cpu_inference_without_autocast(micro_config):
     model = prepare_for_cpu_inference(ClayModel(micro_config).eval())
-    batch = _batch()
+    batch = random_inputs()
     out = model(**batch).last_hidden_state  # gradients recorded: training path
     assert out.requires_grad and cpu_prepacked_bytes(model) == 0
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -195,7 +184,7 @@ def test_prepacking_only_in_cpu_inference_without_autocast(micro_config):
 def test_prepacked_weights_follow_updates_copies_and_casts(micro_config):
     torch.manual_seed(0)
     model = prepare_for_cpu_inference(ClayModel(micro_config).eval())
-    batch = _batch()
+    batch = random_inputs()
     with torch.no_grad():
         first = model(**batch).pooler_output
         model.encoder.layers[0].mlp.fc1.weight.add_(0.05)  # an in-place update (an optimizer step)
@@ -232,7 +221,7 @@ def test_without_working_prepacking_ops_the_plain_path_runs(micro_config, monkey
 
     monkeypatch.setattr(cpu_inference, "cpu_prepacking_available", probe)
     model = prepare_for_cpu_inference(ClayModel(micro_config).eval())
-    batch = _batch()
+    batch = random_inputs()
     with torch.no_grad():
         out = model(**batch).pooler_output
     assert cpu_prepacked_bytes(model) == 0

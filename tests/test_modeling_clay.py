@@ -23,18 +23,7 @@ from clay_hf import (
 )
 from clay_hf.modeling_clay import patchify, random_masking, sincos_1d, sincos_2d_gsd
 
-WAVES4 = torch.tensor([0.65, 0.56, 0.48, 0.842])
-
-
-def _batch(b=2, c=4, h=32, w=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(
-        pixel_values=torch.randn(b, c, h, w, generator=g),
-        wavelengths=WAVES4[:c] if c <= 4 else torch.linspace(0.45, 2.2, c),
-        gsd=10.0,
-        time=torch.randn(b, 4, generator=g),
-        latlon=torch.randn(b, 4, generator=g),
-    )
+from .model_helpers import WAVES4, random_inputs
 
 
 @pytest.fixture()
@@ -87,24 +76,24 @@ def test_random_masking_masks_lowest_noise_first():
 
 # ---- ClayModel ------------------------------------------------------------------------------------------------
 def test_model_output_shapes_and_hidden_states(encoder, micro_config):
-    out = encoder(**_batch(), output_hidden_states=True)
+    out = encoder(**random_inputs(), output_hidden_states=True)
     assert out.last_hidden_state.shape == (2, 1 + 64, 64)
     assert torch.equal(out.pooler_output, out.last_hidden_state[:, 0])
     assert len(out.hidden_states) == micro_config.num_hidden_layers + 1
     assert all(h.shape == (2, 65, 64) for h in out.hidden_states)
-    as_tuple = encoder(**_batch(), return_dict=False)
+    as_tuple = encoder(**random_inputs(), return_dict=False)
     assert torch.equal(as_tuple[0], out.last_hidden_state)
 
 
 def test_non_square_chip_matches_square_rows(encoder):
     """A 32x16 chip is the left half of a 32x32 grid: its position codes and the patch tokens agree."""
-    batch = _batch(h=32, w=16)
+    batch = random_inputs(h=32, w=16)
     out = encoder(**batch)
     assert out.last_hidden_state.shape == (2, 1 + 8 * 4, 64)
     tokens = encoder.embed_patches(
         batch["pixel_values"], batch["wavelengths"], torch.tensor(10.0), batch["time"], batch["latlon"]
     )
-    full = _batch(h=32, w=32)
+    full = random_inputs(h=32, w=32)
     full["pixel_values"][:, :, :, :16] = batch["pixel_values"]
     full_tokens = encoder.embed_patches(
         full["pixel_values"], batch["wavelengths"], torch.tensor(10.0), batch["time"], batch["latlon"]
@@ -114,12 +103,12 @@ def test_non_square_chip_matches_square_rows(encoder):
 
 def test_any_band_count_and_single_band(encoder):
     for c in (1, 2, 10, 13):
-        out = encoder(**_batch(c=c))
+        out = encoder(**random_inputs(c=c))
         assert out.pooler_output.shape == (2, 64)
 
 
 def test_per_sample_gsd_equals_separate_calls(encoder):
-    batch = _batch()
+    batch = random_inputs()
     out = encoder(**{**batch, "gsd": torch.tensor([10.0, 0.6])})
     first = encoder(
         **{k: (v[:1] if k in ("pixel_values", "time", "latlon") else v) for k, v in batch.items()},
@@ -132,14 +121,14 @@ def test_per_sample_gsd_equals_separate_calls(encoder):
 
 
 def test_missing_time_and_latlon_are_zeros(encoder):
-    batch = _batch()
+    batch = random_inputs()
     zeros = encoder(**{**batch, "time": torch.zeros(2, 4), "latlon": torch.zeros(2, 4)})
     none = encoder(**{**batch, "time": None, "latlon": None})
     assert torch.equal(zeros.last_hidden_state, none.last_hidden_state)
 
 
 def test_bfloat16_runs_and_agrees(encoder):
-    batch = _batch()
+    batch = random_inputs()
     with torch.no_grad():
         ref = encoder(**batch).pooler_output
         bf16 = copy.deepcopy(encoder).to(torch.bfloat16)
@@ -160,7 +149,7 @@ def test_sdpa_and_eager_attention_agree(micro_config):
     eager = ClayModel(eager_config).eval()
     eager.load_state_dict(sdpa.state_dict())
     assert sdpa.config._attn_implementation == "sdpa"
-    batch = _batch()
+    batch = random_inputs()
     assert_close(sdpa(**batch).last_hidden_state, eager(**batch).last_hidden_state, atol=1e-5, rtol=1e-5)
 
 
@@ -177,7 +166,7 @@ def test_the_model_runs_the_attention_its_config_names(micro_config, monkeypatch
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", spy)
     model = ClayModel(micro_config).eval().to(dtype)
     assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
-    batch = _batch()
+    batch = random_inputs()
     with torch.inference_mode():
         model(**{**batch, "pixel_values": batch["pixel_values"].to(dtype)})
     assert calls == [dtype] * micro_config.num_hidden_layers
@@ -189,7 +178,7 @@ def test_gradient_checkpointing_gives_same_gradients(micro_config):
     ckpt = copy.deepcopy(plain)
     ckpt.activation_checkpointing_enable()
     assert ckpt.clay.encoder.layers[0].gradient_checkpointing
-    batch = _batch()
+    batch = random_inputs()
     noise = torch.rand(2, 64, generator=torch.Generator().manual_seed(1))
     losses = []
     for model in (plain, ckpt):
@@ -202,7 +191,7 @@ def test_gradient_checkpointing_gives_same_gradients(micro_config):
 
 
 def test_generated_weights_cache_follows_parameter_updates(encoder):
-    batch = _batch()
+    batch = random_inputs()
     with torch.no_grad():
         first = encoder(**batch).pooler_output
         cached = encoder(**batch).pooler_output
@@ -220,7 +209,7 @@ def test_generated_weights_cache_follows_parameter_updates(encoder):
 def test_generated_weights_cache_is_keyed_on_cpu_autocast(micro_config):
     # CPU autocast makes the generator return bfloat16 weights; they must not be reused once autocast is off.
     model = ClayModel(micro_config).eval()
-    batch = _batch()
+    batch = random_inputs()
     with torch.no_grad():
         expected = copy.deepcopy(model)(**batch).pooler_output
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -234,7 +223,7 @@ def test_generated_weights_cache_is_keyed_on_cpu_autocast(micro_config):
 def test_patch_embedding_equals_the_original_strided_conv(micro_config):
     # The original applies the generated kernel as a conv with stride = kernel = P; ours is patchify + linear.
     embed = ClayModel(micro_config).eval().patch_embedding
-    batch = _batch()
+    batch = random_inputs()
     p, d = micro_config.patch_size, micro_config.hidden_size
     with torch.no_grad():
         weights, bias = embed.generate(batch["wavelengths"])
@@ -247,7 +236,7 @@ def test_patch_embedding_equals_the_original_strided_conv(micro_config):
 
 def test_no_cache_while_generator_trains(micro_config):
     model = ClayModel(micro_config).train()
-    out = model(**_batch())
+    out = model(**random_inputs())
     out.pooler_output.sum().backward()
     assert model.patch_embedding.fclayer.l1.weight.grad is not None
     assert model.patch_embedding._cache == {}
@@ -267,7 +256,7 @@ def test_every_cache_follows_in_place_updates_load_state_dict_and_casts(micro_co
     torch.manual_seed(0)
     model = ClayForPreTraining(micro_config).eval()
     cache_of = CACHES[name]
-    batch = _batch()
+    batch = random_inputs()
     noise = torch.rand(2, 64, generator=torch.Generator().manual_seed(0))
 
     def run(m, dtype=torch.float32):
@@ -300,7 +289,7 @@ def test_every_cache_follows_in_place_updates_load_state_dict_and_casts(micro_co
 
 # ---- ClayForPreTraining ---------------------------------------------------------------------------------------
 def test_pretraining_outputs_and_losses(pretrainer, micro_config):
-    batch = _batch()
+    batch = random_inputs()
     teacher = torch.randn(2, micro_config.teacher_dim)
     out = pretrainer(**batch, teacher_embeddings=teacher, generator=torch.Generator().manual_seed(0))
     length = 64
@@ -319,7 +308,7 @@ def test_pretraining_outputs_and_losses(pretrainer, micro_config):
 
 
 def test_reconstruction_loss_is_masked_l1(pretrainer):
-    batch = _batch()
+    batch = random_inputs()
     noise = torch.rand(2, 64, generator=torch.Generator().manual_seed(2))
     out = pretrainer(**batch, noise=noise)
     target = patchify(batch["pixel_values"], 4)
@@ -333,7 +322,7 @@ def test_norm_pix_loss_standardises_targets(micro_config):
     torch.manual_seed(0)
     model = ClayForPreTraining(copy.deepcopy(micro_config)).eval()
     model.config.norm_pix_loss = True
-    batch = _batch()
+    batch = random_inputs()
     out = model(**batch, noise=torch.rand(2, 64))
     t = patchify(batch["pixel_values"], 4)
     t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6) ** 0.5
@@ -341,7 +330,7 @@ def test_norm_pix_loss_standardises_targets(micro_config):
 
 
 def test_band_dropping_is_deterministic_training_only_and_keeps_target(pretrainer, micro_config):
-    batch = _batch(b=64, h=8, w=8)
+    batch = random_inputs(b=64, h=8, w=8)
     model = pretrainer.train()
     dropped = model.drop_bands(batch["pixel_values"], batch["latlon"], torch.Generator().manual_seed(5))
     again = model.drop_bands(batch["pixel_values"], batch["latlon"], torch.Generator().manual_seed(5))
@@ -360,7 +349,7 @@ def test_band_dropping_is_deterministic_training_only_and_keeps_target(pretraine
 
 
 def test_generator_makes_masking_reproducible(pretrainer):
-    batch = _batch()
+    batch = random_inputs()
     a = pretrainer(**batch, generator=torch.Generator().manual_seed(9)).mask
     b = pretrainer(**batch, generator=torch.Generator().manual_seed(9)).mask
     c = pretrainer(**batch, generator=torch.Generator().manual_seed(10)).mask
@@ -371,7 +360,7 @@ def test_pretraining_trains(micro_config):
     torch.manual_seed(0)
     model = ClayForPreTraining(micro_config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = _batch(b=4)
+    batch = random_inputs(b=4)
     yy, xx = torch.meshgrid(torch.linspace(0, 3, 32), torch.linspace(0, 3, 32), indexing="ij")
     smooth = torch.stack([torch.sin(xx + k) * torch.cos(yy - k) for k in range(4)])  # (4, 32, 32), learnable
     batch["pixel_values"] = smooth.expand(4, -1, -1, -1).clone()
@@ -389,26 +378,26 @@ def test_pretraining_trains(micro_config):
 # ---- errors ---------------------------------------------------------------------------------------------------
 def test_band_count_mismatch(encoder):
     with pytest.raises(BandMismatchError, match=r"pixel_values has 4 bands but wavelengths has shape \(3,\)"):
-        encoder(**{**_batch(), "wavelengths": WAVES4[:3]})
+        encoder(**{**random_inputs(), "wavelengths": WAVES4[:3]})
 
 
 @pytest.mark.parametrize(("h", "w"), [(30, 32), (32, 2), (2, 2)])
 def test_chip_size_errors(encoder, h, w):
     with pytest.raises(ChipSizeError, match=rf"chip of {h}x{w} pixels does not fit patch_size 4"):
-        encoder(**_batch(h=h, w=w))
+        encoder(**random_inputs(h=h, w=w))
 
 
 def test_input_shape_errors(encoder, pretrainer):
     with pytest.raises(ClayInputError, match=r"pixel_values must be a \(B, C, H, W\) tensor, got \(4, 32, 32\)"):
-        encoder(**{**_batch(), "pixel_values": torch.zeros(4, 32, 32)})
+        encoder(**{**random_inputs(), "pixel_values": torch.zeros(4, 32, 32)})
     with pytest.raises(ClayInputError, match=r"latlon must have shape \(2, 4\).*got \(2, 2\)"):
-        encoder(**{**_batch(), "latlon": torch.zeros(2, 2)})
+        encoder(**{**random_inputs(), "latlon": torch.zeros(2, 2)})
     with pytest.raises(ClayInputError, match=r"gsd must be a number \(metres\) or a \(2,\) tensor"):
-        encoder(**{**_batch(), "gsd": torch.ones(3)})
+        encoder(**{**random_inputs(), "gsd": torch.ones(3)})
     with pytest.raises(ClayInputError, match=r"noise must have shape \(2, 64\)"):
-        pretrainer(**_batch(), noise=torch.rand(2, 10))
+        pretrainer(**random_inputs(), noise=torch.rand(2, 10))
     with pytest.raises(ClayInputError, match=r"teacher_embeddings must have shape \(2, 48\)"):
-        pretrainer(**_batch(), teacher_embeddings=torch.rand(2, 1024))
+        pretrainer(**random_inputs(), teacher_embeddings=torch.rand(2, 1024))
 
 
 # ---- arguments: the processor's keys are accepted, anything else is named ------------------------------------------

