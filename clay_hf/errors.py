@@ -7,6 +7,12 @@ what was expected, what arrived and what to do.
 
 from __future__ import annotations
 
+import re
+
+# The base class and the errors the configuration and the model raise are defined beside the configuration, so
+# the model file (and the Hub remote code) needs only the configuration module; they are part of this family.
+from .configuration_clay import BandMismatchError, ChipSizeError, ClayConfigError, ClayError, ClayInputError
+
 __all__ = [
     "ClayError",
     "ClayConfigError",
@@ -35,16 +41,27 @@ __all__ = [
 ]
 
 
-class ClayError(Exception):
-    """Base class of every clay_hf error."""
+# `name=` in a message, not preceded by a letter, digit, dot or dash (so "x.name=" and "--name=" stay).
+_PYTHON_ARGUMENT = re.compile(r"(?<![\w.\-])([a-z][a-z0-9_]*)=(?!=)")
 
 
-class ClayConfigError(ClayError, ValueError):
-    """Two architecture numbers disagree, or one is out of range."""
+def for_cli(error: BaseException | str, flags: dict[str, str] | None = None) -> str:
+    """The error's message with every Python argument (``band_names=``) written as its flag (``--band-names``).
 
+    ``flags`` maps argument names whose flag is not the dashed spelling of the name (e.g.
+    ``{"output_dir": "--output"}``); a name mapped to ``""`` is left as written.
+    """
+    message = str(error)
+    flags = flags or {}
 
-class ClayInputError(ClayError, ValueError):
-    """An argument of the wrong shape, type or value: model and processor inputs, loader and builder options."""
+    def flag(match: re.Match[str]) -> str:
+        name = match.group(1)
+        mapped = flags.get(name)
+        if mapped == "":
+            return match.group(0)
+        return mapped or "--" + name.replace("_", "-")
+
+    return _PYTHON_ARGUMENT.sub(flag, message)
 
 
 class UnknownSensorError(ClayError, KeyError):
@@ -54,28 +71,8 @@ class UnknownSensorError(ClayError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class BandMismatchError(ClayInputError):
-    """The number of bands does not match the number of wavelengths (or band names, means, stds).
-
-    ``num_bands`` is how many bands the data has (the image, the file, the sensor's band names) and
-    ``num_values`` how many per-band values were given for them (wavelengths, names, means, stds, or the
-    chosen sensor's bands); either is None where the raising code does not know it.
-    """
-
-    def __init__(self, message: str, num_bands: int | None = None, num_values: int | None = None) -> None:
-        super().__init__(message)
-        self.num_bands, self.num_values = num_bands, num_values
-
-    def __reduce__(self):  # keep the numbers through pickling (errors sent between processes)
-        return type(self), (str(self.args[0]) if self.args else "", self.num_bands, self.num_values)
-
-
 class NonFiniteInputError(ClayInputError):
     """NaN or infinite values where the model needs finite numbers."""
-
-
-class ChipSizeError(ClayInputError):
-    """A chip smaller than one patch, or a side that is not a multiple of the patch size."""
 
 
 class CheckpointError(ClayError, OSError):

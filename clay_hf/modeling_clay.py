@@ -1,9 +1,9 @@
 """Clay v1.5: a wavelength-conditioned ViT masked autoencoder for Earth observation.
 
 Everything on the forward path lives here (one model, one file), so that Hub remote code needs only this
-file, ``configuration_clay.py`` and ``errors.py``. The computation reproduces the original ``claymodel``
-1.5 modules number for number (see ``shared/spec/clay-v1.5-architecture.md``); quirks kept for weight
-compatibility are marked "quirk". The task heads at the end (`ClayForImageClassification`,
+file and ``configuration_clay.py`` (which also defines the errors raised here). The computation reproduces the
+original ``claymodel`` 1.5 modules number for number (see ``shared/spec/clay-v1.5-architecture.md``); quirks
+kept for weight compatibility are marked "quirk". The task heads at the end (`ClayForImageClassification`,
 `ClayForSemanticSegmentation`) put a new head on the same `clay` encoder, so pre-trained folders load into them.
 The model runs plain ``nn.Linear`` layers and the attention ``config._attn_implementation`` names; CPU inference
 tuning (prepacked linear weights, a reduced-precision attention) is an opt-in call in ``clay_hf.cpu_inference``,
@@ -35,8 +35,14 @@ from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegment
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_clay import NUM_METADATA_CHANNELS, ClayConfig
-from .errors import BandMismatchError, ChipSizeError, ClayConfigError, ClayInputError
+from .configuration_clay import (
+    NUM_METADATA_CHANNELS,
+    BandMismatchError,
+    ChipSizeError,
+    ClayConfig,
+    ClayConfigError,
+    ClayInputError,
+)
 
 __all__ = [
     "ClayModel",

@@ -43,10 +43,11 @@ def saved(tmp_path_factory, micro_config) -> tuple[Path, dict[str, torch.Tensor]
 def test_saved_folder_has_safetensors_remote_code_and_full_auto_map(saved):
     folder, _ = saved
     names = {p.name for p in folder.iterdir()}
-    assert {"model.safetensors", "config.json", "modeling_clay.py", "configuration_clay.py", "errors.py"} <= names
+    assert {"model.safetensors", "config.json", "modeling_clay.py", "configuration_clay.py"} <= names
     assert not any(n.endswith(".bin") for n in names)
-    # The remote code is the model only: no CPU tuning module, no private torch ops.
-    assert "cpu_inference.py" not in names
+    # The remote code is the model only: the model and configuration files (the configuration defines the errors
+    # the model raises), no CPU tuning module, no errors module, no private torch ops.
+    assert {n for n in names if n.endswith(".py")} == {"modeling_clay.py", "configuration_clay.py"}
     assert "torch.ops" not in (folder / "modeling_clay.py").read_text()
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {
@@ -119,3 +120,19 @@ def test_remote_code_without_clay_hf_is_bit_identical(saved, tmp_path):
     out = torch.load(result_file)
     assert torch.equal(out["embeddings"], reference["embeddings"])
     assert torch.equal(out["logits"], reference["logits"])
+
+
+def test_modeling_file_imports_only_torch_transformers_and_the_configuration():
+    import ast
+
+    import clay_hf.modeling_clay
+
+    tree = ast.parse(Path(clay_hf.modeling_clay.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or "").split(".")[0])
+    stdlib = {"__future__", "difflib", "functools", "inspect", "math", "collections", "dataclasses", "typing"}
+    assert imported - stdlib == {"torch", "transformers", ".configuration_clay"}

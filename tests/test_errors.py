@@ -190,3 +190,14 @@ def test_band_mismatch_errors_say_how_many_bands_and_values(tmp_path):
     with pytest.raises(BandMismatchError) as caught:
         open_source(path, band_names=["a", "b"])
     assert (caught.value.num_bands, caught.value.num_values) == (3, 2)
+
+
+def test_for_cli_writes_python_arguments_as_flags():
+    err = BandMismatchError("the file has 3 bands, sensor 'sentinel-2-l2a' has 10; pass band_names= or wavelengths=")
+    assert errors.for_cli(err) == (
+        "the file has 3 bands, sensor 'sentinel-2-l2a' has 10; pass --band-names or --wavelengths"
+    )
+    assert errors.for_cli("set output_dir= (x.size=2, --keep=1, a==b)", {"output_dir": "--output"}) == (
+        "set --output (x.size=2, --keep=1, a==b)"
+    )
+    assert errors.for_cli("set chip_size=", {"chip_size": ""}) == "set chip_size="
