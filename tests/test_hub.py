@@ -168,7 +168,7 @@ def test_pushes_upload_exactly_the_planned_files(pushed, folders, local_hub):
 
     model_files = set(local_hub.files(MODEL_ID))
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "modeling_clay.py",
-            "configuration_clay.py", "errors.py", "README.md"} == model_files - {GITATTRIBUTES}  # fmt: skip
+            "configuration_clay.py", "README.md"} == model_files - {GITATTRIBUTES}  # fmt: skip
     dataset_files = set(local_hub.files(DATASET_ID, "dataset"))
     shards = {f"data/train/{p.name}" for p in (folders["dataset"] / "data" / "train").glob("[!.]*.parquet")}
     assert dataset_files == shards | {"README.md", "manifest.json", GITATTRIBUTES}
@@ -376,7 +376,8 @@ def test_a_wheel_install_renders_the_model_card_from_its_package_data(tmp_path, 
                     "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("clay_hf-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"clay_hf/apps/templates/model_card.md", "clay_hf/sensors.json", "clay_hf/apps/hub.py"} <= set(names)
+    shipped = {"clay_hf/apps/templates/model_card.md", "clay_hf/sensors.json", "clay_hf/apps/hub.py"}
+    assert shipped | {"clay_hf/apps/model_card.py", "clay_hf/geodata/dataset_card.py"} <= set(names)
     assert not any(n.startswith(("tests/", "spaces/", "scripts/")) or n == "model_card.md" for n in names)
 
     venv = tmp_path / "venv"  # the system site-packages give torch & co; pip comes from there too
@@ -587,21 +588,21 @@ def test_refuses_a_space_without_the_model_and_collection_it_starts_from(tmp_pat
         push_space(space, "me/space", dry_run=True, bundled_model=False)
 
 
-def test_refuses_bad_repo_ids_templates_and_metrics(tmp_path, converted_micro):
+def test_refuses_bad_repo_ids(converted_micro):
     for bad in ("no-namespace", "a/b/c", "me/../x", "me/with space"):
         with pytest.raises(HubPublishError, match="repo id must look like 'namespace/name'"):
             push_model(converted_micro, bad, dry_run=True, card=False)
-    template = tmp_path / "card.md"
-    template.write_text("---\nlicense: {{ license }}\n---\n{{ not_a_field }}\n")
-    with pytest.raises(HubPublishError, match=r"placeholders this renderer does not fill: \['not_a_field'\]"):
-        render_model_card(converted_micro, "me/clay", template=template)
-    with pytest.raises(HubPublishError, match="model card template .* not found"):
-        render_model_card(converted_micro, "me/clay", template=tmp_path / "missing.md")
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(HubPublishError, match="cannot read the metrics JSON"):
-        render_model_card(converted_micro, "me/clay", metrics=tmp_path / "bad.json")
-    with pytest.raises(HubPublishError, match="holds no numbers"):
-        render_model_card(converted_micro, "me/clay", metrics={"name": "x", "curve": [1, 2]})
+
+
+def test_push_model_refuses_an_unpublishable_folder_before_rendering_its_card(tmp_path, converted_micro):
+    """The card module describes any model folder; push_model plans first, so the Hub's rules come first."""
+    folder = tmp_path / "model"
+    shutil.copytree(converted_micro, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "auto_map"}))
+    assert "| encoder width D |" in render_model_card(folder, "me/clay")  # a card needs no auto_map...
+    with pytest.raises(HubPublishError, match="needs an auto_map"):  # ...a push does, with or without one
+        push_model(folder, "me/clay", dry_run=True, card_template=tmp_path / "missing.md")
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):

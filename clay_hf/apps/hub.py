@@ -23,11 +23,11 @@ What each kind uploads (``*`` stays within one folder level, ``**`` crosses leve
 
 - model: ``*.safetensors``, ``*.safetensors.index.json``, ``config.json`` (must carry an ``auto_map`` whose
   modules are in the folder, so ``trust_remote_code=True`` works), ``preprocessor_config.json``,
-  ``generation_config.json``, ``*.py`` (the remote code), and ``README.md``: the model card rendered from
-  the ``templates/model_card.md`` template (package data) with the real architecture, sensors, training data, metrics and license
-  (written into the folder before the upload unless ``card=False``).
-- dataset: ``data/**/*.parquet``, ``README.md`` (the dataset card of :func:`clay_hf.geodata.builder.write_dataset_card`)
-  and ``manifest.json``.
+  ``generation_config.json``, ``*.py`` (the remote code), and ``README.md``: the model card of
+  :func:`clay_hf.apps.model_card.render_model_card` (written into the folder before the upload unless
+  ``card=False``).
+- dataset: ``data/**/*.parquet``, ``README.md`` (the dataset card :func:`clay_hf.geodata.builder.write_dataset_card`
+  writes with every build, :mod:`clay_hf.geodata.dataset_card`) and ``manifest.json``.
 - space: every file (``**``) except the above; the folder needs a ``README.md`` with ``sdk:`` in its YAML
   and the ``app_file`` it names.
 """
@@ -35,21 +35,19 @@ What each kind uploads (``*`` stays within one folder level, ``**`` crosses leve
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import glob
 import importlib.resources
 import json
 import logging
-import math
 import os
 import re
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from ..atomic import atomic_write_bytes
 from ..errors import HubPublishError
+from .model_card import DEFAULT_MODEL_CARD_TEMPLATE, render_model_card  # re-exported: the card of push_model
 
 __all__ = [
     "HubPublishError",
@@ -86,10 +84,8 @@ NEVER_UPLOAD: tuple[str, ...] = (
     "token", "*_token", "*.token", "*token.txt", "*.pem", "*.key", "*credentials*", "*secret*", "id_rsa*",
 )  # fmt: skip
 
-DEFAULT_MODEL_CARD_TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"  # package data
 _TOKEN_RE = re.compile(rb"hf_[A-Za-z0-9]{34}")
 _TOKEN_SCAN_MAX_BYTES = 5 * 1024 * 1024  # weights and shards are not scanned; configs, code and cards are
-_PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -323,199 +319,6 @@ def _front_matter(data: bytes) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# the model card
-# --------------------------------------------------------------------------------------------------
-
-
-def _safetensors_counts(folder: Path, paths: Sequence[str]) -> tuple[int, int, str]:
-    """(all parameters, encoder parameters, dtypes) from the safetensors headers, without loading tensors."""
-    total = encoder = 0
-    dtypes = set()
-    for path in (folder / p for p in paths if p.endswith(".safetensors")):
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            n = math.prod(meta["shape"])
-            total += n
-            dtypes.add(meta["dtype"])
-            if not name.startswith(("decoder.", "proj.")):  # ClayForPreTraining's heads; the rest is the encoder
-                encoder += n
-    return total, encoder, "/".join(sorted(dtypes)).lower()
-
-
-def _params(n: int) -> str:
-    return f"{n:,d} ({n / 1e6:.1f} M)" if n >= 1e5 else f"{n:,d}"
-
-
-def _architecture_table(config: dict[str, Any]) -> str:
-    rows = [
-        ("patch size (pixels)", "patch_size"), ("encoder width D", "hidden_size"),
-        ("encoder layers", "num_hidden_layers"), ("encoder heads x head dim", ("num_attention_heads", "head_dim")),
-        ("encoder MLP ratio", "mlp_ratio"), ("decoder width", "decoder_hidden_size"),
-        ("decoder layers", "decoder_num_hidden_layers"),
-        ("decoder heads x head dim", ("decoder_num_attention_heads", "decoder_head_dim")),
-        ("wavelength embedding width", "wave_dim"), ("weight-generator latent tokens", "num_latent_tokens"),
-        ("teacher embedding width", "teacher_dim"), ("mask ratio (pre-training)", "mask_ratio"),
-    ]  # fmt: skip
-    lines = ["| setting | value |", "|---|---|"]
-    for label, key in rows:
-        if isinstance(key, tuple):
-            if all(k in config for k in key):
-                lines.append(f"| {label} | {config[key[0]]} x {config[key[1]]} |")
-        elif key in config:
-            lines.append(f"| {label} | {config[key]} |")
-    return "\n".join(lines)
-
-
-def _sensors_table() -> str:
-    from ..sensors import get_sensor, list_sensors
-
-    lines = ["| sensor | bands | GSD (m) | wavelengths (um) |", "|---|---|---|---|"]
-    for name in list_sensors():
-        s = get_sensor(name)
-        waves = ", ".join(f"{w:g}" for w in s.wavelengths_um)
-        lines.append(f"| `{s.name}` | {len(s.band_names)}: {', '.join(s.band_names)} | {s.gsd_m:g} | {waves} |")
-    return "\n".join(lines)
-
-
-def _flatten_metrics(data: Any, prefix: str = "") -> list[tuple[str, float]]:
-    """Numeric leaves of a metrics JSON as ``("a / b / c", value)``; lists, per-class tables and matrices skipped."""
-    rows: list[tuple[str, float]] = []
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if any(word in str(key).lower() for word in ("per_class", "confusion", "wall_time", "seconds")):
-                continue
-            rows += _flatten_metrics(value, f"{prefix} / {key}" if prefix else str(key))
-    elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(data):
-        rows.append((prefix, float(data)))
-    return rows
-
-
-def _evaluation_section(metrics: str | os.PathLike | dict[str, Any] | None) -> str:
-    if metrics is None:
-        return (
-            "No evaluation numbers were published with this upload. `scripts/evaluate.py` in clay_hf measures "
-            "linear-probe, k-NN, retrieval and segmentation quality on labelled imagery; publish its "
-            "`evaluation.json` with `scripts/push_to_hub.py model ... --metrics evaluation.json`."
-        )
-    source = "the metrics supplied with this upload"
-    if not isinstance(metrics, dict):
-        path = Path(metrics)
-        try:
-            metrics = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise HubPublishError(f"cannot read the metrics JSON {str(path)!r}: {err}") from err
-        source = f"`{path.name}`"
-    rows = _flatten_metrics(metrics)
-    if not rows:
-        raise HubPublishError('the metrics JSON holds no numbers; expected e.g. {"linear_probe_accuracy": 0.91}')
-    table = ["| metric | value |", "|---|---|"] + [f"| {name} | {value:.4g} |" for name, value in rows]
-    return f"Numbers from {source}:\n\n" + "\n".join(table)
-
-
-def _training_procedure(config: dict[str, Any]) -> str:
-    return (
-        "Masked-autoencoder pre-training with a representation loss (Clay v1.5): "
-        f"{config.get('mask_ratio', 0.75):.0%} of the patches are masked and the decoder reconstructs their "
-        f"normalised pixels (weight {config.get('reconstruction_loss_weight', 0.9)}), while the encoder's class "
-        f"token, projected to the teacher's width ({config.get('teacher_dim', '?')}), is pulled towards the "
-        f"embedding of a frozen DINOv2 teacher of the chip's RGB bands (cosine loss, weight "
-        f"{config.get('representation_loss_weight', 0.1)}). Band dropout during training: all but the RGB bands "
-        f"with probability {config.get('drop_all_bands_prob', '?')}, half of them with probability "
-        f"{config.get('drop_half_bands_prob', '?')}. Pre-train or continue training with clay_hf's "
-        "`scripts/train.py` (Accelerate: CPU, one or many GPUs, FSDP)."
-    )
-
-
-DEFAULT_TRAINING_DATA = (
-    "The Clay v1.5 weights were pre-trained by the Clay Foundation on chips sampled worldwide from the sensors "
-    "in the table above (Sentinel-2 L2A, Landsat level 1 and level 2, Sentinel-1 RTC, NAIP, LINZ, MODIS, "
-    "PlanetScope and Satellogic imagery), normalised with the per-band statistics of that table. See the "
-    "[Clay documentation](https://clay-foundation.github.io/model/) for the sampling strategy and the data "
-    "sources' licences. If this repository holds weights trained with clay_hf, the dataset(s) named in the "
-    "metadata are the training chips."
-)
-
-
-def render_model_card(
-    model_folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    template: str | os.PathLike | None = None,
-    license: str = "apache-2.0",
-    datasets: Sequence[str] = (),
-    training_data: str | None = None,
-    metrics: str | os.PathLike | dict[str, Any] | None = None,
-) -> str:
-    """The model card of ``model_folder`` from ``template`` (default: the package's ``templates/model_card.md``).
-
-    Fills in the architecture from ``config.json``, parameter counts and dtype from the safetensors headers,
-    the processor's patch size, the sensor table (:func:`clay_hf.list_sensors`), the training data text, an
-    evaluation table from ``metrics`` (a JSON file or dict; numeric leaves), the license and the datasets.
-
-    Raises:
-        HubPublishError: no template, a placeholder the renderer does not know, or an unreadable metrics file.
-    """
-    from .. import __version__
-    from ..sensors import get_sensor
-
-    plan = plan_upload(model_folder, "model")  # checks the folder; only its planned weights are counted
-    folder = plan.folder
-    template = Path(template) if template is not None else DEFAULT_MODEL_CARD_TEMPLATE
-    if not template.is_file():
-        raise HubPublishError(
-            f"model card template {str(template)!r} not found; pass template= (--card-template) with a template like "
-            "clay_hf's templates/model_card.md"
-        )
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    processor_path = folder / "preprocessor_config.json"
-    processor = json.loads(processor_path.read_text(encoding="utf-8")) if processor_path.is_file() else {}
-    total, encoder, dtype = _safetensors_counts(folder, plan.paths)
-    s2 = get_sensor("sentinel-2-l2a")
-    rgbn = s2.select(["blue", "green", "red", "nir"])
-    values = {
-        "license": license,
-        "datasets_yaml": json.dumps(list(datasets)),
-        "clay_hf_version": __version__,
-        "date": _dt.date.today().isoformat(),
-        "model_name": repo_id.split("/")[-1],
-        "repo_id": repo_id,
-        "total_params": _params(total),
-        "encoder_params": _params(encoder),
-        "weights_dtype": dtype or "unknown",
-        "architecture_table": _architecture_table(config),
-        "patch_size": str(config.get("patch_size", "?")),
-        "hidden_size": str(config.get("hidden_size", "D")),
-        "processor_patch_size": str(processor.get("patch_size", config.get("patch_size", "?"))),
-        "sensors_table": _sensors_table(),
-        "s2_num_bands": str(len(s2.band_names)),
-        "s2_band_names": ", ".join(s2.band_names),
-        "s2_rgbn_mean": json.dumps(list(rgbn.mean)),
-        "s2_rgbn_std": json.dumps(list(rgbn.std)),
-        "s2_rgbn_wavelengths": json.dumps(list(rgbn.wavelengths_um)),
-        "s2_gsd": f"{s2.gsd_m:.1f}",
-        "training_data": (training_data or DEFAULT_TRAINING_DATA).strip()
-        + (
-            ("\n\nDatasets: " + ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets))
-            if datasets
-            else ""
-        ),
-        "training_procedure": _training_procedure(config),
-        "evaluation": _evaluation_section(metrics),
-    }
-    text = template.read_text(encoding="utf-8")
-    unknown = sorted({m.group(1) for m in _PLACEHOLDER_RE.finditer(text)} - set(values))
-    if unknown:
-        raise HubPublishError(
-            f"{template} has placeholders this renderer does not fill: {unknown}; known: {sorted(values)}"
-        )
-    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], text)
-
-
-# --------------------------------------------------------------------------------------------------
 # pushing
 # --------------------------------------------------------------------------------------------------
 
@@ -624,11 +427,13 @@ def push_model(
 ) -> PushResult:
     """Publish a model folder (safetensors, config with auto_map, processor config, remote code) with its card.
 
-    The card (:func:`render_model_card`) is written to ``folder/README.md`` before the upload, or only planned
-    in a dry run; ``card=False`` keeps the folder's own README.md. Other arguments go to :func:`push_folder`.
+    The card (:func:`clay_hf.apps.model_card.render_model_card`) is written to ``folder/README.md`` before the
+    upload, or only planned in a dry run; ``card=False`` keeps the folder's own README.md. Other arguments go to
+    :func:`push_folder`.
     """
     generated = None
     if card:
+        plan_upload(folder, "model")  # a folder that cannot be published is refused before it is described
         text = render_model_card(
             folder, repo_id, template=card_template, license=license, datasets=datasets,
             training_data=training_data, metrics=metrics,
