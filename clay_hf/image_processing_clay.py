@@ -19,6 +19,15 @@ key                 shape           meaning
 ==================  ==============  =========================================================================
 
 No resizing and no resampling: chips must already be a multiple of the patch size. numpy and torch only.
+
+**Sentinel-2 radiometric offset.** Products of processing baseline 04.00 and later (from 25 January 2022) add
+1000 DN to every value, unless the archive removed it. The v1.5 mean and std were computed on values without it
+(Earth Search's ``sentinel-2-l2a`` COGs, which hold the offset removed; see :mod:`clay_hf.sensors`), so with
+``harmonize_offset=True`` (the default) ``preprocess(..., offset_dn=1000)`` subtracts it first (``max(x - 1000,
+1)`` for valid values) and the same surface gets the same inputs in 2021 and 2023. The processor does not guess
+``offset_dn`` from the date (arrays from Earth Search are harmonised already, from the Planetary Computer or
+Copernicus not): chips from :mod:`clay_hf.geodata.raster` are harmonised when read and say so in their
+``radiometric_offset``; pass ``offset_dn`` for arrays read elsewhere.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ class ClayImageProcessorKwargs(TypedDict, total=False):
     latlon_order: str
     use_capture_hour: bool
     nodata: float | str | None
+    harmonize_offset: bool
 
 
 class _Bands(NamedTuple):
@@ -111,6 +121,10 @@ class ClayImageProcessor(BaseImageProcessor):
         use_capture_hour: encode each datetime's own UTC hour instead of the training hour 12.
         nodata: value marking missing pixels (``float("nan")`` for NaN; saved as ``"nan"``), or ``None``.
             Such pixels become 0 after normalisation (the band mean) and a ``valid_mask`` is returned.
+        harmonize_offset: subtract the radiometric offset that ``preprocess(offset_dn=...)`` says the images
+            carry (Sentinel-2 processing baseline 04.00 and later: 1000 DN) before normalising, so inputs are in
+            the convention the v1.5 normalisation was computed on (reflectance x 10000 without the offset).
+            False leaves the values as given.
     """
 
     model_input_names = ["pixel_values", "wavelengths", "gsd", "time", "latlon"]
@@ -123,6 +137,7 @@ class ClayImageProcessor(BaseImageProcessor):
         latlon_order: LatLonOrder = "lonlat",
         use_capture_hour: bool = False,
         nodata: float | str | None = None,
+        harmonize_offset: bool = True,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("image_processor_type", None)
@@ -146,6 +161,9 @@ class ClayImageProcessor(BaseImageProcessor):
         self.latlon_order = latlon_order
         self.use_capture_hour = bool(use_capture_hour)
         self.nodata = _parse_nodata(nodata)
+        if not isinstance(harmonize_offset, (bool, np.bool_)):
+            raise ClayInputError(f"harmonize_offset must be True or False, got {harmonize_offset!r}")
+        self.harmonize_offset = bool(harmonize_offset)
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
@@ -170,6 +188,8 @@ class ClayImageProcessor(BaseImageProcessor):
         use_capture_hour: bool | None = None,
         latlon_order: LatLonOrder | None = None,
         convert_to_db: bool | None = None,
+        offset_dn: float | Sequence[float | None] | ArrayLike | None = None,
+        harmonize_offset: bool | None = None,
         return_tensors: str | TensorType | None = "pt",
     ) -> BatchFeature:
         """Normalise chips and encode their metadata.
@@ -193,6 +213,11 @@ class ClayImageProcessor(BaseImageProcessor):
             latlon_order: overrides the processor's ``latlon_order``.
             convert_to_db: convert to decibels before normalising; default: the sensor's ``is_sar_db``
                 (pass False for Sentinel-1 data that is already in decibels).
+            offset_dn: the radiometric offset, in digital numbers, that the images still carry, one or one per
+                sample (``None`` entries: none): 1000 for Sentinel-2 of processing baseline 04.00 and later from
+                an archive that kept it (Copernicus, the Planetary Computer), 0 for earlier baselines and for
+                Earth Search's ``sentinel-2-l2a`` COGs (already harmonised). Removed when ``harmonize_offset``.
+            harmonize_offset: overrides the processor's ``harmonize_offset``.
             return_tensors: ``"pt"`` (default) or ``"np"``.
 
         Returns:
@@ -213,6 +238,9 @@ class ClayImageProcessor(BaseImageProcessor):
         if nodata is not None:
             invalid = torch.isnan(pixels) if math.isnan(nodata) else pixels == torch.tensor(nodata, dtype=torch.float32)
         self._check_finite(pixels, invalid, bands.band_names)
+        harmonize = self.harmonize_offset if harmonize_offset is None else bool(harmonize_offset)
+        if harmonize and offset_dn is not None:
+            pixels = self._remove_offset(pixels, invalid, offset_dn, batch_size)
 
         if is_sar_db:
             self._warn_if_decibels(pixels, invalid)
@@ -416,6 +444,23 @@ class ClayImageProcessor(BaseImageProcessor):
             "pass nodata=float('nan') (or your nodata value) to fill missing pixels with the band mean and get "
             "a valid_mask, or replace them before preprocessing"
         )
+
+    @staticmethod
+    def _remove_offset(
+        pixels: torch.Tensor, invalid: torch.Tensor | None, offset_dn: Any, batch_size: int
+    ) -> torch.Tensor:
+        """``max(x - offset, 1)`` for the valid values of samples with an offset (as the raster reader does)."""
+        offsets = [0.0 if o is None else o for o in _per_sample(offset_dn, batch_size, "offset_dn values")]
+        values = ClayImageProcessor._float_list(offsets, "offset_dn")
+        if any(v < 0 for v in values):
+            raise ClayInputError(
+                f"offset_dn must be >= 0 digital numbers (1000 for Sentinel-2 from baseline 04.00), got {values}"
+            )
+        offset = torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        change = (offset > 0).expand_as(pixels)  # (B, 1, 1, 1) -> (B, C, H, W)
+        if invalid is not None:
+            change = change & ~invalid
+        return torch.where(change, torch.clamp(pixels - offset, min=1.0), pixels)  # (B, C, H, W)
 
     @staticmethod
     def _warn_if_decibels(pixels: torch.Tensor, invalid: torch.Tensor | None) -> None:

@@ -23,10 +23,32 @@ canonical name          aliases
 ``satellogic-MSI-L1D``  ``satellogic``
 ``naip``, ``linz``,     (none)
 ``modis``
+``sentinel-2-l1c``      ``s2-l1c``, ``sentinel-2-toa`` (not in the v1.5 table; see below)
 ======================  =============================================
 
 ``landsat``, ``landsat-8`` and ``landsat-9`` are deliberately NOT aliases: the level-1 and the
 surface-reflectance tables differ, so the lookup error names both and asks which one.
+
+**Sentinel-2 L1C.** Clay v1.5 was trained on Sentinel-2 L2A (surface reflectance) only, so its table has no
+L1C (top-of-atmosphere reflectance) entry. ``sentinel-2-l1c`` is added after the v1.5 sensors so that L1C
+sources are labelled by what they are: it has the L2A bands and wavelengths (the same instrument) and
+borrows the L2A mean and std (``normalisation_from="sentinel-2-l2a"``). Those are the closest statistics the
+model knows: the same bands and the same DN scale (reflectance x 10000), while top-of-atmosphere values run a
+few hundred DN brighter than surface reflectance in the blue and green bands (atmospheric scattering) and
+close to it in the near and short-wave infrared. So an L1C chip is normalised like an L2A chip, slightly
+off-centre in the visible bands; its label (chip ``sensor``) keeps it apart from L2A in results.
+
+**Radiometric offset.** From processing baseline 04.00 (in production from 25 January 2022) Sentinel-2 L1C and
+L2A digital numbers carry +1000 (``RADIO_ADD_OFFSET``/``BOA_ADD_OFFSET`` = -1000). The v1.5 mean and std were
+computed on values *without* it (DN = reflectance x 10000). Clay's Sentinel-2 training chips were made by
+stacchip: its Sentinel-2 processor searched Earth Search v1's ``sentinel-2-l2a`` collection for two random years
+of 2018-2022 (2018-2023 in Clay's training-data notes) and copied the COGs as they are; its chipper reads them
+without any offset handling, and the normalisation was computed on those chips (``stacchip/processors/stats.py``).
+Most of those scenes predate baseline 04.00, and for the later ones Earth Search's COGs hold the offset already
+removed (``earthsearch:boa_offset_applied``, set since February 2022; a few scenes are known to be mis-flagged).
+It is also the convention the Planetary Computer's ``harmonize_to_old`` example converts to. The readers and the
+image processor therefore harmonise to it by default (``harmonize_offset``; :func:`radiometric_offset_rule`
+holds the facts; see :mod:`clay_hf.geodata.raster`).
 
 Users add their own sensors with :func:`register_sensor`, or pass wavelengths, mean and std straight
 to the image processor.
@@ -35,7 +57,10 @@ The table also holds, as data, what the raster readers need to recognise a produ
 and STAC catalogues use (``band_aliases``, ``platform_band_aliases``: ``"B02"`` -> ``"blue"``, Landsat TM/ETM+
 numbering by platform), read by :func:`canonical_band` and :func:`map_band_names`; and the platform rules
 (``platform_rules``, ``level_keywords``) that :func:`sensor_from_platform` applies to a STAC ``platform`` or a
-file's ``SPACECRAFT_ID`` tag.
+file's ``SPACECRAFT_ID`` tag. Beyond tags, :func:`product_id_from_paths` reads Landsat and Sentinel product ids in
+file and folder names (``LC08_L2SP_...``, ``S2A_MSIL2A_...``), :func:`sensor_from_instruments` a STAC item's
+``instruments``, :func:`sensors_for_band_names` band names, and :func:`sensors_for_band_count` proposes sensors
+for a file that says nothing but its band count and data type.
 """
 
 from __future__ import annotations
@@ -48,7 +73,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import BandMismatchError, ClayInputError, UnknownBandError, UnknownSensorError
 
@@ -64,6 +89,13 @@ __all__ = [
     "canonical_band",
     "map_band_names",
     "sensor_from_platform",
+    "sensor_from_instruments",
+    "ProductId",
+    "parse_product_id",
+    "product_id_from_paths",
+    "sensors_for_band_names",
+    "sensors_for_band_count",
+    "radiometric_offset_rule",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,6 +134,8 @@ class Sensor:
         reconstruction_loss_scale: multiplier of the reconstruction loss for batches of this sensor
             (0.1 for MODIS in v1.5, 1.0 otherwise).
         aliases: other names :func:`get_sensor` accepts for this sensor.
+        normalisation_from: for a sensor outside Clay v1.5's table, the table sensor whose mean and std it
+            borrows (``sentinel-2-l1c``: ``"sentinel-2-l2a"``); ``None`` for the table's own numbers.
     """
 
     name: str
@@ -114,6 +148,7 @@ class Sensor:
     is_sar_db: bool = False
     reconstruction_loss_scale: float = 1.0
     aliases: tuple[str, ...] = ()
+    normalisation_from: str | None = None
 
     def __post_init__(self) -> None:
         # Frozen dataclass: coerce lists to tuples and numbers to float through object.__setattr__.
@@ -207,8 +242,10 @@ class Sensor:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used in ``sensors.json`` (without the name, which is the key there)."""
+        borrowed = {"normalisation_from": self.normalisation_from} if self.normalisation_from else {}
         return {
             "aliases": list(self.aliases),
+            **borrowed,
             "gsd_m": self.gsd_m,
             "rgb_indices": list(self.rgb_indices) if self.rgb_indices is not None else None,
             "is_sar_db": self.is_sar_db,
@@ -234,6 +271,7 @@ class Sensor:
             is_sar_db=data.get("is_sar_db", False),
             reconstruction_loss_scale=data.get("reconstruction_loss_scale", 1.0),
             aliases=tuple(data.get("aliases", ())),
+            normalisation_from=data.get("normalisation_from"),
         )
 
 
@@ -409,13 +447,17 @@ def sensor_from_platform(platform: str | None, hint: str = "") -> str | None:
     """The sensor-table name for a platform (STAC ``platform``, a file's ``SPACECRAFT_ID`` tag), or None.
 
     ``hint`` is the collection id or processing level ("sentinel-2-l1c", "landsat-c2-l2", "L1TP"): it decides
-    between the level-1 and surface-reflectance Landsat tables. Landsat 4/5/7 level-1 data (8-bit digital
-    numbers) and Landsat without a level have no table entry and give None. A name of the table itself
-    ("sentinel-2-l2a") is returned as is. The rules are data: ``platform_rules`` in ``sensors.json``.
+    between the level-1 and surface-reflectance tables (Sentinel-2 L1C or L2A, L2A when no level is given;
+    Landsat level 1 or level 2). Landsat 4/5/7 level-1 data (8-bit digital numbers) and Landsat without a level
+    have no table entry and give None. A name of the table itself ("sentinel-2-l2a") is returned as is. The
+    rules are data: ``platform_rules`` in ``sensors.json``.
     """
     if not platform:
         return None
-    key, text = normalize_platform(platform), str(hint).lower().replace("-", "")
+    key = normalize_platform(platform)
+    # Level words are matched in the platform and the hint with the dashes dropped ("landsat-c2-l2" ->
+    # "landsatc2l2"), the mission's own name dropped first, so that "sentinel-2-l1c" does not read as level 2.
+    text = re.sub(r"sentinel[-_ ]?\d", "", f"{platform} {hint}".lower()).replace("-", "")
     present = {level for level, words in _TABLE["level_keywords"].items() if any(w in text for w in words)}
     for rule in _TABLE["platform_rules"]:
         if not _rule_matches(rule, key):
@@ -427,3 +469,181 @@ def sensor_from_platform(platform: str | None, hint: str = "") -> str | None:
         return get_sensor(platform).name
     except KeyError:
         return None
+
+
+def sensor_from_instruments(instruments: Sequence[str] | str | None, hint: str = "") -> str | None:
+    """The sensor-table name for a STAC item's ``instruments`` (``["msi"]``, ``["oli", "tirs"]``), or None.
+
+    For items without ``platform``: each instrument stands for a platform (``instruments`` in ``sensors.json``),
+    which :func:`sensor_from_platform` maps with ``hint`` (the collection id or processing level).
+    """
+    if not instruments:
+        return None
+    names = [instruments] if isinstance(instruments, str) else list(instruments)
+    table = _TABLE.get("instruments", {})
+    joined = "-".join(str(n).strip().lower() for n in names)
+    for key in (joined, *(str(n).strip().lower() for n in names)):
+        if key in table and (name := sensor_from_platform(table[key], hint)):
+            return name
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- product ids
+
+
+class ProductId(NamedTuple):
+    """What a Landsat or Sentinel product id in a file or folder name says.
+
+    ``text``: the id as found; ``platform``: ``"landsat-8"``, ``"sentinel-2a"`` (``"sentinel-2"`` when the
+    name does not say which satellite); ``level``: ``"L2A"``, ``"L1C"``, ``"L2SP"``, ``"L1TP"``, ``"GRDH"`` or
+    None; ``collection``: the Landsat collection (``"02"``) or None; ``datetime``: the acquisition time (ISO
+    8601, or a date) or None; ``processing_baseline``: the Sentinel-2 baseline (``"05.09"``) or None;
+    ``sensor``: the sensor-table name it maps to (:func:`sensor_from_platform`) or None (Landsat without a
+    level, Landsat 4/5/7 level 1).
+    """
+
+    text: str
+    platform: str
+    level: str | None
+    collection: str | None
+    datetime: str | None
+    processing_baseline: str | None
+    sensor: str | None
+
+    def describe(self) -> str:
+        """``"a Landsat 8 level-2 product (LC08_L2SP_...)"``: how messages name the evidence."""
+        family, _, number = self.platform.partition("-")
+        satellite = f"{family.capitalize()}-{number.upper()}" if family == "sentinel" else f"Landsat {number}"
+        level = {"L2SP": "level-2", "L2SR": "level-2", "L1TP": "level-1", "L1GT": "level-1", "L1GS": "level-1"}
+        what = level.get(self.level or "", self.level)
+        text = self.text if len(self.text) <= 24 else self.text[:20] + "..."
+        return f"a {satellite}{f' {what}' if what else ''} product ({text})"
+
+
+# (family, pattern) of the product ids in file and folder names; the satellite letter or number completes the platform.
+_PRODUCT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (family, re.compile(r"(?<![A-Za-z0-9])" + pattern)) for family, pattern in (
+        # Sentinel-2 SAFE products (and BigEarthNet patches): S2A_MSIL2A_20230601T103631_N0509_R008_T32TQM_...
+        ("sentinel-2", r"S2(?P<sat>[A-D])_MSI(?P<level>L1C|L2A)_(?P<date>\d{8}T\d{6})(?:_N(?P<baseline>\d{4}))?"),
+        # Sentinel-2 granules and datastrips of the old naming: S2A_OPER_MSI_L1C_TL_SGS__20170216T..._N02.04
+        ("sentinel-2", r"S2(?P<sat>[A-D])_OPER_(?:MSI|PRD)_(?:MSI)?(?P<level>L1C|L2A)[\w.]*?(?:_N(?P<baseline>\d{2}\.\d{2}))?$"),
+        # Earth Search item ids: S2B_52SFA_20220126_0_L2A
+        ("sentinel-2", r"S2(?P<sat>[A-D])_T?\d{2}[A-Z]{3}_(?P<date>\d{8})(?:T\d{6})?_\d+_(?P<level>L1C|L2A)"),
+        # SAFE granule folders: L1C_T33UUU_A008642_20170216T102101
+        ("sentinel-2", r"(?P<level>L1C|L2A)_T\d{2}[A-Z]{3}_A\d{6}_(?P<date>\d{8}T\d{6})"),
+        # SAFE band files: T33UUU_20170216T102101_B02 (L1C), T33UUU_20170216T102101_B02_10m (L2A, with a resolution)
+        ("sentinel-2", r"T\d{2}[A-Z]{3}_(?P<date>\d{8}T\d{6})_(?:B\d[\dA]|TCI|AOT|WVP|SCL)(?P<res>_\d{2}m)?(?![A-Za-z0-9])"),
+        # Landsat Collection 1 and 2: LC08_L2SP_044034_20210508_20210517_02_T1
+        ("landsat", r"L[COTEM](?P<sat>\d{2})_(?P<level>L1TP|L1GT|L1GS|L2SP|L2SR)_\d{6}_(?P<date>\d{8})_\d{8}_(?P<collection>\d{2})_(?:T1|T2|RT)"),
+        # Landsat scene ids (before the collections): LC80440342015001LGN00, year and day of year
+        ("landsat", r"L[COTEM](?P<sat>\d)\d{6}(?P<year>\d{4})(?P<doy>\d{3})[A-Z]{3}\d{2}"),
+        # Sentinel-1: S1A_IW_GRDH_1SDV_20170613T165043_...
+        ("sentinel-1", r"S1(?P<sat>[A-D])_(?:IW|EW|SM|WV|S\d)_(?P<level>GRD[FHM]|SLC_|RAW_|OCN_)\w*?_(?P<date>\d{8}T\d{6})"),
+    )
+)  # fmt: skip
+
+
+def _iso_stamp(stamp: str) -> str:
+    if "T" in stamp:  # 20170613T101031
+        return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}"
+    return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}"
+
+
+def parse_product_id(name: str) -> ProductId | None:
+    """The Landsat or Sentinel product id in one file or folder name (``LC08_L2SP_...``, ``S2A_MSIL2A_...``), or None.
+
+    >>> parse_product_id("S2B_MSIL1C_20230601T103629_N0509_R008_T32TQM_20230601T124002.SAFE").sensor
+    'sentinel-2-l1c'
+    >>> parse_product_id("LC08_L2SP_044034_20210508_20210517_02_T1_SR_B4.TIF").sensor
+    'landsat-c2l2-sr'
+    """
+    import datetime as dt
+
+    stem = re.sub(r"\.(safe|tif{1,2}|jp2|json|zip|SAFE|TIF{1,2})$", "", str(name).rsplit("/", 1)[-1])
+    for family, pattern in _PRODUCT_PATTERNS:
+        match = pattern.search(stem)
+        if not match:
+            continue
+        groups = match.groupdict()
+        sat = groups.get("sat")
+        level = groups.get("level")
+        when = None
+        if groups.get("date"):
+            when = _iso_stamp(groups["date"])
+        elif groups.get("year"):
+            day = dt.date(int(groups["year"]), 1, 1) + dt.timedelta(days=int(groups["doy"]) - 1)
+            when = day.isoformat()
+        if family == "landsat":
+            platform = f"landsat-{int(sat)}"
+        else:
+            platform = f"{family}{sat.lower()}" if sat else family
+        if family == "sentinel-2" and level is None:
+            level = "L2A" if groups.get("res") else "L1C"  # SAFE band files: L2A names carry a resolution
+        baseline = groups.get("baseline")
+        if baseline and "." not in baseline:
+            baseline = f"{baseline[:2]}.{baseline[2:]}"
+        collection = groups.get("collection")
+        hint = " ".join(v for v in (level, f"c{int(collection)}" if collection else None) if v)
+        return ProductId(match.group(0), platform, level, collection, when, baseline,
+                         sensor_from_platform(platform, hint))  # fmt: skip
+    return None
+
+
+def product_id_from_paths(paths: Sequence[str], parents: int = 4) -> ProductId | None:
+    """The first product id in the file names of ``paths``, else in the folders above the first path.
+
+    Paths may be URLs (an Earth Search COG ``.../S2B_52SFA_20220126_0_L2A/B04.tif`` is named by its folder).
+    ``parents`` is how many folders up are looked at (a SAFE band file sits four below the product folder).
+    """
+    for path in paths:
+        if found := parse_product_id(str(path).rstrip("/").rsplit("/", 1)[-1]):
+            return found
+    if not paths:
+        return None
+    folders = str(paths[0]).replace("\\", "/").split("?")[0].rstrip("/").split("/")[:-1]
+    for folder in reversed(folders[-parents:] if parents else []):
+        if folder and (found := parse_product_id(folder)):
+            return found
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- evidence
+
+
+def sensors_for_band_names(names: Sequence[str], platform: str | None = None) -> list[str]:
+    """The sensors of the table whose bands (or their aliases) are exactly named by ``names``, in table order.
+
+    Every name must map to a distinct band of the sensor (:func:`canonical_band`); several sensors may fit
+    (``["blue", "green", "red"]`` fits six of them), a name only one sensor has (``"B8A"``, ``"rededge1"``)
+    narrows it down.
+    """
+    found = []
+    for sensor_name in list_sensors():
+        sensor = get_sensor(sensor_name)
+        mapped = [canonical_band(sensor, n, platform) for n in names]
+        if names and None not in mapped and len(set(mapped)) == len(mapped):
+            found.append(sensor_name)
+    return found
+
+
+def sensors_for_band_count(count: int, dtype: str | None = None) -> list[str]:
+    """The sensors of the table with ``count`` bands, those whose products come in ``dtype`` first.
+
+    Only a proposal for a message: a band count and a data type never decide a sensor on their own.
+    """
+    same = [n for n in list_sensors() if get_sensor(n).num_bands == count]
+    typical = _TABLE.get("typical_dtypes", {})
+    return sorted(same, key=lambda n: dtype is None or str(dtype) not in typical.get(n, ()))
+
+
+def radiometric_offset_rule(sensor: str | Sensor | None) -> dict[str, Any] | None:
+    """The radiometric-offset facts of a sensor whose products add a constant from some processing baseline on.
+
+    ``{"offset_dn": 1000.0, "since_baseline": "04.00", "since_date": "2022-01-25", "offset_tags": [...]}`` for
+    ``sentinel-2-l2a`` and ``sentinel-2-l1c`` (``radiometric_offsets`` in ``sensors.json``); None for the others.
+    """
+    if sensor is None:
+        return None
+    name = sensor.name if isinstance(sensor, Sensor) else str(sensor)
+    rule = _TABLE.get("radiometric_offsets", {}).get(name)
+    return dict(rule) if rule is not None else None

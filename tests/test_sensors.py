@@ -28,7 +28,9 @@ ALL_SENSORS = [
     "sentinel-1-rtc",
     "modis",
     "satellogic-MSI-L1D",
+    "sentinel-2-l1c",  # not in Clay v1.5's table: added after it, with the L2A normalisation
 ]
+V15_SENSORS = ALL_SENSORS[:-1]  # the table Clay v1.5 was trained with (the spec's sensors.md)
 
 
 @pytest.fixture
@@ -103,7 +105,7 @@ def test_package_data_equals_the_spec_table_number_for_number():
     spec = _parse_spec_table(SPEC_TABLE.read_text(encoding="utf-8"))
     if SHARED_SPEC_TABLE.is_file():  # the copy in the fixtures is current
         assert SPEC_TABLE.read_text(encoding="utf-8") == SHARED_SPEC_TABLE.read_text(encoding="utf-8")
-    assert list(spec) == list_sensors()
+    assert list(spec) == [n for n in list_sensors() if get_sensor(n).normalisation_from is None] == V15_SENSORS
     for name, row in spec.items():
         sensor = get_sensor(name)
         assert sensor.gsd_m == row["gsd_m"], name
@@ -283,7 +285,8 @@ def test_register_sensor_takes_only_sensors(clean_registry):
 
 
 def test_sensor_from_platform():
-    assert sensor_from_platform("sentinel-2b", "sentinel-2-l1c") == "sentinel-2-l2a"
+    assert sensor_from_platform("sentinel-2b", "sentinel-2-l1c") == "sentinel-2-l1c"  # labelled by what it is
+    assert sensor_from_platform("sentinel-2b", "sentinel-2-l2a") == sensor_from_platform("S2B") == "sentinel-2-l2a"
     assert sensor_from_platform("LANDSAT_8", "L1TP") == "landsat-c2l1"
     assert sensor_from_platform("landsat-9", "landsat-c2-l2") == "landsat-c2l2-sr"
     assert sensor_from_platform("landsat-8") is None  # level unknown: the two tables differ
@@ -321,3 +324,83 @@ def test_platform_rules_are_data_of_the_table():
     assert sensor_from_platform("landsat-5", "L2SP") is None  # level 2 without the collection: no table entry
     assert sensor_from_platform("terra") == "modis" and sensor_from_platform("PlanetScope") == "planetscope-sr"
     assert sensor_from_platform("naip") == "naip" and sensor_from_platform(None) is None
+
+
+# ------------------------------------------------------------------------------------------- Sentinel-2 L1C, evidence
+
+
+def test_sentinel_2_l1c_borrows_the_l2a_numbers_and_says_so():
+    l1c, l2a = get_sensor("sentinel-2-l1c"), get_sensor("sentinel-2-l2a")
+    assert l1c.normalisation_from == "sentinel-2-l2a" and l2a.normalisation_from is None
+    assert (l1c.band_names, l1c.wavelengths_um, l1c.mean, l1c.std) == (l2a.band_names, l2a.wavelengths_um, l2a.mean,
+                                                                         l2a.std)  # fmt: skip
+    assert l1c.gsd_m == 10.0 and l1c.rgb_indices == (2, 1, 0)
+    assert get_sensor("S2-L1C") is l1c and get_sensor("sentinel-2") is l2a  # the plain name stays L2A
+    assert sensor_from_platform("sentinel-2a", "S2MSI1C") == "sentinel-2-l1c"  # a product type
+    assert sensor_from_platform("Sentinel-2A", "Level-1C") == "sentinel-2-l1c"
+    assert sensor_from_platform("sentinel-2-l1c") == "sentinel-2-l1c"  # a collection id as the platform
+    assert sensor_from_platform("sentinel-2a", "sentinel-2-c1-l2a") == "sentinel-2-l2a"
+
+
+@pytest.mark.parametrize(
+    ("name", "sensor", "platform", "level", "when", "baseline"),
+    [
+        ("S2B_MSIL1C_20230601T103629_N0509_R008_T32TQM_20230601T124002.SAFE", "sentinel-2-l1c", "sentinel-2b", "L1C",
+         "2023-06-01T10:36:29", "05.09"),
+        ("S2A_MSIL2A_20170613T101031_87_48_B02.tif", "sentinel-2-l2a", "sentinel-2a", "L2A", "2017-06-13T10:10:31",
+         None),  # a BigEarthNet patch
+        ("T33UUU_20170216T102101_B02.jp2", "sentinel-2-l1c", "sentinel-2", "L1C", "2017-02-16T10:21:01", None),
+        ("T33UUU_20170216T102101_B8A_20m.jp2", "sentinel-2-l2a", "sentinel-2", "L2A", "2017-02-16T10:21:01", None),
+        ("S2B_52SFA_20220126_0_L2A", "sentinel-2-l2a", "sentinel-2b", "L2A", "2022-01-26", None),  # Earth Search
+        ("LC08_L2SP_044034_20210508_20210517_02_T1_SR_B4.TIF", "landsat-c2l2-sr", "landsat-8", "L2SP", "2021-05-08",
+         None),
+        ("LC09_L1TP_044034_20220508_20220510_02_T1_B4.TIF", "landsat-c2l1", "landsat-9", "L1TP", "2022-05-08", None),
+        ("LE07_L2SP_016035_20000101_20200918_02_T1_SR_B3.TIF", "landsat-c2l2-sr", "landsat-7", "L2SP", "2000-01-01",
+         None),
+        ("LT50350322008110PAC01_b3.tif", None, "landsat-5", None, "2008-04-19", None),  # no level: no table
+        ("S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_VV.tif", "sentinel-1-rtc", "sentinel-1a", "GRDH",
+         "2017-06-13T16:50:43", None),
+    ],
+)  # fmt: skip
+def test_product_ids_in_file_names(name, sensor, platform, level, when, baseline):
+    from clay_hf.sensors import parse_product_id
+
+    found = parse_product_id(name)
+    assert (found.sensor, found.platform, found.level, found.datetime, found.processing_baseline) == (
+        sensor, platform, level, when, baseline,
+    )  # fmt: skip
+    assert parse_product_id("s2_B02.jp2") is None and parse_product_id("scene.tif") is None
+
+
+def test_product_ids_in_folder_names_and_urls():
+    from clay_hf.sensors import product_id_from_paths
+
+    safe = "/d/S2A_MSIL2A_20230601T103631_N0509_R008_T32TQM_20230601T170015.SAFE/GRANULE/L2A_T32TQM_A041519_20230601T103631/IMG_DATA/R10m/T32TQM_20230601T103631_B02_10m.jp2"  # noqa: E501
+    assert product_id_from_paths([safe]).sensor == "sentinel-2-l2a"
+    cog = "https://sentinel-cogs.s3.us-west-2.amazonaws.com/sentinel-s2-l2a-cogs/52/S/FA/2022/1/S2B_52SFA_20220126_0_L2A/B04.tif"  # noqa: E501
+    found = product_id_from_paths([cog])
+    assert (found.sensor, found.datetime) == ("sentinel-2-l2a", "2022-01-26")
+    assert found.describe() == "a Sentinel-2B L2A product (S2B_52SFA_20220126_0_L2A)"
+    assert product_id_from_paths(["/data/sentinel2/s2_B02.jp2"]) is None
+
+
+def test_instruments_band_names_and_band_counts_as_evidence():
+    from clay_hf.sensors import (
+        radiometric_offset_rule,
+        sensor_from_instruments,
+        sensors_for_band_count,
+        sensors_for_band_names,
+    )
+
+    assert sensor_from_instruments(["oli", "tirs"], "landsat-c2-l2") == "landsat-c2l2-sr"
+    assert sensor_from_instruments(["msi"], "sentinel-2-l1c") == "sentinel-2-l1c"
+    assert sensor_from_instruments(["msi"]) == "sentinel-2-l2a" and sensor_from_instruments(["hrg"]) is None
+    assert sensors_for_band_names(["B02", "B8A", "B12"]) == ["sentinel-2-l2a", "sentinel-2-l1c"]
+    assert sensors_for_band_names(["vv", "vh"]) == ["sentinel-1-rtc"] and sensors_for_band_names(["pan"]) == []
+    assert sensors_for_band_count(6, "uint16") == ["landsat-c2l1", "landsat-c2l2-sr"]
+    assert sensors_for_band_count(4, "uint8") == ["naip", "satellogic-MSI-L1D"]  # the data type orders them
+    assert sensors_for_band_count(4, "uint16") == ["satellogic-MSI-L1D", "naip"] and sensors_for_band_count(5) == []
+    rule = radiometric_offset_rule("sentinel-2-l2a")
+    assert (rule["offset_dn"], rule["since_baseline"], rule["since_date"]) == (1000.0, "04.00", "2022-01-25")
+    assert radiometric_offset_rule(get_sensor("sentinel-2-l1c"))["offset_tags"] == ["RADIO_ADD_OFFSET"]
+    assert radiometric_offset_rule("landsat-c2l2-sr") is None and radiometric_offset_rule(None) is None

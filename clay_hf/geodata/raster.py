@@ -13,9 +13,28 @@ A source is described by a :class:`~clay_hf.geodata.sources.SourceSpec` (found i
 Items by :mod:`clay_hf.geodata.sources`) and opened here as a :class:`RasterSource`. Metadata are taken,
 first to last, from the spec's explicit fields (a STAC Item's ``eo:bands``, ``platform`` and ``datetime``
 among them), from the files' tags (a ``SENSOR``/``PLATFORM`` tag, ``ACQUISITIONDATE``, ``TIFFTAG_DATETIME``,
-band descriptions), and what none of them gives stays ``None`` for the user to pass. Band names and platforms
-are resolved through the sensor table (:func:`clay_hf.sensors.map_band_names`,
-:func:`clay_hf.sensors.sensor_from_platform`). Cloud masks are decoded by :data:`QA_DECODERS`.
+band descriptions), from Landsat and Sentinel product ids in the file and folder names (``LC08_L2SP_...``,
+``S2A_MSIL2A_...``, a SAFE's ``T33UUU_20170216T102101_B02``: sensor, level, date, processing baseline), and for
+the sensor last from band names that only one sensor has (``B8A``, ``rededge1``); what none of them gives stays
+``None`` for the user to pass. A file that says nothing but its band count and data type gets a proposal
+(:attr:`RasterSource.sensor_proposal`, logged), never a guessed sensor. Band names and platforms are resolved
+through the sensor table (:func:`clay_hf.sensors.map_band_names`, :func:`clay_hf.sensors.sensor_from_platform`).
+Cloud masks are decoded by :data:`QA_DECODERS`.
+
+**Sentinel-2 radiometric offset.** From processing baseline 04.00 (25 January 2022) Sentinel-2 L1C and L2A
+digital numbers carry +1000 (``RADIO_ADD_OFFSET``/``BOA_ADD_OFFSET`` = -1000), so the same surface reads 1000 DN
+brighter than in 2021 unless the archive removed it. The Clay v1.5 normalisation (``sensors.json``) was computed
+on values without it: its Sentinel-2 chips came from Earth Search's ``sentinel-2-l2a`` COGs of 2018-2022 read as
+they are (stacchip), and those COGs hold baseline-04.00 scenes with the offset already removed
+(``earthsearch:boa_offset_applied``), the pre-2022 scenes never had it. The reader therefore harmonises to that
+convention: with ``SourceSpec.harmonize_offset`` (default True) every valid value ``v`` of a source whose files
+carry ``offset_dn`` DN becomes ``max(v - offset_dn, 1)`` (1, not 0: 0 is Sentinel-2's nodata); False keeps the
+files' values. ``offset_dn`` comes, first to last, from the spec (a STAC item's ``earthsearch:boa_offset_applied``,
+``s2:processing_baseline`` and ``raster:bands`` offset, :mod:`clay_hf.geodata.sources`), the files'
+``BOA_ADD_OFFSET*``/``RADIO_ADD_OFFSET*`` or ``PROCESSING_BASELINE`` tags, the baseline in a product id
+(``..._N0509_...``), and last the acquisition date (from 2022-01-25: 1000, logged: pass ``offset_dn=0`` for
+files an archive already harmonised). Each chip records what was done (``radiometric_offset``:
+``"removed"``, ``"kept"``, ``"none"`` or ``"unknown"``, :mod:`clay_hf.geodata.chip_format`).
 
 Besides chips, the few other raster reads and writes of the package live here too: :func:`read_band` (a label
 raster), :func:`rasterize_shapes` (polygons onto a grid), :func:`write_geotiff`, :func:`bounds_to_wgs84`.
@@ -52,7 +71,16 @@ from ..errors import (
     RasterError,
     StacError,
 )
-from ..sensors import get_sensor, map_band_names, sensor_from_platform
+from ..sensors import (
+    get_sensor,
+    map_band_names,
+    product_id_from_paths,
+    radiometric_offset_rule,
+    sensor_from_platform,
+    sensors_for_band_count,
+    sensors_for_band_names,
+)
+from .chip_format import DEFAULT_MAX_NODATA
 from .sources import SourceSpec, iso_datetime, sources_from_folder, sources_from_stac
 
 __all__ = [
@@ -127,6 +155,61 @@ _DATETIME_TAGS = ("ACQUISITIONDATE", "ACQUISITION_DATE", "DATE_ACQUIRED", "ACQUI
                   "SENSING_DATE", "DATETIME", "START_DATETIME", "TIFFTAG_DATETIME")  # fmt: skip
 _SENSOR_TAGS = ("CLAY_SENSOR", "SENSOR", "PLATFORM", "SPACECRAFT_ID", "SPACECRAFT", "SATELLITE", "MISSION")
 _LEVEL_TAGS = ("PROCESSING_LEVEL", "PRODUCT_TYPE", "DATA_TYPE", "COLLECTION", "PRODUCT_LEVEL")
+_BASELINE_TAGS = ("PROCESSING_BASELINE", "PROCESSINGBASELINE", "BASELINE")
+
+# The first bytes of files that GDAL may fail to open -> what they are (for "it is not a TIFF" messages).
+_MAGIC = (
+    (b"II*\x00", "a TIFF"), (b"MM\x00*", "a TIFF"), (b"II+\x00", "a BigTIFF"), (b"MM\x00+", "a BigTIFF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "a JPEG 2000 file"), (b"\xffO\xffQ", "a JPEG 2000 codestream"),
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"), (b"\x89HDF", "an HDF5 file"),
+    (b"CDF\x01", "a netCDF file"), (b"CDF\x02", "a netCDF file"),
+)  # fmt: skip
+# A file's suffix -> (what it should be, the kinds of _MAGIC that are that).
+_EXPECTED_FORMAT = {
+    ".tif": ("a TIFF", ("a TIFF", "a BigTIFF")),
+    ".tiff": ("a TIFF", ("a TIFF", "a BigTIFF")),
+    ".jp2": ("a JPEG 2000 file", ("a JPEG 2000 file", "a JPEG 2000 codestream")),
+}
+_TEXT_KINDS = ("a text file", "JSON text", "XML or HTML text")
+
+
+def _file_kind(path: str) -> tuple[str, bytes] | None:
+    """(what the file's first bytes say it is, those bytes), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file", head
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind, head
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "data of no raster format GDAL knows", head
+    if text.lstrip().startswith("<"):
+        return "XML or HTML text", head
+    if text.lstrip().startswith(("{", "[")):
+        return "JSON text", head
+    return ("a text file", head) if all(c.isprintable() or c.isspace() for c in text) else ("unknown data", head)
+
+
+def _unreadable_message(path: str, err: Exception) -> str:
+    """Why GDAL could not open ``path``: what the file is, when its first bytes do not match its suffix."""
+    expected = _EXPECTED_FORMAT.get(Path(path).suffix.lower())
+    found = _file_kind(path) if "://" not in path and not path.startswith("/vsi") else None
+    if expected is not None and found is not None and found[0] not in expected[1]:
+        kind, head = found
+        shown = head[:24].decode("utf-8", "replace") if kind in _TEXT_KINDS else head[:8]
+        return (
+            f"cannot read raster {path!r}: it is not {expected[0]} but {kind} (it starts with {shown!r}), although "
+            f"its name ends in {Path(path).suffix!r}. Pass the raster itself (a GeoTIFF, COG or JP2), not a renamed "
+            "file"
+        )
+    return f"cannot read raster {path!r}: {err}. Is it a complete GeoTIFF/COG/JP2? Download it again"
 
 
 # ---------------------------------------------------------------------------------------------- the reader
@@ -140,15 +223,21 @@ class RasterSource:
     band files at other resolutions are resampled into it (bilinear up, average down).
 
     Attributes: ``spec``, ``name``, ``paths``, ``band_names``, ``sensor`` (canonical name or None),
+    ``sensor_evidence`` (how the sensor was found: ``"given"``, ``"tagged SENSOR='...'"``, ``"named like a
+    Landsat 8 level-2 product (...)"``, ``"with band names ..."``; None without a sensor), ``sensor_proposal``
+    (for a source without sensor and wavelengths: what the files say and what to pass; else None),
     ``platform``, ``wavelengths_um``, ``mean``, ``std`` (tuples or None), ``datetime`` (ISO str or None),
     ``license``, ``crs``, ``resolution`` (CRS units), ``gsd`` (metres), ``height``, ``width``, ``origin``
-    (left, top), ``decibels``.
+    (left, top), ``decibels``, ``offset_dn`` (the radiometric offset the files carry, DN; None: unknown),
+    ``harmonize_offset``, ``radiometric_offset`` (what the chips get: ``"removed"``, ``"kept"``, ``"none"``,
+    ``"unknown"``).
 
     Raises:
-        RasterError: a missing file. CorruptRasterError: a file that cannot be decoded. MissingCRSError: a
-        file without CRS. BandOverlapError: files in different CRSs or that do not overlap.
-        BandMismatchError: band names, wavelengths, mean or std that do not match the band count.
-        UnknownBandError: a band name the sensor does not have.
+        RasterError: a missing file. CorruptRasterError: a file that cannot be decoded (or is not what its name
+        says: a text file named ``.tif``). MissingCRSError: a file without CRS. BandOverlapError: files in
+        different CRSs or that do not overlap. BandMismatchError: band names, wavelengths, mean or std that do
+        not match the band count; a file that does not name its bands and has another band count than the
+        sensor. UnknownBandError: a band name the sensor does not have.
     """
 
     def __init__(self, spec: SourceSpec) -> None:
@@ -180,9 +269,7 @@ class RasterSource:
         try:
             ds = rasterio.open(path)
         except rasterio.errors.RasterioIOError as err:
-            raise CorruptRasterError(
-                f"cannot read raster {path!r}: {err}. Is it a complete GeoTIFF/COG/JP2? Download it again"
-            ) from err
+            raise CorruptRasterError(_unreadable_message(path, err)) from err
         try:
             if ds.crs is None:
                 raise MissingCRSError(
@@ -319,23 +406,94 @@ class RasterSource:
         logger.debug("source %s: mean and std from the files' STATISTICS_* tags", self.name)
         return tuple(mean), tuple(std)
 
+    def _described_band_names(self) -> list[str] | None:
+        """The names multi-band files give every one of their bands (descriptions, name tags), else None."""
+        if any(ds.count == 1 for ds in self._datasets) or not self._has_band_descriptions():
+            return None
+        names = self._file_band_names()
+        stems = {Path(ds.name).stem for ds in self._datasets}
+        return None if any(n.rsplit("_", 1)[0] in stems for n in names) else names
+
+    def _dtype(self) -> str:
+        dtypes = sorted({dt for ds in self._datasets for dt in ds.dtypes})
+        return dtypes[0] if len(dtypes) == 1 else "/".join(dtypes)
+
+    def _detect_sensor(self, tags: dict[str, str], product, names: list[str] | None, where: str) -> str | None:
+        """The sensor from the evidence, first to last: tags, a product id in the names, band names; or None.
+
+        Sets ``sensor_evidence`` (how it was found, for messages) and ``platform`` where the evidence names it.
+        """
+        hint = " ".join(tags[k] for k in _LEVEL_TAGS if k in tags)
+        for key in _SENSOR_TAGS:
+            if key in tags:
+                name = sensor_from_platform(tags[key], hint)
+                self.platform = self.platform or tags[key]
+                if name:
+                    logger.debug("%s: sensor %s from the file tag %s", where, name, key)
+                    self.sensor_evidence = f"tagged {key}={tags[key]!r}"
+                    return name
+        if self.spec.wavelengths_um is not None:
+            return None  # the caller describes the bands: only an explicit tag names a sensor then
+        if product is not None and product.sensor is not None:
+            logger.info("%s: sensor %s, %s", where, product.sensor, product.describe())
+            self.sensor_evidence = f"named like {product.describe()}"
+            self.platform = self.platform or product.platform
+            return product.sensor
+        if names:
+            fits = sensors_for_band_names(names, self.platform)
+            tables = {(s.band_names, s.wavelengths_um, s.mean, s.std) for s in map(get_sensor, fits)}
+            if fits and len(tables) == 1:  # one sensor, or ones with the same numbers (Sentinel-2 L2A and L1C)
+                if len(fits) > 1:
+                    logger.info("%s: band names %s fit %s; taking %s (pass sensor= for another)", where, names,
+                                fits, fits[0])  # fmt: skip
+                self.sensor_evidence = f"with band names {', '.join(names)}"
+                return fits[0]
+        return None
+
+    def _proposal(self, count: int, product, names: list[str] | None) -> str:
+        """What to pass for a source whose sensor could not be detected: the evidence there is, and a proposal."""
+        what = f"{count} {self._dtype()} band{'s' if count != 1 else ''}"
+        describe = lambda n: f"{n!r} ({get_sensor(n).num_bands} bands: {', '.join(get_sensor(n).band_names)})"
+        explicit = "or wavelengths_um=, mean= and std= for bands of another sensor"
+        if product is not None:
+            return (
+                f"{what} named like {product.describe()}, which has no sensor-table entry at that level "
+                f"({product.level or 'level unknown'}); pass sensor= (e.g. 'landsat-c2l2-sr' for surface "
+                f"reflectance, 'landsat-c2l1' for level-1) with band_names=, {explicit}"
+            )
+        fits = sensors_for_band_names(names, self.platform) if names else []
+        if fits:
+            return (
+                f"{what} named {', '.join(names)}, which fit several sensors ({', '.join(fits)}); pass sensor= with "
+                f"one of them, {explicit}"
+            )
+        head = f"{what} named {', '.join(names)} (names no sensor of the table has)" if names else what
+        head += f" without {'' if names else 'band names, '}sensor tags or a product id in the file name"
+        same = sensors_for_band_count(count, self._dtype())
+        if same:
+            return (
+                f"{head}; the band count of {' and '.join(describe(n) for n in same[:3])}. If they are {same[0]!r} "
+                f"bands, pass sensor= with that name (and band_names= when they are in another order); {explicit}"
+            )
+        return (
+            f"{head}, and no sensor of the table has that many bands; pass sensor= with band_names= for a subset of "
+            "a sensor's bands, or wavelengths_um=, mean= and std="
+        )
+
     def _resolve_metadata(self) -> None:
         spec, tags = self.spec, self._tags()
         count = sum(ds.count for ds in self._datasets)
         files = f"{count} bands in {len(self.paths)} files"
         where = f"source {self.name!r} ({', '.join(Path(p).name for p in self.paths[:3])}{', ...' if len(self.paths) > 3 else ''})"
+        product = product_id_from_paths(self.paths)
 
         self.platform = spec.platform
+        self.sensor_evidence = "given" if spec.sensor is not None else None
+        self.sensor_proposal = None
+        described = self._described_band_names()
         sensor_name = spec.sensor
         if sensor_name is None:
-            hint = " ".join(tags[k] for k in _LEVEL_TAGS if k in tags)
-            for key in _SENSOR_TAGS:
-                if key in tags:
-                    sensor_name = sensor_from_platform(tags[key], hint)
-                    self.platform = self.platform or tags[key]
-                    if sensor_name:
-                        logger.debug("%s: sensor %s from the file tag %s", where, sensor_name, key)
-                        break
+            sensor_name = self._detect_sensor(tags, product, list(spec.band_names or []) or described, where)
         sensor = get_sensor(sensor_name) if sensor_name is not None else None
         self.sensor = sensor.name if sensor is not None else None
 
@@ -349,7 +507,9 @@ class RasterSource:
                 )
         else:
             names = self._file_band_names()
-            if sensor is not None and not self._has_band_descriptions() and count == len(sensor.band_names):
+            if sensor is not None and not self._has_band_descriptions():
+                if count != sensor.num_bands:
+                    raise self._unnamed_bands_error(sensor, count, where)
                 # An undescribed multi-band file with exactly the sensor's band count: the table's band order.
                 logger.info("%s: no band names in the file; assuming the %s band order %s", where, sensor.name,
                             list(sensor.band_names))  # fmt: skip
@@ -375,18 +535,82 @@ class RasterSource:
         if self.mean is None and self.std is None and table is None:
             self.mean, self.std = self._tag_statistics()
         if self.wavelengths_um is None:
+            self.sensor_proposal = self._proposal(count, product, list(spec.band_names or []) or described)
             logger.warning(
-                "%s: no sensor and no wavelengths_um; chips will have wavelengths=None. Pass sensor= or "
-                "wavelengths_um=, mean= and std= to feed them to Clay",
-                where,
-            )
+                "%s: the sensor could not be detected: %s. Until then chips have wavelengths=None", where,
+                self.sensor_proposal,
+            )  # fmt: skip
 
-        self.datetime = spec.datetime
+        self.datetime, acquired = spec.datetime, spec.datetime is not None
         if self.datetime is None:
             for key in _DATETIME_TAGS:
                 if key in tags and (parsed := _parse_tag_datetime(tags[key])):
-                    self.datetime = parsed
+                    self.datetime, acquired = parsed, key != "TIFFTAG_DATETIME"  # a write time, not an acquisition
                     break
+        if (self.datetime is None or not acquired) and product is not None and product.datetime is not None:
+            self.datetime, acquired = product.datetime, True
+        self.harmonize_offset = spec.harmonize_offset
+        self.offset_dn = self._resolve_offset(tags, product, self.datetime if acquired else None, where)
+
+    def _unnamed_bands_error(self, sensor, count: int, where: str) -> BandMismatchError:
+        """A file whose bands are not named, with another band count than ``sensor``: say both, and what to pass."""
+        bands = f"{count} {self._dtype()} band{'s' if count != 1 else ''}"
+        theirs = f"{sensor.num_bands} ({', '.join(sensor.band_names)})"
+        if self.sensor_evidence == "given":
+            head = f"{where}: the file has {bands} but sensor {sensor.name!r} has {theirs}"
+        else:
+            head = f"{where}: {bands} {self.sensor_evidence}, whose sensor {sensor.name!r} has {theirs}"
+        other = "" if self.sensor_evidence == "given" else " sensor= for another sensor,"
+        return BandMismatchError(
+            f"{head}, and the file does not name its bands, so they cannot be matched. Pass band_names= (the "
+            f"sensor's names of the {count} bands, in file order),{other} or wavelengths_um=, mean= and std= for "
+            "bands the sensor does not have",
+            num_bands=count,
+            num_values=sensor.num_bands,
+        )
+
+    def _resolve_offset(self, tags: dict[str, str], product, acquired: str | None, where: str) -> float | None:
+        """The radiometric offset (DN) the files' values carry: the module docstring's order; None: unknown."""
+        if self.spec.offset_dn is not None:
+            return self.spec.offset_dn
+        rule = radiometric_offset_rule(self.sensor)
+        if rule is None:
+            return 0.0  # products of the other sensors add no offset
+        for key, value in tags.items():
+            if any(key.startswith(t) for t in rule["offset_tags"]):
+                try:
+                    return abs(float(value))  # ESA writes it negative: reflectance = (DN + offset) / 10000
+                except ValueError:
+                    continue
+        baseline = next((tags[k] for k in _BASELINE_TAGS if k in tags), None)
+        baseline = baseline or (product.processing_baseline if product is not None else None)
+        try:
+            number = float(str(baseline).lstrip("Nn")) if baseline is not None else None
+        except ValueError:
+            number = None
+        if number is not None:
+            return float(rule["offset_dn"]) if number >= float(rule["since_baseline"]) else 0.0
+        if acquired is not None:
+            offset = float(rule["offset_dn"]) if acquired[:10] >= rule["since_date"] else 0.0
+            if offset:
+                logger.info(
+                    "%s: acquired %s, on or after %s: assuming processing baseline %s or later, whose values carry "
+                    "+%g DN (removed: harmonize_offset=%s). Pass offset_dn=0 for files an archive already harmonised "
+                    "(Earth Search's sentinel-2-l2a COGs are)", where, acquired, rule["since_date"],
+                    rule["since_baseline"], offset, self.spec.harmonize_offset,
+                )  # fmt: skip
+            return offset
+        logger.info("%s: processing baseline and date unknown: the radiometric offset is not known", where)
+        return None
+
+    @property
+    def radiometric_offset(self) -> str:
+        """What the reader does about the offset (the chips' ``radiometric_offset``): removed, kept, none, unknown."""
+        if self.offset_dn is None:
+            return "unknown"
+        if self.offset_dn == 0:
+            return "none"
+        return "removed" if self.harmonize_offset else "kept"
 
     # -------------------------------------------------------------- geometry
 
@@ -464,6 +688,8 @@ class RasterSource:
             invalid |= fill
             n_valid = int((~invalid).sum())
             cloud_fraction = float((cloudy & ~invalid).sum() / n_valid) if n_valid else 0.0
+        if self.radiometric_offset == "removed":
+            pixels = _remove_offset(pixels, invalid, self.offset_dn)
         cx, cy = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
         lon, lat = warp_transform(self.crs, "EPSG:4326", [cx], [cy])
         as_list = lambda values: list(values) if values is not None else None
@@ -489,6 +715,7 @@ class RasterSource:
             "chip_id": f"{self.name}/{row}_{col}",
             "platform": self.platform,
             "decibels": self.decibels,
+            "radiometric_offset": self.radiometric_offset,
         }
 
     def close(self) -> None:
@@ -507,7 +734,8 @@ class RasterSource:
             return f"RasterSource({self.spec.name!r}, not opened)"
         return (
             f"RasterSource({self.name!r}, sensor={self.sensor!r}, bands={self.band_names}, "
-            f"{self.height}x{self.width} px at {self.gsd:g} m, datetime={self.datetime!r})"
+            f"{self.height}x{self.width} px at {self.gsd:g} m, datetime={self.datetime!r}, "
+            f"radiometric_offset={self.radiometric_offset!r})"
         )
 
 
@@ -574,6 +802,15 @@ def band_count(path: str | os.PathLike) -> int:
 # ---------------------------------------------------------------------------------------------- chips
 
 
+def _remove_offset(pixels: np.ndarray, invalid: np.ndarray, offset: float) -> np.ndarray:
+    """``pixels`` (C, H, W) with ``offset`` DN removed where valid: ``max(v - offset, 1)`` (0 stays Sentinel-2's
+    nodata); nodata pixels (``invalid``, (H, W)) keep their value. The dtype is kept."""
+    kind = pixels.dtype.type
+    step = kind(round(offset)) if np.issubdtype(pixels.dtype, np.integer) else kind(offset)
+    harmonised = np.maximum(pixels, step + kind(1)) - step  # no unsigned wrap-around: clip before subtracting
+    return np.where(invalid[None], pixels, harmonised)  # (1, H, W) broadcast over the bands
+
+
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
@@ -585,7 +822,7 @@ def iter_chips(
     source: RasterSource | SourceSpec | str | os.PathLike,
     chip_size: int | tuple[int, int] = 256,
     stride: int | tuple[int, int] | None = None,
-    max_nodata_fraction: float = 0.0,
+    max_nodata_fraction: float = DEFAULT_MAX_NODATA,
     max_cloud_fraction: float = 1.0,
     patch_size: int | None = None,
     stats: dict[str, int] | None = None,
@@ -667,7 +904,7 @@ def read_band(path: str | os.PathLike, band: int = 1) -> tuple[np.ma.MaskedArray
         with rasterio.open(path) as ds:
             return ds.read(band, masked=True), ds.transform
     except rasterio.errors.RasterioIOError as err:
-        raise CorruptRasterError(f"cannot read raster {os.fspath(path)!r}: {err}; download or write it again") from err
+        raise CorruptRasterError(_unreadable_message(os.fspath(path), err)) from err
 
 
 def rasterize_shapes(

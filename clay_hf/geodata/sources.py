@@ -4,8 +4,18 @@ A source is described by a picklable, JSON-serialisable :class:`SourceSpec` (pat
 licence, ...) and opened by :func:`clay_hf.geodata.raster.open_source` as a
 :class:`~clay_hf.geodata.raster.RasterSource`. A command-line SOURCE (a raster file, a folder of band files, a
 STAC Item/ItemCollection JSON) becomes specs with :func:`sources_from_path`; :func:`sources_from_stac` fills a
-spec from ``eo:bands``, ``platform`` and ``datetime``, :func:`sources_from_folder` from the file names (band
-aliases of the sensor table, :func:`clay_hf.sensors.canonical_band`) and the files' tags.
+spec from ``eo:bands``, ``platform`` (or ``instruments``), ``datetime`` and the Sentinel-2 processing baseline,
+:func:`sources_from_folder` from the file names (band aliases of the sensor table,
+:func:`clay_hf.sensors.canonical_band`; Landsat and Sentinel product ids in file and folder names,
+:func:`clay_hf.sensors.product_id_from_paths`) and the files' tags.
+
+Sentinel-2 radiometric offset (two spec fields): ``offset_dn`` is what the files' values carry (1000 DN for
+processing baseline 04.00 and later, unless the archive removed it), ``harmonize_offset`` (default True) whether
+the reader removes it. From a STAC item, ``offset_dn`` is read in this order: ``earthsearch:boa_offset_applied``
+true gives 0 (Earth Search's ``sentinel-2-l2a`` COGs, already harmonised); a ``s2:processing_baseline`` (or
+``processing:version``) before 04.00 gives 0; from 04.00 on, the asset's ``raster:bands`` ``offset``/``scale``
+where declared (``-offset / scale`` DN), else 1000; without a baseline, a declared ``raster:bands`` offset. What
+no field says is left to :mod:`clay_hf.geodata.raster` (file tags, product ids, the acquisition date).
 
 Discovery never opens rasters itself: where it needs a file's tags or band count it asks
 :mod:`clay_hf.geodata.raster` (imported in the function that needs it).
@@ -28,7 +38,15 @@ from typing import Any
 
 from ..encodings import parse_datetime
 from ..errors import ClayInputError, RasterError, StacError, UnknownBandError
-from ..sensors import canonical_band, get_sensor, normalize_band_name, sensor_from_platform
+from ..sensors import (
+    canonical_band,
+    get_sensor,
+    normalize_band_name,
+    product_id_from_paths,
+    radiometric_offset_rule,
+    sensor_from_instruments,
+    sensor_from_platform,
+)
 
 __all__ = [
     "SourceSpec",
@@ -88,6 +106,14 @@ class SourceSpec:
         nodata: value marking missing pixels; overrides the files' nodata (for files that do not declare it).
         platform: the satellite (``"landsat-7"``); picks the band numbering of Landsat TM/ETM+ files.
         decibels: SAR values are already in decibels (so the processor must not convert them again).
+        offset_dn: the radiometric offset, in digital numbers, that the files' values carry (Sentinel-2 from
+            processing baseline 04.00: 1000, unless the archive removed it; 0: none); default: from the STAC
+            item, the files' tags, a product id in the file names, else the acquisition date (see
+            :mod:`clay_hf.geodata.raster`).
+        harmonize_offset: remove ``offset_dn`` when reading (valid values ``v`` become ``max(v - offset_dn, 1)``),
+            so every chip is in the convention the Clay v1.5 normalisation was computed on (Sentinel-2
+            reflectance x 10000 without the offset). False keeps the files' values; each chip records which
+            (``radiometric_offset``, :mod:`clay_hf.geodata.chip_format`).
     """
 
     paths: tuple[str, ...]
@@ -105,6 +131,8 @@ class SourceSpec:
     nodata: float | None = None
     platform: str | None = None
     decibels: bool = False
+    offset_dn: float | None = None
+    harmonize_offset: bool = True
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)
@@ -135,6 +163,17 @@ class SourceSpec:
         if self.nodata is not None:
             set_("nodata", float(self.nodata))
         set_("decibels", bool(self.decibels))
+        if self.offset_dn is not None:
+            offset = float(self.offset_dn)
+            if not (math.isfinite(offset) and offset >= 0):
+                raise ClayInputError(
+                    f"offset_dn must be a number of digital numbers >= 0 (1000 for Sentinel-2 from processing "
+                    f"baseline 04.00, 0 for none), got {self.offset_dn!r}"
+                )
+            set_("offset_dn", offset)
+        if self.harmonize_offset not in (True, False):
+            raise ClayInputError(f"harmonize_offset must be True or False, got {self.harmonize_offset!r}")
+        set_("harmonize_offset", bool(self.harmonize_offset))
         set_("name", _safe_name(self.name) if self.name is not None else _default_name(paths))
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,16 +233,68 @@ def _href(asset, base: Path | None) -> str:
     return asset.get_absolute_href() or href
 
 
+def _baseline(value: Any) -> float | None:
+    """A processing baseline ("05.09", "N0509", 5.09) as a number, or None."""
+    text = str(value).strip().lstrip("Nn") if value is not None else ""
+    if re.fullmatch(r"\d{4}", text):
+        text = f"{text[:2]}.{text[2:]}"
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _declared_offset_dn(assets: Sequence[Any]) -> float | None:
+    """The offset, in DN, that the first asset with ``raster:bands`` offset and scale declares (``-offset / scale``)."""
+    for asset in assets:
+        for band in asset.extra_fields.get("raster:bands") or ():
+            if isinstance(band, Mapping) and "offset" in band:
+                offset, scale = float(band["offset"] or 0.0), float(band.get("scale") or 1.0)
+                return round(max(-offset / scale, 0.0), 6) if scale else None
+    return None
+
+
+def _stac_offset_dn(properties: Mapping[str, Any], assets: Sequence[Any], sensor: str | None) -> float | None:
+    """The radiometric offset (DN) a STAC item's pixels carry, for a sensor whose products add one (Sentinel-2).
+
+    The order of the module docstring: ``earthsearch:boa_offset_applied``, the processing baseline with the
+    assets' ``raster:bands``, a declared offset; None when the item does not say (and for other sensors).
+    """
+    rule = radiometric_offset_rule(sensor)
+    if rule is None:
+        return None
+    if properties.get("earthsearch:boa_offset_applied") is True:
+        return 0.0
+    declared = _declared_offset_dn(assets)
+    baseline = _baseline(properties.get("s2:processing_baseline") or properties.get("processing:version"))
+    if baseline is not None:
+        if baseline < float(rule["since_baseline"]):
+            return 0.0
+        return declared if declared is not None else float(rule["offset_dn"])
+    return declared
+
+
 def _item_specs(item, origin: str, base: Path | None = None) -> list[SourceSpec]:
     props = item.properties
     platform = props.get("platform") or props.get("constellation")
     hint = " ".join(
-        str(v) for v in (item.collection_id, props.get("processing:level"), props.get("landsat:correction")) if v
-    )
-    sensor_name = sensor_from_platform(platform, hint) if platform else sensor_from_platform(item.collection_id or "")
+        str(v)
+        for v in (item.collection_id, props.get("processing:level"), props.get("s2:product_type"),
+                  props.get("landsat:correction"))
+        if v
+    )  # fmt: skip
+    if platform:
+        sensor_name = sensor_from_platform(platform, hint)
+    else:  # no platform: the instruments, else the collection id ("sentinel-2-l2a")
+        sensor_name = sensor_from_instruments(props.get("instruments"), hint) or sensor_from_platform(
+            item.collection_id or "", hint
+        )
     sensor = get_sensor(sensor_name) if sensor_name else None
     when = item.datetime or parse_datetime(props.get("start_datetime"))
     common = dict(datetime=iso_datetime(when) if when else None, license=props.get("license"), platform=platform)
+    offset = _stac_offset_dn(props, list(item.assets.values()), sensor_name)
+    if offset is not None:
+        common["offset_dn"] = offset
 
     singles: list[tuple[int, str, str, float | None]] = []  # (order, href, band name, wavelength)
     specs, cloud_mask, qa_kind, seen = [], None, None, []
@@ -332,9 +423,15 @@ def _is_stac_json(path: Path) -> bool:
         return False
 
 
+# Spec fields that are the reader's options rather than facts about the files: the caller's value always applies.
+_OPTIONS = ("harmonize_offset",)
+
+
 def _fill(spec: SourceSpec, fields: Mapping[str, Any]) -> SourceSpec:
-    """``fields`` where a STAC spec says nothing (sensor, datetime...); the item's own values win."""
-    missing = {k: v for k, v in fields.items() if v is not None and getattr(spec, k) is None}
+    """``fields`` where a STAC spec says nothing (sensor, datetime...); the item's own values win, options apply."""
+    missing = {
+        k: v for k, v in fields.items() if v is not None and (getattr(spec, k) is None or k in _OPTIONS)
+    }  # fmt: skip
     return dataclasses.replace(spec, **missing) if missing else spec
 
 
@@ -389,6 +486,11 @@ def sources_from_folder(folder: str | os.PathLike, **fields: Any) -> list[Source
     if sensor_name is None and bands:
         sensor_name, tag_platform = sensor_from_tags(bands[0])
         platform = platform or tag_platform
+    if sensor_name is None and bands and fields.get("wavelengths_um") is None:
+        product = product_id_from_paths([str(p) for p in bands], parents=3)  # LC08_L2SP_..._SR_B4.TIF, S2A_MSIL2A_...
+        if product is not None and product.sensor is not None:
+            logger.info("folder %s: sensor %s, %s", folder, product.sensor, product.describe())
+            sensor_name, platform = product.sensor, platform or product.platform
     if sensor_name is None:
         return [SourceSpec(paths=tuple(str(p) for p in bands), **fields)]
 
