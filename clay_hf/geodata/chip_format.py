@@ -30,6 +30,14 @@ key                 type                  meaning
 ``platform``        str | None            the satellite ("landsat-7", "sentinel-2a"), when known
 ``decibels``        bool                  SAR values already in decibels: pass ``convert_to_db=False`` to the
                                           processor (:func:`clay_hf.geodata.loader.processor_kwargs` does)
+``radiometric_      str                   what the reader did about the radiometric offset of Sentinel-2
+offset``                                  processing baseline 04.00 and later (+1000 DN): ``"removed"`` (the
+                                          files carried it; ``pixels`` have it subtracted, the convention the
+                                          Clay v1.5 normalisation was computed on), ``"kept"`` (the files
+                                          carried it and ``harmonize_offset=False`` kept it), ``"none"`` (the
+                                          files carry no offset: an earlier baseline, an archive that removed
+                                          it, another sensor), ``"unknown"`` (baseline and date unknown, or a
+                                          row written before this key existed)
 ==================  ====================  ===================================================================
 
 Shapes: C bands, H x W chip in pixels.
@@ -47,7 +55,8 @@ column              Arrow type            holds
 ==================  ====================  ===================================================================
 
 The lists are ``list<double>`` (``list<string>`` for ``band_names``), ``row`` and ``col`` int32, ``decibels``
-bool, the rest string or double, null where the record has ``None``.
+bool, the rest string or double, null where the record has ``None``. ``radiometric_offset`` is the last column;
+shards written before it existed have no such column (or a null in it) and decode as ``"unknown"``.
 
 Why bytes + shape + dtype rather than a ``datasets.Array3D`` feature: one build mixes band counts (a
 10-band Sentinel-2 chip next to a 6-band Landsat one), dtypes (uint16 reflectance, float32 backscatter)
@@ -67,7 +76,24 @@ import numpy as np
 
 from ..errors import ChipDatasetError
 
-__all__ = ["chip_schema", "encode_chip", "decode_chip"]
+__all__ = ["DEFAULT_MAX_NODATA", "RADIOMETRIC_OFFSETS", "chip_schema", "encode_chip", "decode_chip", "nodata_fraction"]
+
+#: The values of a chip's ``radiometric_offset`` (the table in the module docstring).
+RADIOMETRIC_OFFSETS = ("removed", "kept", "none", "unknown")
+
+#: The one default for the largest fraction of nodata pixels a chip may hold, wherever chips are made or ranked
+#: (chip building, embedding, similarity search, scene search). A quarter: edge chips with a sliver of nodata
+#: are kept, while a chip that is a third or more nodata (whose embedding then mostly describes the fill) is
+#: dropped; such chips otherwise match each other at cosine ~1.0 and top every search they enter.
+DEFAULT_MAX_NODATA = 0.25
+
+
+def nodata_fraction(valid: np.ndarray | None) -> float:
+    """The fraction of pixels that are nodata in a chip's ``valid`` mask (0.0 when there is no mask)."""
+    if valid is None:
+        return 0.0
+    valid = np.asarray(valid, dtype=bool)
+    return float(1.0 - valid.mean()) if valid.size else 0.0
 
 
 @functools.cache
@@ -100,6 +126,7 @@ def chip_schema():
             ("cloud_fraction", pa.float64()),
             ("platform", pa.string()),  # the satellite, e.g. "sentinel-2a", when known
             ("decibels", pa.bool_()),  # SAR values already in decibels (the processor must not convert again)
+            ("radiometric_offset", pa.string()),  # removed / kept / none / unknown (Sentinel-2 baseline 04.00 offset)
         ]
     )
 
@@ -139,7 +166,20 @@ def encode_chip(chip: Mapping[str, Any]) -> dict[str, Any]:
         "cloud_fraction": None if chip.get("cloud_fraction") is None else float(chip["cloud_fraction"]),
         "platform": chip.get("platform"),
         "decibels": bool(chip.get("decibels", False)),
+        "radiometric_offset": _radiometric_offset(chip.get("radiometric_offset"), chip.get("chip_id")),
     }
+
+
+def _radiometric_offset(value: Any, chip_id: Any) -> str:
+    """A record's ``radiometric_offset``, checked; missing (rows and records from before the key) -> "unknown"."""
+    if value is None:
+        return "unknown"
+    if value not in RADIOMETRIC_OFFSETS:
+        raise ChipDatasetError(
+            f"chip {chip_id!r}: radiometric_offset {value!r} is not one of {list(RADIOMETRIC_OFFSETS)}; the row was "
+            "not written by clay_hf.geodata.chip_format.encode_chip: rebuild the shard with scripts/prepare_chips.py"
+        )
+    return str(value)
 
 
 def decode_chip(row: dict[str, Any]) -> dict[str, Any]:
@@ -192,4 +232,5 @@ def decode_chip(row: dict[str, Any]) -> dict[str, Any]:
         valid = np.ones(shape[1:], dtype=bool)  # (H, W)
     sample = {k: v for k, v in row.items() if k not in ("pixels", "shape", "dtype", "valid_mask")}
     sample["pixels"], sample["valid"] = pixels, valid
+    sample["radiometric_offset"] = _radiometric_offset(row.get("radiometric_offset"), chip_id)
     return sample
