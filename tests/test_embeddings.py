@@ -148,7 +148,13 @@ def test_embed_script_two_processes_write_disjoint_shards(model_dir, geotiff_fol
         ACCELERATE_USE_CPU="1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    # one line per process on stdout, and each one's JSON summary in a file of the output folder
+    assert sorted(line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("rank ")) == [
+        "rank 0/2",
+        "rank 1/2",
+    ]
+    assert not any(line.startswith("{") for line in proc.stdout.splitlines())  # JSON only with --json
+    summaries = [json.loads((out / name).read_text()) for name in ("embed_summary.json", "embed_summary-rank1.json")]
     assert sorted(s["rank"] for s in summaries) == [0, 1] and all(s["world_size"] == 2 for s in summaries)
     written = [set(s["written"]) for s in summaries]
     assert written[0].isdisjoint(written[1]) and len(written[0] | written[1]) == 6
@@ -162,7 +168,7 @@ def test_embed_script_two_processes_write_disjoint_shards(model_dir, geotiff_fol
 
 
 def test_bad_inputs_name_the_problem(model, tmp_path):
-    with pytest.raises(ClayInputError, match="is not a GeoTIFF, a folder of GeoTIFFs or a chip dataset"):
+    with pytest.raises(ClayInputError, match=r"missing.tif does not exist; check the path"):
         embed_to_parquet(tmp_path / "missing.tif", model, tmp_path / "o", progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ClayInputError, match="holds neither GeoTIFFs"):
@@ -224,7 +230,9 @@ def test_embed_script_reports_a_corrupt_file_without_writing(model_dir, tiny_nai
     )  # fmt: skip
     assert proc.returncode == 1
     assert "is corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
-    assert not list(out.rglob("*.parquet"))
+    (error,) = [line for line in proc.stderr.splitlines() if "error" in line.lower()]  # one line, nothing else
+    assert error.startswith("error: ")
+    assert not out.exists()  # the folder this failed run created (lock, settings record) is gone
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,7 +244,8 @@ GEOTIFF_ARGS = ("--chip-size", "40", "--sensor", "sentinel-2-l2a")
 
 @pytest.fixture
 def embed_main(monkeypatch, capsys, caplog):
-    """``scripts/embed.py``'s ``main`` in this process -> (exit code, printed summary or None).
+    """``scripts/embed.py``'s ``main`` in this process, with ``--json`` -> (exit code, printed summary or None);
+    what it printed stays in ``run.out`` and ``run.err``.
 
     Without accelerate (its ``PartialState`` is process-wide state later tests would inherit): one process.
     """
@@ -251,11 +260,40 @@ def embed_main(monkeypatch, capsys, caplog):
     def run(*argv) -> tuple[int, dict | None]:
         caplog.clear()
         capsys.readouterr()
-        code = script.main([*map(str, argv), "--quiet", "--no-tune-allocator"])
-        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        code = script.main([*map(str, argv), "--quiet", "--no-tune-allocator", "--json"])
+        run.out, run.err = capsys.readouterr()
+        lines = [line for line in run.out.splitlines() if line.startswith("{")]
         return code, json.loads(lines[-1]) if lines else None
 
     return run
+
+
+def test_embed_script_prints_one_line_and_keeps_the_json_summary_in_a_file(
+    model_dir, geotiff_folder, tmp_path, capsys, monkeypatch
+):
+    import re
+
+    from .launch import load_script
+
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # one process (see embed_main)
+    script = load_script(ROOT / "scripts" / "embed.py")
+    out = tmp_path / "emb"
+    argv = [str(geotiff_folder), "--model", str(model_dir), "--output", str(out), *GEOTIFF_ARGS, "--quiet"]
+    assert script.main([*argv, "--no-tune-allocator"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()  # no JSON blob with every shard path
+    assert re.fullmatch(
+        rf"54 chips into 6 shards in \d+\.\d s \(\d+\.\d chips/s\) -> {re.escape(str(out))} "
+        r"\(summary: embed_summary.json\)",
+        line,
+    ), line
+    summary = json.loads((out / "embed_summary.json").read_text())
+    assert summary["chips"] == 54 and len(summary["written"]) == 6 and summary["seconds"] > 0
+    assert summary["summary_file"] == str(out / "embed_summary.json") and summary["chips_per_s"] > 0
+
+    assert script.main([*argv, "--no-tune-allocator", "--json"]) == 0  # a rerun: nothing to do, and the JSON too
+    line, blob = capsys.readouterr().out.splitlines()
+    assert line.startswith("0 chips into 0 shards, 6 already done in ") and json.loads(blob)["skipped"]
+    assert json.loads(blob) == json.loads((out / "embed_summary.json").read_text())
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -286,7 +324,7 @@ def test_embed_script_rewrites_truncated_foreign_and_unrecorded_shards(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     for shard, why in ((truncated, ("bytes",)), (foreign, ("bytes", "chip ids")), (unrecorded, ("no record",))):
         assert any(str(shard) in w and any(reason in w for reason in why) for w in warnings), (shard, warnings)
-    assert "rewrote 3 damaged shards" in caplog.text
+    assert "27 chips into 3 shards, 3 already done, rewrote 3 damaged shards in " in embed_main.out
     from datasets import load_dataset
 
     ds = load_dataset("parquet", data_dir=str(out), split="train")  # records, info and lock are not data
@@ -342,14 +380,14 @@ def test_embed_script_refuses_another_models_folder_unless_overwrite(
     before = _files(out)
 
     code, _ = embed_main(geotiff_folder, "--model", converted_micro, "--output", out, *GEOTIFF_ARGS)
-    assert code == 1 and _files(out) == before  # refused, nothing touched
-    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert code == 2 and _files(out) == before  # refused (a mistake in the command), nothing touched
+    (error,) = [line for line in embed_main.err.splitlines() if line.startswith("error: ")]
     assert f"{out} was written by model {str(model_dir)!r}" in error and "outputs cls mean)" in error
     assert f"this run uses model {str(converted_micro)!r}" in error and "outputs cls)" in error
     assert "--overwrite" in error and "--output" in error
     code, _ = embed_main(geotiff_folder, "--model", model_dir, "--output", out, "--chip-size", "60", "--sensor",
                          "sentinel-2-l2a", "--outputs", "cls", "mean")  # fmt: skip
-    assert code == 1 and "chip_size 40 there vs 60 now" in caplog.text and _files(out) == before
+    assert code == 2 and "chip_size 40 there vs 60 now" in embed_main.err and _files(out) == before
 
     code, summary = embed_main(geotiff_folder, "--model", converted_micro, "--output", out, *GEOTIFF_ARGS,
                                "--overwrite")  # fmt: skip
@@ -394,7 +432,7 @@ def test_embed_script_refuses_a_folder_another_run_is_writing(embed_main, model_
     with output_lock(out, job="embedding run"):  # as a running embed.py holds it
         code, summary = embed_main(geotiff_folder, "--model", model_dir, "--output", out, *GEOTIFF_ARGS)
     assert code == 1 and summary is None
-    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    (error,) = [line for line in embed_main.err.splitlines() if line.startswith("error: ")]
     assert f"another embedding run is writing to {out} (pid {os.getpid()}" in error
     assert not list(out.rglob("*.parquet")) and not (out / "embedding_info.json").exists()
     code, summary = embed_main(geotiff_folder, "--model", model_dir, "--output", out, *GEOTIFF_ARGS)
@@ -410,7 +448,7 @@ def test_embed_script_names_a_truncated_input_chip_shard(embed_main, model_dir, 
     os.truncate(victim, victim.stat().st_size // 2)
     code, summary = embed_main(chips, "--model", model_dir, "--output", tmp_path / "emb")
     assert code == 1 and summary is None
-    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    (error,) = [line for line in embed_main.err.splitlines() if line.startswith("error: ")]
     assert f"chip shard {victim} cannot be read: it is truncated, damaged or not a Parquet file" in error
     assert "prepare_chips.py" in error
     assert not (tmp_path / "emb" / "data" / "train" / f"train-{victim.stem}.parquet").exists()

