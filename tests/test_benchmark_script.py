@@ -1,4 +1,5 @@
-"""scripts/benchmark.py: the quick mode produces the report; FLOP counts and the atomic write.
+"""scripts/benchmark.py: the quick mode produces the report; FLOP counts, the checks' verdicts and exit status,
+a light --help, and the atomic write.
 
 No timing is asserted here: speed is a property of the machine, checked by reading BENCHMARKS.md.
 """
@@ -22,7 +23,9 @@ SCRIPT = ROOT / "scripts" / "benchmark.py"
 
 @pytest.fixture(scope="module")
 def bench_script():
-    return load_script(SCRIPT)
+    module = load_script(SCRIPT)
+    module.import_heavy_modules()  # what parse_args does after parsing, for the tests that call functions directly
+    return module
 
 
 @pytest.mark.slow
@@ -48,6 +51,86 @@ def test_quick_run_writes_the_table(tmp_path):
     assert "| chips/s |" in report and "peak MiB" in report and "packed MiB" in report
     assert "| float32 | `CpuPrepackedLinear` |" in report  # the opt-in CPU inference kernel is part of the peak
     assert "SKIP  float32 base@128" in report  # the reference case is not part of a quick run
+    # The measured cases are reported but not judged: the thresholds are meant for the full run's settings.
+    checks = report.split("## Checks", 1)[1].split("Notes:", 1)[0]
+    assert "not checked in --quick  bfloat16 (cast) tiny@32 is" in checks
+    assert "not checked in --quick  streaming gives" in checks
+    assert "PASS" not in checks and "FAIL" not in checks
+
+
+def _embedding(bench_script, dtype: str, chips_per_s: float, cosine: float | None = None):
+    """A base@128 embedding result with given numbers (8 chips per iteration, 46.34 GFLOP per chip)."""
+    return bench_script.EmbeddingResult(
+        size="base", chip_px=128, tokens=257, dtype=dtype, mode="-" if dtype == "float32" else "cast", batch=8,
+        iters=1, seconds_per_iter=8 / chips_per_s, flops_per_chip=46_340_000_000, peak_flops=None, weights=0,
+        memory_rise=None, generator_calls=0, cosine_min=cosine, cosine_mean=cosine,
+    )  # fmt: skip
+
+
+def _peak(bench_script, dtype: str, flops_per_s: float):
+    return bench_script.PeakPoint(dtype, "x @ w.T", 1024, {"start": flops_per_s, "end": flops_per_s})
+
+
+def test_a_failed_check_fails_a_full_run_and_not_a_quick_one(bench_script):
+    fp32 = _embedding(bench_script, "float32", 2.0)  # 92.7 GFLOP/s of a 100 GFLOP/s peak
+    slow = _embedding(bench_script, "bfloat16", 2.72, cosine=0.9999)  # 1.36x float32: under the 2x threshold
+    fast = _embedding(bench_script, "bfloat16", 4.4, cosine=0.9999)  # 2.2x
+    fp32.peak_flops, slow.peak_flops, fast.peak_flops = 100e9, 200e9, 200e9
+    failing = bench_script.checks([fp32, slow])
+    assert [ok for _, ok in failing] == [True, False, True]
+    assert "is 1.36x as fast as float32 (need >= 2x)" in failing[1][0]
+    assert bench_script.exit_status(failing, quick=False) == 1
+    assert bench_script.exit_status(failing, quick=True) == 0
+    assert [bench_script.verdict(ok, quick=False) for _, ok in failing] == ["PASS", "FAIL", "PASS"]
+    assert {bench_script.verdict(ok, quick=True) for _, ok in failing} == {"not checked in --quick"}
+    passing = bench_script.checks([fp32, fast])
+    assert [ok for _, ok in passing] == [True, True, True]
+    assert bench_script.exit_status(passing, quick=False) == 0
+    missing = bench_script.checks([])  # the reference case was not run: skipped, not failed
+    assert [ok for _, ok in missing] == [None] and bench_script.verdict(None, quick=False) == "SKIP"
+    assert bench_script.exit_status(missing, quick=False) == 0
+
+
+def test_main_exits_with_status_1_when_a_check_of_a_full_run_fails(bench_script, monkeypatch, capsys):
+    """main() end to end with given measurements (the timed cases are replaced, the checks and report are real)."""
+
+    def peaks(device, dtypes, sizes, when, points=None, **settings):
+        return (
+            points
+            if points is not None
+            else [_peak(bench_script, "float32", 100e9), _peak(bench_script, "bfloat16", 200e9)]
+        )
+
+    def embeddings(args, progress):
+        progress.update(2)
+        return [_embedding(bench_script, "float32", 2.0), _embedding(bench_script, "bfloat16", 2.72, 0.9999)], True
+
+    monkeypatch.setattr(bench_script, "measure_matmul_peak", peaks)
+    monkeypatch.setattr(bench_script, "run_embedding_cases", embeddings)
+    argv = ["--device", "cpu", "--sizes", "base", "--chip-sizes", "128", "--train-sizes", "none",
+            "--data-packages", "none", "--allocator", "default"]  # fmt: skip
+    assert bench_script.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "FAIL  bfloat16 (cast) base@128 is 1.36x as fast as float32 (need >= 2x)" in out
+    assert "PASS  float32 base@128 reaches 92.7% of the float32 matmul peak" in out
+    assert "benchmark: 1 of 3 checks failed" in err
+    monkeypatch.setattr(bench_script, "run_embedding_cases", lambda args, progress: ([], True))
+    assert bench_script.main(argv) == 0  # nothing measured: every check is skipped, none failed
+
+
+def test_help_does_not_import_torch():
+    """--help answers before the heavy imports: no torch, transformers or clay_hf module is imported (-X importtime)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "examples:" in result.stdout
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "argparse" in imported  # the listing is there (an empty one would pass anything)
+    heavy = {name for name in imported if name.split(".")[0] in ("torch", "transformers", "clay_hf", "tqdm", "numpy")}
+    assert heavy == set()
 
 
 def test_help_has_examples(bench_script, capsys):
@@ -159,7 +242,7 @@ def test_counted_flops_agree_with_the_formulas(bench_script, attn_implementation
     forward, which raises it. Net today: tiny -0.6%, base -0.3% at 32 px (-0.07% at 128 px).
     """
     torch = bench_script.torch
-    sensor = bench_script.get_sensor(bench_script.SENSOR)
+    sensor = bench_script.clay_hf.get_sensor(bench_script.SENSOR)
     wavelengths = torch.tensor(sensor.wavelengths_um)
     for size in ("tiny", "base") if attn_implementation == "sdpa" else ("tiny",):  # eager: the bmm path, once
         config = ClayConfig.from_preset(size, attn_implementation=attn_implementation)

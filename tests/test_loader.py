@@ -139,7 +139,7 @@ def test_load_chip_dataset_errors(built, tmp_path):
 
 def test_batches_share_one_band_set_and_are_normalised(built):
     batches = _epoch(get_dataloader(built, batch_size=4, seed=0, **FAST))
-    assert {b["sensor"] for b in batches} == {"sentinel-2-l2a", "landsat-c2l1"}  # mixed sensors, one per batch
+    assert {b["sensor"] for b in batches} == {"sentinel-2-l1c", "landsat-c2l1"}  # mixed sensors, one per batch
     rows = {row["chip_id"]: decode_chip(row) for row in load_chip_dataset(built)}
     for batch in batches:
         sensor = get_sensor(batch["sensor"])
@@ -190,6 +190,62 @@ def test_dataloader_workers_read_disjoint_shards_deterministically(built, all_id
     first = _ids(_epoch(get_dataloader(built, batch_size=4, seed=0, num_workers=2, **FAST)))
     second = _ids(_epoch(get_dataloader(built, batch_size=4, seed=0, num_workers=2, **FAST)))
     assert sorted(first) == all_ids and first == second
+
+
+class _CountingSleep:
+    """datasets' ``time`` module seen by its iterables, with ``sleep`` counted (and not slept)."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+    def __getattr__(self, name: str):
+        import time
+
+        return getattr(time, name)
+
+
+def test_a_dataset_that_fits_in_the_buffer_pays_no_pause_per_epoch(built, all_ids, monkeypatch):
+    """Interleaving shards (max_buffer_input_shards > 1) makes datasets sleep 5 s at each epoch's end; when every
+    row fits in the shuffle buffer the loader reads the shards one at a time instead (same uniform shuffle)."""
+    import datasets.iterable_dataset
+
+    sleeps = _CountingSleep()
+    monkeypatch.setattr(datasets.iterable_dataset, "time", sleeps)
+    pause = datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN
+    small = get_dataloader(built, batch_size=4, seed=0, shuffle_buffer=256, max_buffer_input_shards=4)  # 18 rows
+    epochs = [_ids(_epoch(small)) for _ in range(3)]
+    assert all(sorted(ids) == all_ids for ids in epochs) and epochs[0] != epochs[1] != epochs[2]
+    assert pause not in sleeps.calls and small.max_buffer_input_shards == 1
+    large = get_dataloader(built, batch_size=4, seed=0, shuffle_buffer=8, max_buffer_input_shards=4)  # 18 > 8 rows
+    assert large.max_buffer_input_shards == 4  # mixing shards still matters: interleaved, with the pause
+    for _ in range(2):
+        assert sorted(_ids(_epoch(large))) == all_ids
+    assert sleeps.calls.count(pause) == 2
+
+
+def test_dataloader_workers_start_once_and_follow_the_epochs(built, all_ids):
+    """The worker processes persist across epochs (no start-up per epoch) and still see set_epoch."""
+    import multiprocessing
+
+    def workers() -> set[int]:
+        return {p.pid for p in multiprocessing.active_children()} - before
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    loader = get_dataloader(built, batch_size=4, seed=0, num_workers=2, **FAST)
+    epoch0 = _ids(_epoch(loader))
+    started = workers()
+    assert len(started) == 2  # alive after the epoch ended
+    epoch1 = _ids(_epoch(loader))
+    assert workers() == started and sorted(epoch1) == sorted(epoch0) == all_ids and epoch1 != epoch0
+    loader.set_epoch(0)  # an epoch left after one batch, then started again, replays from its first batch
+    next(iter(loader))
+    loader.set_epoch(0)
+    assert _ids(_epoch(loader)) == epoch0 and workers() == started
+    fresh = get_dataloader(built, batch_size=4, seed=0, num_workers=2, **FAST)
+    assert [_ids(_epoch(fresh)) for _ in range(2)] == [epoch0, epoch1]  # the same order as a loader started anew
 
 
 def test_ranks_split_the_shards_without_overlap(built, all_ids):
@@ -271,7 +327,7 @@ def test_time_latlon_dropout(built):
 
 
 def test_explicit_wavelengths_for_a_sensor_outside_the_table(built):
-    rows = [decode_chip(r) for r in load_chip_dataset(built) if r["sensor"] == "sentinel-2-l2a"][:2]
+    rows = [decode_chip(r) for r in load_chip_dataset(built) if r["sensor"] == "sentinel-2-l1c"][:2]
     for row in rows:
         row["sensor"] = None  # an unknown sensor: the row's own wavelengths, mean and std are used
     batch = collate_chips(rows, ClayImageProcessor())
@@ -299,7 +355,7 @@ def test_get_dataloader_argument_errors(built):
 
 def test_counts_per_sensor(built):
     counts = Counter(b["sensor"] for b in _epoch(get_dataloader(built, batch_size=1, **FAST)))
-    assert counts == {"sentinel-2-l2a": 9, "landsat-c2l1": 9}
+    assert counts == {"sentinel-2-l1c": 9, "landsat-c2l1": 9}
 
 
 def test_processor_kwargs_needs_one_band_set():

@@ -6,7 +6,7 @@
 Layout of a build (one folder, any number of splits)::
 
     chips/
-      README.md                          dataset card: YAML ``configs`` -> the Parquet files, sources table
+      README.md                          dataset card (:mod:`clay_hf.geodata.dataset_card`): the manifest, rendered
       manifest.json                      settings, sources, chips per sensor, dropped chips, shard files
       data/<split>/<source>-00000.parquet   one chip per row (schema below), shards named per source
       .build/config.json                 the settings every later run into this folder must share
@@ -85,7 +85,8 @@ from ..distributed import accelerate_state
 from ..errors import ChipSizeError, ClayError, ClayInputError, EmptyRasterError, IncompatibleBuildError, NoChipsError
 from ..locking import output_lock
 from ..sensors import get_sensor
-from .chip_format import chip_schema, encode_chip
+from .chip_format import DEFAULT_MAX_NODATA, chip_schema, encode_chip
+from .dataset_card import render_dataset_card
 from .raster import iter_chips, open_source
 from .sources import SourceSpec, sources_from_path
 
@@ -611,7 +612,7 @@ def build_chip_dataset(
     output_dir: str | os.PathLike,
     chip_size: int = 256,
     stride: int | None = None,
-    max_nodata_fraction: float = 0.0,
+    max_nodata_fraction: float = DEFAULT_MAX_NODATA,
     max_cloud_fraction: float = 1.0,
     rows_per_shard: int = 256,
     num_workers: int = 1,
@@ -646,7 +647,8 @@ def build_chip_dataset(
         rank, world_size: build only this machine's share of ``sources`` (``sources[rank::world_size]``)
             on a cluster writing to one shared folder. Default: ``accelerate.PartialState`` when it is
             initialised (``split_between_processes``), else everything.
-        progress: show a tqdm bar (chips and chips/s).
+        progress: show a tqdm bar over the chip windows to read (each source is opened once more to count
+            them), with chips written and chips/s.
         skip_errors: a bad source (corrupt or truncated, without CRS, all nodata, bands of mismatched size,
             unknown band names, a STAC item without usable assets) is logged, skipped and counted
             (``summary.skipped_sources["error"]``, ``manifest.json``) instead of stopping the build; it is
@@ -857,11 +859,40 @@ def _watch_parent(parent_pid: int) -> None:
     os._exit(1)  # no cleanup: the half-built source's staging folder is redone by the next run
 
 
+def _window_counts(tasks: list[_Task]) -> list[int]:
+    """The chip windows each task's source will read, at least 1: the progress bar's weights.
+
+    Sources differ by thousands of times (a 61 px Landsat scene: 1 window; a Sentinel-2 tile: thousands), so a
+    bar over sources extrapolates its first source to all of them. Each local source is opened once more here
+    (file headers and one pixel per file); one that fails to open counts 1 (its build fails as fast, and reports
+    why), a remote one counts the mean of the local ones (its headers are not fetched twice).
+    """
+    counts: list[int | None] = []
+    for task in tasks:
+        if not all(_is_local(path) for path in task.spec.paths):
+            counts.append(None)
+            continue
+        try:
+            with open_source(task.spec) as raster:
+                height, width = raster.height, raster.width
+        except (ClayError, OSError):
+            counts.append(1)
+            continue
+        rows = len(range(0, height - task.chip_size + 1, task.stride))  # the windows iter_chips reads
+        cols = len(range(0, width - task.chip_size + 1, task.stride))
+        counts.append(max(1, rows * cols))
+    known = [c for c in counts if c is not None]
+    mean = max(1, round(sum(known) / len(known))) if known else 1
+    return [mean if c is None else c for c in counts]
+
+
 def _run_tasks(tasks: list[_Task], num_workers: int, progress: bool) -> list[SourceSummary]:
     from tqdm.auto import tqdm
 
     results: list[SourceSummary] = []
-    bar = tqdm(total=len(tasks), unit="source", disable=not progress, desc="chipping")
+    # The bar counts chip windows read, so its rate and ETA hold over sources of any size.
+    weights = dict(zip((t.spec.name for t in tasks), _window_counts(tasks) if progress else [1] * len(tasks)))
+    bar = tqdm(total=sum(weights.values()), unit="window", disable=not progress, desc="chipping")
     chips, start = 0, time.perf_counter()
 
     def _done(summary: SourceSummary) -> None:
@@ -869,7 +900,7 @@ def _run_tasks(tasks: list[_Task], num_workers: int, progress: bool) -> list[Sou
         results.append(summary)
         chips += summary.num_chips
         bar.set_postfix(chips=chips, chips_per_s=f"{chips / max(time.perf_counter() - start, 1e-9):.1f}")
-        bar.update(1)
+        bar.update(weights[summary.name])
 
     try:
         if num_workers <= 1 or len(tasks) <= 1:
@@ -937,16 +968,6 @@ def _done_sources(output_dir: Path, split: str) -> dict[str, SourceSummary]:
 # manifest and dataset card
 # --------------------------------------------------------------------------------------------------
 
-_HF_LICENSES = {"cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "odbl", "apache-2.0", "mit", "other"}
-
-
-def _hf_license(licenses: set[str]) -> str:
-    """The card's ``license`` field: the Hub's lower-case id when every source shares one, else other/unknown."""
-    known = {lic for lic in licenses if lic}
-    if len(known) == 1 and next(iter(known)).lower() in _HF_LICENSES:
-        return next(iter(known)).lower()
-    return "other" if known else "unknown"
-
 
 def write_dataset_card(output_dir: str | os.PathLike) -> dict[str, Any]:
     """(Re)write ``manifest.json`` and the ``README.md`` dataset card from the done markers of every split.
@@ -970,64 +991,8 @@ def write_dataset_card(output_dir: str | os.PathLike) -> dict[str, Any]:
         }
     manifest = {"format_version": FORMAT_VERSION, "settings": config, "splits": splits}
     atomic_write_text(output_dir / "manifest.json", json.dumps(manifest, indent=1))
-    atomic_write_text(output_dir / "README.md", _card_text(output_dir.name, config, splits))
+    atomic_write_text(output_dir / "README.md", render_dataset_card(manifest, output_dir.name))
     return manifest
-
-
-def _card_text(name: str, config: dict[str, Any], splits: dict[str, Any]) -> str:
-    from huggingface_hub import DatasetCardData
-
-    sources = [s for split in splits.values() for s in split["sources"]]
-    card = DatasetCardData(
-        license=_hf_license({s.get("license") for s in sources}),
-        pretty_name=f"{name} (Clay chips)",
-        tags=["earth-observation", "remote-sensing", "satellite-imagery", "clay"],
-        configs=[
-            {
-                "config_name": "default",
-                "data_files": [{"split": split, "path": f"data/{split}/*.parquet"} for split in splits],
-            }
-        ],
-    )
-    rows = [
-        f"| {split} | {s['name']} | {s['sensor'] or 'unknown'} | {', '.join(s['band_names'])} | "
-        f"{s['num_chips']} | {s['license'] or 'unknown'} |"
-        for split, info in splits.items()
-        for s in info["sources"]
-    ]
-    total = sum(info["num_chips"] for info in splits.values())
-    size = config.get("chip_size", "?")
-    counts = [
-        f"- {split}: chips per sensor {json.dumps(info['chips_per_sensor'])}; dropped chips "
-        f"{json.dumps(info['dropped_chips'])}; skipped sources "
-        f"{json.dumps({k: len(v) for k, v in info['skipped_sources'].items()})}"
-        for split, info in splits.items()
-    ]
-    return "\n".join(
-        [
-            "---",
-            card.to_yaml(),
-            "---",
-            "",
-            f"# {name}",
-            "",
-            f"{total} chips of {size} x {size} pixels for [Clay](https://github.com/Clay-foundation/model), "
-            "written by `clay_hf.geodata.builder.build_chip_dataset` (`scripts/prepare_chips.py`).",
-            "",
-            "One chip per row: `pixels` holds the `shape` (C, H, W) array as little-endian bytes of `dtype`; "
-            "`clay_hf.geodata.chip_format.decode_chip` turns a row back into an array, `clay_hf.geodata.loader.get_dataloader` into "
-            "batches of one band set.",
-            "",
-            *counts,
-            "",
-            "| split | source | sensor | bands | chips | license |",
-            "|---|---|---|---|---|---|",
-            *rows,
-            "",
-            f"Settings: `{json.dumps(config, sort_keys=True)}`",
-            "",
-        ]
-    )
 
 
 def iter_shards(output_dir: str | os.PathLike, split: str = "train") -> Iterator[Path]:

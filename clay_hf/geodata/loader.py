@@ -17,9 +17,9 @@ A batch (what :class:`ChipLoader` yields); every chip of a batch shares one band
 
 Pipeline per process: ``split_dataset_by_node`` (once: this rank's shards) -> ``shuffle(seed, buffer)`` and
 ``set_epoch`` (datasets' own shard and buffer shuffling) -> torch ``DataLoader`` workers (datasets shards
-its files over them) decoding rows -> band-set buckets in the main process (a bucket that reaches
-``batch_size`` is emitted, so sensors interleave across steps) -> :class:`~clay_hf.ClayImageProcessor`
-per batch -> optional time/lat-lon dropout.
+its files over them; started once and kept across epochs) decoding rows -> band-set buckets in the main
+process (a bucket that reaches ``batch_size`` is emitted, so sensors interleave across steps) ->
+:class:`~clay_hf.ClayImageProcessor` per batch -> optional time/lat-lon dropout.
 
 Do not hand a :class:`ChipLoader` to ``accelerator.prepare``: it already reads only this rank's shards,
 and accelerate would shard it a second time (or, with its default ``dispatch_batches``, read everything
@@ -192,6 +192,13 @@ def _check_footers(files: list[str], folder: Path) -> None:
             ) from err
 
 
+def _count_rows(files: list[str]) -> int:
+    """Rows in ``files``, from their Parquet footers (checked readable by :func:`load_chip_dataset`)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(shard).num_rows for shard in files)
+
+
 def _damaged_shard(files: list[str] | None) -> tuple[str, Exception] | None:
     """The first of ``files`` that cannot be read through (every row group), with its error (the error path only)."""
     import pyarrow.parquet as pq
@@ -317,7 +324,9 @@ class ChipLoader:
     epoch and then advances ``epoch``; :meth:`set_epoch` starts an epoch from its first batch.
     :meth:`state_dict` / :meth:`load_state_dict` save and restore ``(epoch, batches consumed)``, so it can
     be registered with ``accelerator.register_for_checkpointing``. ``shard_files`` (the dataset's Parquet
-    files, when known) lets an error while reading name the damaged shard.
+    files, when known) lets an error while reading name the damaged shard; ``num_rows`` (the dataset's row count,
+    when known) lets it read the shards one at a time when they all fit in the shuffle buffer (see
+    :func:`get_dataloader`'s ``max_buffer_input_shards``).
     """
 
     def __init__(
@@ -334,6 +343,7 @@ class ChipLoader:
         processor: ClayImageProcessor | None = None,
         max_buffer_input_shards: int = 10,
         shard_files: list[str] | None = None,
+        num_rows: int | None = None,
     ) -> None:
         from datasets.distributed import split_dataset_by_node
 
@@ -349,6 +359,10 @@ class ChipLoader:
         self.num_workers, self.seed, self.shuffle_buffer = num_workers, seed, shuffle_buffer
         self.drop_last, self.time_latlon_dropout = drop_last, float(time_latlon_dropout)
         self.max_buffer_input_shards = max(1, int(max_buffer_input_shards))
+        if num_rows is not None and num_rows <= shuffle_buffer:
+            # The buffer holds every row, so it yields a uniform permutation of the epoch whatever order the shards
+            # come in; interleaving them would only add datasets' 5 s pause per epoch (after its reader threads).
+            self.max_buffer_input_shards = 1
         self.processor = processor if processor is not None else ClayImageProcessor()
         self.num_shards = dataset.num_shards  # of the whole dataset, or of this rank when split already
         self.shard_files = list(shard_files) if shard_files is not None else None  # to name a damaged one
@@ -369,6 +383,7 @@ class ChipLoader:
                 seed=seed, buffer_size=shuffle_buffer, max_buffer_input_shards=self.max_buffer_input_shards
             )
         self.dataset = dataset
+        self._workers: torch.utils.data.DataLoader | None = None  # started on first use, kept across epochs
         self.epoch = 0
         self.batches_consumed = 0  # in self.epoch
 
@@ -427,14 +442,17 @@ class ChipLoader:
     # ------------------------------------------------------------------ iteration
 
     def _samples(self) -> Iterator[dict[str, Any]]:
-        rows = _DecodedRows(self.dataset, self.shard_files)
         if self.num_workers == 0:
-            yield from rows
+            yield from _DecodedRows(self.dataset, self.shard_files)
             return
-        loader = torch.utils.data.DataLoader(
-            rows, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, persistent_workers=False
-        )
-        for sample in loader:
+        if self._workers is None:
+            # Persistent: the workers start once (not at every epoch) and see set_epoch through the dataset's
+            # epoch, which datasets keeps in shared memory for them.
+            self._workers = torch.utils.data.DataLoader(
+                _DecodedRows(self.dataset, self.shard_files), batch_size=None, num_workers=self.num_workers,
+                collate_fn=_identity, persistent_workers=True,
+            )  # fmt: skip
+        for sample in self._workers:
             if isinstance(sample, _Failure):
                 raise ChipDatasetError(sample.message)
             yield sample
@@ -510,8 +528,10 @@ def get_dataloader(
         split: the split to load when ``dataset_or_path`` is a folder or Hub id.
         max_buffer_input_shards: shards read at once into the shuffle buffer (datasets' default 10). Shards
             are written per source, so this is what mixes sensors within an epoch. With more than 1, datasets
-            sleeps 5 s at the end of every epoch (a guard against apache/arrow#45214): nothing for training,
-            but use 1 for quick runs and tests.
+            sleeps 5 s at the end of every epoch (a guard against apache/arrow#45214), so a dataset whose rows
+            all fit in ``shuffle_buffer`` (a folder's count, from its shard footers, or a ``Dataset``'s length)
+            reads its shards one at a time: the buffer then holds the whole epoch and yields a uniform
+            permutation of it either way. Use 1 for quick runs and tests on larger ones.
 
     Returns:
         :class:`ChipLoader`: iterate it for batches (see the module docstring), ``set_epoch`` per epoch,
@@ -519,14 +539,16 @@ def get_dataloader(
     """
     import datasets
 
-    shard_files = None
+    shard_files = num_rows = None
     if isinstance(dataset_or_path, (str, os.PathLike)):
         dataset = load_chip_dataset(dataset_or_path, split=split, streaming=True)
         if Path(dataset_or_path).is_dir():
             shard_files = list_shard_files(Path(dataset_or_path), split)
+            num_rows = _count_rows(shard_files)
     elif isinstance(dataset_or_path, datasets.IterableDataset):
         dataset = dataset_or_path
     elif isinstance(dataset_or_path, datasets.Dataset):
+        num_rows = len(dataset_or_path)
         dataset = dataset_or_path.to_iterable_dataset(num_shards=max(1, (world_size or 1) * max(1, num_workers)))
     else:
         raise ClayInputError(
@@ -541,4 +563,5 @@ def get_dataloader(
         dataset, batch_size, rank=rank, world_size=world_size, num_workers=num_workers, seed=seed,
         shuffle_buffer=shuffle_buffer, drop_last=drop_last, time_latlon_dropout=time_latlon_dropout,
         processor=processor, max_buffer_input_shards=max_buffer_input_shards, shard_files=shard_files,
+        num_rows=num_rows,
     )  # fmt: skip
