@@ -255,18 +255,20 @@ def convert_checkpoint(
     check_replaceable_folder(output_dir, is_clay_model_folder, overwrite, what="Clay model folder")
     from .image_processing_clay import ClayImageProcessor
     from .modeling_clay import ClayForPreTraining
+    from .provenance import checkpoint_details, model_provenance, record_provenance
 
     state_dict, hparams = load_original_checkpoint(checkpoint)
     config = config_from_checkpoint(state_dict, hparams)
     weights = convert_state_dict(state_dict, config)
     model = ClayForPreTraining(config)
     model.load_state_dict(weights, strict=True)  # raises on any missing or unexpected key
+    record_provenance(model, "converted", **checkpoint_details(checkpoint))
 
     output_dir = Path(output_dir)
     with atomic_folder(output_dir, is_clay_model_folder, overwrite, what="Clay model folder") as tmp:
         model.save_pretrained(tmp)
         ClayImageProcessor(patch_size=patch_size_for_processor or config.patch_size).save_pretrained(tmp)
-    logger.info("converted %s -> %s (%s)", checkpoint, output_dir, _describe(config))
+    logger.info("converted %s -> %s (%s): %s", checkpoint, output_dir, _describe(config), model_provenance(model).label)
     return output_dir
 
 

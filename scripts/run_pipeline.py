@@ -75,15 +75,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_pipeline(args: PipelineArguments) -> int:
+    import numpy as np
     import torch
     from transformers import AutoModel
 
     import clay_hf  # noqa: F401  (registers the Auto classes)
     from clay_hf.apps.embeddings import embed_to_parquet, load_embedding_model
     from clay_hf.apps.search import EmbeddingIndex
+    from clay_hf.atomic import atomic_write_text
     from clay_hf.conversion import convert_checkpoint
     from clay_hf.geodata.builder import build_chip_dataset
     from clay_hf.geodata.sample_data import sample_sources
+    from clay_hf.provenance import model_provenance
     from clay_hf.training.pretraining import TrainingConfig, train
 
     out = args.output
@@ -160,22 +163,30 @@ def run_pipeline(args: PipelineArguments) -> int:
     # The mean of the patch tokens, centred on the collection's mean (a briefly trained model's embeddings share a
     # large common direction; centring spreads the cosines without changing the self-match).
     index = EmbeddingIndex.from_dataset(collection, embedding_column="mean_embedding", center=True)
-    query = index.ids[0]
+    query = index.ids[int(np.argmin(index.nodata_fraction))]  # the first chip with the least nodata
     found = index.search(query, k=args.top_k)
-    print(f"[6/6] chips most like {query}:")
-    for rank, (chip_id, score) in enumerate(zip(found.ids, found.scores), start=1):
-        print(f"      #{rank} {chip_id:60s} cosine {float(score):.4f}")
+    provenance = model_provenance(model)
+    print(f"[6/6] chips most like {query} (percentile: share of the collection's chip pairs less similar):")
+    for rank, (chip_id, score, pct) in enumerate(zip(found.ids, found.scores, found.percentiles), start=1):
+        print(f"      #{rank} {chip_id:60s} cosine {float(score):.4f}  percentile {float(pct):5.1f}")
+    print(f"      model: {provenance.label}")
     if found.ids[0] != query or abs(float(found.scores[0]) - 1.0) > 1e-4:
         print("error: the query chip is not its own best match", file=sys.stderr)
         return 1
     refined = index.search_examples([query, found.ids[1]], [found.ids[-1]], k=args.top_k)
     print(f"      refined with + {found.ids[1]} and - {found.ids[-1]}: {list(refined.ids)}")
-    report["search"] = {"query": query, "results": [{"chip_id": i, "cosine": round(float(s), 4)}
-                                                    for i, s in zip(found.ids, found.scores)],
-                        "refined": list(refined.ids)}  # fmt: skip
+    report["search"] = {
+        "query": query,
+        "results": [
+            {"chip_id": i, "cosine": round(float(s), 4), "percentile": round(float(p), 2)}
+            for i, s, p in zip(found.ids, found.scores, found.percentiles)
+        ],
+        "refined": list(refined.ids),
+    }
+    report["model"] = {"path": str(model_path), **provenance.to_dict()}
     report["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"done in {report['seconds']} s; outputs in {out}/ (report.json)")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    print(f"done in {report['seconds']} s; outputs in {out}/ (report.json); results from {provenance.label}")
     print(f"next: the Space on these results:  python spaces/app.py --model {model_path}")
     return 0
 

@@ -51,6 +51,7 @@ from clay_hf.apps.space import (  # noqa: E402
     prune_folder,
 )
 from clay_hf.errors import ClayError  # noqa: E402
+from clay_hf.provenance import model_provenance  # noqa: E402
 
 logger = logging.getLogger("clay_space")
 
@@ -198,16 +199,23 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
     def reconstruct(path, sensor, wavelengths, seed):
         return space.reconstruct(path, sensor, wavelengths, seed=int(seed or 0))
 
-    title = "Clay v1.5: embed, search and reconstruct Earth-observation imagery"
+    provenance = model_provenance(space.encoder)
+    name = "Clay v1.5" if provenance.released else "Clay"
+    title = f"{name}: embed, search and reconstruct Earth-observation imagery"
     with gr.Blocks(title=title, delete_cache=cache_schedule(keep_seconds)) as demo:
+        if not provenance.released:  # a toy's scores and reconstructions look like results: say what they are
+            gr.Markdown(
+                f"**⚠ {provenance.label}.** Scores and reconstructions below show the code path, not Clay's quality.",
+                elem_id="model-warning",
+            )
         gr.Markdown(
-            "# Clay v1.5 · Earth-observation embeddings\n"
+            f"# {name} · Earth-observation embeddings\n"
             "Upload a **GeoTIFF of any sensor** (Sentinel-2, Landsat, Sentinel-1, NAIP, PlanetScope, or your own "
             "bands with their wavelengths). Clay turns its centre chip into an embedding; find the most similar "
             f"chips among **{n} precomputed sample chips**, mark positive and negative examples to refine the search, and see the "
             "masked-autoencoder reconstruction.\n\n"
             f"**Upload limit: {space.max_upload_mb:g} MB**, GeoTIFF/COG (`.tif`) with a coordinate reference system. "
-            f"Model: `{model_name}` ({decoder}). Your file is processed in a temporary folder and not kept."
+            f"Model: `{model_name}` ({decoder}; {provenance.description}). Your file is processed in a temporary folder and not kept."
         )
         with gr.Row():
             with gr.Column(scale=1):

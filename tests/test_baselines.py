@@ -10,6 +10,7 @@ from transformers import AutoModelForPreTraining
 
 from clay_hf import ClayConfig, ClayForPreTraining
 from clay_hf.geodata.sample_data import sample_sources
+from clay_hf.provenance import model_provenance
 from clay_hf.training.baselines import pretrain_on_sample_chips, random_clay
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -26,6 +27,11 @@ def test_random_clay_is_a_seeded_preset_folder(tmp_path):
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, weights[again][name]), name  # the same seed: the same control
     assert any(not torch.equal(t, weights[other][t_name]) for t_name, t in model.state_dict().items())
+    provenance = model_provenance(model)  # a control, and it says so
+    assert provenance.kind == "random-init" and provenance.record["seed"] == 3 and not provenance.released
+    assert provenance.label == (
+        "NOT a released Clay model: a tiny Clay with random weights (seed 3); its results say nothing about Clay v1.5"
+    )
 
 
 @pytest.mark.slow

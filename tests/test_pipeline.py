@@ -26,6 +26,12 @@ def test_main_job_runs_end_to_end(tmp_path):
     assert report["embeddings"]["chips"] == 108
     results = report["search"]["results"]
     assert results[0]["chip_id"] == report["search"]["query"] and abs(results[0]["cosine"] - 1.0) < 1e-4
+    assert 0 <= results[-1]["percentile"] <= results[0]["percentile"] <= 100  # a readable score beside the cosine
+    # the model trained here says what it is, in report.json and in the summary line
+    model = report["model"]
+    assert model["kind"] == "pretrained" and model["steps"] == 12 and model["released"] is False
+    assert model["label"].startswith("NOT a released Clay model: a tiny Clay pre-trained here for 12 steps on ")
+    assert f"results from {model['label']}" in proc.stdout.splitlines()[-2]
     assert (tmp_path / "converted" / "model.safetensors").is_file()
     assert (tmp_path / "train" / "final" / "model.safetensors").is_file()
     assert len(list((tmp_path / "embeddings" / "data" / "train").glob("*.parquet"))) == 12

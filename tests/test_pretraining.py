@@ -329,9 +329,34 @@ def test_checkpoints_and_the_final_model_follow_the_umask(tmp_path, s2_chips):
     assert modes == {name: "0o755" if (tmp_path / name).is_dir() else "0o644" for name in modes}
 
 
-def test_a_second_run_into_the_same_folder_exits_with_one_line(tmp_path, sample_chip_dataset, caplog, capsys):
+def test_train_script_flags_are_the_training_config_fields(capsys):
+    """scripts/train.py's flags are TrainingConfig's fields, each with its help and default (clay_hf.cli), plus
+    --quiet, --no-tune-allocator and --verbose: nothing restated by hand, so a new field is a new flag."""
+    import dataclasses
+
+    from .launch import load_script
+
+    script = load_script(TESTS.parent / "scripts" / "train.py")
+    actions = {a.dest: a for a in script.build_parser()._actions if a.dest != "help"}
+    script_only = {"quiet", "no_tune_allocator", "verbose"}
+    assert set(actions) == {f.name for f in dataclasses.fields(TrainingConfig)} | script_only
+    assert all(action.help for action in actions.values())
+    assert actions["output_dir"].option_strings == ["--output", "--output-dir"]
+    config, options, common = script.parse_args(["--dataset", "d", "--output", "o", "--betas", "0.8", "0.99",
+                                                 "--max-grad-norm", "0", "--mixed-precision", "bf16", "--resume",
+                                                 "--quiet"])  # fmt: skip
+    assert config == TrainingConfig(dataset="d", output_dir="o", betas=(0.8, 0.99), max_grad_norm=0.0,
+                                    mixed_precision="bf16", resume=True)  # fmt: skip
+    assert options.quiet and not options.no_tune_allocator and not common.verbose
+    assert script.parse_args(["--dataset", "d", "--output", "o"])[0] == TrainingConfig(dataset="d", output_dir="o")
+    capsys.readouterr()
+    assert script.main(["--dataset", "d", "--output", "o", "--mixed-precision", "fp8"]) == 2
+    assert "error: argument --mixed-precision: invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+def test_a_second_run_into_the_same_folder_exits_with_one_line(tmp_path, sample_chip_dataset, capsys):
     """A run paused (SIGSTOP) after its first step holds the folder; train.py into it exits 1 with one line naming
-    its pid. Once it has finished, train.py there is refused again (another run) until --overwrite."""
+    its pid. Once it has finished, train.py there is refused again (another run: exit 2) until --overwrite."""
     sys.path.insert(0, str(TESTS.parent / "scripts"))
     import train as train_script
 
@@ -349,13 +374,12 @@ def test_a_second_run_into_the_same_folder_exits_with_one_line(tmp_path, sample_
                 "--shuffle-shards", "1", "--checkpoint-every", "2", "--quiet"]  # fmt: skip
         run_file = (output / "run.json").read_bytes()
         for extra in ([], ["--overwrite"], ["--resume"]):  # the lock comes before anything is read or deleted
-            caplog.clear()
-            with caplog.at_level(logging.ERROR):
-                assert train_script.main([*argv, *extra]) == 1
-            (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-            assert error.startswith(f"another training run is writing to {output} (pid {first.pid} on ")
-            assert "\n" not in error
-        assert "Traceback" not in capsys.readouterr().err
+            capsys.readouterr()
+            assert train_script.main([*argv, *extra]) == 1  # failed work: another run holds the folder
+            err = capsys.readouterr().err
+            (error,) = [line for line in err.splitlines() if line.startswith("error: ")]  # one line
+            assert error.startswith(f"error: another training run is writing to {output} (pid {first.pid} on ")
+            assert "Traceback" not in err
         assert (output / "run.json").read_bytes() == run_file
     finally:
         first.send_signal(signal.SIGCONT)
@@ -364,15 +388,14 @@ def test_a_second_run_into_the_same_folder_exits_with_one_line(tmp_path, sample_
     first_run = json.loads(out.splitlines()[-1])
     assert first_run["step"] == 2 and first_run["final_model"] == str(output / "final")
 
-    caplog.clear()
-    with caplog.at_level(logging.ERROR):
-        assert train_script.main(argv) == 1
-    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert error.startswith(f"{output} holds another training run (a checkpoint at step 2, final/, metrics.jsonl);")
-    with caplog.at_level(logging.ERROR):
-        assert train_script.main([*argv, "--resume", "--overwrite"]) == 1
-    assert "resume and overwrite exclude each other" in caplog.text
     capsys.readouterr()
+    assert train_script.main(argv) == 2  # a mistake in the command: that --output needs --resume or --overwrite
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert error.startswith(
+        f"error: {output} holds another training run (a checkpoint at step 2, final/, metrics.jsonl);"
+    )
+    assert train_script.main([*argv, "--resume", "--overwrite"]) == 2  # refused while parsing, before any work
+    assert "error: resume and overwrite exclude each other" in capsys.readouterr().err
     assert train_script.main([*argv, "--overwrite"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 2 and summary["run_id"] != first_run["run_id"]
@@ -429,6 +452,34 @@ def test_resume_with_the_streamed_loader_is_exact(tmp_path, sample_chip_dataset)
     b = load_file(tmp_path / "part" / "final" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_epochs_of_a_small_dataset_start_without_datasets_pause(tmp_path, sample_chip_dataset, monkeypatch):
+    """The main job's loader settings (buffer 256, 4 shards interleaved) on 108 chips: 6 batches per epoch, so 13
+    steps start 3 epochs; none pays the 5 s sleep datasets takes after interleaving shards (the rows fit in the
+    buffer, so the loader reads the shards one at a time)."""
+    import time
+
+    import datasets.iterable_dataset
+
+    class CountingTime:  # the time module as datasets' iterables see it, with sleep counted (and not slept)
+        def __init__(self):
+            self.sleeps = []
+
+        def sleep(self, seconds):
+            self.sleeps.append(seconds)
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+    counting = CountingTime()
+    monkeypatch.setattr(datasets.iterable_dataset, "time", counting)
+    config = _real(tmp_path, sample_chip_dataset, shuffle_buffer=256, shuffle_shards=4, batch_size=16, max_steps=13,
+                   checkpoint_every=13, log_every=1, teacher=None)  # fmt: skip
+    assert train(config, show_progress=False)["step"] == 13
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "loss" in r] == [0] * 6 + [1] * 6 + [2]
+    assert datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN not in counting.sleeps
 
 
 def test_two_processes_train_on_disjoint_chips_with_synchronised_weights(tmp_path, sample_chip_dataset):
@@ -514,3 +565,13 @@ def test_train_help_has_examples():
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True).stdout
     assert "examples:" in out and "accelerate launch" in out and "--resume" in out
     assert "--overwrite" in out
+
+
+def test_the_final_model_records_that_it_was_pretrained_here_and_for_how_long(reference_run):
+    from clay_hf.provenance import PROVENANCE_KEY, model_provenance
+
+    config = json.loads((reference_run.parent / "config.json").read_text())
+    assert config[PROVENANCE_KEY]["kind"] == "pretrained" and config[PROVENANCE_KEY]["steps"] == 8
+    assert config[PROVENANCE_KEY]["base"] is None  # random weights
+    label = model_provenance(config).label
+    assert label.startswith("NOT a released Clay model: ") and "pre-trained here for 8 steps" in label

@@ -639,6 +639,10 @@ def test_browser_search_renders_the_gallery(app, built, page, tmp_path):
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
     assert len(captions) == count and all(fits_x and fits_y for fits_x, fits_y, _ in captions), captions
     assert all(c.startswith("#") and "°" in c and "sentinel-2-l2a · 2017-" in c for *_, c in captions), captions
+    # the converted parity fixture is a toy, and the page says so above everything else
+    warning = page.locator("#model-warning").inner_text()
+    assert warning.startswith("⚠ NOT a released Clay model: a custom-size Clay converted from clay-micro-original")
+    assert "Clay v1.5" not in page.title()
     print(f"screenshot: {screenshot}")
 
 

@@ -26,9 +26,11 @@ def random_clay(output_dir: str | os.PathLike, preset: str = "tiny", seed: int =
     """A randomly initialised ``ClayForPreTraining`` of a preset, saved to ``output_dir`` (the untrained control)."""
     from ..configuration_clay import ClayConfig
     from ..modeling_clay import ClayForPreTraining
+    from ..provenance import record_provenance
 
     torch.manual_seed(seed)
     model = ClayForPreTraining(ClayConfig.from_preset(preset))
+    record_provenance(model, "random-init", seed=seed)
     model.save_pretrained(output_dir)
     return Path(output_dir)
 

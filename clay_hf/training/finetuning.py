@@ -45,6 +45,7 @@ from ..distributed import all_finite, mean_over_processes
 from ..errors import ChipSizeError, ClayConfigError, ClayInputError, NoChipsError, OutputExistsError
 from ..geodata.labelled import DATASETS, LabelledChips, load_labelled_chips
 from ..image_processing_clay import ClayImageProcessor
+from ..provenance import PROVENANCE_KEY, model_provenance, record_provenance
 from .metrics import classification_metrics, regression_metrics, segmentation_metrics
 from .pretraining import NonFiniteLossError, lr_lambda, param_groups
 
@@ -277,6 +278,19 @@ def build_head(config: FinetuneConfig, class_names: tuple[str, ...]):
     new = sorted(set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]})
     logger.info("loaded the encoder of %s; new head weights: %d tensors", config.model, len(new))
     model.freeze_backbone(config.freeze_backbone)
+    base = model_provenance(load_clay_config(config.model))  # what the encoder's weights are
+    task = {"segmentation": "semantic-segmentation", "classification": "image-classification"}.get(
+        config.task, config.task
+    )
+    record_provenance(
+        model,
+        "finetuned",
+        task=task,
+        dataset=config.dataset,
+        steps=0,
+        base=base.description,
+        base_released=base.released,
+    )
     return model
 
 
@@ -404,6 +418,9 @@ def _save(accelerator, model, processor: ClayImageProcessor, metrics: dict[str, 
         with atomic_folder(output_dir, replaceable=is_clay_model_folder, overwrite=overwrite,
                            what="Clay model folder") as tmp:  # fmt: skip
             unwrapped = accelerator.unwrap_model(model)
+            record = getattr(unwrapped.config, PROVENANCE_KEY, None)
+            if record is not None:
+                record["steps"] = metrics.get("train", {}).get("steps", record.get("steps"))
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
             processor.save_pretrained(tmp)
             (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -49,6 +49,7 @@ from ..distributed import all_finite, mean_over_processes
 from ..errors import CheckpointError, ClayConfigError, ClayError, NoChipsError, OutputExistsError
 from ..image_processing_clay import ClayImageProcessor
 from ..modeling_clay import ClayForPreTraining
+from ..provenance import PROVENANCE_KEY, model_provenance, record_provenance
 from ..sensors import get_sensor
 
 __all__ = [
@@ -110,39 +111,77 @@ class TrainingConfig:
             (shards are written per source, so this mixes sensors; datasets pauses 5 s per epoch when > 1).
     """
 
-    dataset: str
-    output_dir: str
-    model: str = "tiny"
-    init_from: str | None = None
-    teacher: str | None = None
-    teacher_image_size: int = 518
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int | None = None
-    min_lr_ratio: float = 0.0
-    max_steps: int = 1000
-    mixed_precision: str = "no"
-    max_grad_norm: float | None = 1.0
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 10
-    report_to: str = "none"
-    num_workers: int = 0
-    shuffle_buffer: int = 1000
-    shuffle_shards: int = 10
-    time_latlon_dropout: float = 0.2
-    resume: bool = False
-    overwrite: bool = False
-    stop_after: int | None = None
-    attn_implementation: str | None = None
-    eval_dataset: str | None = None
-    eval_batches: int = 4
-    eval_every: int | None = None
+    # The metadata's help is what `scripts/train.py --help` shows (clay_hf.cli derives the flags from these fields).
+    dataset: str = dataclasses.field(metadata={"help": "folder of Parquet chip shards, or a Hub dataset id (streamed)"})
+    output_dir: str = dataclasses.field(
+        metadata={"help": "output folder (checkpoints, metrics.jsonl, final/)", "aliases": ["--output"]}
+    )
+    model: str = dataclasses.field(
+        default="tiny", metadata={"help": "preset (tiny, small, base, large), a config .json, or a pretrained folder"}
+    )
+    init_from: str | None = dataclasses.field(
+        default=None, metadata={"help": "pretrained folder or Hub id to continue from (e.g. converted Clay v1.5)"}
+    )
+    teacher: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "DINOv2-with-registers folder or Hub id, or 'tiny-random'; none: no representation loss"},
+    )
+    teacher_image_size: int = dataclasses.field(default=518, metadata={"help": "teacher input side in pixels"})
+    batch_size: int = dataclasses.field(default=8, metadata={"help": "chips per batch per process"})
+    gradient_accumulation_steps: int = dataclasses.field(default=1, metadata={"help": "batches per optimizer step"})
+    learning_rate: float = dataclasses.field(default=1e-4, metadata={"help": "peak AdamW learning rate; v1.5: 5e-6"})
+    weight_decay: float = dataclasses.field(default=0.05, metadata={"help": "AdamW weight decay"})
+    betas: tuple[float, float] = dataclasses.field(default=(0.9, 0.95), metadata={"help": "AdamW betas"})
+    warmup_steps: int | None = dataclasses.field(
+        default=None, metadata={"help": "linear warm-up steps (default: 5% of --max-steps, at most 1000)"}
+    )
+    min_lr_ratio: float = dataclasses.field(default=0.0, metadata={"help": "cosine floor as a fraction of the peak"})
+    max_steps: int = dataclasses.field(default=1000, metadata={"help": "optimizer steps of the whole schedule"})
+    mixed_precision: str = dataclasses.field(
+        default="no", metadata={"help": "autocast precision", "choices": ("no", "bf16", "fp16")}
+    )
+    max_grad_norm: float | None = dataclasses.field(
+        default=1.0, metadata={"help": "gradient clipping norm; 0 disables"}
+    )
+    gradient_checkpointing: bool = dataclasses.field(
+        default=False, metadata={"help": "recompute activations in backward to save memory"}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of initial weights, data order and masks"})
+    checkpoint_every: int = dataclasses.field(default=500, metadata={"help": "optimizer steps between checkpoints"})
+    keep_checkpoints: int = dataclasses.field(default=3, metadata={"help": "how many checkpoints to keep"})
+    log_every: int = dataclasses.field(default=10, metadata={"help": "steps between log lines and metrics records"})
+    report_to: str = dataclasses.field(
+        default="none", metadata={"help": "Accelerate tracker: none, tensorboard, wandb, all"}
+    )
+    num_workers: int = dataclasses.field(default=0, metadata={"help": "dataloader worker processes per process"})
+    shuffle_buffer: int = dataclasses.field(default=1000, metadata={"help": "chips in the streaming shuffle buffer"})
+    shuffle_shards: int = dataclasses.field(default=10, metadata={"help": "shards mixed in the shuffle buffer at once"})
+    time_latlon_dropout: float = dataclasses.field(
+        default=0.2, metadata={"help": "chance that a chip's time and location are zeroed"}
+    )
+    resume: bool = dataclasses.field(
+        default=False, metadata={"help": "continue from the newest intact checkpoint in --output"}
+    )
+    overwrite: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "start afresh in an --output that holds another run (deletes its checkpoints, final/ and "
+            "metrics.jsonl; other files stay)"
+        },
+    )
+    stop_after: int | None = dataclasses.field(
+        default=None, metadata={"help": "end this run after N steps with a checkpoint (job time limits)"}
+    )
+    attn_implementation: str | None = dataclasses.field(
+        default=None, metadata={"help": "attention kernel (default: sdpa)", "choices": ("sdpa", "eager")}
+    )
+    eval_dataset: str | None = dataclasses.field(
+        default=None, metadata={"help": "held-out chip dataset (folder or Hub id) for a fixed-mask eval loss"}
+    )
+    eval_batches: int = dataclasses.field(default=4, metadata={"help": "eval batches per process"})
+    eval_every: int | None = dataclasses.field(
+        default=None, metadata={"help": "steps between evals (default: at every checkpoint)"}
+    )
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -227,6 +266,7 @@ def build_model(config: TrainingConfig, teacher_dim: int | None = None) -> ClayF
                 f"the pretrained model's proj head outputs teacher_dim={model.config.teacher_dim} but the teacher "
                 f"embeds into {teacher_dim}; use a teacher of that width or train without a teacher"
             )
+        _record_start(model, config, base=model_provenance(model), source=source)
         return model
     if config.model in CLAY_PRESETS:
         clay_config = ClayConfig.from_preset(config.model)
@@ -242,7 +282,21 @@ def build_model(config: TrainingConfig, teacher_dim: int | None = None) -> ClayF
         clay_config.teacher_dim = teacher_dim
     if config.attn_implementation:
         clay_config._attn_implementation = config.attn_implementation
-    return ClayForPreTraining(clay_config)
+    model = ClayForPreTraining(clay_config)
+    _record_start(model, config, base=None, source=None)
+    return model
+
+
+def _record_start(model: ClayForPreTraining, config: TrainingConfig, base, source: str | None) -> None:
+    """The provenance record of the run's model (:mod:`clay_hf.provenance`); the steps are filled in at the end."""
+    if source is None:
+        base_text, base_released = None, False
+    elif base.kind is None:
+        base_text, base_released = f"{source} (origin not recorded)", False
+    else:
+        base_text, base_released = base.description, base.released
+    record_provenance(model, "pretrained", steps=0, dataset=str(config.dataset), base=base_text,
+                      base_released=base_released)  # fmt: skip
 
 
 def build_teacher(config: TrainingConfig):
@@ -504,13 +558,16 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, rank_state: dict,
     return final
 
 
-def _save_final(accelerator, model, processor: ClayImageProcessor, output_dir: Path) -> Path:
+def _save_final(accelerator, model, processor: ClayImageProcessor, output_dir: Path, steps: int) -> Path:
     """``save_pretrained`` into ``output_dir/final`` (safetensors, processor config, remote code), atomically."""
     final = output_dir / FINAL_FOLDER
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; every rank must call it
     if accelerator.is_main_process:
         with atomic_folder(final, replaceable=is_clay_model_folder, what="Clay model folder") as tmp:
             unwrapped = accelerator.unwrap_model(model)
+            record = getattr(unwrapped.config, PROVENANCE_KEY, None)
+            if isinstance(record, dict):
+                record["steps"] = steps
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
             processor.save_pretrained(tmp)
     accelerator.wait_for_everyone()
@@ -919,7 +976,7 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
     # 7. the final model
     final = None
     if step >= config.max_steps:
-        final = _save_final(accelerator, model, processor, output_dir)
+        final = _save_final(accelerator, model, processor, output_dir, step)
     if config.report_to != "none":
         accelerator.end_training()
     del unwrapped
