@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import re
 import shutil
@@ -249,7 +250,8 @@ class SourceOptions:
     """The options of every script that reads imagery: what a source is, where its files do not say it.
 
     :meth:`open_kwargs` gives them as the library's source fields (``sensor``, ``band_names``, ``datetime``,
-    ``wavelengths_um``, ``mean``, ``std``: :class:`clay_hf.geodata.sources.SourceSpec`, ``open_source``,
+    ``wavelengths_um``, ``mean``, ``std``, ``offset_dn``, ``harmonize_offset``:
+    :class:`clay_hf.geodata.sources.SourceSpec`, ``open_source``,
     ``embed_to_parquet``); ``max_nodata`` is the chip filter, defaulting to
     :data:`clay_hf.geodata.chip_format.DEFAULT_MAX_NODATA` everywhere.
     """
@@ -280,6 +282,20 @@ class SourceOptions:
     datetime: str | None = dataclasses.field(
         default=None, metadata={"help": "acquisition time, ISO 8601 (e.g. 2023-06-01T10:30), where the files lack it"}
     )
+    offset_dn: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "radiometric offset (DN) the files' values carry, where their metadata do not say it (Sentinel-2 "
+            "from processing baseline 04.00: 1000; 0 for an archive that already removed it)"
+        },
+    )
+    harmonize_offset: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "keep the Sentinel-2 +1000 DN offset in the values instead of removing it (by default it is "
+            "removed: the Clay v1.5 normalisation was computed without it)"
+        },
+    )
     max_nodata: float = dataclasses.field(
         default=DEFAULT_MAX_NODATA,
         metadata={
@@ -308,6 +324,8 @@ class SourceOptions:
         if len(set(counts.values())) > 1:
             given = ", ".join(f"{n} values in {flag}" for flag, n in counts.items())
             raise ClayConfigError(f"one value per band is needed in each of {', '.join(counts)}; got {given}")
+        if self.offset_dn is not None and not (math.isfinite(self.offset_dn) and self.offset_dn >= 0):
+            raise ClayConfigError(f"--offset-dn must be a number of digital numbers >= 0, got {self.offset_dn}")
         if not 0.0 <= self.max_nodata <= 1.0:
             raise ClayConfigError(f"--max-nodata must be a fraction from 0 to 1, got {self.max_nodata}")
 
@@ -321,6 +339,10 @@ class SourceOptions:
             "mean": self.mean,
             "std": self.std,
         }
+        if self.offset_dn is not None:
+            fields["offset_dn"] = self.offset_dn
+        if not self.harmonize_offset:
+            fields["harmonize_offset"] = False
         return {name: value for name, value in fields.items() if value is not None}
 
 

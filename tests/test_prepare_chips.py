@@ -215,6 +215,32 @@ def test_a_5_band_landsat_stack_without_tags_is_chipped_with_the_source_options_
     assert "error: one value per band is needed" in err and "1 values in --wavelengths" in err and not bad.exists()
 
 
+def test_offset_flags_remove_or_keep_the_sentinel2_offset_and_each_chip_says_which(script, tmp_path, capsys):
+    """--offset-dn says what the files carry where their metadata do not; by default it is removed (the v1.5
+    normalisation's convention), --no-harmonize-offset keeps it; each chip records what was done."""
+    from clay_hf.geodata.chip_format import decode_chip
+
+    def chips(name: str, *flags: str) -> dict[str, dict]:
+        output = tmp_path / name
+        assert script.main([str(ben_s2_folder()), "--output", str(output), *S2_ARGS, *flags]) == 0, capsys.readouterr()
+        rows = [r for p in sorted((output / "data" / "train").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+        return {r["chip_id"]: decode_chip(r) for r in rows}
+
+    plain = chips("plain")  # 2017: before processing baseline 04.00, nothing to remove
+    removed = chips("removed", "--offset-dn", "1000")
+    kept = chips("kept", "--offset-dn", "1000", "--no-harmonize-offset")
+    assert plain.keys() == removed.keys() == kept.keys() and plain
+    for chip_id, chip in plain.items():
+        assert chip["radiometric_offset"] == "none" and kept[chip_id]["radiometric_offset"] == "kept"
+        assert removed[chip_id]["radiometric_offset"] == "removed"
+        np.testing.assert_array_equal(kept[chip_id]["pixels"], chip["pixels"])  # the files' values
+        valid = chip["valid"]
+        expected = np.maximum(chip["pixels"].astype(np.int64) - 1000, 1)[:, valid]
+        np.testing.assert_array_equal(removed[chip_id]["pixels"][:, valid], expected)
+    assert script.main([str(ben_s2_folder()), "--output", str(tmp_path / "bad"), "--offset-dn", "-5"]) == 2
+    assert "error: --offset-dn must be a number of digital numbers >= 0, got -5.0" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------- reruns
 
 S2_ARGS = ["--sensor", "sentinel-2-l2a", "--chip-size", "40"]
