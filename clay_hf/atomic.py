@@ -123,8 +123,9 @@ def check_replaceable_folder(
     if target == cwd or target in cwd.parents:
         raise OutputExistsError(
             f"{os.fspath(path)!r} is the current directory or one of its parents; it is never replaced. "
-            "Choose a new folder below it", path=str(path)
-        )  # fmt: skip
+            "Choose a new folder below it",
+            path=str(path),
+        )
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_dir():

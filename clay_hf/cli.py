@@ -317,10 +317,14 @@ class SourceOptions:
                 raise ClayConfigError(f"--datetime: {err}") from None
         counts = {
             flag: len(values)
-            for flag, values in (("--band-names", self.band_names), ("--wavelengths", self.wavelengths),
-                                 ("--mean", self.mean), ("--std", self.std))
+            for flag, values in (
+                ("--band-names", self.band_names),
+                ("--wavelengths", self.wavelengths),
+                ("--mean", self.mean),
+                ("--std", self.std),
+            )
             if values is not None
-        }  # fmt: skip
+        }
         if len(set(counts.values())) > 1:
             given = ", ".join(f"{n} values in {flag}" for flag, n in counts.items())
             raise ClayConfigError(f"one value per band is needed in each of {', '.join(counts)}; got {given}")

@@ -60,26 +60,54 @@ NUM_METADATA_CHANNELS = 8
 # Encoder / decoder sizes of the Clay v1.5 code (claymodel `factory` sizes); "large" is the release.
 CLAY_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        hidden_size=192, num_hidden_layers=6, num_attention_heads=4, head_dim=48, mlp_ratio=2.0,
-        decoder_hidden_size=96, decoder_num_hidden_layers=3, decoder_num_attention_heads=2,
-        decoder_head_dim=48, decoder_mlp_ratio=2.0,
+        hidden_size=192,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        head_dim=48,
+        mlp_ratio=2.0,
+        decoder_hidden_size=96,
+        decoder_num_hidden_layers=3,
+        decoder_num_attention_heads=2,
+        decoder_head_dim=48,
+        decoder_mlp_ratio=2.0,
     ),
     "small": dict(
-        hidden_size=384, num_hidden_layers=6, num_attention_heads=6, head_dim=64, mlp_ratio=2.0,
-        decoder_hidden_size=192, decoder_num_hidden_layers=4, decoder_num_attention_heads=4,
-        decoder_head_dim=64, decoder_mlp_ratio=2.0,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        head_dim=64,
+        mlp_ratio=2.0,
+        decoder_hidden_size=192,
+        decoder_num_hidden_layers=4,
+        decoder_num_attention_heads=4,
+        decoder_head_dim=64,
+        decoder_mlp_ratio=2.0,
     ),
     "base": dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, head_dim=64, mlp_ratio=4.0,
-        decoder_hidden_size=512, decoder_num_hidden_layers=4, decoder_num_attention_heads=4,
-        decoder_head_dim=64, decoder_mlp_ratio=4.0,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        head_dim=64,
+        mlp_ratio=4.0,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=4,
+        decoder_num_attention_heads=4,
+        decoder_head_dim=64,
+        decoder_mlp_ratio=4.0,
     ),
     "large": dict(
-        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, head_dim=64, mlp_ratio=4.0,
-        decoder_hidden_size=512, decoder_num_hidden_layers=4, decoder_num_attention_heads=4,
-        decoder_head_dim=64, decoder_mlp_ratio=4.0,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        head_dim=64,
+        mlp_ratio=4.0,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=4,
+        decoder_num_attention_heads=4,
+        decoder_head_dim=64,
+        decoder_mlp_ratio=4.0,
     ),
-}  # fmt: skip
+}
 
 
 class ClayConfig(PreTrainedConfig):
@@ -186,11 +214,21 @@ class ClayConfig(PreTrainedConfig):
 
     def _validate_architecture(self) -> None:
         positive = (
-            "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim",
-            "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
-            "decoder_head_dim", "wave_dim", "num_latent_tokens", "wave_num_attention_heads",
-            "wave_intermediate_size", "teacher_dim",
-        )  # fmt: skip
+            "patch_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "head_dim",
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "decoder_num_attention_heads",
+            "decoder_head_dim",
+            "wave_dim",
+            "num_latent_tokens",
+            "wave_num_attention_heads",
+            "wave_intermediate_size",
+            "teacher_dim",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -265,8 +265,13 @@ class ClayImageProcessor(BaseImageProcessor):
         }
         logger.debug(
             "preprocessed %d chips of %d bands (%s), %dx%d pixels, decibels=%s",
-            batch_size, num_bands, bands.sensor or "explicit wavelengths", height, width, is_sar_db,
-        )  # fmt: skip
+            batch_size,
+            num_bands,
+            bands.sensor or "explicit wavelengths",
+            height,
+            width,
+            is_sar_db,
+        )
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ---------------------------------------------------------------- steps of preprocess, in order

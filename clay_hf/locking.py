@@ -61,8 +61,12 @@ def output_lock(folder: str | os.PathLike, job: str = "clay_hf job", rank: int =
             pid=pid,
         ) from None
     try:
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "job": job,
-                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "job": job,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         info_path.write_text(json.dumps(info), encoding="utf-8")
         yield folder
     finally:

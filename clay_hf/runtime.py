@@ -45,6 +45,7 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <
     ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1 and mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1
     if ok:
         _applied = True
-        logger.info("glibc allocator: tensors up to %d MiB come from the heap (no per-pass page faults)",
-                    mmap_threshold >> 20)  # fmt: skip
+        logger.info(
+            "glibc allocator: tensors up to %d MiB come from the heap (no per-pass page faults)", mmap_threshold >> 20
+        )
     return ok

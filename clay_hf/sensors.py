@@ -522,25 +522,38 @@ class ProductId(NamedTuple):
 
 # (family, pattern) of the product ids in file and folder names; the satellite letter or number completes the platform.
 _PRODUCT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (family, re.compile(r"(?<![A-Za-z0-9])" + pattern)) for family, pattern in (
+    (family, re.compile(r"(?<![A-Za-z0-9])" + pattern))
+    for family, pattern in (
         # Sentinel-2 SAFE products (and BigEarthNet patches): S2A_MSIL2A_20230601T103631_N0509_R008_T32TQM_...
         ("sentinel-2", r"S2(?P<sat>[A-D])_MSI(?P<level>L1C|L2A)_(?P<date>\d{8}T\d{6})(?:_N(?P<baseline>\d{4}))?"),
         # Sentinel-2 granules and datastrips of the old naming: S2A_OPER_MSI_L1C_TL_SGS__20170216T..._N02.04
-        ("sentinel-2", r"S2(?P<sat>[A-D])_OPER_(?:MSI|PRD)_(?:MSI)?(?P<level>L1C|L2A)[\w.]*?(?:_N(?P<baseline>\d{2}\.\d{2}))?$"),
+        (
+            "sentinel-2",
+            r"S2(?P<sat>[A-D])_OPER_(?:MSI|PRD)_(?:MSI)?(?P<level>L1C|L2A)[\w.]*?(?:_N(?P<baseline>\d{2}\.\d{2}))?$",
+        ),
         # Earth Search item ids: S2B_52SFA_20220126_0_L2A
         ("sentinel-2", r"S2(?P<sat>[A-D])_T?\d{2}[A-Z]{3}_(?P<date>\d{8})(?:T\d{6})?_\d+_(?P<level>L1C|L2A)"),
         # SAFE granule folders: L1C_T33UUU_A008642_20170216T102101
         ("sentinel-2", r"(?P<level>L1C|L2A)_T\d{2}[A-Z]{3}_A\d{6}_(?P<date>\d{8}T\d{6})"),
         # SAFE band files: T33UUU_20170216T102101_B02 (L1C), T33UUU_20170216T102101_B02_10m (L2A, with a resolution)
-        ("sentinel-2", r"T\d{2}[A-Z]{3}_(?P<date>\d{8}T\d{6})_(?:B\d[\dA]|TCI|AOT|WVP|SCL)(?P<res>_\d{2}m)?(?![A-Za-z0-9])"),
+        (
+            "sentinel-2",
+            r"T\d{2}[A-Z]{3}_(?P<date>\d{8}T\d{6})_(?:B\d[\dA]|TCI|AOT|WVP|SCL)(?P<res>_\d{2}m)?(?![A-Za-z0-9])",
+        ),
         # Landsat Collection 1 and 2: LC08_L2SP_044034_20210508_20210517_02_T1
-        ("landsat", r"L[COTEM](?P<sat>\d{2})_(?P<level>L1TP|L1GT|L1GS|L2SP|L2SR)_\d{6}_(?P<date>\d{8})_\d{8}_(?P<collection>\d{2})_(?:T1|T2|RT)"),
+        (
+            "landsat",
+            r"L[COTEM](?P<sat>\d{2})_(?P<level>L1TP|L1GT|L1GS|L2SP|L2SR)_\d{6}_(?P<date>\d{8})_\d{8}_(?P<collection>\d{2})_(?:T1|T2|RT)",
+        ),
         # Landsat scene ids (before the collections): LC80440342015001LGN00, year and day of year
         ("landsat", r"L[COTEM](?P<sat>\d)\d{6}(?P<year>\d{4})(?P<doy>\d{3})[A-Z]{3}\d{2}"),
         # Sentinel-1: S1A_IW_GRDH_1SDV_20170613T165043_...
-        ("sentinel-1", r"S1(?P<sat>[A-D])_(?:IW|EW|SM|WV|S\d)_(?P<level>GRD[FHM]|SLC_|RAW_|OCN_)\w*?_(?P<date>\d{8}T\d{6})"),
+        (
+            "sentinel-1",
+            r"S1(?P<sat>[A-D])_(?:IW|EW|SM|WV|S\d)_(?P<level>GRD[FHM]|SLC_|RAW_|OCN_)\w*?_(?P<date>\d{8}T\d{6})",
+        ),
     )
-)  # fmt: skip
+)
 
 
 def _iso_stamp(stamp: str) -> str:
@@ -584,8 +597,9 @@ def parse_product_id(name: str) -> ProductId | None:
             baseline = f"{baseline[:2]}.{baseline[2:]}"
         collection = groups.get("collection")
         hint = " ".join(v for v in (level, f"c{int(collection)}" if collection else None) if v)
-        return ProductId(match.group(0), platform, level, collection, when, baseline,
-                         sensor_from_platform(platform, hint))  # fmt: skip
+        return ProductId(
+            match.group(0), platform, level, collection, when, baseline, sensor_from_platform(platform, hint)
+        )
     return None
 
 

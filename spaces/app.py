@@ -130,8 +130,9 @@ def _friendly(fn):
             raise gr.Error(str(err), title=USER_ERROR_TITLE, duration=None, print_exception=False) from None
         except Exception as err:  # noqa: BLE001 - the page must show a message, not a stack trace
             logger.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"{SERVER_ERROR} ({type(err).__name__}); try another file", title="Server error",
-                           print_exception=False) from err  # fmt: skip
+            raise gr.Error(
+                f"{SERVER_ERROR} ({type(err).__name__}); try another file", title="Server error", print_exception=False
+            ) from err
 
     return wrapper
 
@@ -142,9 +143,13 @@ def _metadata_label(metadata: dict | None) -> gr.Accordion:
         return gr.Accordion(label="Metadata")
     bands = len(metadata.get("bands", []))
     date = str(metadata.get("date") or "unknown")
-    parts = [f"{metadata.get('sensor')} ({metadata.get('sensor_source')})", f"{bands} band{'s' if bands != 1 else ''}",
-             f"{metadata.get('width_px')} x {metadata.get('height_px')} px", f"{metadata.get('gsd_m'):g} m",
-             "date unknown" if date.startswith("unknown") else date[:10]]  # fmt: skip
+    parts = [
+        f"{metadata.get('sensor')} ({metadata.get('sensor_source')})",
+        f"{bands} band{'s' if bands != 1 else ''}",
+        f"{metadata.get('width_px')} x {metadata.get('height_px')} px",
+        f"{metadata.get('gsd_m'):g} m",
+        "date unknown" if date.startswith("unknown") else date[:10],
+    ]
     return gr.Accordion(label="Metadata: " + " · ".join(parts))
 
 
@@ -219,10 +224,19 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
         )
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label=f"GeoTIFF (max {space.max_upload_mb:g} MB)", file_types=[".tif", ".tiff"],
-                                 type="filepath", elem_id="upload")  # fmt: skip
-                sensor = gr.Dropdown(space.sensor_choices, value=space.sensor_choices[0], label="Sensor",
-                                     info="detected from the file's tags, or choose one", elem_id="sensor")  # fmt: skip
+                upload = gr.File(
+                    label=f"GeoTIFF (max {space.max_upload_mb:g} MB)",
+                    file_types=[".tif", ".tiff"],
+                    type="filepath",
+                    elem_id="upload",
+                )
+                sensor = gr.Dropdown(
+                    space.sensor_choices,
+                    value=space.sensor_choices[0],
+                    label="Sensor",
+                    info="detected from the file's tags, or choose one",
+                    elem_id="sensor",
+                )
                 wavelengths = gr.Textbox(
                     label="Wavelengths (µm), one per band, optional",
                     placeholder="e.g. 0.49, 0.56, 0.665, 0.842 (for bands the sensor list does not have)",
@@ -231,20 +245,43 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
                 k = gr.Slider(1, min(n, 32), value=min(8, n), step=1, label="Results", elem_id="k")
                 examples = sorted(str(p) for p in EXAMPLES.glob("*.tif"))
             with gr.Column(scale=2):
-                preview = gr.Image(label="RGB preview", type="numpy", format="png", interactive=False,
-                                   elem_id="preview", height=IMAGE_PX)  # fmt: skip
+                preview = gr.Image(
+                    label="RGB preview",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    elem_id="preview",
+                    height=IMAGE_PX,
+                )
                 with gr.Accordion("Metadata", open=False, elem_id="metadata-panel") as metadata_panel:
                     metadata = gr.JSON(label="Metadata", elem_id="metadata")
 
         with gr.Tab("Similar chips", elem_id="tab-search"):
             search_button = gr.Button("Search the collection", variant="primary", elem_id="search-btn")
-            gallery = gr.Gallery(label="Most similar chips (rank · cosine · percentile · place · sensor · date)",
-                                 columns=4, height="auto", object_fit="contain", elem_id="results-gallery")  # fmt: skip
+            gallery = gr.Gallery(
+                label="Most similar chips (rank · cosine · percentile · place · sensor · date)",
+                columns=4,
+                height="auto",
+                object_fit="contain",
+                elem_id="results-gallery",
+            )
             with gr.Row():
-                positives = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
-                                        label="More like these (positive examples)", elem_id="positives")  # fmt: skip
-                negatives = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
-                                        label="Less like these (negative examples)", elem_id="negatives")  # fmt: skip
+                positives = gr.Dropdown(
+                    [],
+                    value=[],
+                    multiselect=True,
+                    allow_custom_value=True,
+                    label="More like these (positive examples)",
+                    elem_id="positives",
+                )
+                negatives = gr.Dropdown(
+                    [],
+                    value=[],
+                    multiselect=True,
+                    allow_custom_value=True,
+                    label="Less like these (negative examples)",
+                    elem_id="negatives",
+                )
             refine_button = gr.Button("Refine the search", elem_id="refine-btn")
             table = gr.Dataframe(headers=RESULT_COLUMNS, label="Results", interactive=False, elem_id="results-table")
 
@@ -260,33 +297,61 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
                 seed = gr.Number(value=0, precision=0, label="Mask seed (which 75% of patches are hidden)")
                 recon_button = gr.Button("Reconstruct", variant="primary", elem_id="recon-btn")
             with gr.Row():
-                recon_input = gr.Image(label="Input (centre chip)", type="numpy", format="png", height=IMAGE_PX,
-                                       elem_id="recon-input")  # fmt: skip
-                recon_masked = gr.Image(label="Masked input (what the model sees)", type="numpy", format="png",
-                                        height=IMAGE_PX, elem_id="recon-masked")  # fmt: skip
-                recon_output = gr.Image(label="Reconstruction + visible patches", type="numpy",
-                                        format="png", height=IMAGE_PX, elem_id="recon-output")  # fmt: skip
-            gr.Markdown("As in the MAE paper: the input, the patches the encoder sees (the rest grey), and the "
-                        "decoder's prediction for the hidden patches with the visible ones pasted back.")  # fmt: skip
+                recon_input = gr.Image(
+                    label="Input (centre chip)", type="numpy", format="png", height=IMAGE_PX, elem_id="recon-input"
+                )
+                recon_masked = gr.Image(
+                    label="Masked input (what the model sees)",
+                    type="numpy",
+                    format="png",
+                    height=IMAGE_PX,
+                    elem_id="recon-masked",
+                )
+                recon_output = gr.Image(
+                    label="Reconstruction + visible patches",
+                    type="numpy",
+                    format="png",
+                    height=IMAGE_PX,
+                    elem_id="recon-output",
+                )
+            gr.Markdown(
+                "As in the MAE paper: the input, the patches the encoder sees (the rest grey), and the "
+                "decoder's prediction for the hidden patches with the visible ones pasted back."
+            )
 
         gr.Markdown(
-            "Collection imagery: " + ("; ".join(licences) if licences else "see collection.json")
+            "Collection imagery: "
+            + ("; ".join(licences) if licences else "see collection.json")
             + ". Similarity is the cosine of centred embeddings; refining averages the upload with the positive chips "
             "and moves away from the negative ones (Rocchio)."
-        )  # fmt: skip
+        )
 
         file_inputs = [upload, sensor, wavelengths]
-        triggers = [upload.upload, sensor.input, wavelengths.submit, embed_button.click, search_button.click,
-                    refine_button.click, recon_button.click]  # fmt: skip
+        triggers = [
+            upload.upload,
+            sensor.input,
+            wavelengths.submit,
+            embed_button.click,
+            search_button.click,
+            refine_button.click,
+            recon_button.click,
+        ]
         if examples:
 
             def example(path):
                 image, meta = inspect(path, None, None)
                 return image, meta, _metadata_label(meta)
 
-            example_list = gr.Examples([[p] for p in examples], inputs=[upload], label="Example upload", fn=example,
-                                       outputs=[preview, metadata, metadata_panel], run_on_click=True,
-                                       cache_examples=False, api_name="load_example")  # fmt: skip
+            example_list = gr.Examples(
+                [[p] for p in examples],
+                inputs=[upload],
+                label="Example upload",
+                fn=example,
+                outputs=[preview, metadata, metadata_panel],
+                run_on_click=True,
+                cache_examples=False,
+                api_name="load_example",
+            )
             triggers.append(example_list.dataset.click)
         gr.on(triggers, None, js=CLOSE_TOASTS_JS)  # browser only: each action starts without the last one's toast
 
@@ -295,16 +360,24 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
             event.failure(None, js=TITLE_TOAST_JS)
             return event
 
-        for trigger, name in ((upload.upload, "inspect"), (sensor.input, "inspect_with_sensor"),
-                              (wavelengths.submit, "inspect_with_wavelengths")):  # fmt: skip
+        for trigger, name in (
+            (upload.upload, "inspect"),
+            (sensor.input, "inspect_with_sensor"),
+            (wavelengths.submit, "inspect_with_wavelengths"),
+        ):
             on(trigger, inspect, file_inputs, [preview, metadata], name).success(
                 _metadata_label, metadata, metadata_panel, api_visibility="private", queue=False
             )
         on(embed_button.click, embed, file_inputs, [npy_file, parquet_file, summary], "embed")
         on(search_button.click, search, [*file_inputs, k], [gallery, table, positives, negatives], "search")
         on(refine_button.click, refine, [*file_inputs, positives, negatives, k], [gallery, table], "refine")
-        on(recon_button.click, reconstruct, [*file_inputs, seed], [recon_input, recon_masked, recon_output],
-           "reconstruct")  # fmt: skip
+        on(
+            recon_button.click,
+            reconstruct,
+            [*file_inputs, seed],
+            [recon_input, recon_masked, recon_output],
+            "reconstruct",
+        )
     return demo
 
 
@@ -345,15 +418,26 @@ def launch_kwargs(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES *
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--model", default=None,
-                        help="Clay folder or Hub id (default: $CLAY_SPACE_MODEL, else model/ next to app.py)")  # fmt: skip
-    parser.add_argument("--collection", default=None,
-                        help="collection folder (default: $CLAY_SPACE_COLLECTION, else collection/ next to app.py)")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", default=None, help="Clay folder or Hub id (default: $CLAY_SPACE_MODEL, else model/ next to app.py)"
+    )
+    parser.add_argument(
+        "--collection",
+        default=None,
+        help="collection folder (default: $CLAY_SPACE_COLLECTION, else collection/ next to app.py)",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=None, help="upload limit in MB (default 50)")
-    parser.add_argument("--keep-minutes", type=float, default=None,
-                        help=f"delete uploads and results older than this (default {DEFAULT_KEEP_MINUTES:g})")  # fmt: skip
+    parser.add_argument(
+        "--keep-minutes",
+        type=float,
+        default=None,
+        help=f"delete uploads and results older than this (default {DEFAULT_KEEP_MINUTES:g})",
+    )
     parser.add_argument("--host", default=None, help="interface to listen on (default: Gradio's, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860)")
     return parser.parse_args(argv)

@@ -49,24 +49,38 @@ def write_example_geotiff(path: Path) -> Path:
         chip = source.read_chip(0, 0, (source.height, source.width))
     path.parent.mkdir(parents=True, exist_ok=True)
     tags = {"SENSOR": "sentinel-2-l2a", "ACQUISITIONDATE": chip["datetime"], "LICENSE": chip["license"] or ""}
-    return write_geotiff(path, chip["pixels"], chip["crs"], chip["bounds"], nodata=0, tags=tags,
-                         band_names=chip["band_names"])  # fmt: skip
+    return write_geotiff(
+        path, chip["pixels"], chip["crs"], chip["bounds"], nodata=0, tags=tags, band_names=chip["band_names"]
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--output", type=Path, default=None,
-                        help="collection folder (default: $CLAY_SPACE_COLLECTION, else collection/ next to app.py)")  # fmt: skip
-    parser.add_argument("--model", default=None,
-                        help="Clay folder or Hub id, the one spaces/app.py --model loads (default: $CLAY_SPACE_MODEL, "
-                        "else the Space's default model)")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="collection folder (default: $CLAY_SPACE_COLLECTION, else collection/ next to app.py)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="Clay folder or Hub id, the one spaces/app.py --model loads (default: $CLAY_SPACE_MODEL, "
+        "else the Space's default model)",
+    )
     parser.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES), help="sample packages to use")
     parser.add_argument("--chip-size", type=int, default=DEFAULT_CHIP_SIZE, help="chip side in pixels")
     parser.add_argument("--max-chips-per-source", type=int, default=24, help="chips per raster, spread evenly")
-    parser.add_argument("--example", type=lambda v: Path(v) if v else None,
-                        default=HERE / "examples" / "bigearthnet-s2.tif",
-                        help="also write this example GeoTIFF ('' to skip)")  # fmt: skip
+    parser.add_argument(
+        "--example",
+        type=lambda v: Path(v) if v else None,
+        default=HERE / "examples" / "bigearthnet-s2.tif",
+        help="also write this example GeoTIFF ('' to skip)",
+    )
     return parser.parse_args(argv)
 
 
@@ -78,9 +92,15 @@ def main(argv=None) -> None:
     output = args.output or Path(os.environ.get("CLAY_SPACE_COLLECTION") or HERE / "collection")
     encoder, _ = load_space_model(model)
     with tqdm(desc="embedding chips", unit="chip") as progress:
-        out = build_collection(encoder, output, packages=args.packages, chip_size=args.chip_size,
-                               max_chips_per_source=args.max_chips_per_source, progress=progress,
-                               model_name=model)  # fmt: skip
+        out = build_collection(
+            encoder,
+            output,
+            packages=args.packages,
+            chip_size=args.chip_size,
+            max_chips_per_source=args.max_chips_per_source,
+            progress=progress,
+            model_name=model,
+        )
     print(f"collection: {out} ({progress.n} chips, {time.perf_counter() - start:.1f} s)")
     if args.example is not None:
         print(f"example upload: {write_example_geotiff(args.example)}")

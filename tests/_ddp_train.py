@@ -35,10 +35,20 @@ def after_step(step, model, losses):
 
 
 config = TrainingConfig(
-    dataset=dataset, output_dir=str(output), model="tiny", max_steps=4, batch_size=4, learning_rate=1e-3,
-    teacher="tiny-random", teacher_image_size=56, checkpoint_every=2, log_every=1, shuffle_buffer=8,
-    shuffle_shards=1, time_latlon_dropout=0.2,
-)  # fmt: skip
+    dataset=dataset,
+    output_dir=str(output),
+    model="tiny",
+    max_steps=4,
+    batch_size=4,
+    learning_rate=1e-3,
+    teacher="tiny-random",
+    teacher_image_size=56,
+    checkpoint_every=2,
+    log_every=1,
+    shuffle_buffer=8,
+    shuffle_shards=1,
+    time_latlon_dropout=0.2,
+)
 summary = train(config, dataloader_factory=recording_factory, show_progress=False, step_callback=after_step)
 rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0
 (output / f"rank{rank}.json").write_text(json.dumps({"chip_ids": seen, "weight_sums": sums, "summary": summary}))

@@ -34,13 +34,20 @@ for module in model.modules():
         wrapped += 1
 fully_shard(model, mesh=mesh)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-loader = get_dataloader(sys.argv[1], batch_size=4, rank=rank, world_size=world, shuffle_buffer=0,
-                        drop_last=True, max_buffer_input_shards=1)  # fmt: skip
+loader = get_dataloader(
+    sys.argv[1], batch_size=4, rank=rank, world_size=world, shuffle_buffer=0, drop_last=True, max_buffer_input_shards=1
+)
 generator = torch.Generator().manual_seed(rank)
 losses = []
 for batch, _ in zip(loader, range(2)):
-    out = model(pixel_values=batch["pixel_values"], wavelengths=batch["wavelengths"], gsd=batch["gsd"],
-                time=batch["time"], latlon=batch["latlon"], generator=generator)  # fmt: skip
+    out = model(
+        pixel_values=batch["pixel_values"],
+        wavelengths=batch["wavelengths"],
+        gsd=batch["gsd"],
+        time=batch["time"],
+        latlon=batch["latlon"],
+        generator=generator,
+    )
     out.loss.backward()
     optimizer.step()
     optimizer.zero_grad()
@@ -52,8 +59,14 @@ if rank == 0:
     plain = ClayForPreTraining(config)
     plain.load_state_dict(full)
     plain.save_pretrained(Path(sys.argv[2]) / "final")
-summary = {"rank": rank, "wrapped": wrapped, "sharded": sharded, "local_numel": local, "losses": losses,
-           "total_numel": sum(t.numel() for t in full.values())}  # fmt: skip
+summary = {
+    "rank": rank,
+    "wrapped": wrapped,
+    "sharded": sharded,
+    "local_numel": local,
+    "losses": losses,
+    "total_numel": sum(t.numel() for t in full.values()),
+}
 (Path(sys.argv[2]) / f"rank{rank}.json").write_text(json.dumps(summary))
 dist.barrier()
 # Everything is written. Skip the process-group teardown and C++ static destructors: under load, a gloo worker

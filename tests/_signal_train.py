@@ -26,8 +26,19 @@ def after_step(step, model, losses):
 
 
 config = TrainingConfig(
-    dataset=args.dataset, output_dir=args.output, model="tiny", max_steps=args.max_steps, batch_size=6,
-    learning_rate=1e-3, teacher="tiny-random", teacher_image_size=56, checkpoint_every=2, log_every=1,
-    shuffle_buffer=16, shuffle_shards=1, time_latlon_dropout=0.2, resume=args.resume,
-)  # fmt: skip
+    dataset=args.dataset,
+    output_dir=args.output,
+    model="tiny",
+    max_steps=args.max_steps,
+    batch_size=6,
+    learning_rate=1e-3,
+    teacher="tiny-random",
+    teacher_image_size=56,
+    checkpoint_every=2,
+    log_every=1,
+    shuffle_buffer=16,
+    shuffle_shards=1,
+    time_latlon_dropout=0.2,
+    resume=args.resume,
+)
 print(json.dumps(train(config, show_progress=False, step_callback=after_step)))

@@ -91,10 +91,14 @@ def write_bad_sources(folder: Path) -> dict[str, tuple[str, str]]:
     )
 
     item = {
-        "type": "Feature", "stac_version": "1.0.0", "id": "S2A_only_a_thumbnail", "properties":
-        {"datetime": "2017-06-13T10:10:31Z", "platform": "sentinel-2a"}, "geometry": None, "links": [],
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "S2A_only_a_thumbnail",
+        "properties": {"datetime": "2017-06-13T10:10:31Z", "platform": "sentinel-2a"},
+        "geometry": None,
+        "links": [],
         "assets": {"thumbnail": {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]}},
-    }  # fmt: skip
+    }
     stac = folder / "thumbnail_item.json"
     stac.write_text(json.dumps(item))
     bad["stac_without_assets"] = (
@@ -129,19 +133,30 @@ def write_cogs_and_item(folder: Path, patch: str = BEN_S2) -> Path:
             dst.write(data)
         eo_band = {"name": band, **({"common_name": common[band]} if common[band] else {})}
         assets[band] = pystac.Asset(
-            href=f"./{band}.tif", media_type=pystac.MediaType.COG, roles=["data"],
-            extra_fields={"eo:bands": [eo_band], "proj:shape": [profile["height"], profile["width"]],
-                          "proj:transform": list(profile["transform"])[:6]},
-        )  # fmt: skip
+            href=f"./{band}.tif",
+            media_type=pystac.MediaType.COG,
+            roles=["data"],
+            extra_fields={
+                "eo:bands": [eo_band],
+                "proj:shape": [profile["height"], profile["width"]],
+                "proj:transform": list(profile["transform"])[:6],
+            },
+        )
     west, south, east, north = bbox
     item = pystac.Item(
-        id=patch, bbox=list(bbox), datetime=pystac.utils.str_to_datetime(meta["acquisition_date"] + "Z"),
-        geometry={"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north], [west, north],
-                                                      [west, south]]]},
+        id=patch,
+        bbox=list(bbox),
+        datetime=pystac.utils.str_to_datetime(meta["acquisition_date"] + "Z"),
+        geometry={
+            "type": "Polygon",
+            "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
+        },
         properties={"platform": f"sentinel-2{patch[2].lower()}", "constellation": "sentinel-2", "proj:epsg": epsg},
-        stac_extensions=["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
-                         "https://stac-extensions.github.io/projection/v1.1.0/schema.json"],
-    )  # fmt: skip
+        stac_extensions=[
+            "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+        ],
+    )
     for key, asset in assets.items():
         item.add_asset(key, asset)
     path = folder / "item.json"

@@ -36,10 +36,19 @@ def micro_config():
     from clay_hf import ClayConfig
 
     return ClayConfig(
-        patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, head_dim=32, mlp_ratio=2.0,
-        decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_head_dim=16,
-        decoder_mlp_ratio=2.0, teacher_dim=48,
-    )  # fmt: skip
+        patch_size=4,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        head_dim=32,
+        mlp_ratio=2.0,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_head_dim=16,
+        decoder_mlp_ratio=2.0,
+        teacher_dim=48,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -49,9 +49,30 @@ TEST_USER = "clay-tester"
 TEST_TOKEN = "hf_local_hub_test_token"  # not the shape of a real token (hf_ + 34 alphanumerics)
 REPO_TYPES = ("model", "dataset", "space")
 # What the real Hub writes into a new repo's .gitattributes (abridged): these paths always go through LFS.
-LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.parquet", "*.arrow", "*.npy", "*.npz",
-                "*.h5", "*.onnx", "*.pkl", "*.zip", "*.gz", "*.tar", "*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg",
-                "*.msgpack", "*.zst")  # fmt: skip
+LFS_PATTERNS = (
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.parquet",
+    "*.arrow",
+    "*.npy",
+    "*.npz",
+    "*.h5",
+    "*.onnx",
+    "*.pkl",
+    "*.zip",
+    "*.gz",
+    "*.tar",
+    "*.tif",
+    "*.tiff",
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.msgpack",
+    "*.zst",
+)
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024  # larger files go through LFS whatever their name
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 
@@ -287,10 +308,18 @@ def build_app(store: HubStore, token: str = TEST_TOKEN, user: str = TEST_USER):
     async def whoami(request: Request):
         require_auth(request)
         return {
-            "type": "user", "id": "0" * 24, "name": user, "fullname": "Clay Tester", "email": None,
-            "emailVerified": False, "canPay": False, "isPro": False, "periodEnd": None, "orgs": [],
+            "type": "user",
+            "id": "0" * 24,
+            "name": user,
+            "fullname": "Clay Tester",
+            "email": None,
+            "emailVerified": False,
+            "canPay": False,
+            "isPro": False,
+            "periodEnd": None,
+            "orgs": [],
             "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "write"}},
-        }  # fmt: skip
+        }
 
     @app.post("/api/repos/create")
     async def create_repo(request: Request):
@@ -393,15 +422,25 @@ def build_app(store: HubStore, token: str = TEST_TOKEN, user: str = TEST_USER):
         if action == "refs" and request.method == "GET":
             repo = readable(request, repo_type, repo_id)
             return {
-                "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": s} for b, s in repo.branches.items()],
-                "converts": [], "tags": [],
-            }  # fmt: skip
+                "branches": [
+                    {"name": b, "ref": f"refs/heads/{b}", "targetCommit": s} for b, s in repo.branches.items()
+                ],
+                "converts": [],
+                "tags": [],
+            }
         if action == "commits" and request.method == "GET":
             repo = readable(request, repo_type, repo_id)
             commit, out = store.resolve(repo, args[0]), []
             while commit is not None:
-                out.append({"id": commit.sha, "title": commit.title, "message": commit.description,
-                            "date": commit.date, "authors": [{"user": user}]})  # fmt: skip
+                out.append(
+                    {
+                        "id": commit.sha,
+                        "title": commit.title,
+                        "message": commit.description,
+                        "date": commit.date,
+                        "authors": [{"user": user}],
+                    }
+                )
                 commit = repo.commits.get(commit.parent) if commit.parent else None
             return out
         require_auth(request)
@@ -413,15 +452,25 @@ def build_app(store: HubStore, token: str = TEST_TOKEN, user: str = TEST_USER):
             for f in body.get("files", []):
                 existing = commit.files.get(f["path"])
                 lfs = _is_lfs(f["path"], f["size"], base64.b64decode(f.get("sample", "")))
-                files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                              "oid": existing.oid() if existing else None})  # fmt: skip
+                files.append(
+                    {
+                        "path": f["path"],
+                        "uploadMode": "lfs" if lfs else "regular",
+                        "shouldIgnore": False,
+                        "oid": existing.oid() if existing else None,
+                    }
+                )
             return {"files": files, "commitOid": commit.sha}
         if action == "commit":
             branch = args[0]
             lines = (await request.body()).decode().splitlines()
             commit = store.commit(repo, branch, [json.loads(line) for line in lines if line.strip()])
-            return {"success": True, "commitOid": commit.sha, "pullRequestUrl": None,
-                    "commitUrl": f"{repo_url(request, repo_type, repo_id)}/commit/{commit.sha}"}  # fmt: skip
+            return {
+                "success": True,
+                "commitOid": commit.sha,
+                "pullRequestUrl": None,
+                "commitUrl": f"{repo_url(request, repo_type, repo_id)}/commit/{commit.sha}",
+            }
         if action == "branch":
             branch = "/".join(args)
             body = await request.json() if (await request.body()) else {}
@@ -445,18 +494,34 @@ def build_app(store: HubStore, token: str = TEST_TOKEN, user: str = TEST_USER):
                     sibling["lfs"] = {"sha256": rec.sha256, "size": rec.size, "pointerSize": 134}
             siblings.append(sibling)
         info: dict[str, Any] = {
-            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id,
-            "author": repo.repo_id.split("/")[0], "sha": commit.sha, "lastModified": commit.date,
-            "createdAt": repo.created, "private": repo.private, "disabled": False, "gated": False,
-            "downloads": 0, "likes": 0, "tags": list((card or {}).get("tags") or []), "siblings": siblings,
-            "cardData": card, "usedStorage": sum(r.size for r in commit.files.values()),
-        }  # fmt: skip
+            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+            "id": repo.repo_id,
+            "author": repo.repo_id.split("/")[0],
+            "sha": commit.sha,
+            "lastModified": commit.date,
+            "createdAt": repo.created,
+            "private": repo.private,
+            "disabled": False,
+            "gated": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": list((card or {}).get("tags") or []),
+            "siblings": siblings,
+            "cardData": card,
+            "usedStorage": sum(r.size for r in commit.files.values()),
+        }
         if repo.repo_type == "model":
-            info.update(modelId=repo.repo_id, library_name=(card or {}).get("library_name"),
-                        pipeline_tag=(card or {}).get("pipeline_tag"))  # fmt: skip
+            info.update(
+                modelId=repo.repo_id,
+                library_name=(card or {}).get("library_name"),
+                pipeline_tag=(card or {}).get("pipeline_tag"),
+            )
         if repo.repo_type == "space":
-            info.update(sdk=repo.sdk or (card or {}).get("sdk"), subdomain=repo.repo_id.replace("/", "-"),
-                        runtime={"stage": "NO_APP_FILE", "hardware": {"current": None, "requested": None}})  # fmt: skip
+            info.update(
+                sdk=repo.sdk or (card or {}).get("sdk"),
+                subdomain=repo.repo_id.replace("/", "-"),
+                runtime={"stage": "NO_APP_FILE", "hardware": {"current": None, "requested": None}},
+            )
         return info
 
     def _entry(path: str, rec: FileRecord) -> dict[str, Any]:
@@ -513,8 +578,12 @@ def build_app(store: HubStore, token: str = TEST_TOKEN, user: str = TEST_USER):
         if rec is None:
             raise HubError(404, f"Entry not found: {path} at {commit.sha}", "EntryNotFound")
         etag = f'"{rec.sha256 if rec.lfs else rec.git_sha1}"'
-        headers = {"X-Repo-Commit": commit.sha, "ETag": etag, "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}  # fmt: skip
+        headers = {
+            "X-Repo-Commit": commit.sha,
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         if rec.lfs:
             headers.update({"X-Linked-Etag": etag, "X-Linked-Size": str(rec.size)})
         start, end, status = 0, rec.size - 1, 200
@@ -665,9 +734,13 @@ def quote_revision(revision: str) -> str:
 def run_client(args: list[Any], env: dict[str, str], cwd: Path | None = None, timeout: float = 300) -> str:
     """Run ``python *args`` with ``env``; return its stdout, or raise AssertionError with the end of its stderr."""
     proc = subprocess.run(
-        [sys.executable, *map(str, args)], env=env, cwd=cwd or REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, *map(str, args)],
+        env=env,
+        cwd=cwd or REPO_ROOT,
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
     if proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return proc.stdout

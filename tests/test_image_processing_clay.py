@@ -183,8 +183,9 @@ def test_radiometric_offset_is_removed_before_normalising(s2_chips):
     assert_close(processor(mixed, nodata=0, offset_dn=[None, 1000])["pixel_values"], reference, rtol=0, atol=0)
     kept = ClayImageProcessor(sensor="sentinel-2-l2a", harmonize_offset=False)
     assert torch.equal(kept(brighter, offset_dn=1000)["pixel_values"], processor(brighter)["pixel_values"])
-    assert torch.equal(processor(brighter, offset_dn=1000, harmonize_offset=False)["pixel_values"],
-                       processor(brighter)["pixel_values"])  # fmt: skip
+    assert torch.equal(
+        processor(brighter, offset_dn=1000, harmonize_offset=False)["pixel_values"], processor(brighter)["pixel_values"]
+    )
     dark = np.full((1, 10, 8, 8), 900, dtype=np.uint16)  # below the offset: 1 (the darkest valid value), not < 0
     assert_close(processor(dark, offset_dn=1000)["pixel_values"], processor(np.ones_like(dark))["pixel_values"])
     with pytest.raises(ClayInputError, match=r"offset_dn must be >= 0 digital numbers"):

@@ -92,8 +92,11 @@ def test_a_shard_damaged_inside_is_named_while_streaming(built, tmp_path, num_wo
 
     copy, shard = _damaged_copy(built, tmp_path, overwrite_a_page_header)
     loader = get_dataloader(copy, batch_size=2, num_workers=num_workers, **FAST)
-    with pytest.raises(ChipDatasetError, match=rf"cannot read the chip shard {re.escape(str(shard))} .*it is damaged: "
-                       "rebuild the dataset with scripts/prepare_chips.py") as caught:  # fmt: skip
+    with pytest.raises(
+        ChipDatasetError,
+        match=rf"cannot read the chip shard {re.escape(str(shard))} .*it is damaged: "
+        "rebuild the dataset with scripts/prepare_chips.py",
+    ) as caught:
         list(loader)
     assert "Traceback" not in str(caught.value)  # from a worker too: the message, not the worker's traceback
 

@@ -54,12 +54,36 @@ def test_reference_oracle_matches_original_vectors(parity_cases):
 
 SIZES = {
     # the real "tiny" preset's numbers, shallower so the test stays fast
-    "tiny-like": dict(patch_size=8, dim=192, depth=2, heads=4, dim_head=48, mlp_ratio=2, decoder_dim=96, decoder_depth=1,
-                      decoder_heads=2, decoder_dim_head=48, decoder_mlp_ratio=2, teacher_dim=32),
+    "tiny-like": dict(
+        patch_size=8,
+        dim=192,
+        depth=2,
+        heads=4,
+        dim_head=48,
+        mlp_ratio=2,
+        decoder_dim=96,
+        decoder_depth=1,
+        decoder_heads=2,
+        decoder_dim_head=48,
+        decoder_mlp_ratio=2,
+        teacher_dim=32,
+    ),
     # encoder width == decoder width: enc_to_dec is the identity, as in the original
-    "same-width": dict(patch_size=4, dim=96, depth=1, heads=3, dim_head=16, mlp_ratio=4, decoder_dim=96, decoder_depth=1,
-                       decoder_heads=2, decoder_dim_head=24, decoder_mlp_ratio=1.5, teacher_dim=16),
-}  # fmt: skip
+    "same-width": dict(
+        patch_size=4,
+        dim=96,
+        depth=1,
+        heads=3,
+        dim_head=16,
+        mlp_ratio=4,
+        decoder_dim=96,
+        decoder_depth=1,
+        decoder_heads=2,
+        decoder_dim_head=24,
+        decoder_mlp_ratio=1.5,
+        teacher_dim=16,
+    ),
+}
 
 
 def _perturbed_oracle(hp: dict, seed: int) -> OriginalLayoutClay:
@@ -103,11 +127,20 @@ def test_model_size_preset_is_read_from_hyper_parameters():
 
     hp = {"model_size": "tiny", "patch_size": 8, "mask_ratio": 0.75}
     preset = CLAY_PRESETS["tiny"]
-    oracle_hp = dict(patch_size=8, dim=preset["hidden_size"], depth=preset["num_hidden_layers"],
-                     heads=preset["num_attention_heads"], dim_head=preset["head_dim"], mlp_ratio=preset["mlp_ratio"],
-                     decoder_dim=preset["decoder_hidden_size"], decoder_depth=preset["decoder_num_hidden_layers"],
-                     decoder_heads=preset["decoder_num_attention_heads"], decoder_dim_head=preset["decoder_head_dim"],
-                     decoder_mlp_ratio=preset["decoder_mlp_ratio"], teacher_dim=24)  # fmt: skip
+    oracle_hp = dict(
+        patch_size=8,
+        dim=preset["hidden_size"],
+        depth=preset["num_hidden_layers"],
+        heads=preset["num_attention_heads"],
+        dim_head=preset["head_dim"],
+        mlp_ratio=preset["mlp_ratio"],
+        decoder_dim=preset["decoder_hidden_size"],
+        decoder_depth=preset["decoder_num_hidden_layers"],
+        decoder_heads=preset["decoder_num_attention_heads"],
+        decoder_dim_head=preset["decoder_head_dim"],
+        decoder_mlp_ratio=preset["decoder_mlp_ratio"],
+        teacher_dim=24,
+    )
     with torch.device("meta"):
         state_dict = OriginalLayoutClay(oracle_hp).state_dict()
     config = config_from_checkpoint(state_dict, hp)

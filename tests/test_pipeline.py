@@ -12,10 +12,24 @@ ROOT = Path(__file__).parents[1]
 
 def test_main_job_runs_end_to_end(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--output", str(tmp_path), "--packages",
-         "bigearthnet-common", "--max-steps", "12", "--batch-size", "8", "--workers", "1"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run_pipeline.py"),
+            "--output",
+            str(tmp_path),
+            "--packages",
+            "bigearthnet-common",
+            "--max-steps",
+            "12",
+            "--batch-size",
+            "8",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for step in range(1, 7):
         assert f"[{step}/6]" in proc.stdout
@@ -35,6 +49,7 @@ def test_main_job_runs_end_to_end(tmp_path):
     assert (tmp_path / "converted" / "model.safetensors").is_file()
     assert (tmp_path / "train" / "final" / "model.safetensors").is_file()
     assert len(list((tmp_path / "embeddings" / "data" / "train").glob("*.parquet"))) == 12
-    help_text = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--help"],
-                               capture_output=True, text=True).stdout  # fmt: skip
+    help_text = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--help"], capture_output=True, text=True
+    ).stdout
     assert "examples:" in help_text

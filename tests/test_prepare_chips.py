@@ -178,9 +178,27 @@ def test_sample_gives_chips_from_every_sensor_family(script, tmp_path, monkeypat
 
 LANDSAT_BANDS = ["blue", "green", "red", "nir08", "swir16"]
 LANDSAT_OPTIONS = [
-    "--band-names", *LANDSAT_BANDS, "--wavelengths", "0.48", "0.56", "0.65", "0.86", "1.6",
-    "--mean", "70", "60", "55", "75", "70", "--std", "25", "25", "30", "30", "30",
-]  # fmt: skip
+    "--band-names",
+    *LANDSAT_BANDS,
+    "--wavelengths",
+    "0.48",
+    "0.56",
+    "0.65",
+    "0.86",
+    "1.6",
+    "--mean",
+    "70",
+    "60",
+    "55",
+    "75",
+    "70",
+    "--std",
+    "25",
+    "25",
+    "30",
+    "30",
+    "30",
+]
 
 
 def test_a_5_band_landsat_stack_without_tags_is_chipped_with_the_source_options_embed_takes(script, tmp_path, capsys):

@@ -53,8 +53,11 @@ class _ChipLoader:
         for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
             pixels = np.stack([self.chips[i] for i in order[start : start + self.batch_size]]).astype(np.float32)
             n = len(pixels)
-            batch = dict(self.processor(pixels, sensor="sentinel-2-l2a", lat=[40.7] * n, lon=[-74.0] * n,
-                                        datetimes=["2019-06-01"] * n))  # fmt: skip
+            batch = dict(
+                self.processor(
+                    pixels, sensor="sentinel-2-l2a", lat=[40.7] * n, lon=[-74.0] * n, datetimes=["2019-06-01"] * n
+                )
+            )
             batch["sensor"] = "sentinel-2-l2a"
             self.served += 1
             if self.poison_batch is not None and self.served == self.poison_batch:
@@ -77,9 +80,18 @@ def _prepacking_state(model) -> tuple[bool, int]:
 
 def _config(tmp_path, **overrides) -> TrainingConfig:
     settings = dict(
-        dataset="unused", output_dir=str(tmp_path), model="tiny", max_steps=8, batch_size=8, learning_rate=1e-3,
-        teacher="tiny-random", teacher_image_size=56, checkpoint_every=3, log_every=1, time_latlon_dropout=0.0,
-    )  # fmt: skip
+        dataset="unused",
+        output_dir=str(tmp_path),
+        model="tiny",
+        max_steps=8,
+        batch_size=8,
+        learning_rate=1e-3,
+        teacher="tiny-random",
+        teacher_image_size=56,
+        checkpoint_every=3,
+        log_every=1,
+        time_latlon_dropout=0.0,
+    )
     settings.update(overrides)
     return TrainingConfig(**settings)
 
@@ -105,13 +117,23 @@ def test_training_config_errors_name_the_values(tmp_path):
 def test_losses_fall_and_the_teacher_contributes(tmp_path, s2_chips):
     prepacking = []  # training never has the opt-in prepacked CPU inference path (weights change every step)
     summary = train(
-        _config(tmp_path, max_steps=12), dataloader_factory=_factory(s2_chips), show_progress=False,
+        _config(tmp_path, max_steps=12),
+        dataloader_factory=_factory(s2_chips),
+        show_progress=False,
         step_callback=lambda step, model, losses: prepacking.append(_prepacking_state(model)),
-    )  # fmt: skip
+    )
     assert prepacking == [(False, 0)] * 12
     first, last = summary["first"], summary["last"]
-    print("reconstruction", first["reconstruction_loss"], "->", last["reconstruction_loss"],
-          "representation", first["representation_loss"], "->", last["representation_loss"])  # fmt: skip
+    print(
+        "reconstruction",
+        first["reconstruction_loss"],
+        "->",
+        last["reconstruction_loss"],
+        "representation",
+        first["representation_loss"],
+        "->",
+        last["representation_loss"],
+    )
     assert last["reconstruction_loss"] < 0.85 * first["reconstruction_loss"]
     assert last["representation_loss"] < first["representation_loss"]
     assert last["loss"] == pytest.approx(0.9 * last["reconstruction_loss"] + 0.1 * last["representation_loss"])
@@ -202,8 +224,10 @@ def test_a_new_run_into_a_folder_with_another_run_is_refused_unless_overwrite(tm
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
 
     new = _config(tmp_path, max_steps=4, checkpoint_every=2)
-    expected = (rf"{re.escape(str(tmp_path))} holds another training run \(checkpoints up to step 8, final/, "
-                r"metrics.jsonl\);.*Pass --resume to continue that run, or --overwrite to delete")  # fmt: skip
+    expected = (
+        rf"{re.escape(str(tmp_path))} holds another training run \(checkpoints up to step 8, final/, "
+        r"metrics.jsonl\);.*Pass --resume to continue that run, or --overwrite to delete"
+    )
     with pytest.raises(OutputExistsError, match=expected) as refused:
         train(new, dataloader_factory=_factory(s2_chips), show_progress=False)
     assert refused.value.path == str(tmp_path)
@@ -212,16 +236,20 @@ def test_a_new_run_into_a_folder_with_another_run_is_refused_unless_overwrite(tm
 
     with pytest.raises(ClayConfigError, match="resume and overwrite exclude each other"):
         _config(tmp_path, resume=True, overwrite=True)
-    summary = train(_config(tmp_path, max_steps=4, checkpoint_every=2, overwrite=True),
-                    dataloader_factory=_factory(s2_chips), show_progress=False)  # fmt: skip
+    summary = train(
+        _config(tmp_path, max_steps=4, checkpoint_every=2, overwrite=True),
+        dataloader_factory=_factory(s2_chips),
+        show_progress=False,
+    )
     assert summary["run_id"] != old["run_id"]
     assert _checkpoints(tmp_path) == ["README.txt", "checkpoint-00000002", "checkpoint-00000004"]  # none pruned
     assert _steps(tmp_path) == [1, 2, 3, 4]  # this run's metrics only
     assert json.loads((tmp_path / "run.json").read_text())["run_id"] == summary["run_id"]
     state = json.loads((tmp_path / "checkpoints" / "checkpoint-00000004" / "trainer_state.json").read_text())
     assert state["run_id"] == summary["run_id"] and state["step"] == 4
-    _assert_same_weights(tmp_path / "final" / "model.safetensors",
-                         tmp_path / "checkpoints" / "checkpoint-00000004" / "model.safetensors")  # fmt: skip
+    _assert_same_weights(
+        tmp_path / "final" / "model.safetensors", tmp_path / "checkpoints" / "checkpoint-00000004" / "model.safetensors"
+    )
     assert (tmp_path / "notes.txt").read_text() == "mine"  # the user's files stay
     assert (tmp_path / "checkpoints" / "README.txt").read_text() == "mine too"
 
@@ -249,8 +277,11 @@ def test_pruning_only_deletes_checkpoints_of_the_current_run(tmp_path, s2_chips,
     state = json.loads((foreign / "trainer_state.json").read_text())
     (foreign / "trainer_state.json").write_text(json.dumps({**state, "step": 1, "run_id": "another-run"}))
 
-    resumed = train(_config(tmp_path, checkpoint_every=2, keep_checkpoints=2, resume=True),
-                    dataloader_factory=_factory(s2_chips), show_progress=False)  # fmt: skip
+    resumed = train(
+        _config(tmp_path, checkpoint_every=2, keep_checkpoints=2, resume=True),
+        dataloader_factory=_factory(s2_chips),
+        show_progress=False,
+    )
     assert resumed["run_id"] == run_id  # carried over by --resume
     assert _checkpoints(tmp_path) == ["checkpoint-00000001", "checkpoint-00000006", "checkpoint-00000008"]
     _assert_same_weights(reference_run, tmp_path / "final" / "model.safetensors")
@@ -270,8 +301,11 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, s2_chips, reference_
     broken = tmp_path / "checkpoints" / "checkpoint-00000006" / damaged
     _truncate(broken)
     with caplog.at_level(logging.INFO, logger="clay_hf.training.pretraining"):
-        summary = train(_config(tmp_path, checkpoint_every=2, resume=True), dataloader_factory=_factory(s2_chips),
-                        show_progress=False)  # fmt: skip
+        summary = train(
+            _config(tmp_path, checkpoint_every=2, resume=True),
+            dataloader_factory=_factory(s2_chips),
+            show_progress=False,
+        )
     assert f"checkpoint checkpoint-00000006 is damaged: {broken} " in caplog.text
     assert f"resumed from {tmp_path / 'checkpoints' / 'checkpoint-00000004'} at step 4" in caplog.text
     assert summary["step"] == 8
@@ -289,10 +323,12 @@ def test_resume_without_an_intact_checkpoint_names_every_damaged_file(tmp_path, 
     for step in (2, 4):
         _truncate(checkpoints / f"checkpoint-0000000{step}" / "model.safetensors")
     resume = _config(tmp_path, checkpoint_every=2, resume=True)
-    expected = (rf"no intact checkpoint to resume from in {re.escape(str(checkpoints))}: "
-                rf"{re.escape(str(checkpoints / 'checkpoint-00000004' / 'model.safetensors'))} is not a complete "
-                rf"safetensors file .*; {re.escape(str(checkpoints / 'checkpoint-00000002' / 'model.safetensors'))} "
-                r"is not a complete safetensors file .*--overwrite")  # fmt: skip
+    expected = (
+        rf"no intact checkpoint to resume from in {re.escape(str(checkpoints))}: "
+        rf"{re.escape(str(checkpoints / 'checkpoint-00000004' / 'model.safetensors'))} is not a complete "
+        rf"safetensors file .*; {re.escape(str(checkpoints / 'checkpoint-00000002' / 'model.safetensors'))} "
+        r"is not a complete safetensors file .*--overwrite"
+    )
     with pytest.raises(CheckpointError, match=expected):
         train(resume, dataloader_factory=_factory(s2_chips), show_progress=False)
 
@@ -318,8 +354,11 @@ def test_resume_without_an_intact_checkpoint_names_every_damaged_file(tmp_path, 
 def test_checkpoints_and_the_final_model_follow_the_umask(tmp_path, s2_chips):
     previous = os.umask(0o022)
     try:
-        train(_config(tmp_path, max_steps=2, checkpoint_every=1), dataloader_factory=_factory(s2_chips),
-              show_progress=False)  # fmt: skip
+        train(
+            _config(tmp_path, max_steps=2, checkpoint_every=1),
+            dataloader_factory=_factory(s2_chips),
+            show_progress=False,
+        )
     finally:
         os.umask(previous)
     written = [tmp_path / "final", tmp_path / "checkpoints", tmp_path / "run.json", tmp_path / "metrics.jsonl"]
@@ -342,11 +381,26 @@ def test_train_script_flags_are_the_training_config_fields(capsys):
     assert set(actions) == {f.name for f in dataclasses.fields(TrainingConfig)} | script_only
     assert all(action.help for action in actions.values())
     assert actions["output_dir"].option_strings == ["--output", "--output-dir"]
-    config, options, common = script.parse_args(["--dataset", "d", "--output", "o", "--betas", "0.8", "0.99",
-                                                 "--max-grad-norm", "0", "--mixed-precision", "bf16", "--resume",
-                                                 "--quiet"])  # fmt: skip
-    assert config == TrainingConfig(dataset="d", output_dir="o", betas=(0.8, 0.99), max_grad_norm=0.0,
-                                    mixed_precision="bf16", resume=True)  # fmt: skip
+    config, options, common = script.parse_args(
+        [
+            "--dataset",
+            "d",
+            "--output",
+            "o",
+            "--betas",
+            "0.8",
+            "0.99",
+            "--max-grad-norm",
+            "0",
+            "--mixed-precision",
+            "bf16",
+            "--resume",
+            "--quiet",
+        ]
+    )
+    assert config == TrainingConfig(
+        dataset="d", output_dir="o", betas=(0.8, 0.99), max_grad_norm=0.0, mixed_precision="bf16", resume=True
+    )
     assert options.quiet and not options.no_tune_allocator and not common.verbose
     assert script.parse_args(["--dataset", "d", "--output", "o"])[0] == TrainingConfig(dataset="d", output_dir="o")
     capsys.readouterr()
@@ -362,16 +416,43 @@ def test_a_second_run_into_the_same_folder_exits_with_one_line(tmp_path, sample_
 
     output, log = tmp_path / "run", tmp_path / "first.log"
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
-    cmd = [sys.executable, str(TESTS / "_signal_train.py"), str(sample_chip_dataset), str(output), "2",
-           "--signal", "STOP", "--at", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(TESTS / "_signal_train.py"),
+        str(sample_chip_dataset),
+        str(output),
+        "2",
+        "--signal",
+        "STOP",
+        "--at",
+        "1",
+    ]
     with open(log, "w") as stderr:
         first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     try:
         _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once it has stopped itself after step 1
         assert os.WIFSTOPPED(status), log.read_text()[-3000:]
-        argv = ["--dataset", str(sample_chip_dataset), "--output", str(output), "--max-steps", "2", "--batch-size",
-                "6", "--teacher", "tiny-random", "--teacher-image-size", "56", "--shuffle-buffer", "16",
-                "--shuffle-shards", "1", "--checkpoint-every", "2", "--quiet"]  # fmt: skip
+        argv = [
+            "--dataset",
+            str(sample_chip_dataset),
+            "--output",
+            str(output),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "6",
+            "--teacher",
+            "tiny-random",
+            "--teacher-image-size",
+            "56",
+            "--shuffle-buffer",
+            "16",
+            "--shuffle-shards",
+            "1",
+            "--checkpoint-every",
+            "2",
+            "--quiet",
+        ]
         run_file = (output / "run.json").read_bytes()
         for extra in ([], ["--overwrite"], ["--resume"]):  # the lock comes before anything is read or deleted
             capsys.readouterr()
@@ -403,8 +484,15 @@ def test_a_second_run_into_the_same_folder_exits_with_one_line(tmp_path, sample_
 
 # ---- the real streamed loader ----------------------------------------------------------------------------------
 def _real(tmp_path, dataset, **overrides) -> TrainingConfig:
-    settings = dict(dataset=str(dataset), shuffle_buffer=16, shuffle_shards=1, batch_size=6, max_steps=6,
-                    checkpoint_every=2, time_latlon_dropout=0.2)  # fmt: skip
+    settings = dict(
+        dataset=str(dataset),
+        shuffle_buffer=16,
+        shuffle_shards=1,
+        batch_size=6,
+        max_steps=6,
+        checkpoint_every=2,
+        time_latlon_dropout=0.2,
+    )
     settings.update(overrides)
     return _config(tmp_path, **settings)
 
@@ -416,19 +504,52 @@ def test_train_cli_on_the_streamed_sample_chips_with_sentinel_1(tmp_path, sample
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import train as train_script
 
-    rc = train_script.main([
-        "--dataset", str(sample_chip_dataset), "--model", "tiny", "--output", str(tmp_path), "--max-steps", "64",
-        "--batch-size", "8", "--learning-rate", "1e-3", "--warmup-steps", "4", "--teacher", "tiny-random", "--teacher-image-size", "56",
-        "--shuffle-buffer", "16", "--shuffle-shards", "1", "--checkpoint-every", "32", "--log-every", "1", "--quiet",
-        "--eval-dataset", str(sample_chip_dataset), "--eval-batches", "14",
-    ])  # fmt: skip
+    rc = train_script.main(
+        [
+            "--dataset",
+            str(sample_chip_dataset),
+            "--model",
+            "tiny",
+            "--output",
+            str(tmp_path),
+            "--max-steps",
+            "64",
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "1e-3",
+            "--warmup-steps",
+            "4",
+            "--teacher",
+            "tiny-random",
+            "--teacher-image-size",
+            "56",
+            "--shuffle-buffer",
+            "16",
+            "--shuffle-shards",
+            "1",
+            "--checkpoint-every",
+            "32",
+            "--log-every",
+            "1",
+            "--quiet",
+            "--eval-dataset",
+            str(sample_chip_dataset),
+            "--eval-batches",
+            "14",
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     # The whole dataset (both sensors, 14 batches) with fixed masks, at step 0, at the checkpoint and at the end.
     evals = summary["eval"]
     assert [e["step"] for e in evals] == [0, 32, 64]
-    print("eval reconstruction", [round(e["eval_reconstruction_loss"], 4) for e in evals],
-          "representation", [round(e["eval_representation_loss"], 4) for e in evals])  # fmt: skip
+    print(
+        "eval reconstruction",
+        [round(e["eval_reconstruction_loss"], 4) for e in evals],
+        "representation",
+        [round(e["eval_representation_loss"], 4) for e in evals],
+    )
     assert evals[-1]["eval_reconstruction_loss"] < 0.9 * evals[0]["eval_reconstruction_loss"]
     assert evals[-1]["eval_representation_loss"] < evals[0]["eval_representation_loss"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -474,8 +595,17 @@ def test_epochs_of_a_small_dataset_start_without_datasets_pause(tmp_path, sample
 
     counting = CountingTime()
     monkeypatch.setattr(datasets.iterable_dataset, "time", counting)
-    config = _real(tmp_path, sample_chip_dataset, shuffle_buffer=256, shuffle_shards=4, batch_size=16, max_steps=13,
-                   checkpoint_every=13, log_every=1, teacher=None)  # fmt: skip
+    config = _real(
+        tmp_path,
+        sample_chip_dataset,
+        shuffle_buffer=256,
+        shuffle_shards=4,
+        batch_size=16,
+        max_steps=13,
+        checkpoint_every=13,
+        log_every=1,
+        teacher=None,
+    )
     assert train(config, show_progress=False)["step"] == 13
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "loss" in r] == [0] * 6 + [1] * 6 + [2]

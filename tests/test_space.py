@@ -98,8 +98,16 @@ def _write_geotiff(chip: dict, path: Path, sensor_tags: bool = True) -> Path:
     from rasterio.transform import from_bounds
 
     bands, height, width = chip["pixels"].shape
-    profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype=chip["pixels"].dtype,
-                   crs=chip["crs"], transform=from_bounds(*chip["bounds"], width, height), nodata=0)  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=bands,
+        dtype=chip["pixels"].dtype,
+        crs=chip["crs"],
+        transform=from_bounds(*chip["bounds"], width, height),
+        nodata=0,
+    )
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(chip["pixels"])
         ds.update_tags(ACQUISITIONDATE=chip["datetime"])
@@ -157,8 +165,20 @@ def built(tmp_path_factory, models, converted_micro) -> dict[str, Path]:
     """The collection and example upload, written by spaces/build_collection.py (BigEarthNet only, 108 chips)."""
     folder = tmp_path_factory.mktemp("space")
     script = _load_script("build_collection")
-    script.main(["--output", str(folder / "collection"), "--model", str(converted_micro), "--packages",
-                 "bigearthnet-common", "--chip-size", "40", "--example", str(folder / "example.tif")])  # fmt: skip
+    script.main(
+        [
+            "--output",
+            str(folder / "collection"),
+            "--model",
+            str(converted_micro),
+            "--packages",
+            "bigearthnet-common",
+            "--chip-size",
+            "40",
+            "--example",
+            str(folder / "example.tif"),
+        ]
+    )
     return {"collection": folder / "collection", "example": folder / "example.tif"}
 
 
@@ -180,8 +200,9 @@ def app(space, network_log):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **module.launch_kwargs(space))  # fmt: skip
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **module.launch_kwargs(space)
+    )
     try:
         yield {"url": f"http://127.0.0.1:{port}/", "demo": demo, "module": module}
     finally:
@@ -320,8 +341,13 @@ def test_chips_described_by_wavelengths_show_their_band_count(models, files, tmp
 
     encoder, _ = models
     s2 = get_sensor("sentinel-2-l2a")
-    custom = SourceSpec(paths=(str(files["untagged"]),), wavelengths_um=tuple(s2.wavelengths_um), mean=tuple(s2.mean),
-                        std=tuple(s2.std), name="custom-bands")  # fmt: skip
+    custom = SourceSpec(
+        paths=(str(files["untagged"]),),
+        wavelengths_um=tuple(s2.wavelengths_um),
+        mean=tuple(s2.mean),
+        std=tuple(s2.std),
+        name="custom-bands",
+    )
     folder = build_collection(encoder, tmp_path / "collection", sources=[custom], chip_size=40)
     info = load_collection(folder).info
     assert info["sources"] == [{"name": "custom-bands", "license": None, "sensor": None, "bands": 10}]
@@ -382,20 +408,34 @@ def test_the_collection_and_the_example_follow_the_umask(models, converted_micro
     spaces = tmp_path / "spaces"
     previous = os.umask(umask)
     try:
-        _load_script("build_collection").main([
-            "--model", str(converted_micro), "--output", str(spaces / "collection"), "--packages",
-            "bigearthnet-common", "--max-chips-per-source", "2", "--example", str(spaces / "examples" / "s2.tif"),
-        ])  # fmt: skip
-        load_space(converted_micro, spaces / "built-by-the-app", workdir=tmp_path / "work",
-                   packages=["bigearthnet-common"]).close()  # fmt: skip
+        _load_script("build_collection").main(
+            [
+                "--model",
+                str(converted_micro),
+                "--output",
+                str(spaces / "collection"),
+                "--packages",
+                "bigearthnet-common",
+                "--max-chips-per-source",
+                "2",
+                "--example",
+                str(spaces / "examples" / "s2.tif"),
+            ]
+        )
+        load_space(
+            converted_micro, spaces / "built-by-the-app", workdir=tmp_path / "work", packages=["bigearthnet-common"]
+        ).close()
     finally:
         os.umask(previous)
     written = [spaces, *sorted(spaces.rglob("*"))]
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
     expected = {str(p.relative_to(tmp_path)): oct((0o777 if p.is_dir() else 0o666) & ~umask) for p in written}
     assert modes == expected
-    assert {"spaces/collection/embeddings.parquet", "spaces/examples/s2.tif",
-            "spaces/built-by-the-app/collection.json"} <= set(modes)  # fmt: skip
+    assert {
+        "spaces/collection/embeddings.parquet",
+        "spaces/examples/s2.tif",
+        "spaces/built-by-the-app/collection.json",
+    } <= set(modes)
 
 
 # ---------------------------------------------------------------------------------------------- (a) the API
@@ -566,8 +606,11 @@ def browser(chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
-                                     args=["--disable-background-networking", "--disable-dev-shm-usage"])  # fmt: skip
+        browser = pw.chromium.launch(
+            executable_path=str(chromium),
+            headless=True,
+            args=["--disable-background-networking", "--disable-dev-shm-usage"],
+        )
         try:
             yield browser
         finally:
@@ -703,8 +746,10 @@ def test_browser_reconstruction_view(page, files, tmp_path):
     sizes = [
         page.locator(f"#{name} img").evaluate(_DRAWN_SIZE) for name in ("recon-input", "recon-masked", "recon-output")
     ]
-    labels = [page.locator(f"#{name} [data-testid=block-label]").inner_text().strip()
-              for name in ("recon-input", "recon-masked", "recon-output")]  # fmt: skip
+    labels = [
+        page.locator(f"#{name} [data-testid=block-label]").inner_text().strip()
+        for name in ("recon-input", "recon-masked", "recon-output")
+    ]
     _screenshot(page, tmp_path, "space-reconstruction.png", full_page=True)
     assert all(min(w, h) >= 256 for w, h in sizes), sizes  # 40 px chips drawn at least 256 px wide
     assert labels == ["Input (centre chip)", "Masked input (what the model sees)", "Reconstruction + visible patches"]
@@ -720,8 +765,11 @@ def test_no_connection_outside_loopback(network_log, client, files):
     client.predict(handle_file(str(files["tagged"])), "auto-detect", "", K, api_name="/search")
     connects = [address for kind, address in network_log if kind == "connect"]
     assert any(isinstance(a, tuple) and a[0] == "127.0.0.1" for a in connects)  # the guard saw the real traffic
-    outside = [(kind, address) for kind, address in network_log if not _is_local(
-        address[0] if isinstance(address, tuple) else address)]  # fmt: skip
+    outside = [
+        (kind, address)
+        for kind, address in network_log
+        if not _is_local(address[0] if isinstance(address, tuple) else address)
+    ]
     assert outside == []
     with pytest.raises(ConnectionRefusedError, match="test guard"):  # and it would have caught one
         socket.create_connection(("192.0.2.1", 80), timeout=1)
@@ -741,12 +789,24 @@ def test_app_script_starts_offline_and_stays_on_loopback(tmp_path, built, conver
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "CLAY_GUARD_LOG": str(log),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path / "guard"), str(ROOT)]),
-           "CLAY_SPACE_MODEL": str(converted_micro), "CLAY_SPACE_COLLECTION": str(built["collection"]),
-           "CLAY_SPACE_CACHE": str(tmp_path / "cache")}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(SPACES / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "CLAY_GUARD_LOG": str(log),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "guard"), str(ROOT)]),
+        "CLAY_SPACE_MODEL": str(converted_micro),
+        "CLAY_SPACE_COLLECTION": str(built["collection"]),
+        "CLAY_SPACE_CACHE": str(tmp_path / "cache"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(SPACES / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120  # a wait for the server, not a timing assertion
         while True:
@@ -847,15 +907,26 @@ def test_the_apps_cache_folder_does_not_grow_with_calls(models, built, s2_chip, 
     cache = tmp_path / "gradio-cache"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
     encoder, pretraining = models
-    space = ClaySpace(encoder, load_collection(built["collection"], encoder), pretraining=pretraining,
-                      max_upload_mb=UPLOAD_LIMIT_MB, workdir=tmp_path / "work", cache_size=2)  # fmt: skip
+    space = ClaySpace(
+        encoder,
+        load_collection(built["collection"], encoder),
+        pretraining=pretraining,
+        max_upload_mb=UPLOAD_LIMIT_MB,
+        workdir=tmp_path / "work",
+        cache_size=2,
+    )
     module = _load_script("app")
     demo = module.build_demo(space, keep_seconds=1)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **module.launch_kwargs(space, keep_seconds=1))  # fmt: skip
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **module.launch_kwargs(space, keep_seconds=1),
+    )
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
         uploads = _variants(s2_chip, tmp_path / "uploads", 6)

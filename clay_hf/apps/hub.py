@@ -71,18 +71,47 @@ logger = logging.getLogger(__name__)
 Kind = Literal["model", "dataset", "space"]
 
 KIND_PATTERNS: dict[str, tuple[str, ...]] = {
-    "model": ("*.safetensors", "*.safetensors.index.json", "config.json", "preprocessor_config.json",
-              "generation_config.json", "*.py", "README.md"),
+    "model": (
+        "*.safetensors",
+        "*.safetensors.index.json",
+        "config.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+        "*.py",
+        "README.md",
+    ),
     "dataset": ("data/**/*.parquet", "README.md", "manifest.json"),
     "space": ("**",),
-}  # fmt: skip
+}
 
 # Matched against every component of a path (file and folder names), fnmatch style.
 NEVER_UPLOAD: tuple[str, ...] = (
-    ".*", "__pycache__", "*.pyc", "*.pyo", "*.tmp", "*.tmp*", "*~", "*.swp", "*.lock", "*.incomplete", "*.part",
-    "checkpoints", "checkpoint-*", "wandb", "lightning_logs", "flagged",
-    "token", "*_token", "*.token", "*token.txt", "*.pem", "*.key", "*credentials*", "*secret*", "id_rsa*",
-)  # fmt: skip
+    ".*",
+    "__pycache__",
+    "*.pyc",
+    "*.pyo",
+    "*.tmp",
+    "*.tmp*",
+    "*~",
+    "*.swp",
+    "*.lock",
+    "*.incomplete",
+    "*.part",
+    "checkpoints",
+    "checkpoint-*",
+    "wandb",
+    "lightning_logs",
+    "flagged",
+    "token",
+    "*_token",
+    "*.token",
+    "*token.txt",
+    "*.pem",
+    "*.key",
+    "*credentials*",
+    "*secret*",
+    "id_rsa*",
+)
 
 _TOKEN_RE = re.compile(rb"hf_[A-Za-z0-9]{34}")
 _TOKEN_SCAN_MAX_BYTES = 5 * 1024 * 1024  # weights and shards are not scanned; configs, code and cards are
@@ -435,9 +464,14 @@ def push_model(
     if card:
         plan_upload(folder, "model")  # a folder that cannot be published is refused before it is described
         text = render_model_card(
-            folder, repo_id, template=card_template, license=license, datasets=datasets,
-            training_data=training_data, metrics=metrics,
-        )  # fmt: skip
+            folder,
+            repo_id,
+            template=card_template,
+            license=license,
+            datasets=datasets,
+            training_data=training_data,
+            metrics=metrics,
+        )
         generated = {"README.md": text.encode("utf-8")}
     return push_folder(folder, repo_id, "model", generated=generated, **kwargs)
 
@@ -451,8 +485,11 @@ def package_files() -> dict[str, bytes]:
     """The installed clay_hf package as ``{"clay_hf/<path>": bytes}``: its modules and package data (the sensor
     table, the model card template)."""
     root = Path(str(importlib.resources.files("clay_hf")))  # the whole package, wherever it is installed
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".json", ".md")
-                   and "__pycache__" not in p.relative_to(root).parts)  # fmt: skip
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix in (".py", ".json", ".md") and "__pycache__" not in p.relative_to(root).parts
+    )
     return {f"clay_hf/{p.relative_to(root).as_posix()}": p.read_bytes() for p in files}
 
 

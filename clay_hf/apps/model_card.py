@@ -103,14 +103,19 @@ def _params(n: int) -> str:
 
 def _architecture_table(config: dict[str, Any]) -> str:
     rows = [
-        ("patch size (pixels)", "patch_size"), ("encoder width D", "hidden_size"),
-        ("encoder layers", "num_hidden_layers"), ("encoder heads x head dim", ("num_attention_heads", "head_dim")),
-        ("encoder MLP ratio", "mlp_ratio"), ("decoder width", "decoder_hidden_size"),
+        ("patch size (pixels)", "patch_size"),
+        ("encoder width D", "hidden_size"),
+        ("encoder layers", "num_hidden_layers"),
+        ("encoder heads x head dim", ("num_attention_heads", "head_dim")),
+        ("encoder MLP ratio", "mlp_ratio"),
+        ("decoder width", "decoder_hidden_size"),
         ("decoder layers", "decoder_num_hidden_layers"),
         ("decoder heads x head dim", ("decoder_num_attention_heads", "decoder_head_dim")),
-        ("wavelength embedding width", "wave_dim"), ("weight-generator latent tokens", "num_latent_tokens"),
-        ("teacher embedding width", "teacher_dim"), ("mask ratio (pre-training)", "mask_ratio"),
-    ]  # fmt: skip
+        ("wavelength embedding width", "wave_dim"),
+        ("weight-generator latent tokens", "num_latent_tokens"),
+        ("teacher embedding width", "teacher_dim"),
+        ("mask ratio (pre-training)", "mask_ratio"),
+    ]
     lines = ["| setting | value |", "|---|---|"]
     for label, key in rows:
         if isinstance(key, tuple):

@@ -306,11 +306,16 @@ def build_collection(
                 chip = source.read_chip(row, col, chip_size)
                 if not chip["valid"].all():
                     continue
-                thumbs[chip["chip_id"]] = rgb_image(chip["pixels"], chip["band_names"], chip["sensor"],
-                                                    chip["wavelengths"])[0]  # fmt: skip
+                thumbs[chip["chip_id"]] = rgb_image(
+                    chip["pixels"], chip["band_names"], chip["sensor"], chip["wavelengths"]
+                )[0]
                 chips.append(chip)
-            described[source.name] = {"name": source.name, "license": source.license, "sensor": source.sensor,
-                                      "bands": len(source.band_names)}  # fmt: skip
+            described[source.name] = {
+                "name": source.name,
+                "license": source.license,
+                "sensor": source.sensor,
+                "bands": len(source.band_names),
+            }
     if not chips:
         raise SpaceInputError("no chips to put in the collection: every source was too small or had nodata")
     rows = list(embed_chips(model, chips, batch_size=batch_size, progress=progress))
@@ -428,11 +433,19 @@ class SearchHits:
         rows = []
         for i, (chip_id, score, meta) in enumerate(zip(self.ids, self.scores, self.metadata)):
             percentile = self._percentile(i)
-            rows.append([
-                i + 1, chip_id, round(score, 4), round(percentile, 1) if percentile is not None else None,
-                round(meta["lat"], 5), round(meta["lon"], 5), sensor_label(meta.get("sensor"), meta.get("bands")),
-                (meta.get("datetime") or "")[:10], meta.get("source") or "",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    i + 1,
+                    chip_id,
+                    round(score, 4),
+                    round(percentile, 1) if percentile is not None else None,
+                    round(meta["lat"], 5),
+                    round(meta["lon"], 5),
+                    sensor_label(meta.get("sensor"), meta.get("bands")),
+                    (meta.get("datetime") or "")[:10],
+                    meta.get("source") or "",
+                ]
+            )
         return rows
 
 
@@ -615,8 +628,9 @@ class ClaySpace:
         psize_h, psize_w = min(source.height, MAX_PREVIEW_SIZE), min(source.width, MAX_PREVIEW_SIZE)
         prow, pcol = (source.height - psize_h) // 2, (source.width - psize_w) // 2
         window = source.read_chip(prow, pcol, (psize_h, psize_w))
-        preview, _ = rgb_image(window["pixels"], window["band_names"], window["sensor"], window["wavelengths"],
-                               valid=window["valid"])  # fmt: skip
+        preview, _ = rgb_image(
+            window["pixels"], window["band_names"], window["sensor"], window["wavelengths"], valid=window["valid"]
+        )
         west, south, east, north = bounds_to_wgs84(source.bounds, source.crs_string)
         how = "chosen" if sensor else "typed wavelengths" if wavelengths_um and not source.sensor else "from the file"
         metadata = {
@@ -748,9 +762,13 @@ class ClaySpace:
         length = (h // p) * (w // p)
         noise = torch.rand(1, length, generator=torch.Generator().manual_seed(int(seed)))  # (1, L)
         out = self.pretraining(
-            pixel_values=pixel_values, wavelengths=batch["wavelengths"], gsd=batch["gsd"], time=batch["time"],
-            latlon=batch["latlon"], noise=noise,
-        )  # fmt: skip
+            pixel_values=pixel_values,
+            wavelengths=batch["wavelengths"],
+            gsd=batch["gsd"],
+            time=batch["time"],
+            latlon=batch["latlon"],
+            noise=noise,
+        )
         logits = out.logits.float()  # (1, L, C*P*P)
         if self.pretraining.config.norm_pix_loss:  # predictions are per-patch standardised: undo with the target's
             target = patchify(pixel_values, p)  # (1, L, C*P*P)

@@ -374,10 +374,18 @@ def _remove_source(output_dir: Path, split: str, summary: SourceSummary) -> None
 
 def _failed_summary(name: str, err: BaseException, spec: SourceSpec | None = None) -> SourceSummary:
     return SourceSummary(
-        name=name, sensor=spec.sensor if spec else None, band_names=[], license=spec.license if spec else None,
-        num_chips=0, shards=[], seconds=0.0, fingerprint=spec_fingerprint(spec) if spec else "",
-        note=f"{type(err).__name__}: {err}", skipped="error", platform=spec.platform if spec else None,
-    )  # fmt: skip
+        name=name,
+        sensor=spec.sensor if spec else None,
+        band_names=[],
+        license=spec.license if spec else None,
+        num_chips=0,
+        shards=[],
+        seconds=0.0,
+        fingerprint=spec_fingerprint(spec) if spec else "",
+        note=f"{type(err).__name__}: {err}",
+        skipped="error",
+        platform=spec.platform if spec else None,
+    )
 
 
 def _write_marker(output_dir: str | os.PathLike, split: str, summary: SourceSummary) -> None:
@@ -410,9 +418,14 @@ def _build_source(task: _Task) -> SourceSummary:
             sensor, band_names, license = raster.sensor, list(raster.band_names), raster.license
             platform = raster.platform
             chips = iter_chips(
-                raster, task.chip_size, task.stride, task.max_nodata_fraction, task.max_cloud_fraction,
-                task.patch_size, stats=stats,
-            )  # fmt: skip
+                raster,
+                task.chip_size,
+                task.stride,
+                task.max_nodata_fraction,
+                task.max_cloud_fraction,
+                task.patch_size,
+                stats=stats,
+            )
             try:
                 for chip in chips:
                     writer.add(encode_chip(chip))
@@ -696,10 +709,21 @@ def build_chip_dataset(
     }
     specs, failed, origins = _expand_sources(sources, dict(source_fields or {}), skip_errors)
     tasks = [
-        _Task(spec, str(output_dir), split, chip_size, stride, float(max_nodata_fraction), float(max_cloud_fraction),
-              rows_per_shard, patch_size, bool(skip_errors), _source_files(spec, origins.get(spec.name)))
+        _Task(
+            spec,
+            str(output_dir),
+            split,
+            chip_size,
+            stride,
+            float(max_nodata_fraction),
+            float(max_cloud_fraction),
+            rows_per_shard,
+            patch_size,
+            bool(skip_errors),
+            _source_files(spec, origins.get(spec.name)),
+        )
         for spec in specs
-    ]  # fmt: skip
+    ]
     mine, state, lock_rank = _split_for_rank(tasks, rank, world_size)
     with output_lock(output_dir, job="chip build", rank=lock_rank):
         _check_build_config(output_dir, config)
@@ -776,14 +800,24 @@ def _build_split(
             _remove_source(output_dir, split, previous)
             removed[name] = why
         elif problem is not None:
-            logger.warning("removing source %s from %s: %s, and it is not among this run's sources; pass its "
-                           "source to build it again", name, output_dir, problem)  # fmt: skip
+            logger.warning(
+                "removing source %s from %s: %s, and it is not among this run's sources; pass its "
+                "source to build it again",
+                name,
+                output_dir,
+                problem,
+            )
             _remove_source(output_dir, split, previous)
             removed[name] = problem
         elif gone and not keep_missing:
             why = _gone_text(gone)
-            logger.warning("removing source %s (%d chips) from %s: %s; keep such sources with --keep-missing "
-                           "(keep_missing=True)", name, previous.num_chips, output_dir, why)  # fmt: skip
+            logger.warning(
+                "removing source %s (%d chips) from %s: %s; keep such sources with --keep-missing (keep_missing=True)",
+                name,
+                previous.num_chips,
+                output_dir,
+                why,
+            )
             _remove_source(output_dir, split, previous)
             removed[name] = why
         elif gone:
@@ -791,8 +825,12 @@ def _build_split(
             logger.warning("keeping source %s (keep_missing): %s", name, outdated[name])
         elif (change := _file_change(previous.files, list(previous.files or {}))) is not None:
             outdated[name] = change
-            logger.warning("keeping source %s, which is not among this run's sources, with chips of its old files: "
-                           "%s; pass it to build it again", name, change)  # fmt: skip
+            logger.warning(
+                "keeping source %s, which is not among this run's sources, with chips of its old files: "
+                "%s; pass it to build it again",
+                name,
+                change,
+            )
     for summary in failed:  # an input that failed to expand: what an earlier run built of it goes
         if summary.name in records:
             _remove_source(output_dir, split, records[summary.name][0])
@@ -944,8 +982,9 @@ def _read_markers(output_dir: Path, split: str) -> dict[str, tuple[SourceSummary
         try:
             summary = SourceSummary.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as err:
-            empty = SourceSummary(name=path.stem, sensor=None, band_names=[], license=None, num_chips=0, shards=[],
-                                  seconds=0.0)  # fmt: skip
+            empty = SourceSummary(
+                name=path.stem, sensor=None, band_names=[], license=None, num_chips=0, shards=[], seconds=0.0
+            )
             markers[path.stem] = (empty, f"its done marker {path} is unreadable ({type(err).__name__}: {err})")
             continue
         markers[summary.name] = (summary, _shard_problem(output_dir / "data" / split, summary))
@@ -959,8 +998,9 @@ def _done_sources(output_dir: Path, split: str) -> dict[str, SourceSummary]:
         if problem is None:
             done[name] = summary
         else:
-            logger.warning("leaving source %s out of %s: %s; rerun the build with it to build it again",
-                           name, output_dir, problem)  # fmt: skip
+            logger.warning(
+                "leaving source %s out of %s: %s; rerun the build with it to build it again", name, output_dir, problem
+            )
     return done
 
 

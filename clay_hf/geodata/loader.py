@@ -393,21 +393,31 @@ class ChipLoader:
             logger.warning(
                 "%d shards do not split evenly over %d processes: every process reads every shard and keeps 1 row in "
                 "%d (correct, but %dx the reading); rebuild with a rows_per_shard that gives a multiple of %d shards",
-                n, world, world, world, world * workers,
-            )  # fmt: skip
+                n,
+                world,
+                world,
+                world,
+                world * workers,
+            )
             return
         per_rank = n // world
         if self.num_workers > per_rank:
             logger.warning(
                 "%d dataloader workers but only %d shards per process: %d workers stay idle; use at most %d workers "
-                "or more shards", self.num_workers, per_rank, self.num_workers - per_rank, per_rank,
-            )  # fmt: skip
+                "or more shards",
+                self.num_workers,
+                per_rank,
+                self.num_workers - per_rank,
+                per_rank,
+            )
         elif self.num_workers and per_rank % self.num_workers:
             logger.warning(
                 "%d shards per process do not split evenly over %d dataloader workers; some workers read one "
-                "shard more (a multiple of %d shards in all would balance them)", per_rank, self.num_workers,
+                "shard more (a multiple of %d shards in all would balance them)",
+                per_rank,
+                self.num_workers,
                 world * workers,
-            )  # fmt: skip
+            )
 
     # ------------------------------------------------------------------ epochs and state
 
@@ -416,8 +426,17 @@ class ChipLoader:
         self.epoch, self.batches_consumed = int(epoch), 0
 
     def _fingerprint(self) -> dict[str, Any]:
-        keys = ("seed", "batch_size", "rank", "world_size", "num_workers", "shuffle_buffer", "max_buffer_input_shards",
-                "drop_last", "num_shards")  # fmt: skip
+        keys = (
+            "seed",
+            "batch_size",
+            "rank",
+            "world_size",
+            "num_workers",
+            "shuffle_buffer",
+            "max_buffer_input_shards",
+            "drop_last",
+            "num_shards",
+        )
         return {k: getattr(self, k) for k in keys}
 
     def state_dict(self) -> dict[str, Any]:
@@ -449,9 +468,12 @@ class ChipLoader:
             # Persistent: the workers start once (not at every epoch) and see set_epoch through the dataset's
             # epoch, which datasets keeps in shared memory for them.
             self._workers = torch.utils.data.DataLoader(
-                _DecodedRows(self.dataset, self.shard_files), batch_size=None, num_workers=self.num_workers,
-                collate_fn=_identity, persistent_workers=True,
-            )  # fmt: skip
+                _DecodedRows(self.dataset, self.shard_files),
+                batch_size=None,
+                num_workers=self.num_workers,
+                collate_fn=_identity,
+                persistent_workers=True,
+            )
         for sample in self._workers:
             if isinstance(sample, _Failure):
                 raise ChipDatasetError(sample.message)
@@ -560,8 +582,17 @@ def get_dataloader(
         rank = default_rank if rank is None else rank
         world_size = default_world if world_size is None else world_size
     return ChipLoader(
-        dataset, batch_size, rank=rank, world_size=world_size, num_workers=num_workers, seed=seed,
-        shuffle_buffer=shuffle_buffer, drop_last=drop_last, time_latlon_dropout=time_latlon_dropout,
-        processor=processor, max_buffer_input_shards=max_buffer_input_shards, shard_files=shard_files,
+        dataset,
+        batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        drop_last=drop_last,
+        time_latlon_dropout=time_latlon_dropout,
+        processor=processor,
+        max_buffer_input_shards=max_buffer_input_shards,
+        shard_files=shard_files,
         num_rows=num_rows,
-    )  # fmt: skip
+    )

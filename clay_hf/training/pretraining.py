@@ -295,8 +295,9 @@ def _record_start(model: ClayForPreTraining, config: TrainingConfig, base, sourc
         base_text, base_released = f"{source} (origin not recorded)", False
     else:
         base_text, base_released = base.description, base.released
-    record_provenance(model, "pretrained", steps=0, dataset=str(config.dataset), base=base_text,
-                      base_released=base_released)  # fmt: skip
+    record_provenance(
+        model, "pretrained", steps=0, dataset=str(config.dataset), base=base_text, base_released=base_released
+    )
 
 
 def build_teacher(config: TrainingConfig):
@@ -479,8 +480,10 @@ def _checkpoint_problem(checkpoint: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"{state_path} cannot be read ({type(err).__name__}: {err})"
     names = [p.name for p in checkpoint.iterdir()]
-    for what, prefixes in (("model weights (model.safetensors)", ("model", "pytorch_model")),
-                           ("optimizer state (optimizer.bin)", ("optimizer",))):  # fmt: skip
+    for what, prefixes in (
+        ("model weights (model.safetensors)", ("model", "pytorch_model")),
+        ("optimizer state (optimizer.bin)", ("optimizer",)),
+    ):
         if not any(name.startswith(prefixes) for name in names):
             return f"{checkpoint} has no {what}"
     for rank in range(world):
@@ -653,15 +656,19 @@ def _plan_run(config: TrainingConfig, output_dir: Path, world_size: int) -> _Run
                 path=str(output_dir),
             )
         if outputs:
-            logger.warning("--overwrite: deleting the previous run in %s (%s)", output_dir,
-                           _describe_outputs(outputs, output_dir))  # fmt: skip
+            logger.warning(
+                "--overwrite: deleting the previous run in %s (%s)", output_dir, _describe_outputs(outputs, output_dir)
+            )
             for path in outputs:
                 _remove(path)
             with contextlib.suppress(OSError):
                 (output_dir / "checkpoints").rmdir()  # only when nothing else is in it
         plan = _RunPlan(uuid.uuid4().hex)
-    record = {"run_id": plan.run_id, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "resumed_from_step": plan.trainer_state["step"] if plan.trainer_state else None}  # fmt: skip
+    record = {
+        "run_id": plan.run_id,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed_from_step": plan.trainer_state["step"] if plan.trainer_state else None,
+    }
     atomic_write_text(run_file, json.dumps(record, indent=2) + "\n")
     return plan
 
@@ -720,9 +727,14 @@ def evaluate(model, batches: list[dict[str, Any]], teacher=None, seed: int = 0, 
             batch = _to_device(batch, device)
         targets = _teacher_embeddings(teacher, batch)
         out = model(
-            pixel_values=batch["pixel_values"], wavelengths=batch["wavelengths"], gsd=batch["gsd"],
-            time=batch.get("time"), latlon=batch.get("latlon"), teacher_embeddings=targets, generator=generator,
-        )  # fmt: skip
+            pixel_values=batch["pixel_values"],
+            wavelengths=batch["wavelengths"],
+            gsd=batch["gsd"],
+            time=batch.get("time"),
+            latlon=batch.get("latlon"),
+            teacher_embeddings=targets,
+            generator=generator,
+        )
         sums["eval_reconstruction_loss"] += float(out.reconstruction_loss) / len(batches)
         if out.representation_loss is not None:
             key = "eval_representation_loss"
@@ -736,9 +748,17 @@ def _eval_batches(config: TrainingConfig, processor: ClayImageProcessor, rank: i
     from ..geodata.loader import get_dataloader
 
     # A seeded shuffle over shards and rows: a fixed sample that mixes the dataset's sensors (not its first files).
-    loader = get_dataloader(config.eval_dataset, batch_size=config.batch_size, rank=rank, world_size=world,
-                            seed=config.seed + 1, shuffle_buffer=1024, drop_last=False, processor=processor,
-                            max_buffer_input_shards=8)  # fmt: skip
+    loader = get_dataloader(
+        config.eval_dataset,
+        batch_size=config.batch_size,
+        rank=rank,
+        world_size=world,
+        seed=config.seed + 1,
+        shuffle_buffer=1024,
+        drop_last=False,
+        processor=processor,
+        max_buffer_input_shards=8,
+    )
     batches: list[dict] = []
     for batch in loader:
         batches.append(batch)
@@ -803,15 +823,21 @@ def train(
         project_dir=str(output_dir),
     )
     world = accelerator.num_processes
-    logger.info("%s on %d process(es), device %s, mixed precision %s", accelerator.distributed_type.value, world,
-                accelerator.device, accelerator.mixed_precision)  # fmt: skip
+    logger.info(
+        "%s on %d process(es), device %s, mixed precision %s",
+        accelerator.distributed_type.value,
+        world,
+        accelerator.device,
+        accelerator.mixed_precision,
+    )
     # 0. the output folder: locked by the main process for the whole run; refused, cleared or resumed
     with _claim_output(accelerator, config, output_dir) as plan:
         return _train(accelerator, config, plan, dataloader_factory, show_progress, step_callback)
 
 
-def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_factory, show_progress: bool,
-           step_callback) -> dict[str, Any]:  # fmt: skip
+def _train(
+    accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_factory, show_progress: bool, step_callback
+) -> dict[str, Any]:
     """The body of :func:`train`, run while the main process holds the output folder."""
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -871,9 +897,13 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
 
     previous_handler = signal.signal(signal.SIGTERM, _on_sigterm) if _in_main_thread() else None
     progress = tqdm(
-        total=config.max_steps, initial=step, desc="pre-training", unit="step", dynamic_ncols=True,
+        total=config.max_steps,
+        initial=step,
+        desc="pre-training",
+        unit="step",
+        dynamic_ncols=True,
         disable=not (show_progress and accelerator.is_local_main_process),
-    )  # fmt: skip
+    )
     stop_at = config.max_steps if config.stop_after is None else min(config.max_steps, step + config.stop_after)
     first_losses: dict[str, float] | None = None
     last: dict[str, float] = {}
@@ -903,10 +933,15 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         out = model(
-                            pixel_values=batch["pixel_values"], wavelengths=batch["wavelengths"], gsd=batch["gsd"],
-                            time=batch.get("time"), latlon=batch.get("latlon"), teacher_embeddings=targets,
-                            reconstruction_loss_scale=scale, generator=generator,
-                        )  # fmt: skip
+                            pixel_values=batch["pixel_values"],
+                            wavelengths=batch["wavelengths"],
+                            gsd=batch["gsd"],
+                            time=batch.get("time"),
+                            latlon=batch.get("latlon"),
+                            teacher_embeddings=targets,
+                            reconstruction_loss_scale=scale,
+                            generator=generator,
+                        )
                         loss = out.loss
                         if out.representation_loss is None:
                             loss = loss + 0.0 * out.projected_cls.sum()  # keep `proj` in the graph for DDP
@@ -937,20 +972,28 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
             if step % config.log_every == 0 or step == stop_at or step == 1:
                 elapsed = time.perf_counter() - window_start
                 record = {
-                    "step": step, "epoch": batches.epoch, "lr": scheduler.get_last_lr()[0],
-                    "chips_per_s": window_chips / max(elapsed, 1e-9), "chips_seen": chips_seen, **last,
-                }  # fmt: skip
+                    "step": step,
+                    "epoch": batches.epoch,
+                    "lr": scheduler.get_last_lr()[0],
+                    "chips_per_s": window_chips / max(elapsed, 1e-9),
+                    "chips_seen": chips_seen,
+                    **last,
+                }
                 window_start, window_chips = time.perf_counter(), 0
                 progress.set_postfix(loss=f"{last['loss']:.4f}", chips_s=f"{record['chips_per_s']:.1f}")
                 if accelerator.is_main_process:
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     logger.info(
-                        "step %d/%d loss %.4f (reconstruction %.4f%s) lr %.2e %.1f chips/s", step, config.max_steps,
-                        last["loss"], last["reconstruction_loss"],
+                        "step %d/%d loss %.4f (reconstruction %.4f%s) lr %.2e %.1f chips/s",
+                        step,
+                        config.max_steps,
+                        last["loss"],
+                        last["reconstruction_loss"],
                         f", representation {last['representation_loss']:.4f}" if has_repr else "",
-                        record["lr"], record["chips_per_s"],
-                    )  # fmt: skip
+                        record["lr"],
+                        record["chips_per_s"],
+                    )
                 if config.report_to != "none":
                     accelerator.log(record, step=step)
 
@@ -961,9 +1004,14 @@ def _train(accelerator, config: TrainingConfig, plan: _RunPlan, dataloader_facto
                 run_eval()
             if step % config.checkpoint_every == 0 or step == stop_at or stopping:
                 rank_state = {"generator": generator.get_state(), "data": batches.state_dict()}
-                trainer_state = {"step": step, "chips_seen": chips_seen, "max_steps": config.max_steps,
-                                 "world_size": world, "run_id": plan.run_id,
-                                 "config": dataclasses.asdict(config)}  # fmt: skip
+                trainer_state = {
+                    "step": step,
+                    "chips_seen": chips_seen,
+                    "max_steps": config.max_steps,
+                    "world_size": world,
+                    "run_id": plan.run_id,
+                    "config": dataclasses.asdict(config),
+                }
                 _save_checkpoint(accelerator, output_dir, step, rank_state, trainer_state, config.keep_checkpoints)
             if stopping:
                 logger.warning("stopped by SIGTERM at step %d; continue with --resume", step)
