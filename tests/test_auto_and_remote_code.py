@@ -45,9 +45,9 @@ def test_saved_folder_has_safetensors_remote_code_and_full_auto_map(saved):
     names = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "config.json", "modeling_clay.py", "configuration_clay.py"} <= names
     assert not any(n.endswith(".bin") for n in names)
-    # The remote code is the model only: the model and configuration files (the configuration defines the errors
-    # the model raises), no CPU tuning module, no errors module, no private torch ops.
-    assert {n for n in names if n.endswith(".py")} == {"modeling_clay.py", "configuration_clay.py"}
+    # The remote code is the model only: the model and configuration files and the exception family they raise
+    # from (errors.py imports nothing); no CPU tuning module, no private torch ops.
+    assert {n for n in names if n.endswith(".py")} == {"modeling_clay.py", "configuration_clay.py", "errors.py"}
     assert "torch.ops" not in (folder / "modeling_clay.py").read_text()
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {

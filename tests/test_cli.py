@@ -20,7 +20,20 @@ from clay_hf.locking import output_lock
 from .launch import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["train", "prepare_chips", "embed", "convert_clay_checkpoint", "fetch_sample_data", "run_pipeline"]
+SCRIPTS = [
+    "train",
+    "prepare_chips",
+    "embed",
+    "convert_clay_checkpoint",
+    "fetch_sample_data",
+    "run_pipeline",
+    "evaluate",
+    "push_to_hub",
+    "benchmark",
+    "finetune",
+]
+# Scripts whose settings are their own: --help and argument errors import neither torch nor transformers' models.
+LIGHT_SCRIPTS = ["benchmark", "evaluate", "fetch_sample_data", "push_to_hub"]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -250,3 +263,57 @@ def test_every_script_has_the_shared_conventions(name, capsys):
     assert script.main(["--no-such-flag"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and err.endswith(" --help)\n")
+
+
+@pytest.mark.parametrize("name", LIGHT_SCRIPTS)
+def test_help_of_the_light_scripts_imports_no_torch(name):
+    """``--help`` is instant: the scripts import clay_hf lazily (CLAY_HF_LAZY_IMPORT) and register at work start."""
+    probe = (
+        f"import runpy, sys\nsys.argv = [{name!r}, '--help']\n"
+        f"try:\n    runpy.run_path({str(ROOT / 'scripts' / (name + '.py'))!r}, run_name='__main__')\n"
+        "except SystemExit as stop:\n    assert stop.code == 0, stop.code\n"
+        "heavy = sorted(m for m in ('torch', 'transformers.modeling_utils') if m in sys.modules)\n"
+        "assert not heavy, heavy\nimport os\nassert 'CLAY_HF_LAZY_IMPORT' not in os.environ\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "examples:" in proc.stdout
+
+
+def test_the_scripts_copies_of_library_names_agree_with_the_library():
+    """The light scripts name presets and sample packages without importing the modules that define them."""
+    from clay_hf.configuration_clay import CLAY_PRESETS
+    from clay_hf.geodata.sample_data import SAMPLE_PACKAGES
+
+    for name in ("benchmark", "evaluate"):
+        assert load_script(ROOT / "scripts" / f"{name}.py").PRESETS == tuple(CLAY_PRESETS)
+    assert load_script(ROOT / "scripts" / "fetch_sample_data.py").PACKAGES == tuple(SAMPLE_PACKAGES)
+
+
+def test_lazy_import_defers_the_core_and_run_registers_it():
+    """``import clay_hf`` registers the Auto classes; with CLAY_HF_LAZY_IMPORT=1 nothing heavy loads until
+    used, and ``cli.run`` registers before the work (so a script's work finds Clay folders through AutoModel)."""
+    probe = textwrap.dedent(
+        """
+        import dataclasses, sys
+        import clay_hf
+        from clay_hf import cli
+        assert "torch" not in sys.modules and "transformers.models.auto.modeling_auto" not in sys.modules
+
+        @dataclasses.dataclass
+        class Nothing:
+            pass
+
+        def work(_):
+            from transformers import AutoConfig, CONFIG_MAPPING
+            assert CONFIG_MAPPING["clay"] is clay_hf.ClayConfig
+            return 0
+
+        parser = cli.ArgumentParser([Nothing], description="probe", examples="examples: probe")
+        assert cli.run(parser, work, []) == 0
+        assert clay_hf.ClayModel.__name__ == "ClayModel" and issubclass(clay_hf.ClayInputError, ValueError)
+        """
+    )
+    env = {**__import__("os").environ, "CLAY_HF_LAZY_IMPORT": "1"}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]

