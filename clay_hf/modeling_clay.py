@@ -196,6 +196,16 @@ def _parameter_state(parameter: torch.Tensor) -> tuple:
     return (id(parameter), parameter.data_ptr(), version, parameter.dtype, parameter.device)
 
 
+def _is_exporting() -> bool:
+    """Whether ``torch.export`` (or the ONNX exporter built on it) is tracing the forward.
+
+    Traced code sees symbolic values: what reads a tensor's numbers into Python (the cache keys) is skipped then,
+    and the graph computes the cached result instead. ``torch.compiler.is_exporting`` is torch >= 2.5.
+    """
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting and is_exporting())
+
+
 def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
     # Autocast changes output dtypes; each device type (cpu, cuda, ...) has its own switch.
     if not torch.is_autocast_enabled(device_type):
@@ -211,7 +221,8 @@ class ClayCachingModule(nn.Module):
     state of the module's parameters (identity, storage, in-place version, dtype); a changed state (an optimizer
     step, ``load_state_dict``, a replaced parameter) rebuilds the entry. Moves and casts (``.to()``, ``.half()``,
     ...) and ``load_state_dict`` also empty the cache, so no stale tensor stays alive, and copies start empty.
-    Nothing is stored while a gradient can flow into the module's parameters.
+    Nothing is stored while a gradient can flow into the module's parameters, and nothing is looked up while
+    ``torch.export`` traces the forward (the exported graph computes the entries from its inputs).
     """
 
     def __init__(self) -> None:
@@ -220,6 +231,8 @@ class ClayCachingModule(nn.Module):
 
     def cached(self, inputs: tuple, device: torch.device, build: Callable[[], _T]) -> _T:
         """``build()``, or what it returned last time for these ``inputs`` on ``device`` if nothing changed since."""
+        if _is_exporting():
+            return build()  # an exported graph holds the computation; a trace has no numbers to key a cache on
         params = list(self.parameters())
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return build()  # gradients must flow into the parameters: compute afresh, as the original does
@@ -273,7 +286,11 @@ class ClayWaveSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, e = x.shape
         q, k, v = self.qkv(x).reshape(n, 3, self.num_heads, e // self.num_heads).permute(1, 2, 0, 3)  # 3 x (h, N, e/h)
-        out = F.scaled_dot_product_attention(q, k, v)  # (h, N, e/h)
+        if _is_exporting():
+            # ONNX's attention op takes 4-D inputs only; eager keeps the unbatched call its numbers were pinned with.
+            out = F.scaled_dot_product_attention(q[None], k[None], v[None])[0]  # (1, h, N, e/h) -> (h, N, e/h)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (h, N, e/h)
         return self.out_proj(out.transpose(0, 1).reshape(n, e))  # (N, E)
 
 
@@ -342,6 +359,8 @@ class ClayWaveConditionedWeights(ClayCachingModule):
     def cached_build(self, wavelengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The subclass's ``build`` (the tensors ``forward`` applies), once per band set while no gradient can flow
         into the generator."""
+        if _is_exporting():
+            return self.build(wavelengths)  # the weight generator is part of the exported graph
         band_set = tuple(wavelengths.detach().float().cpu().tolist())
         return self.cached(band_set, self.fclayer.l1.weight.device, lambda: self.build(wavelengths))
 
@@ -498,7 +517,7 @@ class ClayPositionMetadataEncoding(ClayCachingModule):
 
     def table(self, grid_h: int, grid_w: int, gsd: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``(L, D-8)`` for one gsd (cached), ``(B, L, D-8)`` for per-sample gsd."""
-        if gsd.ndim == 0 and gsd.device.type == "cpu":  # a number known without a device sync
+        if gsd.ndim == 0 and gsd.device.type == "cpu" and not _is_exporting():  # a number known without a sync
             build = functools.partial(sincos_2d_gsd, grid_h, grid_w, self.pos_width, gsd, device=device)
             return self.cached((grid_h, grid_w, float(gsd)), device, build)
         return sincos_2d_gsd(grid_h, grid_w, self.pos_width, gsd.to(device), device=device)
