@@ -31,6 +31,8 @@ SCRIPTS = [
     "push_to_hub",
     "benchmark",
     "finetune",
+    "predict",
+    "export",
 ]
 # Scripts whose settings are their own: --help and argument errors import neither torch nor transformers' models.
 LIGHT_SCRIPTS = ["benchmark", "evaluate", "fetch_sample_data", "push_to_hub"]
