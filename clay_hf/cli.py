@@ -424,6 +424,9 @@ def run(
             raise
         return int(stop.code) if isinstance(stop.code, int) else EXIT_USAGE
     configure_logging(options.verbose)
+    import clay_hf
+
+    clay_hf.register_auto_classes()  # what `import clay_hf` does, deferred by the scripts (CLAY_HF_LAZY_IMPORT)
     created = _created_folders(outputs(*settings) if outputs is not None else ())
     code = EXIT_FAILED
     try:
