@@ -23,7 +23,7 @@ from clay_hf.errors import (
     UnknownBandError,
 )
 from clay_hf.geodata.loader import processor_kwargs
-from clay_hf.geodata.raster import iter_chips, open_source
+from clay_hf.geodata.raster import chip_origins, iter_chips, open_source, transform_points
 from clay_hf.sensors import get_sensor
 
 
@@ -85,6 +85,40 @@ def test_non_square_chips_and_overlapping_stride(ben_s2):
         chips = list(iter_chips(source, chip_size=(40, 120), stride=(40, 8)))
     assert [c["pixels"].shape for c in chips] == [(10, 40, 120)] * 3
     assert [c["row"] for c in chips] == [0, 40, 80]
+
+
+def test_edge_chips_shift_inward_or_drop_the_margin(ben_s2, caplog):
+    """120 px with 32 px chips leaves a 24 px margin: "shift" covers it with chips ending at the edge."""
+    with open_source(ben_s2) as source:
+        shifted_stats, dropped_stats = {}, {}
+        shifted = list(iter_chips(source, chip_size=32, edge="shift", stats=shifted_stats))
+        with caplog.at_level("INFO", logger="clay_hf.geodata.raster"):
+            dropped = list(iter_chips(source, chip_size=32, stats=dropped_stats))  # the default: drop
+        with pytest.raises(ClayInputError, match=r"edge must be one of \['drop', 'shift'\], got 'pad'"):
+            next(iter_chips(source, chip_size=32, edge="pad"))
+        last = source.read_chip(88, 88, 32)
+    assert sorted({c["row"] for c in shifted}) == [0, 32, 64, 88] and len(shifted) == 16
+    assert len(dropped) == 9 and dropped_stats["shifted"] == 0 and shifted_stats["shifted"] == 7
+    assert "the last 24 rows and 24 columns are in no chip" in caplog.text
+    corner = next(c for c in shifted if (c["row"], c["col"]) == (88, 88))
+    np.testing.assert_array_equal(corner["pixels"], last["pixels"])  # the window moved inward, not padded
+    assert corner["chip_id"].endswith("/88_88") and corner["valid"].all()
+    assert chip_origins(120, 32, 32, "shift") == [0, 32, 64, 88]
+    assert chip_origins(128, 32, 32, "shift") == [0, 32, 64, 96]
+    assert chip_origins(120, 40, 40, "shift") == [0, 40, 80]  # no margin: nothing added
+
+
+def test_transform_points_round_trips_utm_and_lonlat(ben_s2):
+    with open_source(ben_s2) as source:
+        left, bottom, right, top = source.bounds
+        crs = source.crs_string
+    lon, lat = transform_points([left, right], [top, bottom], crs, "EPSG:4326")
+    assert 13.0 < lon[0] < 14.0 and 48.0 < lat[0] < 48.5  # UTM 33N, Austria
+    x, y = transform_points(lon, lat, "EPSG:4326", crs)
+    np.testing.assert_allclose(x, [left, right], atol=1e-6)
+    np.testing.assert_allclose(y, [top, bottom], atol=1e-6)
+    with pytest.raises(ClayInputError, match=r"cannot read the CRS 'EPSG:0' of 1 point"):
+        transform_points([0.0], [0.0], "EPSG:0", "EPSG:4326")
 
 
 def test_cloud_mask_and_cloud_filter(specs):
@@ -375,7 +409,7 @@ def test_all_nodata_scene_raises(tmp_path):
             EmptyRasterError, match=r"'empty-.*' \(.*empty.tif\) gave no chips: all 4 windows are entirely"
         ):
             list(iter_chips(source, chip_size=32, stats=stats))
-        assert stats == {"windows": 4, "nodata": 4, "cloud": 0, "empty": 4}
+        assert stats == {"windows": 4, "nodata": 4, "cloud": 0, "empty": 4, "shifted": 0}
         assert len(list(iter_chips(source, chip_size=32, max_nodata_fraction=1.0))) == 4
 
 
@@ -386,7 +420,7 @@ def test_nodata_over_the_threshold_is_counted(tmp_path):
     stats = {}
     with pytest.raises(EmptyRasterError, match=r"all 4 windows have more than 10% nodata"):
         list(iter_chips(path, chip_size=32, max_nodata_fraction=0.1, stats=stats))
-    assert stats == {"windows": 4, "nodata": 4, "cloud": 0, "empty": 0}
+    assert stats == {"windows": 4, "nodata": 4, "cloud": 0, "empty": 0, "shifted": 0}
 
 
 def test_band_files_that_do_not_overlap(tmp_path):
@@ -475,3 +509,82 @@ def test_rasterize_shapes_burns_pixel_centres():
     square = {"type": "Polygon", "coordinates": [[(0, 0), (20, 0), (20, -20), (0, -20), (0, 0)]]}
     grid = rasterize_shapes([(square, 3)], from_origin(0.0, 0.0, 10.0, 10.0), (4, 4), fill=255, dtype="uint8")
     assert grid.dtype == np.uint8 and grid[:2, :2].tolist() == [[3, 3], [3, 3]] and (grid[2:] == 255).all()
+
+
+# ---------------------------------------------------------------------------------------------- COG outputs
+
+
+def test_write_cog_reads_back_as_a_cog_with_its_metadata(tmp_path, s2_files):
+    from clay_hf.geodata.raster import write_cog
+
+    with open_source(s2_files[0]) as source:  # a real 10 m band, 1098 x 1098 px
+        chip = source.read_chip(0, 0, 700)
+        transform, crs = source.window_transform(0, 0), source.crs_string
+    pixels = chip["pixels"].astype(np.float32)  # (1, 700, 700)
+    path = write_cog(tmp_path / "band.tif", pixels, crs, tuple(transform)[:6], nodata=-1.0,
+                     band_descriptions=["blue"], tags={"CLAY_TEST": 1})  # fmt: skip
+    with rasterio.open(path) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and ds.profile["tiled"] and ds.overviews(1) == [2]
+        assert (ds.crs.to_string(), ds.transform, ds.nodata) == (crs, transform, -1.0)
+        assert ds.descriptions == ("blue",) and ds.tags()["CLAY_TEST"] == "1"
+        np.testing.assert_array_equal(ds.read(), pixels)
+    classes = (chip["pixels"][0] % 3).astype(np.uint8)  # (H, W): one band
+    colours = {0: (10, 20, 30), 1: (40, 50, 60), 2: (70, 80, 90), 255: (0, 0, 0, 0)}
+    path = write_cog(tmp_path / "classes.tif", classes, crs, transform, nodata=255, colormap=colours)
+    with rasterio.open(path) as ds:
+        assert ds.count == 1 and ds.colormap(1)[1] == (40, 50, 60, 255)
+        np.testing.assert_array_equal(ds.read(1), classes)
+    quantised = np.arange(-100, 100, dtype=np.int8).reshape(2, 10, 10)
+    path = write_cog(tmp_path / "q.tif", quantised, "EPSG:4326", from_origin(10, 50, 0.1, 0.1), nodata=-128,
+                     scales=[0.5, 0.25], offsets=[0, 0])  # fmt: skip
+    with rasterio.open(path) as ds:
+        assert ds.scales == (0.5, 0.25) and ds.dtypes == ("int8", "int8")
+    with pytest.raises(ClayInputError, match="transform must be"):
+        write_cog(tmp_path / "x.tif", classes, crs, (1.0, 2.0))
+    with pytest.raises(ClayInputError, match="cannot read the CRS"):
+        write_cog(tmp_path / "x.tif", classes, "EPSG:not-a-code", transform)
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_cog_writer_writes_windows_sparse_and_atomically(tmp_path):
+    from clay_hf.geodata.raster import CogWriter
+
+    target = tmp_path / "map.tif"
+    target.write_bytes(b"the previous map")
+    grid = dict(height=2000, width=3000, count=1, dtype="uint8", crs="EPSG:32633",
+                transform=from_origin(400_000, 5_400_000, 10, 10), nodata=255)  # fmt: skip
+    with pytest.raises(RuntimeError, match="stopped"):
+        with CogWriter(target, **grid) as out:
+            out.write(np.ones((100, 100), np.uint8), row=0, col=0)
+            raise RuntimeError("stopped")  # an error (or an interrupt) half-way
+    assert target.read_bytes() == b"the previous map" and sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
+    with CogWriter(target, **grid) as out:
+        out.write(np.full((1, 100, 200), 7, np.uint8), row=1000, col=1500)
+        with pytest.raises(ChipSizeError, match="does not fit"):
+            out.write(np.ones((100, 100), np.uint8), row=1950, col=0)
+    with rasterio.open(target) as ds:
+        assert ds.read(1, window=((1000, 1100), (1500, 1700))).tolist() == np.full((100, 200), 7).tolist()
+        assert (ds.read(1, window=((0, 512), (0, 512))) == 255).all()  # never written: nodata
+        assert ds.overviews(1)[:2] == [2, 4]
+        assert ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1) is None  # and not stored at all
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
+
+
+def test_sparse_tiles_are_known_empty_without_reading(tmp_path, s2_files):
+    """A big tiled scene with one real 120 x 120 Sentinel-2 patch written; the rest sparse."""
+    with rasterio.open(s2_files[0]) as src:
+        patch, crs, transform = src.read(1, window=((0, 120), (0, 120))), src.crs, src.transform
+    profile = dict(driver="GTiff", height=4096, width=4096, count=1, dtype="uint16", crs=crs, transform=transform,
+                   nodata=0, tiled=True, blockxsize=512, blockysize=512, sparse_ok=True)  # fmt: skip
+    with rasterio.open(tmp_path / "sparse_B02.tif", "w", **profile) as dst:
+        dst.write(patch, 1, window=((1030, 1150), (2060, 2180)))
+    with open_source(tmp_path / "sparse_B02.tif", sensor="sentinel-2-l2a") as source:
+        assert source.window_may_have_data(1024, 2048, 256) and source.window_may_have_data(900, 1900, 200)
+        assert not source.window_may_have_data(0, 0, 512) and not source.window_may_have_data(3000, 3000, 256)
+        assert not source.window_may_have_data(0, 0, (256, 4096))  # a whole strip of empty tiles
+        valid, cloudy = source.read_masks(1024, 2048, 256)
+        assert cloudy is None and valid.sum() == 120 * 120 and valid[6:126, 12:132].all()
+        np.testing.assert_array_equal(valid, source.read_chip(1024, 2048, 256)["valid"])
+        assert source.window_transform(10, 20, 4) == rasterio.windows.transform(
+            rasterio.windows.Window(20, 10, 4, 4), source.transform
+        ) @ rasterio.Affine.scale(4)

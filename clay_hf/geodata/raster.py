@@ -37,7 +37,9 @@ files an archive already harmonised). Each chip records what was done (``radiome
 ``"removed"``, ``"kept"``, ``"none"`` or ``"unknown"``, :mod:`clay_hf.geodata.chip_format`).
 
 Besides chips, the few other raster reads and writes of the package live here too: :func:`read_band` (a label
-raster), :func:`rasterize_shapes` (polygons onto a grid), :func:`write_geotiff`, :func:`bounds_to_wgs84`.
+raster), :func:`rasterize_shapes` (polygons onto a grid), :func:`write_geotiff`, :func:`bounds_to_wgs84`,
+:func:`transform_points`, and the map outputs: :func:`write_cog` (a whole array) and :class:`CogWriter` (window by
+window, memory bounded by a window), both Cloud Optimized GeoTIFFs written atomically.
 
 :meth:`RasterSource.read_chip` returns one chip dict: the chip record described once, with its on-disk form, in
 :mod:`clay_hf.geodata.chip_format`.
@@ -94,6 +96,12 @@ __all__ = [
     "read_band",
     "rasterize_shapes",
     "write_geotiff",
+    "write_cog",
+    "CogWriter",
+    "EDGE_MODES",
+    "chip_origins",
+    "transform_points",
+    "read_tags",
 ]
 
 logger = logging.getLogger(__name__)
@@ -718,6 +726,75 @@ class RasterSource:
             "radiometric_offset": self.radiometric_offset,
         }
 
+    def read_masks(self, row: int, col: int, size: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(valid, cloudy)`` of one window, (H, W) bool each, without building a chip.
+
+        ``valid`` is :meth:`read_chip`'s (no band at nodata, no QA fill); ``cloudy`` the cloud mask's cloud and
+        shadow pixels (None without a mask). For finding the windows of a sparse scene that hold data, and for
+        masking clouds in outputs, at the cost of the reads alone.
+        """
+        size_h, size_w = (size, size) if isinstance(size, (int, np.integer)) else size
+        if not (0 <= row and 0 <= col and row + size_h <= self.height and col + size_w <= self.width):
+            raise ChipSizeError(
+                f"window at row {row}, col {col} of {size_h}x{size_w} pixels does not fit the grid of "
+                f"{self.name!r} ({self.height}x{self.width}); choose an origin and size inside it"
+            )
+        bounds = self.chip_bounds(row, col, size_h, size_w)
+        invalid = np.zeros((size_h, size_w), dtype=bool)
+        for ds in self._datasets:
+            invalid |= self._read(ds, bounds, size_h, size_w, self.spec.nodata)[1]
+        cloudy = None
+        if self._mask_ds is not None:
+            qa, _ = self._read(self._mask_ds, bounds, size_h, size_w, None, categorical=True)
+            cloudy, fill = QA_DECODERS[self.spec.qa_kind](np.ma.getdata(qa)[0])  # (H, W) each
+            invalid |= fill
+        return ~invalid, cloudy
+
+    def window_may_have_data(self, row: int, col: int, size: int | tuple[int, int]) -> bool:
+        """False when the window certainly holds no valid pixel, known without reading it: in some band file every
+        tile under it is a sparse (never written) GeoTIFF tile, which reads as that file's nodata. True otherwise
+        (the window may hold data; read it to know). Costs a lookup of the tiles' offsets, so a 20,000 x 20,000
+        sparse scene is scanned in a moment."""
+        size_h, size_w = (size, size) if isinstance(size, (int, np.integer)) else size
+        bounds = self.chip_bounds(row, col, size_h, size_w)
+        for index, ds in enumerate(self._datasets):
+            if self._reads_sparse_as_nodata(ds) and self._all_tiles_sparse(index, ds, bounds):
+                return False
+        return True
+
+    def _reads_sparse_as_nodata(self, ds) -> bool:
+        """A sparse tile reads as the file's nodata (or 0): is that value nodata for this source?"""
+        nodata = self.spec.nodata if self.spec.nodata is not None else ds.nodata
+        return ds.driver == "GTiff" and nodata is not None and (ds.nodata if ds.nodata is not None else 0) == nodata
+
+    def _all_tiles_sparse(self, index: int, ds, bounds) -> bool:
+        from rasterio.windows import from_bounds
+
+        window = from_bounds(*bounds, transform=ds.transform)
+        tile_h, tile_w = ds.block_shapes[0]
+        # One pixel more on every side: a resampled read may take its neighbours.
+        top, left = max(0, math.floor(window.row_off) - 1), max(0, math.floor(window.col_off) - 1)
+        bottom = min(ds.height - 1, math.ceil(window.row_off + window.height) + 1)
+        right = min(ds.width - 1, math.ceil(window.col_off + window.width) + 1)
+        cache = self.__dict__.setdefault("_tile_written", {})
+        for ty in range(top // tile_h, bottom // tile_h + 1):
+            for tx in range(left // tile_w, right // tile_w + 1):
+                key = (index, tx, ty)
+                if key not in cache:
+                    cache[key] = ds.get_tag_item(f"BLOCK_OFFSET_{tx}_{ty}", "TIFF", bidx=1) is not None
+                if cache[key]:
+                    return False
+        return True
+
+    def window_transform(self, row: int, col: int, step: int = 1) -> Any:
+        """The affine transform of a grid whose pixel (0, 0) is this grid's pixel (row, col), ``step`` pixels wide
+        (rasterio's window transform, scaled: the grid of an output at ``step`` times the resolution)."""
+        from affine import Affine
+        from rasterio.windows import Window
+        from rasterio.windows import transform as window_transform
+
+        return window_transform(Window(col, row, step, step), self.transform) @ Affine.scale(step)
+
     def close(self) -> None:
         for ds in self._datasets + ([self._mask_ds] if self._mask_ds is not None else []):
             ds.close()
@@ -799,6 +876,22 @@ def band_count(path: str | os.PathLike) -> int:
         return 1
 
 
+def read_tags(path: str | os.PathLike) -> dict[str, str]:
+    """A raster's dataset tags (GDAL metadata), e.g. the settings a map written by clay_hf records.
+
+    Raises:
+        RasterError: a missing file. CorruptRasterError: a file that cannot be read as a raster.
+    """
+    rasterio = _rasterio()
+    if not Path(path).exists():
+        raise RasterError(f"raster {os.fspath(path)!r} does not exist; check the path")
+    try:
+        with rasterio.open(path) as ds:
+            return dict(ds.tags())
+    except rasterio.errors.RasterioIOError as err:
+        raise CorruptRasterError(_unreadable_message(os.fspath(path), err)) from err
+
+
 # ---------------------------------------------------------------------------------------------- chips
 
 
@@ -826,19 +919,24 @@ def iter_chips(
     max_cloud_fraction: float = 1.0,
     patch_size: int | None = None,
     stats: dict[str, int] | None = None,
+    edge: str = "drop",
 ) -> Iterator[dict[str, Any]]:
     """Tile a source's grid into chips (row-major), reading one window per chip, skipping bad ones.
 
     Args:
         source: an open :class:`RasterSource` (left open), or a spec/path (opened and closed here).
-        chip_size: chip side in pixels, or (height, width). Windows that would cross the right or bottom
-            edge are not read (the margin is dropped).
+        chip_size: chip side in pixels, or (height, width).
         stride: step between chip origins, default ``chip_size`` (no overlap).
+        edge: what happens to the margin at the right and bottom edge that the stride leaves narrower than a
+            chip (:data:`EDGE_MODES`): ``"drop"`` leaves it out (logged; training chips then never overlap),
+            ``"shift"`` adds a last chip moved inward to end exactly at the edge (it overlaps its neighbour, and
+            its ``row``/``col`` is not a multiple of the stride), so every pixel of the grid is in a chip.
         max_nodata_fraction: skip chips with more nodata pixels than this (0: only complete chips).
         max_cloud_fraction: skip chips whose valid pixels are more cloudy than this (needs a cloud mask).
         patch_size: when given, ``chip_size`` must be a multiple of it (8 for Clay v1.5).
         stats: a dict that receives counts as the chips are read: ``windows`` read, chips dropped for
-            ``nodata`` and for ``cloud``, and ``empty`` windows (every pixel nodata).
+            ``nodata`` and for ``cloud``, ``empty`` windows (every pixel nodata), and ``shifted`` windows (moved
+            inward at the edge).
 
     Raises:
         ChipSizeError: a chip larger than the grid, or not a multiple of ``patch_size``.
@@ -848,10 +946,14 @@ def iter_chips(
     """
     if not isinstance(source, RasterSource):
         with open_source(source) as opened:
-            yield from iter_chips(opened, chip_size, stride, max_nodata_fraction, max_cloud_fraction, patch_size, stats)
+            yield from iter_chips(
+                opened, chip_size, stride, max_nodata_fraction, max_cloud_fraction, patch_size, stats, edge
+            )
         return
+    if edge not in EDGE_MODES:
+        raise ClayInputError(f"edge must be one of {list(EDGE_MODES)}, got {edge!r}")
     stats = {} if stats is None else stats
-    stats.update(windows=0, nodata=0, cloud=0, empty=0)
+    stats.update(windows=0, nodata=0, cloud=0, empty=0, shifted=0)
     size_h, size_w = _pair(chip_size, "chip_size")
     stride_h, stride_w = _pair(stride if stride is not None else (size_h, size_w), "stride")
     if patch_size is not None and (size_h % patch_size or size_w % patch_size):
@@ -865,10 +967,16 @@ def iter_chips(
             f"{source.height}x{source.width} of {source.name!r} at {source.resolution:g} m; choose a chip size "
             f"of at most {min(source.height, source.width)}"
         )
-    for row in range(0, source.height - size_h + 1, stride_h):
-        for col in range(0, source.width - size_w + 1, stride_w):
+    rows = chip_origins(source.height, size_h, stride_h, edge)
+    cols = chip_origins(source.width, size_w, stride_w, edge)
+    margin = (source.height - rows[-1] - size_h, source.width - cols[-1] - size_w)
+    if any(margin):
+        logger.info("source %s: the last %d rows and %d columns are in no chip (edge='drop')", source.name, *margin)
+    for row in rows:
+        for col in cols:
             chip = source.read_chip(row, col, (size_h, size_w))
             stats["windows"] += 1
+            stats["shifted"] += row % stride_h != 0 or col % stride_w != 0
             nodata = 1.0 - float(chip["valid"].mean())
             stats["empty"] += nodata == 1.0
             if nodata > max_nodata_fraction:
@@ -891,8 +999,25 @@ def iter_chips(
         logger.info("source %s: skipped %d of %d chips for clouds", source.name, stats["cloud"], read)
 
 
-def read_band(path: str | os.PathLike, band: int = 1) -> tuple[np.ma.MaskedArray, Any]:
+EDGE_MODES = ("drop", "shift")  # iter_chips(edge=...): the margin narrower than a chip left out, or covered
+
+
+def chip_origins(length: int, size: int, stride: int, edge: str = "drop") -> list[int]:
+    """The chip origins along one axis of ``length`` pixels: ``0, stride, ...`` while a chip fits; with
+    ``edge="shift"`` also ``length - size`` when the last of them leaves pixels uncovered (see :func:`iter_chips`)."""
+    origins = list(range(0, length - size + 1, stride))
+    if edge == "shift" and origins and origins[-1] + size < length:
+        origins.append(length - size)
+    return origins
+
+
+def read_band(
+    path: str | os.PathLike, band: int = 1, out_shape: tuple[int, int] | None = None
+) -> tuple[np.ma.MaskedArray, Any]:
     """One whole band of a raster (a label map, a mask): ``(values (H, W) masked where nodata, transform)``.
+
+    ``out_shape`` (h, w) reads it decimated (nearest neighbour, from the overviews where the file has them), for
+    quick looks at big rasters; the transform is then the file's own.
 
     Raises:
         RasterError: a missing file. CorruptRasterError: a file that cannot be decoded.
@@ -902,7 +1027,7 @@ def read_band(path: str | os.PathLike, band: int = 1) -> tuple[np.ma.MaskedArray
         raise RasterError(f"raster {os.fspath(path)!r} does not exist; check the path")
     try:
         with rasterio.open(path) as ds:
-            return ds.read(band, masked=True), ds.transform
+            return ds.read(band, masked=True, out_shape=out_shape), ds.transform
     except rasterio.errors.RasterioIOError as err:
         raise CorruptRasterError(_unreadable_message(os.fspath(path), err)) from err
 
@@ -950,6 +1075,227 @@ def write_geotiff(
         for i, name in enumerate(band_names or (), start=1):
             ds.set_band_description(i, name)
     return path
+
+
+def _affine(transform: Any):
+    """An ``affine.Affine`` from an Affine or its first six coefficients ``(a, b, c, d, e, f)`` (affine's order)."""
+    from affine import Affine
+
+    if isinstance(transform, Affine):
+        return transform
+    values = tuple(float(v) for v in transform)
+    if len(values) not in (6, 9):
+        raise ClayInputError(
+            f"transform must be an affine.Affine or its coefficients (a, b, c, d, e, f), got {len(values)} values"
+        )
+    return Affine(*values[:6])
+
+
+def _crs(crs: Any):
+    _rasterio()
+    from rasterio.crs import CRS
+
+    try:
+        return CRS.from_user_input(crs)
+    except Exception as err:  # CRSError is a ValueError or not, depending on the rasterio version
+        raise ClayInputError(f"cannot read the CRS {crs!r} of the output raster: {err}") from err
+
+
+class CogWriter:
+    """A Cloud Optimized GeoTIFF written window by window, so memory holds one window, never the whole raster.
+
+        >>> with CogWriter("map.tif", height, width, count=1, dtype="uint8", crs=crs, transform=t, nodata=255) as out:
+        ...     out.write(block, row=0, col=0)          # (C, h, w) or (h, w) at pixel (row, col)
+
+    Windows go into a tiled, sparse GeoTIFF beside ``path`` (blocks never written read as ``nodata``, and take no
+    space). When the block ends without an error, GDAL's COG driver copies it into the COG layout (tiled,
+    compressed, with overviews down to one tile) under a second temporary name, which is renamed over ``path``:
+    a reader sees the old file or the complete new one, and an error (or an interrupt) leaves no partial file.
+
+    Args:
+        path: the COG to write (``.tif``); its folder is created.
+        height, width, count, dtype: the raster's size in pixels, band count and numpy/GDAL data type.
+        crs: anything rasterio's ``CRS.from_user_input`` reads (``"EPSG:32633"``, WKT, a ``RasterSource.crs``).
+        transform: an ``affine.Affine`` (pixel (col, row) -> x, y) or its coefficients ``(a, b, c, d, e, f)``.
+        nodata: the value of pixels without data (also what never-written blocks read as).
+        colormap: ``{value: (r, g, b[, a])}`` for band 1 (a palette for class maps; uint8/uint16 only).
+        band_descriptions: one name per band (GDAL band descriptions, shown by QGIS).
+        tags: dataset metadata (GDAL tags), e.g. the model and the class names.
+        scales, offsets: per band, ``physical = value * scale + offset`` (GDAL's scale/offset, for quantised data).
+        overviews: build overviews (halving down to one block).
+        overview_resampling: GDAL's name (``"nearest"``, ``"average"``, ``"mode"``); default nearest for integer
+            data (classes) and average for floats.
+        blocksize: tile side of the COG, a multiple of 16.
+        compress: the COG's compression (``"deflate"``, ``"lzw"``, ``"zstd"``...).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        height: int,
+        width: int,
+        count: int,
+        dtype: Any,
+        crs: Any,
+        transform: Any,
+        nodata: float | None = None,
+        colormap: Mapping[int, Sequence[int]] | None = None,
+        band_descriptions: Sequence[str] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        scales: Sequence[float] | None = None,
+        offsets: Sequence[float] | None = None,
+        overviews: bool = True,
+        overview_resampling: str | None = None,
+        blocksize: int = 512,
+        compress: str = "deflate",
+    ) -> None:
+        if min(height, width, count) < 1:
+            raise ClayInputError(f"a raster needs at least one band and pixel, got {count} x {height} x {width}")
+        if blocksize < 16 or blocksize % 16:
+            raise ClayInputError(f"blocksize must be a multiple of 16, got {blocksize}")
+        for name, values in (("band_descriptions", band_descriptions), ("scales", scales), ("offsets", offsets)):
+            if values is not None and len(values) != count:
+                raise BandMismatchError(
+                    f"{len(values)} {name} for {count} bands; give one per band", num_bands=count,
+                    num_values=len(values),
+                )  # fmt: skip
+        self.path = Path(path)
+        self.height, self.width, self.count, self.dtype = int(height), int(width), int(count), np.dtype(dtype)
+        self.crs, self.transform, self.nodata = _crs(crs), _affine(transform), nodata
+        self.colormap, self.band_descriptions, self.tags = colormap, band_descriptions, dict(tags or {})
+        self.scales, self.offsets = scales, offsets
+        self.overviews, self.blocksize, self.compress = overviews, blocksize, compress
+        integer = np.issubdtype(self.dtype, np.integer)
+        self.overview_resampling = overview_resampling or ("nearest" if integer else "average")
+        self._ds = None
+        self._part: Path | None = None
+
+    def __enter__(self) -> CogWriter:
+        import tempfile
+
+        rasterio = _rasterio()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part.tif", dir=self.path.parent)
+        os.close(fd)
+        self._part = Path(name)
+        size = min(self.blocksize, 1 << max(4, (max(self.height, self.width) - 1).bit_length()))
+        profile = dict(
+            driver="GTiff", height=self.height, width=self.width, count=self.count, dtype=self.dtype.name,
+            crs=self.crs, transform=self.transform, nodata=self.nodata, tiled=True, blockxsize=size, blockysize=size,
+            compress="deflate", zlevel=1, sparse_ok=True, bigtiff="if_safer",
+        )  # fmt: skip
+        try:
+            self._ds = rasterio.open(self._part, "w", **profile)
+            self._write_metadata(self._ds)  # before any pixel: a palette cannot be set once data are written
+        except BaseException:
+            if self._ds is not None:
+                self._ds.close()
+            self._part.unlink(missing_ok=True)
+            raise
+        return self
+
+    def _write_metadata(self, ds) -> None:
+        if self.colormap is not None:
+            ds.write_colormap(1, {int(k): tuple(int(c) for c in v) for k, v in self.colormap.items()})
+        for i, name in enumerate(self.band_descriptions or (), start=1):
+            ds.set_band_description(i, str(name))
+        if self.scales is not None:
+            ds.scales = tuple(float(v) for v in self.scales)
+        if self.offsets is not None:
+            ds.offsets = tuple(float(v) for v in self.offsets)
+        if self.tags:
+            ds.update_tags(**{str(k): str(v) for k, v in self.tags.items()})
+
+    def write(self, array: np.ndarray, row: int, col: int) -> None:
+        """Write ``array`` ((C, h, w), or (h, w) for one band) with its top-left pixel at (row, col)."""
+        from rasterio.windows import Window
+
+        array = np.asarray(array)
+        array = array[None] if array.ndim == 2 else array  # (h, w) -> (1, h, w)
+        c, h, w = array.shape
+        if c != self.count or row < 0 or col < 0 or row + h > self.height or col + w > self.width:
+            raise ChipSizeError(
+                f"a {c}x{h}x{w} window at row {row}, col {col} does not fit the {self.count}x{self.height}x"
+                f"{self.width} raster {self.path.name}; write windows inside it"
+            )
+        self._ds.write(array.astype(self.dtype, copy=False), window=Window(col, row, w, h))
+
+    def _finish(self) -> None:
+        """Close the part file, then GDAL's COG driver copies it into the target (atomically)."""
+        from rasterio.shutil import copy
+
+        from ..atomic import atomic_path
+
+        self._ds.close()
+        options = dict(
+            COMPRESS=self.compress.upper(), BLOCKSIZE=self.blocksize, BIGTIFF="IF_SAFER", SPARSE_OK=True,
+            OVERVIEWS="IGNORE_EXISTING" if self.overviews else "NONE", RESAMPLING=self.overview_resampling.upper(),
+        )  # fmt: skip
+        if self.compress.lower() in ("deflate", "lzw", "zstd"):
+            options["PREDICTOR"] = "YES" if np.issubdtype(self.dtype, np.floating) else "NO"
+        with atomic_path(self.path) as tmp:
+            copy(self._part, tmp, driver="COG", **options)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            if self._ds is not None and not self._ds.closed:
+                self._ds.close()
+            self._part.unlink(missing_ok=True)
+
+
+def write_cog(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    crs: Any,
+    transform: Any,
+    nodata: float | None = None,
+    colormap: Mapping[int, Sequence[int]] | None = None,
+    band_descriptions: Sequence[str] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    overviews: bool = True,
+    **options: Any,
+) -> Path:
+    """Write ``array`` ((C, H, W), or (H, W) for one band; any dtype) as a Cloud Optimized GeoTIFF, atomically.
+
+    ``crs`` is anything rasterio reads, ``transform`` an ``affine.Affine`` or its ``(a, b, c, d, e, f)``;
+    ``options`` are the other arguments of :class:`CogWriter` (``scales``, ``offsets``, ``overview_resampling``,
+    ``blocksize``, ``compress``). Tiled, compressed, with overviews; written to a temporary file and renamed.
+    Returns the path.
+    """
+    array = np.asarray(array)
+    if array.ndim not in (2, 3):
+        raise ClayInputError(f"write_cog takes a (C, H, W) or (H, W) array, got shape {array.shape}")
+    bands = array[None] if array.ndim == 2 else array  # (H, W) -> (1, H, W)
+    count, height, width = bands.shape
+    with CogWriter(path, height, width, count, bands.dtype, crs, transform, nodata=nodata, colormap=colormap,
+                   band_descriptions=band_descriptions, tags=tags, overviews=overviews, **options) as out:  # fmt: skip
+        out.write(bands, 0, 0)
+    return Path(path)
+
+
+def transform_points(
+    xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray, source_crs: Any, target_crs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Point coordinates from ``source_crs`` to ``target_crs`` (anything rasterio's ``CRS.from_user_input`` reads;
+    ``"EPSG:4326"`` is longitude, latitude): ``(xs, ys)`` as float64 arrays of the input's length."""
+    _rasterio()
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    xs, ys = np.asarray(xs, dtype=np.float64).reshape(-1), np.asarray(ys, dtype=np.float64).reshape(-1)
+    if len(xs) == 0:
+        return xs, ys
+    crss = []
+    for crs in (source_crs, target_crs):
+        try:
+            crss.append(CRS.from_user_input(crs))
+        except Exception as err:  # CRSError is a ValueError or not, depending on the rasterio version
+            raise ClayInputError(f"cannot read the CRS {crs!r} of {len(xs)} point(s): {err}") from err
+    new_xs, new_ys = transform(*crss, xs, ys)
+    return np.asarray(new_xs, dtype=np.float64), np.asarray(new_ys, dtype=np.float64)
 
 
 def bounds_to_wgs84(bounds: Sequence[float], crs: str) -> tuple[float, float, float, float]:
