@@ -2,6 +2,7 @@
 """Embed GeoTIFFs or a chip dataset with Clay into sharded GeoParquet, on one CPU or many GPUs.
 
     python scripts/embed.py INPUT --model PATH_OR_HUB_ID --output DIR [--batch-size N] [--dtype bfloat16]
+    python scripts/embed.py INPUT --model MODEL.onnx --backend onnx --output DIR
 
 INPUT is a GeoTIFF, a folder of GeoTIFFs (tiled into --chip-size chips), a chip dataset folder written by
 scripts/prepare_chips.py, or a Hub dataset id. Every process takes its own work units (raster files or input
@@ -14,7 +15,9 @@ non-empty DIR that is not an embedding folder, unless --overwrite is given: it d
 clay_hf wrote there (other files stay) and starts again. One job writes into DIR at a time (a lock that dies
 with the process). On success each process prints one line (chips, shards, seconds, chips/s, the folder) and
 writes its summary as JSON to DIR/embed_summary.json (DIR/embed_summary-rank<r>.json for rank r > 0 of a
-multi-process job); ``--json`` prints that JSON too. Exit status: 0 done, 1 the work failed (a damaged input,
+multi-process job); ``--json`` prints that JSON too. ``--backend onnx`` embeds through an encoder exported by
+scripts/export.py, with onnxruntime on the CPU: the same rows and GeoParquet (the info file names the ONNX file and
+its sha256 as the model). Exit status: 0 done, 1 the work failed (a damaged input,
 a folder another job is writing to), 2 a mistake in the command (an unknown sensor, an --output made with
 another model or settings without --overwrite). Several processes or GPUs:
 
@@ -48,6 +51,9 @@ EXAMPLES = """examples:
   python scripts/embed.py drone.tif --model models/clay-v1.5 --output emb/ --wavelengths 0.65 0.56 0.48 \\
       --mean 120 115 100 --std 50 45 45 --chip-size 224
 
+  # through an exported ONNX encoder (scripts/export.py), with onnxruntime on the CPU
+  python scripts/embed.py data/chips --model deploy/clay-s2.onnx --backend onnx --output data/embeddings-onnx
+
   # the same chips again with another model into the same folder: start it afresh
   python scripts/embed.py data/chips --model runs/small/final --output data/embeddings --overwrite
 """
@@ -60,10 +66,21 @@ class EmbedArguments:
     """The embedding job (``clay_hf.apps.embeddings.embed_to_parquet``); the source options are ``SourceOptions``."""
 
     input: str = dataclasses.field(
-        metadata={"positional": True, "help": "a GeoTIFF, a folder of GeoTIFFs, a chip dataset folder, or a Hub "
-                  "dataset id"}
-    )  # fmt: skip
-    model: str = dataclasses.field(metadata={"help": "a Clay model folder or Hub id (ClayModel or ClayForPreTraining)"})
+        metadata={
+            "positional": True,
+            "help": "a GeoTIFF, a folder of GeoTIFFs, a chip dataset folder, or a Hub dataset id",
+        }
+    )
+    model: str = dataclasses.field(
+        metadata={
+            "help": "a Clay model folder or Hub id (ClayModel or ClayForPreTraining), or an exported encoder "
+            "(.onnx, from scripts/export.py)"
+        }
+    )
+    backend: Literal["auto", "torch", "onnx"] = dataclasses.field(
+        default="auto",
+        metadata={"help": "torch (transformers) or onnx (onnxruntime, CPU); auto: onnx for a --model ending in .onnx"},
+    )
     output: str = dataclasses.field(
         metadata={"help": "output folder (GeoParquet shards under data/<split>/)", "library_name": "output_dir"}
     )
@@ -82,6 +99,13 @@ class EmbedArguments:
     stride: int | None = dataclasses.field(
         default=None, metadata={"help": "step between chips for GeoTIFF input (default: the chip size)"}
     )
+    edge: Literal["shift", "drop"] = dataclasses.field(
+        default="shift",
+        metadata={
+            "help": "raster input: the margin a stride leaves at the right and bottom edge is covered by a last chip "
+            "moved inward (shift, overlapping its neighbour) or left out (drop)"
+        },
+    )
     device: str | None = dataclasses.field(
         default=None, metadata={"help": "device (default: this process's accelerator device, else cpu)"}
     )
@@ -90,9 +114,11 @@ class EmbedArguments:
     )
     overwrite: bool = dataclasses.field(
         default=False,
-        metadata={"help": "delete the embeddings in --output (written by another model, dtype, --outputs or chipping "
-                  "settings, or a folder that is not an embedding folder) and start again; other files stay"},
-    )  # fmt: skip
+        metadata={
+            "help": "delete the embeddings in --output (written by another model, dtype, --outputs or chipping "
+            "settings, or a folder that is not an embedding folder) and start again; other files stay"
+        },
+    )
     json: bool = dataclasses.field(
         default=False, metadata={"help": f"also print the JSON summary (always written to OUTPUT/{SUMMARY_FILE})"}
     )
@@ -100,8 +126,9 @@ class EmbedArguments:
 
 
 def build_parser() -> cli.ArgumentParser:
-    return cli.ArgumentParser([EmbedArguments, cli.SourceOptions], description=__doc__.splitlines()[0],
-                              examples=EXAMPLES)  # fmt: skip
+    return cli.ArgumentParser(
+        [EmbedArguments, cli.SourceOptions], description=__doc__.splitlines()[0], examples=EXAMPLES
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[EmbedArguments, cli.SourceOptions, cli.ScriptOptions]:
@@ -127,15 +154,30 @@ def embed(args: EmbedArguments, source: cli.SourceOptions) -> int:
         from clay_hf.runtime import tune_cpu_allocator
 
         tune_cpu_allocator()  # big activations from the heap: no page faults on every forward pass
+    onnx = args.backend == "onnx" or (args.backend == "auto" and args.model.lower().endswith(".onnx"))
+    if onnx:
+        device = args.device or "cpu"  # onnxruntime's CPU provider, whatever accelerator the process has
     start = time.perf_counter()
-    model = load_embedding_model(args.model, dtype=args.dtype, device=device)
-    if str(device).startswith("cpu"):
+    model = load_embedding_model(args.model, dtype=args.dtype, device=device, backend="onnx" if onnx else "torch")
+    if str(device).startswith("cpu") and not onnx:
         prepare_for_cpu_inference(model)  # prepacked linear weights, reduced-precision attention (opt-in)
     summary = embed_to_parquet(
-        args.input, model, args.output, batch_size=args.batch_size, outputs=args.outputs, split=args.split,
-        chip_size=args.chip_size, stride=args.stride, max_nodata_fraction=source.max_nodata, rank=rank,
-        world_size=world, progress=not args.quiet, overwrite=args.overwrite, **source.open_kwargs(),
-    )  # fmt: skip
+        args.input,
+        model,
+        args.output,
+        batch_size=args.batch_size,
+        outputs=args.outputs,
+        split=args.split,
+        chip_size=args.chip_size,
+        stride=args.stride,
+        edge=args.edge,
+        max_nodata_fraction=source.max_nodata,
+        rank=rank,
+        world_size=world,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        **source.open_kwargs(),
+    )
     elapsed = time.perf_counter() - start
     summary["seconds"] = round(elapsed, 2)
     summary["chips_per_s"] = round(summary["chips"] / elapsed, 2) if elapsed > 0 else None
@@ -168,8 +210,9 @@ def summary_line(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     # a failed first run leaves no folder holding only the settings record (clay_hf.apps.embeddings.INFO_FILE)
-    return cli.run(build_parser(), embed, argv, outputs=lambda args, _: [args.output],
-                   scratch_files=["embedding_info.json"])  # fmt: skip
+    return cli.run(
+        build_parser(), embed, argv, outputs=lambda args, _: [args.output], scratch_files=["embedding_info.json"]
+    )
 
 
 if __name__ == "__main__":

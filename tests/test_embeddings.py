@@ -452,3 +452,86 @@ def test_embed_script_names_a_truncated_input_chip_shard(embed_main, model_dir, 
     assert f"chip shard {victim} cannot be read: it is truncated, damaged or not a Parquet file" in error
     assert "prepare_chips.py" in error
     assert not (tmp_path / "emb" / "data" / "train" / f"train-{victim.stem}.parquet").exists()
+
+
+# ---------------------------------------------------------------------------------------------- patch tokens, edges
+
+
+def test_patch_tokens_are_float16_with_their_grid_and_edge_chips_cover_the_scene(model, tmp_path):
+    """The real 120 px Sentinel-2 GeoTIFF in 32 px chips: 3 fit, a 4th moved inward covers the 24 px margin."""
+    from clay_hf.apps.embeddings import INFO_FILE, decode_patch_embeddings, patch_bytes_per_chip
+    from clay_hf.geodata.raster import open_source
+    from clay_hf.geodata.sample_data import sentinel2_l2a_geotiff
+
+    scene = sentinel2_l2a_geotiff()
+    out = tmp_path / "emb"
+    done = embed_to_parquet(scene, model, out, chip_size=32, outputs=("cls", "patches"), progress=False)
+    assert done["chips"] == 16 and done["patch_bytes_per_chip"] == 8 * 8 * 64 * 2 == patch_bytes_per_chip((8, 8), 64)
+    info = json.loads((out / INFO_FILE).read_text())
+    assert info["splits"]["train"]["edge"] == "shift" and info["model"]["label"].startswith("NOT a released Clay")
+    (shard,) = (out / "data" / "train").glob("*.parquet")
+    table = pq.read_table(shard)
+    assert str(table.schema.field("patch_embeddings").type) == "binary"
+    assert {len(v) for v in table["patch_embeddings"].to_pylist()} == {8192}  # float16, half of float32
+    assert table["patch_grid"].to_pylist()[0] == [8, 8] and len(table["patch_nodata_fraction"][0]) == 64
+    windows = table["pixel_window"].to_pylist()
+    assert sorted({w[0] for w in windows}) == [0, 32, 64, 88] and all(w[2:] == [32, 32] for w in windows)
+    tokens = decode_patch_embeddings(table["patch_embeddings"], table["patch_grid"])  # (16, 8, 8, 64)
+    assert tokens.shape == (16, 8, 8, 64) and tokens.dtype == np.float16
+    row = windows.index([88, 88, 32, 32])  # the corner chip, moved inward
+    with open_source(scene) as source:
+        chip = source.read_chip(88, 88, 32)
+    expected = embed_array(
+        model,
+        chip["pixels"],
+        outputs=("patches",),
+        sensor="sentinel-2-l2a",
+        lat=chip["lat"],
+        lon=chip["lon"],
+        datetimes=chip["datetime"],
+        gsd=chip["gsd"],
+    )["patch_embeddings"][0]
+    torch.testing.assert_close(
+        torch.from_numpy(tokens[row].astype(np.float32)).reshape(64, 64), expected, atol=2e-3, rtol=2e-3
+    )  # float16 storage
+    old = [np.ones((4, 3), np.float32).tolist()] * 2  # shards written before: list<list<float>> of (L, D)
+    assert decode_patch_embeddings(old).shape == (2, 2, 2, 3)
+    with pytest.raises(ClayInputError, match=r"patch grids of several sizes"):
+        decode_patch_embeddings([b"\0" * 8, b"\0" * 16], [[1, 2], [2, 2]])
+    dropped = embed_to_parquet(scene, model, tmp_path / "dropped", chip_size=32, edge="drop", progress=False)
+    assert dropped["chips"] == 9 and "patch_bytes_per_chip" not in dropped
+    with pytest.raises(ClayInputError, match=r"edge must be one of \['drop', 'shift'\]"):
+        embed_to_parquet(scene, model, tmp_path / "bad", chip_size=32, edge="pad", progress=False)
+
+
+def test_a_band_file_folder_and_a_stac_item_are_one_source_each(model, ben_s2, tmp_path):
+    """BigEarthNet's Sentinel-2 patch is a folder of 12 single-band files: one scene, as a STAC Item naming them."""
+    folder = Path(ben_s2.paths[0]).parent
+    done = embed_to_parquet(folder, model, tmp_path / "folder", chip_size=40, sensor="sentinel-2-l2a", progress=False)
+    assert done["units"] == 1 and done["chips"] == 9
+    (shard,) = (tmp_path / "folder" / "data" / "train").glob("*.parquet")
+    assert shard.stem == folder.name and pq.read_table(shard)["source"][0].as_py() == folder.name
+    assets = {
+        Path(p).stem.rsplit("_", 1)[1]: {
+            "href": p,
+            "type": "image/tiff",
+            "roles": ["data"],
+            "eo:bands": [{"name": Path(p).stem.rsplit("_", 1)[1]}],
+        }
+        for p in ben_s2.paths
+    }
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "S2A_87_48",
+        "geometry": None,
+        "links": [],
+        "properties": {"datetime": "2017-06-13T10:10:31Z", "platform": "sentinel-2a"},
+        "assets": assets,
+        "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json"],
+    }
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    stac = embed_to_parquet(tmp_path / "item.json", model, tmp_path / "stac", chip_size=40, progress=False)
+    (shard,) = (tmp_path / "stac" / "data" / "train").glob("*.parquet")
+    table = pq.read_table(shard)
+    assert stac["chips"] == 9 and shard.stem == "S2A_87_48" and table["sensor"][0].as_py() == "sentinel-2-l2a"

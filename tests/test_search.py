@@ -4,6 +4,7 @@ index over an embedding folder (from_parquet), nodata filtering, percentiles, re
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from clay_hf.apps.search import (
     search_by_examples,
 )
 from clay_hf.geodata.raster import iter_chips, open_source
+
+pytest_plugins = ["tests.hub_fixtures"]  # the local_hub fixture
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +352,31 @@ def test_from_parquet_reads_older_shards_without_nodata_fraction_as_complete(lan
     assert index.metadata(132)["nodata_fraction"] is None and index.metadata(132)["lat"] == table["lat"][0].as_py()
     filled = int(np.argmax(table["nodata_fraction"].to_numpy()))
     assert f"old/{table['chip_id'][filled]}" in index.search(f"old/{table['chip_id'][filled]}", k=1).ids
+
+
+def test_from_parquet_reads_a_hub_dataset_id(landsat_embeddings, local_hub, tmp_path):
+    """The embedding folder pushed to a (local) Hub dataset, read back by its id; a missing id is named."""
+    from .hub_server import TEST_USER, run_client
+
+    env = {**os.environ, **local_hub.client_env(tmp_path / "hf-home")}
+    repo_id = f"{TEST_USER}/landsat-embeddings"
+    client = (
+        "import sys\n"
+        "from huggingface_hub import HfApi\n"
+        "from clay_hf.apps.search import EmbeddingIndex\n"
+        "api = HfApi()\n"
+        "api.create_repo(sys.argv[1], repo_type='dataset')\n"
+        "api.upload_folder(repo_id=sys.argv[1], repo_type='dataset', folder_path=sys.argv[2])\n"
+        "index = EmbeddingIndex.from_parquet(sys.argv[1])\n"
+        "print(len(index), index.ids[0])\n"
+        "try:\n"
+        "    EmbeddingIndex.from_parquet(sys.argv[1] + '-missing')\n"
+        "except ValueError as err:\n"
+        "    print(err)\n"
+    )
+    out = run_client(["-c", client, repo_id, landsat_embeddings], env).splitlines()
+    ids = EmbeddingIndex.from_parquet(landsat_embeddings).ids
+    assert out[0] == f"132 {ids[0]}"
+    assert f"'{repo_id}-missing' is not a local path, and as a Hub dataset id it could not be fetched" in out[1]
+    with pytest.raises(ClayInputError, match=r"'nobody/nothing' is not a local path"):  # offline, nothing cached
+        EmbeddingIndex.from_parquet("nobody/nothing")

@@ -7,13 +7,27 @@
     >>> ds = embed_dataset(model, "chips/")                                # a chip dataset folder or Hub id
 
 One row per chip (:data:`EMBEDDING_COLUMNS`): ``chip_id``, ``embedding`` (the cls token, ``(D,)``), optionally
-``mean_embedding`` (mean of the patch tokens) and ``patch_embeddings`` (``(L, D)`` in grid order), and the
-chip's ``sensor``, ``datetime``, centre ``lat``/``lon``, ``gsd``, ``bounds`` and ``crs`` (the raster's), ``source``,
-``nodata_fraction`` (the share of the chip's pixels that are nodata, from its ``valid`` mask: similarity search
-leaves chips above :data:`~clay_hf.geodata.chip_format.DEFAULT_MAX_NODATA` out; shards written before this column
-existed read as 0), plus ``geometry``: the chip footprint as a WKB polygon in longitude/latitude. Files written by
+``mean_embedding`` (mean of the patch tokens) and the patch tokens, and the chip's ``sensor``, ``datetime``, centre
+``lat``/``lon``, ``gsd``, ``bounds`` and ``crs`` (the raster's), ``source``, ``nodata_fraction`` (the share of the
+chip's pixels that are nodata, from its ``valid`` mask: similarity search leaves chips above
+:data:`~clay_hf.geodata.chip_format.DEFAULT_MAX_NODATA` out; shards written before this column existed read as 0),
+``pixel_window`` (``[row, col, height, width]``: the chip's window in its source's pixel grid, which places score
+rasters on that grid), plus ``geometry``: the chip footprint as a WKB polygon in longitude/latitude. Files written by
 :func:`write_embedding_shard` carry GeoParquet 1.1 metadata, so GIS tools (GeoPandas, QGIS, DuckDB spatial)
 open them as a layer, and ``datasets`` loads them as usual.
+
+Patch tokens (``outputs`` with ``"patches"``) are stored compactly: ``patch_embeddings`` is binary, the ``(h, w, D)``
+tokens in grid order (row-major, the patch at the chip's top-left first) as little-endian float16
+(:data:`PATCH_DTYPE`), ``patch_grid`` is ``[h, w]`` (patches down and across, chip pixels / patch size) and
+``patch_nodata_fraction`` the ``h * w`` shares of nodata pixels, one per patch. That is ``h * w * D * 2`` bytes per
+chip (:func:`patch_bytes_per_chip`): 2 MiB for a 256 px chip of Clay v1.5 (32 x 32 patches of 1024 values),
+half of float32. :func:`decode_patch_embeddings` reads the column back as a ``(N, h, w, D)`` float16 array (shards
+written before, with ``list<list<float>>`` tokens, decode too).
+
+Raster input is tiled with ``edge="shift"`` by default (:func:`clay_hf.geodata.raster.iter_chips`): the margin at
+the right and bottom edge that the stride leaves narrower than a chip is covered by a last chip moved inward (it
+overlaps its neighbour), so every pixel of a scene is in a chip; ``edge="drop"`` leaves the margin out. The
+folder's ``embedding_info.json`` and every shard's metadata record which (``edge`` in the split's settings).
 
 Chips are grouped by band set before batching (the wavelengths are shared in a batch); within a group they
 keep their input order. Every chip comes out once, in batch order.
@@ -72,9 +86,14 @@ __all__ = [
     "embed_geotiff",
     "embed_dataset",
     "footprint_wkb",
+    "geoparquet_metadata",
     "write_embedding_shard",
     "model_fingerprint",
     "embed_to_parquet",
+    "PATCH_DTYPE",
+    "DEFAULT_EDGE",
+    "patch_bytes_per_chip",
+    "decode_patch_embeddings",
     "INFO_FILE",
     "RECORDS_DIR",
 ]
@@ -83,18 +102,30 @@ logger = logging.getLogger(__name__)
 
 EMBEDDING_COLUMNS = (
     "chip_id", "embedding", "mean_embedding", "patch_embeddings", "sensor", "datetime", "lat", "lon", "gsd",
-    "bounds", "crs", "source", "nodata_fraction", "geometry",
+    "bounds", "crs", "source", "nodata_fraction", "pixel_window", "patch_grid", "patch_nodata_fraction", "geometry",
 )  # fmt: skip
 OUTPUTS = ("cls", "mean", "patches")
+PATCH_DTYPE = np.dtype("<f2")  # the stored patch tokens: little-endian float16
+DEFAULT_EDGE = "shift"  # raster input: the margin narrower than a chip is covered by a chip moved inward
 _MODEL_KEYS = ("pixel_values", "wavelengths", "gsd", "time", "latlon")
 
 
-def load_embedding_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, device=None):
-    """``ClayModel`` from a folder or Hub id (a ``ClayForPreTraining`` folder works too), in eval mode."""
+def load_embedding_model(
+    name_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, device=None, backend: str = "auto"
+):
+    """``ClayModel`` from a folder or Hub id (a ``ClayForPreTraining`` folder works too), in eval mode.
+
+    ``backend="onnx"`` (the default for a path ending in ``.onnx``) loads an exported encoder
+    (:class:`clay_hf.onnx_runtime.OnnxClayModel`, onnxruntime on the CPU), which every function here takes too.
+    """
     from ..modeling_clay import ClayModel
 
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if backend == "onnx" or (backend == "auto" and os.fspath(name_or_path).lower().endswith(".onnx")):
+        from ..onnx_runtime import load_onnx_encoder
+
+        return load_onnx_encoder(name_or_path, dtype=dtype, device=device)
     model = ClayModel.from_pretrained(name_or_path, dtype=dtype).eval()
     return model.to(device) if device is not None else model
 
@@ -107,15 +138,24 @@ def _check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
     return outputs
 
 
+def _placement(model) -> tuple[torch.device, torch.dtype]:
+    """Where and in what dtype ``model`` takes pixels: a torch model's first parameter, or the ``device`` and
+    ``dtype`` of another backend (:class:`clay_hf.onnx_runtime.OnnxClayModel`)."""
+    if isinstance(model, torch.nn.Module):
+        param = next(model.parameters())
+        return param.device, param.dtype
+    return model.device, model.dtype
+
+
 @torch.inference_mode()
 def embed_batch(model, batch: dict[str, Any], outputs: Sequence[str] = ("cls",)) -> dict[str, torch.Tensor]:
     """One batch of model inputs -> float32 CPU tensors: ``embedding`` (B, D) and, on request,
     ``mean_embedding`` (B, D) and ``patch_embeddings`` (B, L, D)."""
     outputs = _check_outputs(outputs)
-    param = next(model.parameters())
+    device, dtype = _placement(model)
     inputs = {k: batch[k] for k in _MODEL_KEYS if batch.get(k) is not None}
-    inputs = {k: v.to(param.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    inputs["pixel_values"] = inputs["pixel_values"].to(param.dtype)
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     hidden = model(**inputs).last_hidden_state  # (B, 1 + L, D)
     result = {}
     if "cls" in outputs:
@@ -188,7 +228,7 @@ def embed_chips(
         batch = collate_chips(samples, processor)
         result = embed_batch(model, batch, outputs)
         for i, chip in enumerate(samples):
-            yield _row(chip, {k: v[i] for k, v in result.items()})
+            yield _row(chip, {k: v[i] for k, v in result.items()}, processor.patch_size)
         if progress is not None:
             progress.update(len(samples))
 
@@ -204,13 +244,24 @@ def embed_chips(
             yield from flush(bucket)
 
 
-def _row(chip: dict[str, Any], embedded: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _row(chip: dict[str, Any], embedded: dict[str, torch.Tensor], patch_size: int | None = None) -> dict[str, Any]:
     bounds = chip.get("bounds")
+    valid = chip.get("valid")
+    height, width = np.shape(chip["pixels"])[-2:]
+    window = [int(chip["row"]), int(chip["col"]), int(height), int(width)] if chip.get("row") is not None else None
+    tokens = embedded.get("patch_embeddings")  # (L, D)
+    grid = None
+    if tokens is not None:
+        grid = _patch_grid(tokens.shape[0], height, width, patch_size)
+        tokens = tokens.numpy().astype(PATCH_DTYPE).reshape(*grid, -1)  # (L, D) -> (h, w, D) float16
     row = {
         "chip_id": chip["chip_id"],
         "embedding": embedded["embedding"].numpy() if "embedding" in embedded else None,
         "mean_embedding": embedded["mean_embedding"].numpy() if "mean_embedding" in embedded else None,
-        "patch_embeddings": embedded["patch_embeddings"].numpy() if "patch_embeddings" in embedded else None,
+        "patch_embeddings": tokens,
+        "patch_grid": list(grid) if grid is not None else None,
+        "patch_nodata_fraction": _patch_nodata(valid, grid) if grid is not None else None,
+        "pixel_window": window,
         "sensor": chip.get("sensor"),
         "datetime": chip.get("datetime"),
         "lat": _float_or_none(chip.get("lat")),
@@ -219,10 +270,72 @@ def _row(chip: dict[str, Any], embedded: dict[str, torch.Tensor]) -> dict[str, A
         "bounds": [float(b) for b in bounds] if bounds is not None else None,
         "crs": chip.get("crs"),
         "source": chip.get("source"),
-        "nodata_fraction": nodata_fraction(chip.get("valid")),
+        "nodata_fraction": nodata_fraction(valid),
         "geometry": footprint_wkb(bounds, chip.get("crs")) if bounds is not None and chip.get("crs") else None,
     }
     return row
+
+
+def _patch_grid(num_patches: int, height: int, width: int, patch_size: int | None) -> tuple[int, int]:
+    """(patches down, patches across) of a chip of ``height x width`` pixels whose tokens number ``num_patches``."""
+    if patch_size:
+        grid = (height // patch_size, width // patch_size)
+        if grid[0] * grid[1] == num_patches:
+            return grid
+    side = round(float(np.sqrt(num_patches * height / width)))
+    if side < 1 or num_patches % side:
+        raise ClayInputError(f"{num_patches} patch tokens do not tile a {height}x{width} chip into a grid")
+    return side, num_patches // side
+
+
+def _patch_nodata(valid: np.ndarray | None, grid: tuple[int, int]) -> list[float]:
+    """The share of nodata pixels of each patch of a ``valid`` (H, W) mask, in grid order (``h * w`` values)."""
+    if valid is None:
+        return [0.0] * (grid[0] * grid[1])
+    h, w = grid
+    valid = np.asarray(valid, dtype=bool)
+    blocks = valid[: h * (valid.shape[0] // h), : w * (valid.shape[1] // w)]
+    blocks = blocks.reshape(h, valid.shape[0] // h, w, valid.shape[1] // w)  # (H, W) -> (h, p, w, p)
+    return (1.0 - blocks.mean(axis=(1, 3))).reshape(-1).astype(float).tolist()  # (h, w) -> (h * w,)
+
+
+def patch_bytes_per_chip(grid: Sequence[int], dim: int) -> int:
+    """Bytes of one chip's stored patch tokens: ``h * w * D`` float16 values."""
+    return int(grid[0]) * int(grid[1]) * int(dim) * PATCH_DTYPE.itemsize
+
+
+def decode_patch_embeddings(column: Any, grids: Any = None) -> np.ndarray:
+    """A ``patch_embeddings`` column (an Arrow array or a list of rows) -> ``(N, h, w, D)`` float16.
+
+    Args:
+        column: the binary tokens :func:`write_embedding_shard` stores, or the ``list<list<float>>`` ``(L, D)``
+            rows of shards written before (then ``h * w = L`` is taken from ``grids``, or a square grid).
+        grids: the ``patch_grid`` column (``[h, w]`` per row); every row must share one grid.
+    Raises:
+        ClayInputError: rows of different grids or widths, or empty rows.
+    """
+    values = column.to_pylist() if hasattr(column, "to_pylist") else list(column)
+    grids = grids.to_pylist() if hasattr(grids, "to_pylist") else grids
+    if any(v is None for v in values):
+        raise ClayInputError("the patch_embeddings column has empty rows; embed the input again with 'patches'")
+    shapes = {tuple(g) for g in grids} if grids is not None else set()
+    if len(shapes) > 1:
+        raise ClayInputError(f"the rows hold patch grids of several sizes {sorted(shapes)}; read them apart")
+    if not values:
+        return np.zeros((0, 0, 0, 0), dtype=PATCH_DTYPE)
+    if isinstance(values[0], (bytes, bytearray, memoryview)):
+        if not shapes:
+            raise ClayInputError("binary patch_embeddings need their patch_grid column to be decoded")
+        ((h, w),) = shapes
+        sizes = {len(v) for v in values}
+        if len(sizes) != 1 or next(iter(sizes)) % (h * w * PATCH_DTYPE.itemsize):
+            raise ClayInputError(f"patch_embeddings rows of {sorted(sizes)} bytes do not hold {h}x{w} float16 tokens")
+        flat = np.frombuffer(b"".join(values), dtype=PATCH_DTYPE)
+        return flat.reshape(len(values), h, w, -1)  # (N * h * w * D,) -> (N, h, w, D)
+    tokens = np.asarray(values, dtype=np.float32)  # an older shard: (N, L, D)
+    n, length, dim = tokens.shape
+    h, w = next(iter(shapes)) if shapes else (int(round(np.sqrt(length))),) * 2
+    return tokens.astype(PATCH_DTYPE).reshape(n, h, w, dim)
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -244,7 +357,9 @@ def footprint_wkb(bounds: Sequence[float], crs: str) -> bytes:
     return struct.pack("<BII", 1, 3, 1) + struct.pack("<I", len(ring)) + b"".join(struct.pack("<dd", *p) for p in ring)
 
 
-def _geo_metadata(bbox: list[float] | None) -> bytes:
+def geoparquet_metadata(bbox: list[float] | None) -> bytes:
+    """The GeoParquet 1.1 ``geo`` key-value metadata of a table whose ``geometry`` column holds WKB polygons in
+    longitude/latitude (:func:`footprint_wkb`), with the ``bbox`` (west, south, east, north) when known."""
     column = {"encoding": "WKB", "geometry_types": ["Polygon"]}  # crs omitted = OGC:CRS84 (lon/lat)
     if bbox is not None:
         column["bbox"] = bbox
@@ -255,7 +370,7 @@ def _arrow_table(rows: list[dict[str, Any]]):
     import pyarrow as pa
 
     def vectors(key: str, ndim: int):
-        values = [r[key] for r in rows]
+        values = [r.get(key) for r in rows]
         if all(v is None for v in values):
             return None
         inner = pa.float32()
@@ -263,10 +378,19 @@ def _arrow_table(rows: list[dict[str, Any]]):
         return pa.array([None if v is None else v.tolist() for v in values], type=typ)
 
     columns = {"chip_id": pa.array([r["chip_id"] for r in rows], pa.string())}
-    for key, ndim in (("embedding", 1), ("mean_embedding", 1), ("patch_embeddings", 2)):
-        array = vectors(key, ndim)
+    for key in ("embedding", "mean_embedding"):
+        array = vectors(key, 1)
         if array is not None:
             columns[key] = array
+    tokens = [r.get("patch_embeddings") for r in rows]
+    if any(t is not None for t in tokens):  # (h, w, D) float16 each -> binary
+        columns["patch_embeddings"] = pa.array(
+            [None if t is None else np.ascontiguousarray(t, dtype=PATCH_DTYPE).tobytes() for t in tokens], pa.binary()
+        )
+        columns["patch_grid"] = pa.array([r.get("patch_grid") for r in rows], pa.list_(pa.int32()))
+        columns["patch_nodata_fraction"] = pa.array(
+            [r.get("patch_nodata_fraction") for r in rows], pa.list_(pa.float32())
+        )
     columns.update(
         sensor=pa.array([r["sensor"] for r in rows], pa.string()),
         datetime=pa.array([r["datetime"] for r in rows], pa.string()),
@@ -277,6 +401,7 @@ def _arrow_table(rows: list[dict[str, Any]]):
         crs=pa.array([r["crs"] for r in rows], pa.string()),
         source=pa.array([r["source"] for r in rows], pa.string()),
         nodata_fraction=pa.array([r.get("nodata_fraction") for r in rows], pa.float64()),
+        pixel_window=pa.array([r.get("pixel_window") for r in rows], pa.list_(pa.int32())),
         geometry=pa.array([r["geometry"] for r in rows], pa.binary()),
     )
     table = pa.table(columns)
@@ -286,7 +411,7 @@ def _arrow_table(rows: list[dict[str, Any]]):
         coords = np.array([struct.unpack("<10d", g[13:]) for g in geoms]).reshape(-1, 5, 2)  # (N, 5 points, xy)
         bbox = [float(coords[..., 0].min()), float(coords[..., 1].min()), float(coords[..., 0].max()),
                 float(coords[..., 1].max())]  # fmt: skip
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"geo": _geo_metadata(bbox)})
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"geo": geoparquet_metadata(bbox)})
 
 
 SHARD_METADATA_KEY = b"clay_embeddings"
@@ -320,14 +445,22 @@ def _to_dataset(rows: list[dict[str, Any]]):
 # --------------------------------------------------------------------------------------------------
 
 
-def iter_source_chips(source, chip_size: int = 256, stride: int | None = None,
-                      max_nodata_fraction: float = DEFAULT_MAX_NODATA, **open_kwargs: Any
-                      ) -> Iterator[dict[str, Any]]:  # fmt: skip
-    """Chips of one raster source (a path, a list of band files or a ``SourceSpec``), windows read on demand."""
+def iter_source_chips(
+    source,
+    chip_size: int = 256,
+    stride: int | None = None,
+    max_nodata_fraction: float = DEFAULT_MAX_NODATA,
+    edge: str = DEFAULT_EDGE,
+    **open_kwargs: Any,
+) -> Iterator[dict[str, Any]]:
+    """Chips of one raster source (a path, a list of band files, a band-file folder, a STAC Item JSON or a
+    ``SourceSpec``), windows read on demand; ``edge`` as in :func:`clay_hf.geodata.raster.iter_chips`."""
     from ..geodata.raster import iter_chips, open_source
 
     with open_source(source, **open_kwargs) as raster:
-        yield from iter_chips(raster, chip_size=chip_size, stride=stride, max_nodata_fraction=max_nodata_fraction)
+        yield from iter_chips(
+            raster, chip_size=chip_size, stride=stride, max_nodata_fraction=max_nodata_fraction, edge=edge
+        )
 
 
 def embed_geotiff(
@@ -339,14 +472,17 @@ def embed_geotiff(
     outputs: Sequence[str] = ("cls",),
     max_nodata_fraction: float = DEFAULT_MAX_NODATA,
     processor: ClayImageProcessor | None = None,
+    edge: str = DEFAULT_EDGE,
     **open_kwargs: Any,
 ):
-    """Tile a GeoTIFF (or band files, or a ``SourceSpec``) into chips and embed them -> ``datasets.Dataset``.
+    """Tile a GeoTIFF (or band files, a band-file folder, a STAC Item, a ``SourceSpec``) into chips and embed
+    them -> ``datasets.Dataset``.
 
     ``open_kwargs`` (``sensor=``, ``band_names=``, ``datetime=``, ``wavelengths_um=``, ``mean=``, ``std=``,
-    ``resolution=``) describe the source where the file itself does not.
+    ``resolution=``) describe the source where the file itself does not. ``edge="shift"`` (the default) covers
+    the scene's margin with chips moved inward, ``"drop"`` leaves it out (see the module docstring).
     """
-    chips = iter_source_chips(source, chip_size, stride, max_nodata_fraction, **open_kwargs)
+    chips = iter_source_chips(source, chip_size, stride, max_nodata_fraction, edge, **open_kwargs)
     return _to_dataset(list(embed_chips(model, chips, processor, batch_size, outputs)))
 
 
@@ -373,24 +509,36 @@ def embed_dataset(model, path_or_hub_id, split: str = "train", batch_size: int =
 _RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 
 
-def _work_units(input_path: str, split: str) -> tuple[str, list[tuple[str, Any]]]:
-    """INPUT -> (kind, [(unit name, unit)]): chip shards of a dataset, or raster files; names are stable."""
+def _work_units(input_path: str, split: str, fields: dict[str, Any] | None = None) -> tuple[str, list[tuple[str, Any]]]:
+    """INPUT -> (kind, [(unit name, unit)]): chip shards of a dataset, or raster sources; names are stable.
+
+    Raster sources are the files of a folder (searched recursively), except that a folder of single-band files
+    (Sentinel-2 ``*_B02.tif``...) or of STAC Item JSON is one source per product, as
+    :func:`clay_hf.geodata.sources.sources_from_folder` finds them (``fields``: the source fields given, such as
+    ``sensor``), and a STAC Item JSON as INPUT gives its sources.
+    """
     path = Path(input_path)
     if path.is_file() and path.suffix.lower() in _RASTER_SUFFIXES:
         return "raster", [(_file_unit_name(path), path)]
+    if path.is_file() and path.suffix.lower() == ".json":
+        from ..geodata.sources import sources_from_path
+
+        specs = sources_from_path(path, **(fields or {}))
+        return "raster", [(_safe_stem(Path(spec.name)), spec) for spec in specs]
     if path.is_dir():
-        rasters = sorted(p for p in path.rglob("*") if p.suffix.lower() in _RASTER_SUFFIXES and p.is_file())
         if (path / "manifest.json").is_file() or (path / "data").is_dir():
             from ..geodata.loader import list_shard_files
 
             shards = [Path(f) for f in list_shard_files(path, split)]
             return "chips", [(f"{split}-{p.stem}", p) for p in shards]
-        if rasters:
-            return "raster", [(_safe_stem(p.relative_to(path)), p) for p in rasters]
+        units = _folder_units(path, fields or {})
+        if units:
+            return "raster", units
         raise ClayInputError(f"{path} holds neither GeoTIFFs ({', '.join(_RASTER_SUFFIXES)}) nor a chip dataset")
     if path.exists() or str(input_path).startswith((".", "/", "~")):
         raise ClayInputError(
-            f"{input_path} is not a GeoTIFF, a folder of GeoTIFFs or a chip dataset folder"
+            f"{input_path} is not a GeoTIFF, a folder of GeoTIFFs, a band-file folder, a STAC Item or a chip dataset "
+            "folder"
             if path.exists()
             else f"{input_path} does not exist; check the path (a GeoTIFF, a folder of GeoTIFFs, a chip dataset folder or a Hub dataset id)"
         )
@@ -403,6 +551,27 @@ def _work_units(input_path: str, split: str) -> tuple[str, list[tuple[str, Any]]
     if not files:
         raise ClayInputError(f"the Hub dataset {input_path!r} has no Parquet files for split {split!r}")
     return "hub", [(f"{split}-{Path(f).stem}", f) for f in files]
+
+
+def _folder_units(folder: Path, fields: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The raster units of a folder: each multi-band file, and each sub-folder of single-band files (or of STAC
+    JSON) as one product (named by its path inside ``folder``)."""
+    from ..geodata.raster import band_count
+    from ..geodata.sources import _is_stac_json, sources_from_folder
+
+    units: list[tuple[str, Any]] = []
+    for directory in sorted({folder, *(p for p in folder.rglob("*") if p.is_dir())}):
+        files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+        rasters = [p for p in files if p.suffix.lower() in _RASTER_SUFFIXES]
+        stac = [p for p in files if p.suffix.lower() == ".json" and _is_stac_json(p)]
+        if stac or (len(rasters) > 1 and all(band_count(p) == 1 for p in rasters)):
+            prefix = _safe_stem(directory.relative_to(folder)) if directory != folder else ""
+            for spec in sources_from_folder(directory, **fields):
+                name = _safe_stem(Path(spec.name)) if stac or not prefix else prefix
+                units.append((name, spec))
+            continue
+        units.extend((_safe_stem(p.relative_to(folder)), p) for p in rasters)
+    return units
 
 
 def _safe_stem(path: Path) -> str:
@@ -418,9 +587,9 @@ def _file_unit_name(path: Path) -> str:
 
 
 def _unit_chips(kind: str, unit: Any, input_path: str, chip_size: int, stride: int | None,
-                max_nodata_fraction: float, open_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:  # fmt: skip
+                max_nodata_fraction: float, edge: str, open_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:  # fmt: skip
     if kind == "raster":
-        yield from iter_source_chips(unit, chip_size, stride, max_nodata_fraction, **open_kwargs)
+        yield from iter_source_chips(unit, chip_size, stride, max_nodata_fraction, edge, **open_kwargs)
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -461,8 +630,11 @@ def model_fingerprint(model) -> str:
     """sha256 over the model's architecture (its Clay config fields) and its state dict as loaded.
 
     Every tensor's name, dtype, shape and bytes go in, in name order, so two models of one architecture with
-    other weights differ, and every reload of one folder in one dtype gives the same hex digest.
+    other weights differ, and every reload of one folder in one dtype gives the same hex digest. A backend that is
+    not a torch model (an exported ONNX file) gives its own (``onnx:`` and the file's sha256).
     """
+    if not isinstance(model, torch.nn.Module):
+        return model.model_fingerprint()
     from transformers import PreTrainedConfig
 
     base = set(PreTrainedConfig().to_dict())
@@ -640,9 +812,11 @@ def embed_to_parquet(
     world_size: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    edge: str = DEFAULT_EDGE,
     **open_kwargs: Any,
 ) -> dict[str, Any]:
-    """Embed INPUT (a GeoTIFF, a folder of them, a chip dataset folder or a Hub dataset id) into GeoParquet shards.
+    """Embed INPUT (a GeoTIFF, a folder of them, a band-file folder, a STAC Item JSON, a chip dataset folder or a
+    Hub dataset id) into GeoParquet shards.
 
     One output shard per work unit (a raster file, or an input chip shard), at
     ``output_dir/data/{split}/{unit}.parquet``. Process ``rank`` of ``world_size`` takes units ``rank::world_size``,
@@ -655,12 +829,15 @@ def embed_to_parquet(
         overwrite: delete the embeddings clay_hf wrote in ``output_dir`` (shards, records, info file) and start
             again, instead of refusing a folder made by another model, dtype, ``outputs`` or chipping settings,
             or a non-empty folder without ``embedding_info.json``. Other files are left alone.
+        edge: raster input: ``"shift"`` covers the margin narrower than a chip with chips moved inward, ``"drop"``
+            leaves it out (:func:`clay_hf.geodata.raster.iter_chips`); recorded in the split's settings.
 
     Returns:
         For this process: ``written`` (shards written now), ``skipped`` (finished before), ``chips`` (embedded
         now), ``rank``, ``world_size``, ``units`` (of the whole job), ``rewritten`` (the written shards that
         replaced a damaged one), ``removed`` (files deleted by ``overwrite``), ``info`` (the info file's path) and
-        ``model_fingerprint``.
+        ``model_fingerprint``, and with ``"patches"`` in ``outputs`` ``patch_bytes_per_chip`` (the stored float16
+        tokens of one chip, None when no chip was embedded now).
 
     Raises:
         OutputExistsError: ``output_dir`` holds embeddings of another model or settings, or other files.
@@ -675,15 +852,24 @@ def embed_to_parquet(
         from ..distributed import rank_and_world_size
 
         rank, world_size = rank_and_world_size()
+    from ..geodata.raster import EDGE_MODES
+    from ..provenance import model_provenance
+
     outputs = _check_outputs(outputs)
-    kind, units = _work_units(str(input_path), split)
+    if edge not in EDGE_MODES:
+        raise ClayInputError(f"edge must be one of {list(EDGE_MODES)}, got {edge!r}")
+    kind, units = _work_units(str(input_path), split, open_kwargs)
     output_dir = Path(output_dir)
     chipping = {"chip_size": chip_size, "stride": stride, "max_nodata_fraction": max_nodata_fraction,
-                "overrides": _jsonable(open_kwargs)} if kind == "raster" else {}  # fmt: skip
+                "edge": edge, "overrides": _jsonable(open_kwargs)} if kind == "raster" else {}  # fmt: skip
     info = {
         "format": _INFO_FORMAT,
-        "model": {"name_or_path": str(getattr(model, "name_or_path", "")), "fingerprint": model_fingerprint(model)},
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "model": {
+            "name_or_path": str(getattr(model, "name_or_path", "")),
+            "fingerprint": model_fingerprint(model),
+            "label": model_provenance(model).label,
+        },
+        "dtype": str(_placement(model)[1]).removeprefix("torch."),
         "outputs": list(outputs),
         "splits": {split: {"input": os.fspath(input_path), "kind": kind, **chipping}},
     }
@@ -700,7 +886,7 @@ def embed_to_parquet(
         folder.mkdir(parents=True, exist_ok=True)
         records.mkdir(parents=True, exist_ok=True)
         processor = ClayImageProcessor(patch_size=model.config.patch_size)
-        written, skipped, rewritten, chips = [], [], [], 0
+        written, skipped, rewritten, chips, patch_bytes = [], [], [], 0, None
         bar = tqdm(desc=f"embedding (rank {rank})", unit="chip", disable=not progress, dynamic_ncols=True)
         try:
             for name, unit in units[rank::world_size]:
@@ -712,7 +898,7 @@ def embed_to_parquet(
                 if damaged is not None:
                     logger.warning("shard %s is damaged or unfinished (%s); embedding it again", target, damaged)
                 source_chips = _unit_chips(kind, unit, str(input_path), chip_size, stride, max_nodata_fraction,
-                                           open_kwargs)  # fmt: skip
+                                           edge, open_kwargs)  # fmt: skip
                 rows = list(embed_chips(model, source_chips, processor, batch_size, outputs, progress=bar))
                 if not rows:
                     logger.warning("no chips in %s (all nodata, or smaller than one chip); nothing written", unit)
@@ -732,9 +918,12 @@ def embed_to_parquet(
                 if damaged is not None:
                     rewritten.append(str(target))
                 chips += len(rows)
+                if rows[0].get("patch_embeddings") is not None:
+                    patch_bytes = int(rows[0]["patch_embeddings"].nbytes)
                 logger.info("wrote %s (%d chips)", target, len(rows))
         finally:
             bar.close()
     return {"written": written, "skipped": skipped, "chips": chips, "rank": rank, "world_size": world_size,
             "units": len(units), "rewritten": rewritten, "removed": removed, "info": str(output_dir / INFO_FILE),
-            "model_fingerprint": info["model"]["fingerprint"]}  # fmt: skip
+            "model_fingerprint": info["model"]["fingerprint"],
+            **({"patch_bytes_per_chip": patch_bytes} if "patches" in outputs else {})}  # fmt: skip

@@ -3,6 +3,7 @@
     >>> scores, indices = cosine_search(query, embeddings, k=5)             # (D,) against (N, D)
     >>> index = EmbeddingIndex(embeddings, ids=chip_ids, metadata={"lat": lats, "lon": lons})
     >>> index = EmbeddingIndex.from_parquet("emb/", center=True)            # what embed_to_parquet / embed.py wrote
+    >>> index = EmbeddingIndex.from_parquet("user/my-embeddings")           # the same folder pushed to the Hub
     >>> hits = index.search("s2/0_32", k=10)                                # by id, or by a (D,) vector
     >>> hits                                                                # a table: rank, id, cosine, percentile...
     >>> hits.to_pandas()                                                    # a DataFrame, footprints as shapely
@@ -42,6 +43,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,7 @@ __all__ = [
     "precision_at_k",
     "SearchResult",
     "EmbeddingIndex",
+    "embedding_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +74,8 @@ DEFAULT_QUERY_BATCH_SIZE = 4096  # queries per matrix product
 PERCENTILE_SAMPLE_ROWS = 2048  # rows whose pairs (about 2.1 million) are the reference of the hits' percentiles
 _FAISS_INDEX_NAME = "embedding"
 _VECTOR_COLUMNS = ("embedding", "mean_embedding", "patch_embeddings")  # of clay_hf.apps.embeddings
+_PER_PATCH_COLUMNS = ("patch_grid", "patch_nodata_fraction")  # read with the patch tokens (clay_hf.apps.finder)
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 
 
 # ---------------------------------------------------------------------------------------------- exact search
@@ -518,14 +523,17 @@ class EmbeddingIndex:
         embedding_column: str = "embedding",
         id_column: str | None = "chip_id",
         center: bool = False,
+        revision: str | None = None,
     ) -> EmbeddingIndex:
         """An index over GeoParquet embedding shards, as :func:`clay_hf.apps.embeddings.embed_to_parquet`
         (``scripts/embed.py``) writes them.
 
         Args:
-            path: an embedding folder (``data/<split>/*.parquet``), a folder of Parquet files, or one Parquet
-                file (a Space collection's ``embeddings.parquet``).
+            path: an embedding folder (``data/<split>/*.parquet``), a folder of Parquet files, one Parquet
+                file (a Space collection's ``embeddings.parquet``), or the id of a Hub dataset holding such a
+                folder (see :func:`embedding_files`).
             split: the split of an embedding folder; None reads every split.
+            revision: of a Hub dataset (a branch, tag or commit); None: the main branch.
             embedding_column: the vectors to search: ``embedding`` (the cls token) or ``mean_embedding``.
             id_column: the ids (``chip_id``); None: the row numbers.
             center: see :class:`EmbeddingIndex`.
@@ -533,7 +541,7 @@ class EmbeddingIndex:
         Every other column (except the other vector columns) becomes metadata; ``nodata_fraction`` also sets the
         rows :meth:`search` leaves out (shards written before that column existed count as 0).
         """
-        files = _parquet_files(Path(path), split)
+        files = embedding_files(path, split, revision=revision)
         vectors, columns, dims, models = [], {}, {}, {}
         count = 0
         for file in files:
@@ -861,6 +869,37 @@ class EmbeddingIndex:
         return self._results(scores, rows, k, exclude, max_nodata, [label])[0]
 
 
+def embedding_files(path: str | os.PathLike, split: str | None = "train", revision: str | None = None) -> list[Path]:
+    """The Parquet shards of an embedding folder (one split, or every split with ``split=None``), of a folder of
+    Parquet files or ``[path]`` for one file, in the order :meth:`EmbeddingIndex.from_parquet` reads them.
+
+    ``path`` may also be a Hub dataset id (``owner/name``, when no such local path exists): its ``*.parquet`` files
+    and ``embedding_info.json`` are downloaded into the Hugging Face cache (``huggingface_hub.snapshot_download``,
+    the download ``datasets`` does too; a second call reads the cache) and read as a local folder.
+    """
+    local = Path(path)
+    text = os.fspath(path)
+    if not local.exists() and _HUB_ID.fullmatch(text) and not text.startswith("."):
+        local = _hub_folder(text, revision)
+    return _parquet_files(local, split)
+
+
+def _hub_folder(repo_id: str, revision: str | None) -> Path:
+    """The local snapshot of a Hub dataset's Parquet shards and embedding record."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            repo_id, repo_type="dataset", revision=revision, allow_patterns=["*.parquet", "embedding_info.json"]
+        )
+    except OSError as err:  # not found, gated, offline without a cached copy, a network error
+        raise ClayInputError(
+            f"{repo_id!r} is not a local path, and as a Hub dataset id it could not be fetched "
+            f"({type(err).__name__}: {err}). Pass an embedding folder, or a Hub dataset id you can read"
+        ) from err
+    return Path(folder)
+
+
 def _parquet_files(path: Path, split: str | None) -> list[Path]:
     """The Parquet shards of an embedding folder's split, of a plain folder, or ``[path]`` for one file."""
     expected = (
@@ -900,7 +939,7 @@ def _read_shard(file: Path, embedding_column: str):
                 f"{file} has no column {embedding_column!r}; its vector columns are {present} (the --outputs it was "
                 f"embedded with). Pass embedding_column= one of them"
             )
-        keep = [c for c in names if c == embedding_column or c not in _VECTOR_COLUMNS]
+        keep = [c for c in names if c == embedding_column or c not in _VECTOR_COLUMNS + _PER_PATCH_COLUMNS]
         return pq.read_table(file, columns=keep)
     except (OSError, pa.ArrowException) as err:
         raise ClayInputError(
