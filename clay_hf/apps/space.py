@@ -1,11 +1,24 @@
 """What the Gradio Space does, without the UI: load a model and a precomputed collection, inspect, embed, search,
-refine and reconstruct an uploaded GeoTIFF. ``spaces/app.py`` is a thin shell over :class:`ClaySpace`.
+refine and reconstruct an uploaded GeoTIFF, and find things in it from a few marked examples. ``spaces/app.py`` is
+a thin shell over :class:`ClaySpace`.
 
     >>> space = load_space("spaces/model", "spaces/collection")  # a Clay folder or Hub id, a collection folder
     >>> info = space.inspect("scene.tif")                      # RGB preview + metadata of the upload
     >>> hits = space.search("scene.tif", k=8)                  # the most similar chips of the collection
     >>> hits = space.refine("scene.tif", positives=[hits.ids[0]], negatives=[hits.ids[-1]])
     >>> images = space.reconstruct("scene.tif", seed=0)       # input, masked input, MAE reconstruction
+    >>> scene = space.embed_scene("scene.tif", chip_size=40)    # every chip of the upload, cls and patch tokens
+    >>> image, pos, neg = space.mark("scene.tif", x=260, y=140, label="positive")   # the chip under a scene pixel
+    >>> found = space.find("scene.tif", positives=pos, negatives=neg, method="classifier", k=8)
+    >>> found.image, found.detections, found.raster            # heat map on the scene, GeoJSON, score GeoTIFF
+
+The scene finder embeds the whole upload on a grid of chips (the last row and column moved inward to end at the
+edge, as ``scripts/embed.py`` tiles a scene: :class:`Scene`), shows it with its grid, turns a click (a scene pixel) into a chip or
+patch id, and hands the scoring and the files to :class:`clay_hf.apps.finder.Finder` (``Finder.from_rows``): cosine
+(Rocchio) or a logistic regression, every chip or every patch, ``detections.geojson`` in EPSG:4326 and a score COG
+in the scene's CRS. Scenes are cached like uploads (by content, choices and chip size), a few at a time; a scene
+of more than :data:`MAX_SCENE_CHIPS` chips is refused, and its patch tokens are kept up to
+:data:`MAX_PATCH_TOKEN_MB`.
 
 A *collection* is a folder written once, ahead of time, by :func:`build_collection` (``spaces/build_collection.py``):
 ``embeddings.parquet`` (GeoParquet rows of :mod:`clay_hf.apps.embeddings`), ``thumbnails.npy`` ``(N, S, S, 3)`` uint8
@@ -21,6 +34,7 @@ becomes a path) and must start with a TIFF signature. Everything a user can get 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,6 +65,7 @@ from ..errors import (
     RasterError,
     UnknownBandError,
 )
+from ..geodata.chip_format import DEFAULT_MAX_NODATA
 from ..sensors import get_sensor, list_sensors
 from .embeddings import model_fingerprint
 
@@ -63,6 +78,8 @@ __all__ = [
     "Collection",
     "Upload",
     "SearchHits",
+    "Scene",
+    "SceneHits",
     "ClaySpace",
     "parse_wavelengths",
     "rgb_image",
@@ -452,6 +469,171 @@ class SearchHits:
 RESULT_COLUMNS = ["rank", "chip_id", "score", "percentile", "lat", "lon", "sensor", "date", "source"]
 
 
+# ---------------------------------------------------------------------------------------------- scenes
+
+SCENE_LEVELS = ("chip", "patch")
+SCENE_METHODS = ("cosine", "classifier")
+SCENE_LABELS = ("positive", "negative")
+MAX_SCENE_CHIPS = 1024  # a scene is embedded whole, chip by chip; one that needs more chips is refused
+MAX_SCENE_VIEW = 1024  # the scene view holds at most this many pixels a side (every n-th scene pixel)
+SCENE_VIEW_MIN = 768  # and a smaller scene is enlarged (whole pixels) to at least this, so the grid lines stay thin
+MAX_PATCH_TOKEN_MB = 512.0  # patch tokens (float16) of a scene are kept for patch-level search up to this size
+SCENE_RESULT_COLUMNS = ["rank", "id", "score", "lat", "lon", "nodata"]
+
+
+@dataclasses.dataclass
+class Scene:
+    """An upload embedded whole: a grid of ``chip_size`` chips, row-major, each with its cls and patch tokens, and
+    a :class:`~clay_hf.apps.finder.Finder` over them that does the scoring and writes the files.
+
+    When the scene's size is not a multiple of the chip size, the last chip row and column are moved inward to end
+    at its edge and overlap their neighbours (``iter_chips(edge="shift")``, as ``scripts/embed.py`` tiles a scene),
+    so no part of the scene is dropped and every chip is real imagery; in the score rasters a cell takes the score
+    of the chip holding its centre. Ids are the finder's: a chip's is the reader's (``upload/<row>_<col>``, its top-left pixel), a
+    patch's adds its row and column in the chip's patch grid (``upload/<row>_<col>#<i>,<j>``).
+
+    The patch tokens the finder holds are centred per position in the chip (the scene's mean token at that
+    position subtracted): a patch token carries its position's encoding, and where the image says little (or the
+    model is small) that shared part makes the patches at one position of every chip alike, so a search returns
+    a lattice of positions instead of places.
+    """
+
+    key: str
+    folder: Path
+    chip_size: int
+    patch_size: int
+    height: int  # scene pixels
+    width: int
+    chip_ids: list[str]
+    origins: np.ndarray  # (N, 2) int: each chip's top-left (row, col) scene pixel
+    embeddings: np.ndarray  # (N, D) float32: cls tokens
+    nodata: np.ndarray  # (N,) share of each chip's pixels that are nodata
+    patch_nodata: np.ndarray | None  # (N, L); None without patch tokens
+    view: np.ndarray  # (h, w, 3) uint8 RGB of the whole scene, one view pixel per ``step`` scene pixels
+    step: int
+    metadata: dict[str, Any]
+    finder: Any  # clay_hf.apps.finder.Finder over the chips (and their patch tokens)
+
+    def __post_init__(self) -> None:
+        self._rows = {chip_id: i for i, chip_id in enumerate(self.chip_ids)}
+
+    def __len__(self) -> int:
+        return len(self.chip_ids)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Chip rows and columns."""
+        return -(-self.height // self.chip_size), -(-self.width // self.chip_size)
+
+    @property
+    def patches_per_side(self) -> int:
+        return self.chip_size // self.patch_size
+
+    @property
+    def zoom(self) -> int:
+        """Whole-pixel enlargement of the view in the image the page shows."""
+        return max(1, -(-SCENE_VIEW_MIN // max(self.view.shape[:2])))
+
+    @property
+    def view_scale(self) -> float:
+        """Pixels of the shown image per scene pixel."""
+        return self.zoom / self.step
+
+    def describe(self) -> str:
+        """One line for the page: the grid, the edge, the patches, the model."""
+        info = self.metadata["scene"]
+        rows, cols = self.grid
+        overlap = info["overlap"]
+        where = {"right_px": "column", "bottom_px": "row"}
+        edge = " and ".join(f"the last {where[k]} {v} px" for k, v in overlap.items() if v)
+        return (
+            f"{len(self)} chips of {self.chip_size} x {self.chip_size} px ({rows} rows x {cols} columns"
+            + (f"; moved inward to end at the scene's edge, overlapping their neighbours: {edge}" if edge else "")
+            + f") · {info['patches_per_chip']} patches of {self.patch_size} px per chip · patch tokens "
+            f"{info['patch_tokens']} · {info['model']}"
+        )
+
+    def cell_size(self, level: str) -> int:
+        return self.chip_size if level == "chip" else self.patch_size
+
+    def locate(self, x: float, y: float, level: str) -> str:
+        """The id of the chip (or patch) under the scene pixel at column ``x``, row ``y``."""
+        if not (0 <= x < self.width and 0 <= y < self.height):
+            raise SpaceInputError(
+                f"the point (x {x:g}, y {y:g}) is outside the scene ({self.width} x {self.height} pixels); click on "
+                "the scene image to mark a chip"
+            )
+        if level == "patch" and self.patch_nodata is None:
+            raise SpaceInputError(_NO_PATCH_TOKENS.format(tokens=self.metadata["scene"]["patch_tokens"]))
+        return self.finder.unit_at("upload", y, x, level)
+
+    def cell(self, unit_id: str, level: str) -> tuple[int, int | None]:
+        """``(chip index, flat patch index or None)`` of a finder id: a patch id at chip level is its chip, a chip
+        id at patch level the whole chip (patch None)."""
+        from .finder import PATCH_SEPARATOR
+
+        chip_id, _, patch = str(unit_id).partition(PATCH_SEPARATOR)
+        if chip_id not in self._rows:
+            raise SpaceInputError(
+                f"{str(unit_id)[:80]!r} is not a chip of this scene; click on the scene to mark one (ids look like "
+                f"{self.chip_ids[0]!r}, or {self.chip_ids[0]}{PATCH_SEPARATOR}0,0 for a patch)"
+            )
+        if level == "chip" or not patch:
+            return self._rows[chip_id], None
+        n = self.patches_per_side
+        pi, _, pj = patch.partition(",")
+        if not (pi.isdigit() and pj.isdigit() and int(pi) < n and int(pj) < n):
+            raise SpaceInputError(
+                f"{str(unit_id)[:80]!r} names no patch of this scene: a chip has {n} x {n} patches, rows and columns "
+                f"0 to {n - 1} (e.g. {chip_id}{PATCH_SEPARATOR}0,{n - 1})"
+            )
+        return self._rows[chip_id], int(pi) * n + int(pj)
+
+    def cell_box(self, i: int, patch: int | None = None) -> tuple[int, int, int, int]:
+        """``(row, col, height, width)`` in scene pixels of chip ``i`` or one of its patches."""
+        row, col = (int(v) for v in self.origins[i])
+        if patch is None:
+            return row, col, self.chip_size, self.chip_size
+        n, p = self.patches_per_side, self.patch_size
+        return row + patch // n * p, col + patch % n * p, p, p
+
+
+_NO_PATCH_TOKENS = "this scene's patch tokens were not kept ({tokens}); search at chip level, or upload a smaller area"
+
+
+@dataclasses.dataclass
+class SceneHits:
+    """What "Find" gives: the best cells of the scene (chips or patches) with their scores, the heat map drawn on
+    the scene, the two files a GIS opens, and, when asked, the sample collection's nearest chips."""
+
+    level: str
+    method: str
+    ids: list[str]
+    scores: list[float]
+    lonlat: list[tuple[float, float]]  # centre of each hit
+    nodata: list[float]
+    thumbnails: np.ndarray  # (k, S, S, 3) uint8: the chip of each hit (at patch level with the patch outlined)
+    image: np.ndarray  # (h, w, 3) uint8: the scene with the score heat map, the marks and the hits
+    detections: Path  # GeoJSON, EPSG:4326
+    raster: Path  # GeoTIFF (COG) in the scene's CRS
+    summary: str
+    collection: SearchHits | None = None
+
+    def captions(self) -> list[str]:
+        """``#rank · score · location`` for a gallery tile."""
+        return [
+            f"#{i + 1} · {score:.4f} · {abs(lat):.4f}°{'N' if lat >= 0 else 'S'} {abs(lon):.4f}°{'E' if lon >= 0 else 'W'}"
+            for i, (score, (lon, lat)) in enumerate(zip(self.scores, self.lonlat))
+        ]
+
+    def rows(self) -> list[list[Any]]:
+        """Table rows in :data:`SCENE_RESULT_COLUMNS` order."""
+        return [
+            [i + 1, cell, round(score, 4), round(lat, 5), round(lon, 5), round(nodata, 3)]
+            for i, (cell, score, (lon, lat), nodata) in enumerate(zip(self.ids, self.scores, self.lonlat, self.nodata))
+        ]
+
+
 class ClaySpace:
     """The Space's state: one model, one collection, a temporary work folder and a small cache of uploads.
 
@@ -468,6 +650,7 @@ class ClaySpace:
         max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
         workdir: str | os.PathLike | None = None,
         cache_size: int = 16,
+        scene_cache_size: int = 4,
     ) -> None:
         from ..image_processing_clay import ClayImageProcessor
 
@@ -482,6 +665,8 @@ class ClaySpace:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._cache: OrderedDict[str, Upload] = OrderedDict()
         self._cache_size = cache_size
+        self._scenes: OrderedDict[str, Scene] = OrderedDict()  # embedded scenes: patch tokens are large, keep few
+        self._scene_cache_size = scene_cache_size
         self._lock = threading.Lock()
 
     @property
@@ -532,11 +717,7 @@ class ClaySpace:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        overrides: dict[str, Any] = {"name": "upload"}
-        if sensor is not None:
-            overrides["sensor"] = sensor
-        if wavelengths_um is not None:
-            overrides["wavelengths_um"] = wavelengths_um
+        overrides = _source_overrides(sensor, wavelengths_um)
         try:
             upload = self._open_upload(copy, overrides, digest, sensor, wavelengths_um)
         except BaseException:
@@ -563,6 +744,7 @@ class ClaySpace:
         with self._lock:
             folders = {u.folder for u in self._cache.values()}
             self._cache.clear()
+            self._scenes.clear()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         else:
@@ -573,28 +755,8 @@ class ClaySpace:
         """Read the accepted copy; every way it can fail becomes a :class:`SpaceInputError` for the page."""
         from ..geodata.raster import bounds_to_wgs84, open_source
 
-        try:
-            with open_source(copy, **overrides) as source:
-                return self._read_upload(source, digest, copy.parent, sensor, wavelengths_um, bounds_to_wgs84)
-        except SpaceInputError:
-            raise
-        except BandMismatchError as err:
-            raise SpaceInputError(_band_mismatch_message(err, sensor, wavelengths_um)) from err
-        except UnknownBandError as err:
-            raise SpaceInputError(_sensor_mismatch_message(copy, sensor)) from err
-        except MissingCRSError as err:
-            raise SpaceInputError(
-                "this TIFF has no coordinate reference system, so it cannot be placed on the Earth; upload a "
-                "georeferenced GeoTIFF (or assign a CRS with `rio edit-info --crs EPSG:XXXX`)"
-            ) from err
-        except CorruptRasterError as err:
-            raise SpaceInputError(
-                "the file could not be read as a raster: it looks corrupt or truncated. Upload a complete GeoTIFF"
-            ) from err
-        except RasterError as err:
-            raise SpaceInputError(f"the raster could not be read: {_strip_paths(str(err))}") from err
-        except ClayError as err:
-            raise SpaceInputError(_strip_paths(str(err))) from err
+        with _user_errors(copy, sensor, wavelengths_um), open_source(copy, **overrides) as source:
+            return self._read_upload(source, digest, copy.parent, sensor, wavelengths_um, bounds_to_wgs84)
 
     def _read_upload(self, source, digest, folder, sensor, wavelengths_um, bounds_to_wgs84) -> Upload:
         count = len(source.band_names)
@@ -784,6 +946,467 @@ class ClaySpace:
         rebuilt, _ = rgb_image(pasted, names, sensor_name, waves, limits=limits)
         return shown, masked, rebuilt
 
+    # ------------------------------------------------------------------ the scene finder
+
+    @property
+    def scene_chip_sizes(self) -> list[int]:
+        """Chip sizes a scene can be embedded at: multiples of the patch size up to :data:`MAX_CHIP_SIZE`, the
+        collection's own first (its chips and the scene's are then alike)."""
+        p = self.patch_size
+        own = int(self.collection.info.get("chip_size") or DEFAULT_CHIP_SIZE)
+        sizes = {s // p * p for s in (own, 32, 64, 128, 256) if p <= s <= MAX_CHIP_SIZE}
+        return sorted(sizes, key=lambda s: (s != own // p * p, s))
+
+    def _scene_chip_size(self, chip_size: Any, height: int, width: int) -> int:
+        if chip_size in (None, ""):
+            return self.scene_chip_sizes[0]
+        try:
+            size = int(float(chip_size))
+        except (TypeError, ValueError):
+            raise SpaceInputError(f"the chip size must be a whole number of pixels, got {chip_size!r}") from None
+        p = self.patch_size
+        if size % p or not p <= size <= MAX_CHIP_SIZE:
+            raise SpaceInputError(
+                f"the chip size must be a multiple of the model's patch size ({p} px) between {p} and "
+                f"{MAX_CHIP_SIZE} px, got {size}"
+            )
+        if size > min(height, width):
+            raise SpaceInputError(
+                f"the scene is {width} x {height} pixels, smaller than one chip of {size} px; choose a chip size of "
+                f"at most {max(min(height, width) // p * p, p)} px"
+            )
+        return size
+
+    def embed_scene(
+        self,
+        path,
+        sensor: str | None = None,
+        wavelengths: Any = None,
+        chip_size: Any = None,
+        progress=None,
+    ) -> Scene:
+        """Embed every chip of the upload (cls and patch tokens) and build the RGB view of the whole scene.
+
+        Cached by the file's hash, the sensor choice, the wavelengths and the chip size (default: the
+        collection's). ``progress(done, total)`` is called as chips are embedded. A scene that needs more than
+        :data:`MAX_SCENE_CHIPS` chips is refused; its patch tokens are kept (float16) up to
+        :data:`MAX_PATCH_TOKEN_MB`, else only chip-level search is offered.
+        """
+        upload = self.prepare(path, sensor, wavelengths)
+        sensor = None if sensor in (None, "", AUTO_SENSOR) else sensor
+        wavelengths_um = parse_wavelengths(wavelengths)
+        size = self._scene_chip_size(chip_size, upload.metadata["height_px"], upload.metadata["width_px"])
+        key = f"{upload.key}|{sensor}|{wavelengths_um}|{size}"
+        with self._lock:
+            if key in self._scenes:
+                self._scenes.move_to_end(key)
+                return self._scenes[key]
+        from ..geodata.raster import open_source
+
+        copy = upload.folder / "upload.tif"
+        overrides = _source_overrides(sensor, wavelengths_um)
+        with _user_errors(copy, sensor, wavelengths_um), open_source(copy, **overrides) as source:
+            scene = self._read_scene(source, upload, size, progress)
+        with self._lock:
+            self._scenes[key] = scene
+            while len(self._scenes) > self._scene_cache_size:
+                self._scenes.popitem(last=False)
+        return scene
+
+    def _check_scene_chips(self, height: int, width: int, size: int) -> None:
+        """Refuse a scene of more than :data:`MAX_SCENE_CHIPS` chips, naming a chip size that would do."""
+        count = lambda s: -(-height // s) * -(-width // s)  # noqa: E731
+        if count(size) <= MAX_SCENE_CHIPS:
+            return
+        larger = [s for s in self.scene_chip_sizes if s <= min(height, width) and count(s) <= MAX_SCENE_CHIPS]
+        hint = f"choose a chip size of {max(larger)} px or " if larger else ""
+        raise SpaceInputError(
+            f"the scene is {width} x {height} pixels: {count(size)} chips of {size} px, more than this demo embeds "
+            f"({MAX_SCENE_CHIPS}); {hint}upload a smaller area"
+        )
+
+    def _read_scene(self, source, upload: Upload, size: int, progress) -> Scene:
+        from ..geodata.raster import iter_chips
+        from .embeddings import embed_chips
+        from .finder import Finder
+
+        height, width, p = source.height, source.width, self.patch_size
+        self._check_scene_chips(height, width, size)
+        rows, cols = -(-height // size), -(-width // size)
+        per_side, dim = size // p, int(self.encoder.config.hidden_size)
+        token_mb = rows * cols * per_side**2 * dim * 2 / 2**20
+        keep_patches = token_mb <= MAX_PATCH_TOKEN_MB
+        step = max(1, -(-max(height, width) // MAX_SCENE_VIEW))
+        view_pixels = np.zeros((len(source.band_names), -(-height // step), -(-width // step)), dtype=np.float32)
+        view_valid = np.zeros(view_pixels.shape[1:], dtype=bool)
+        own_statistics = source.sensor is None and source.mean is None
+        origins: list[tuple[int, int]] = []
+
+        def chips():  # every chip, nodata or not, the last row and column moved inward to end at the edge
+            for chip in iter_chips(source, size, max_nodata_fraction=1.0, patch_size=p, edge="shift"):
+                if own_statistics:  # custom bands: the centre chip's statistics, as for the upload itself
+                    chip["mean"], chip["std"] = upload.chip["mean"], upload.chip["std"]
+                _paste_view(view_pixels, view_valid, chip, chip["row"], chip["col"], step)
+                origins.append((chip["row"], chip["col"]))
+                yield chip
+
+        outputs = ("cls", "patches") if keep_patches else ("cls",)
+        counter = _ProgressCounter(progress, rows * cols)
+        try:
+            found = list(
+                embed_chips(self.encoder, chips(), self.processor, batch_size=16, outputs=outputs, progress=counter)
+            )
+        except ClayError as err:
+            raise SpaceInputError(_strip_paths(str(err))) from err
+        order = {r["chip_id"]: r for r in found}
+        found = [order[f"{source.name}/{row}_{col}"] for row, col in origins]  # grid order, row-major
+        if keep_patches:
+            _centre_patch_positions(found)
+        view, _ = rgb_image(view_pixels, source.band_names, source.sensor, source.wavelengths_um, valid=view_valid)
+        from ..provenance import model_provenance
+
+        label = model_provenance(self.encoder).label
+        overlap = {"right_px": cols * size - width, "bottom_px": rows * size - height}
+        metadata = {
+            "chips": len(origins),
+            "grid": {"rows": rows, "cols": cols},
+            "chip_size_px": size,
+            "patch_size_px": p,
+            "patches_per_chip": per_side**2,
+            "edge": "shift: the last chips moved inward, overlapping their neighbours"
+            if any(overlap.values())
+            else "none",
+            "overlap": overlap,
+            "patch_tokens": (
+                f"kept, float16: {per_side**2 * dim * 2 / 1024:.1f} KB per chip, centred per position"
+                if keep_patches
+                else f"not kept ({token_mb:.0f} MB > {MAX_PATCH_TOKEN_MB:g} MB): chip level only"
+            ),
+            "view_step_px": step,
+            "model": label,
+        }
+        name = str(getattr(self.encoder.config, "_name_or_path", "") or "clay")
+        finder = Finder.from_rows(found, model={"label": label, "name_or_path": Path(name).name})
+        return Scene(
+            key=upload.key,
+            folder=upload.folder,
+            chip_size=size,
+            patch_size=p,
+            height=height,
+            width=width,
+            chip_ids=[r["chip_id"] for r in found],
+            origins=np.asarray(origins, dtype=np.int64).reshape(-1, 2),
+            embeddings=np.stack([r["embedding"] for r in found]).astype(np.float32),  # (N, D)
+            nodata=np.asarray([r["nodata_fraction"] for r in found], dtype=np.float32),
+            patch_nodata=np.stack([r["patch_nodata_fraction"] for r in found]).astype(np.float32)
+            if keep_patches
+            else None,  # (N, L)
+            view=view,
+            step=step,
+            metadata={**upload.metadata, "scene": metadata},
+            finder=finder,
+        )
+
+    def scene_image(
+        self,
+        scene: Scene,
+        level: str = "chip",
+        positives: Sequence[str] = (),
+        negatives: Sequence[str] = (),
+        scores: np.ndarray | None = None,
+        hits: Sequence[str] = (),
+    ) -> np.ndarray:
+        """The scene as the page shows it: RGB enlarged by :attr:`Scene.zoom`, the chip grid, the marked examples
+        (green positive, red negative), and, after a search, the score heat map with the best hits numbered."""
+        return _draw_scene(scene, _check_choice(level, SCENE_LEVELS, "level"), positives, negatives, scores, hits)
+
+    def mark(
+        self,
+        path,
+        sensor: str | None = None,
+        wavelengths: Any = None,
+        chip_size: Any = None,
+        level: str = "chip",
+        positives: Sequence[str] | None = None,
+        negatives: Sequence[str] | None = None,
+        x: Any = None,
+        y: Any = None,
+        label: str = "positive",
+    ) -> tuple[np.ndarray, list[str], list[str]]:
+        """Mark the chip (or patch) under the scene pixel at column ``x``, row ``y`` as a ``label`` example.
+
+        Marking a cell again with the same label unmarks it; with the other label moves it. Returns the scene
+        image with the marks and the new positive and negative lists.
+        """
+        scene = self.embed_scene(path, sensor, wavelengths, chip_size)
+        level = _check_choice(level, SCENE_LEVELS, "level")
+        label = _check_choice(label, SCENE_LABELS, "label")
+        x, y = _check_point(x, y)
+        cell = scene.locate(x, y, level)
+        positives, negatives = _id_list(positives), _id_list(negatives)
+        target, other = (positives, negatives) if label == "positive" else (negatives, positives)
+        if cell in other:
+            other.remove(cell)
+        if cell in target:
+            target.remove(cell)
+        else:
+            if label == "positive":
+                _check_example_data(scene, cell, level)
+            target.append(cell)
+        return self.scene_image(scene, level, positives, negatives), positives, negatives
+
+    def find(
+        self,
+        path,
+        sensor: str | None = None,
+        wavelengths: Any = None,
+        chip_size: Any = None,
+        level: str = "chip",
+        positives: Sequence[str] | None = None,
+        negatives: Sequence[str] | None = None,
+        method: str = "cosine",
+        k: int = 8,
+        with_collection: bool = False,
+    ) -> SceneHits:
+        """Score every chip (or patch) of the scene from the marked examples, with
+        :meth:`clay_hf.apps.finder.Finder.find`, and write what a GIS opens.
+
+        ``method`` ``"cosine"`` ranks by the cosine with the Rocchio query of the examples; ``"classifier"`` fits
+        the finder's logistic regression (positives against negatives and a random background of the scene).
+        Cells with more nodata than :data:`~clay_hf.geodata.chip_format.DEFAULT_MAX_NODATA` get no score. The
+        ``k`` best cells that are not examples are the hits; the finder writes ``detections.geojson`` (EPSG:4326,
+        the best :data:`~clay_hf.apps.finder.DEFAULT_TOP_K` or ``k``), ``detections.parquet``, ``examples.geojson``
+        and the score rasters (COGs in the scene's CRS, one pixel per chip or patch) into
+        ``found-<level>-<S>px/`` beside the upload. With ``with_collection``, the sample collection is searched
+        too (cosine, with the chips of the examples).
+        """
+        from .finder import DEFAULT_TOP_K
+
+        scene = self.embed_scene(path, sensor, wavelengths, chip_size)
+        level = _check_choice(level, SCENE_LEVELS, "level")
+        method = _check_choice(method, SCENE_METHODS, "method")
+        if level == "patch" and scene.patch_nodata is None:
+            raise SpaceInputError(_NO_PATCH_TOKENS.format(tokens=scene.metadata["scene"]["patch_tokens"]))
+        k = _check_k(k, len(scene) * (scene.patches_per_side**2 if level == "patch" else 1))
+        positives, negatives = _id_list(positives), _id_list(negatives)
+        if not positives:
+            raise SpaceInputError(
+                "no examples marked: choose 'positive' and click on the scene where what you look for is (or type "
+                "chip ids), then Find"
+            )
+        both = sorted(set(positives) & set(negatives))
+        if both:
+            raise SpaceInputError(f"a {level} cannot be both positive and negative: {', '.join(both)}")
+        for example_id in positives:
+            _check_example_data(scene, example_id, level)
+        for example_id in negatives:
+            scene.cell(example_id, level)
+        try:
+            result = scene.finder.find(positives, negatives, level=level, method=method, top_k=max(k, DEFAULT_TOP_K))
+        except ClayError as err:
+            raise SpaceInputError(_strip_paths(str(err))) from err
+        detections = result.detections.iloc[:k]
+        if not len(detections):
+            raise SpaceInputError(f"every {level} with data is an example: nothing is left to find; unmark some")
+        ids = [str(i) for i in detections["id"]]
+        (raster,) = [r for r in result.score_rasters() if r.level == level]
+        image = _draw_scene(scene, level, positives, negatives, raster.array, ids)
+        thumbnails = np.stack([_thumbnail(scene, *scene.cell(i, level)) for i in ids])
+        written = result.write(scene.folder / f"found-{level}-{scene.chip_size}px")
+        geojson = next(p for p in written["detections"] if p.suffix == ".geojson")
+        (tif,) = [p for p in written["rasters"] if p.name == raster.file_name]
+        collection = None
+        if with_collection:
+            chips = lambda ids_: sorted({scene.cell(i, level)[0] for i in ids_})  # noqa: E731
+            pos_chips = chips(positives)
+            neg_chips = [c for c in chips(negatives) if c not in pos_chips]
+            found = self.collection.index.search_examples(
+                scene.embeddings[pos_chips],
+                scene.embeddings[neg_chips] if neg_chips else None,
+                k=min(k, len(self.collection)),
+            )
+            collection = self._hits(found)
+        return SceneHits(
+            level=level,
+            method=method,
+            ids=ids,
+            scores=[float(v) for v in detections["score"]],
+            lonlat=list(zip(detections["lon"].astype(float), detections["lat"].astype(float))),
+            nodata=[float(v) for v in detections["nodata_fraction"]],
+            thumbnails=thumbnails,
+            image=image,
+            detections=geojson,
+            raster=tif,
+            summary=result.summary(),
+            collection=collection,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- scene helpers
+
+
+class _ProgressCounter:
+    """The ``progress`` of :func:`~clay_hf.apps.embeddings.embed_chips` (a bar's ``update(n)``) as calls of
+    ``callback(done, total)``."""
+
+    def __init__(self, callback, total: int) -> None:
+        self.callback, self.total, self.done = callback, total, 0
+        if callback is not None:
+            callback(0, total)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _paste_view(view: np.ndarray, valid: np.ndarray, chip: dict[str, Any], row: int, col: int, step: int) -> None:
+    """Copy every ``step``-th pixel of a chip at scene pixel (row, col) into the scene view ``(C, h, w)``."""
+    h, w = view.shape[1] * step, view.shape[2] * step
+    size = chip["valid"].shape[0]
+    r0, c0 = -(-row // step), -(-col // step)  # the first view pixel inside the chip
+    r1, c1 = -(-min(row + size, h) // step), -(-min(col + size, w) // step)
+    rows = np.arange(r0, min(r1, view.shape[1])) * step - row  # chip rows of those view pixels
+    cols = np.arange(c0, min(c1, view.shape[2])) * step - col
+    view[:, r0 : r0 + len(rows), c0 : c0 + len(cols)] = chip["pixels"][:, rows][:, :, cols]
+    valid[r0 : r0 + len(rows), c0 : c0 + len(cols)] = chip["valid"][rows][:, cols]
+
+
+def _check_choice(value: Any, choices: Sequence[str], what: str) -> str:
+    text = str(value or choices[0]).strip().lower()
+    if text not in choices:
+        raise SpaceInputError(f"the {what} must be one of {', '.join(choices)}, got {str(value)[:40]!r}")
+    return text
+
+
+def _check_point(x: Any, y: Any) -> tuple[float, float]:
+    try:
+        x, y = float(x), float(y)
+    except (TypeError, ValueError):
+        raise SpaceInputError(
+            f"no point to mark (x {x!r}, y {y!r}): click on the scene image, or give the pixel column and row"
+        ) from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise SpaceInputError(f"the point (x {x}, y {y}) is not on the scene; click on the scene image")
+    return x, y
+
+
+def _id_list(ids: Any) -> list[str]:
+    """Example ids from a list, or from text with one id per line or separated by commas."""
+    if ids is None:
+        return []
+    if isinstance(ids, str):
+        ids = re.split(r"[,\s]+", ids)
+    return list(dict.fromkeys(str(i).strip() for i in ids if str(i).strip()))
+
+
+def _centre_patch_positions(rows: list[dict[str, Any]]) -> None:
+    """Subtract, in place, the scene's mean patch token at each position of the chip grid (over the patches with
+    data) from the rows' ``(h, w, D)`` patch tokens: what is left is what each patch shows (see :class:`Scene`)."""
+    tokens = np.stack([np.asarray(r["patch_embeddings"], dtype=np.float32) for r in rows])  # (N, h, w, D)
+    usable = np.stack([np.asarray(r["patch_nodata_fraction"]) <= DEFAULT_MAX_NODATA for r in rows])  # (N, L)
+    usable = usable.reshape(tokens.shape[:3])[..., None]  # (N, h, w, 1)
+    mean = (tokens * usable).sum(axis=0) / np.maximum(usable.sum(axis=0), 1)  # (h, w, D)
+    for row, centred in zip(rows, tokens - mean):
+        row["patch_embeddings"] = centred.astype(np.asarray(row["patch_embeddings"]).dtype)
+
+
+def _check_example_data(scene: Scene, example_id: str, level: str) -> None:
+    """A positive example must show data: its chip (and patch) at most ``DEFAULT_MAX_NODATA`` nodata."""
+    i, patch = scene.cell(example_id, level)
+    nodata = float(scene.nodata[i])
+    if patch is not None:
+        nodata = max(nodata, float(scene.patch_nodata[i, patch]))
+    if nodata > DEFAULT_MAX_NODATA:
+        where = "past the scene's edge or " if nodata == 1.0 else ""
+        raise SpaceInputError(
+            f"the {level} {example_id} is {nodata:.0%} nodata ({where}without data), more than the "
+            f"{DEFAULT_MAX_NODATA:.0%} a search uses; mark a {level} with data as a positive example"
+        )
+
+
+# The heat map's colours, low to high scores (sampled from matplotlib's "inferno").
+_RAMP = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)], dtype=np.float32)
+_POSITIVE, _NEGATIVE, _HIT, _GRID = (0, 230, 118), (255, 23, 68), (0, 229, 255), (255, 255, 255, 90)
+
+
+def _heat_colours(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ``(R, C)`` -> RGB ``(R, C, 3)`` on :data:`_RAMP` by each score's rank in the grid (lowest dark,
+    highest bright: a model that puts every cosine near 1 still shows which cells lead) and where a score exists
+    ``(R, C)``."""
+    finite = np.isfinite(grid)
+    values = grid[finite]
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values)) / max(len(values) - 1, 1)
+    t = np.zeros(grid.shape, dtype=np.float64)
+    t[finite] = ranks
+    stops = np.linspace(0, 1, len(_RAMP))
+    colours = np.stack([np.interp(t, stops, _RAMP[:, ch]) for ch in range(3)], axis=-1)  # (R, C, 3)
+    return colours.astype(np.uint8), finite
+
+
+def _draw_scene(
+    scene: Scene,
+    level: str,
+    positives: Sequence[str],
+    negatives: Sequence[str],
+    scores: np.ndarray | None = None,
+    hits: Sequence[str] = (),
+) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    z, scale = scene.zoom, scene.view_scale
+    base = Image.fromarray(scene.view.repeat(z, axis=0).repeat(z, axis=1))  # (h, w, 3) -> (zh, zw, 3)
+    width, height = base.size
+    if scores is not None:
+        colours, finite = _heat_colours(scores)
+        cell = scene.cell_size(level) * scale  # shown pixels per cell
+        full = (round(scores.shape[1] * cell), round(scores.shape[0] * cell))
+        heat = Image.fromarray(colours).resize(full, Image.NEAREST).crop((0, 0, width, height))
+        alpha = Image.fromarray(np.where(finite, 150, 0).astype(np.uint8)).resize(full, Image.NEAREST)
+        base = Image.composite(heat, base, alpha.crop((0, 0, width, height)))  # ~60 % heat where scored
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    for col in sorted(set(scene.origins[:, 1].tolist()) - {0}):  # each chip's left edge (the last ones overlap)
+        draw.line([(round(col * scale), 0), (round(col * scale), height)], fill=_GRID, width=1)
+    for row in sorted(set(scene.origins[:, 0].tolist()) - {0}):
+        draw.line([(0, round(row * scale)), (width, round(row * scale))], fill=_GRID, width=1)
+    line = max(2, round(scene.patch_size * scale / 3)) if level == "patch" else max(2, z + 1)
+
+    def box(example_id: str, colour, label: str | None = None) -> None:
+        i, patch = scene.cell(example_id, level)
+        row, col, h, w = scene.cell_box(i, patch)
+        x0, y0 = round(col * scale), round(row * scale)
+        x1, y1 = min(round((col + w) * scale), width) - 1, min(round((row + h) * scale), height) - 1
+        draw.rectangle([x0, y0, x1, y1], outline=(*colour, 255), width=line)
+        if label is not None:
+            draw.rectangle([x0, y0, x0 + 7 * len(label) + 4, y0 + 12], fill=(0, 0, 0, 200))
+            draw.text((x0 + 2, y0), label, fill=(*colour, 255))
+
+    for rank, hit in enumerate(hits, start=1):
+        box(hit, _HIT, f"#{rank}")
+    for example_id in positives:
+        box(example_id, _POSITIVE)
+    for example_id in negatives:
+        box(example_id, _NEGATIVE)
+    return np.asarray(Image.alpha_composite(base.convert("RGBA"), overlay).convert("RGB"))
+
+
+def _thumbnail(scene: Scene, i: int, patch: int | None) -> np.ndarray:
+    """The view of chip ``i`` ``(t, t, 3)`` (grey past the scene's edge), its patch outlined at patch level."""
+    size = -(-scene.chip_size // scene.step)
+    row, col = (int(v) // scene.step for v in scene.origins[i])
+    crop = scene.view[row : row + size, col : col + size]
+    thumb = np.full((size, size, 3), 128, dtype=np.uint8)
+    thumb[: crop.shape[0], : crop.shape[1]] = crop
+    if patch is not None:
+        p = max(1, scene.patch_size // scene.step)
+        n = scene.patches_per_side
+        r0, c0 = patch // n * p, patch % n * p
+        thumb[r0 : r0 + p, [c0, min(c0 + p, size) - 1]] = _HIT
+        thumb[[r0, min(r0 + p, size) - 1], c0 : c0 + p] = _HIT
+    return thumb
+
 
 def _unpatchify(patches: torch.Tensor, c: int, h: int, w: int, p: int) -> torch.Tensor:
     """Inverse of :func:`clay_hf.modeling_clay.patchify`: ``(B, L, C*P*P) -> (B, C, H, W)``."""
@@ -806,6 +1429,42 @@ def _check_k(k: Any, n: int) -> int:
 def _strip_paths(message: str) -> str:
     """Server paths mean nothing to the person uploading: show the file as 'the upload'."""
     return re.sub(r"'?/(?:[\w.\-]+/)+[\w.\-]*'?", "the upload", message)
+
+
+def _source_overrides(sensor: str | None, wavelengths_um: tuple | None) -> dict[str, Any]:
+    """What :func:`~clay_hf.geodata.raster.open_source` is told about an upload: its fixed name and the choices."""
+    overrides: dict[str, Any] = {"name": "upload"}
+    if sensor is not None:
+        overrides["sensor"] = sensor
+    if wavelengths_um is not None:
+        overrides["wavelengths_um"] = wavelengths_um
+    return overrides
+
+
+@contextlib.contextmanager
+def _user_errors(copy: Path, sensor: str | None, wavelengths_um: tuple | None):
+    """Reading an upload: every way it can fail becomes a :class:`SpaceInputError` in the page's words."""
+    try:
+        yield
+    except SpaceInputError:
+        raise
+    except BandMismatchError as err:
+        raise SpaceInputError(_band_mismatch_message(err, sensor, wavelengths_um)) from err
+    except UnknownBandError as err:
+        raise SpaceInputError(_sensor_mismatch_message(copy, sensor)) from err
+    except MissingCRSError as err:
+        raise SpaceInputError(
+            "this TIFF has no coordinate reference system, so it cannot be placed on the Earth; upload a "
+            "georeferenced GeoTIFF (or assign a CRS with `rio edit-info --crs EPSG:XXXX`)"
+        ) from err
+    except CorruptRasterError as err:
+        raise SpaceInputError(
+            "the file could not be read as a raster: it looks corrupt or truncated. Upload a complete GeoTIFF"
+        ) from err
+    except RasterError as err:
+        raise SpaceInputError(f"the raster could not be read: {_strip_paths(str(err))}") from err
+    except ClayError as err:
+        raise SpaceInputError(_strip_paths(str(err))) from err
 
 
 def _band_mismatch_message(err: BandMismatchError, sensor: str | None, wavelengths: tuple | None) -> str:
