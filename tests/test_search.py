@@ -380,3 +380,50 @@ def test_from_parquet_reads_a_hub_dataset_id(landsat_embeddings, local_hub, tmp_
     assert f"'{repo_id}-missing' is not a local path, and as a Hub dataset id it could not be fetched" in out[1]
     with pytest.raises(ClayInputError, match=r"'nobody/nothing' is not a local path"):  # offline, nothing cached
         EmbeddingIndex.from_parquet("nobody/nothing")
+
+
+def test_chips_with_much_nodata_never_top_a_search(landsat_embeddings):
+    """Issue 12.6: chips 30-50% fill embed alike and used to top every search at cosine 1.0; the index leaves out
+    chips over max_nodata (one default everywhere), and refuses such a chip as the query."""
+    from clay_hf.errors import ClayInputError
+    from clay_hf.geodata.chip_format import DEFAULT_MAX_NODATA
+
+    index = EmbeddingIndex.from_parquet(landsat_embeddings, center=True)
+    filled = index.nodata_fraction > DEFAULT_MAX_NODATA
+    assert filled.sum() >= 10  # the fixture's fill chips are there
+    complete = index.ids[int(np.argmin(index.nodata_fraction))]
+    hits = index.search(complete, k=len(index))
+    kept = {index.ids[i] for i in np.flatnonzero(~filled)}
+    assert set(hits.ids) == kept  # every chip within the default, none over it
+    allowing = index.search(complete, k=len(index), max_nodata=1.0)
+    assert len(allowing) == len(index)
+    with pytest.raises(ClayInputError, match=r"is \d+% nodata, more than max_nodata=0.25 allows"):
+        index.search(index.ids[int(np.argmax(index.nodata_fraction))], k=3)
+
+
+def test_hits_have_a_percentile_beside_the_cosine(landsat_embeddings):
+    """Issue 12.2: each hit's percentile among the collection's pair cosines, 0-100, falling with the score."""
+    index = EmbeddingIndex.from_parquet(landsat_embeddings, center=True)
+    hits = index.search(index.ids[int(np.argmin(index.nodata_fraction))], k=10)
+    percentiles = hits.percentiles.numpy()
+    assert percentiles.shape == (10,) and ((0 <= percentiles) & (percentiles <= 100)).all()
+    assert (np.diff(percentiles) <= 1e-9).all() and percentiles[0] > percentiles[-1]
+    assert percentiles[1] > 50  # even with the micro model, the nearest neighbour is more alike than most pairs
+
+
+def test_results_print_as_a_table_and_convert_to_pandas_with_shapely_footprints(landsat_embeddings):
+    """Issue 12.19: no raw WKB bytes in the printed result; to_pandas() gives shapely footprints."""
+    import shapely
+
+    index = EmbeddingIndex.from_parquet(landsat_embeddings, center=True)
+    hits = index.search(index.ids[int(np.argmin(index.nodata_fraction))], k=5)
+    text = repr(hits)
+    assert text.startswith("SearchResult: 5 hits for ") and "b'\\x01" not in text and "\\x00" not in text
+    header = text.splitlines()[1].split()
+    assert header[:4] == ["rank", "id", "cosine", "percentile"]
+    assert "geometry" in text.splitlines()[-1]  # named as left out, see .to_pandas()
+    frame = hits.to_pandas()
+    assert list(frame["rank"]) == [1, 2, 3, 4, 5] and list(frame["id"]) == hits.ids
+    assert all(isinstance(g, shapely.Polygon) for g in frame["geometry"])
+    lon, lat = frame.loc[0, "geometry"].centroid.coords[0]
+    assert -79.0 < lon < -78.0 and 35.0 < lat < 36.5  # Raleigh, NC, in longitude/latitude
