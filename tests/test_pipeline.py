@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import rasterio
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -31,8 +34,8 @@ def test_main_job_runs_end_to_end(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for step in range(1, 7):
-        assert f"[{step}/6]" in proc.stdout
+    for step in range(1, 9):
+        assert f"[{step}/8]" in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["chips"]["total"] == 108
     assert report["chips"]["per_sensor"] == {"sentinel-2-l2a": 54, "sentinel-1-rtc": 54}
@@ -46,6 +49,22 @@ def test_main_job_runs_end_to_end(tmp_path):
     assert model["kind"] == "pretrained" and model["steps"] == 12 and model["released"] is False
     assert model["label"].startswith("NOT a released Clay model: a tiny Clay pre-trained here for 12 steps on ")
     assert f"results from {model['label']}" in proc.stdout.splitlines()[-2]
+    # 7: detections a GIS opens (lon/lat) and a score raster per scene in the scene's own CRS
+    detections = json.loads((tmp_path / "find" / "detections.geojson").read_text())
+    assert report["find"]["detections"] == len(detections["features"]) > 0
+    assert all(
+        -180 <= f["properties"]["lon"] <= 180 and -90 <= f["properties"]["lat"] <= 90 for f in detections["features"]
+    )
+    rasters = sorted((tmp_path / "find").glob("*_chip_scores.tif"))
+    assert len(rasters) == 12 and (tmp_path / "find" / "detections.parquet").is_file()
+    # 8: the embedding field of a Sentinel-2 scene, on that scene's grid scaled by the patch size
+    from clay_hf.geodata.raster import open_source
+    from clay_hf.geodata.sample_data import sample_sources
+
+    (scene,) = [s for s in sample_sources(packages=["bigearthnet-common"]) if s.name == report["map"]["scene"]]
+    with open_source(scene) as source, rasterio.open(report["map"]["output"]) as field:
+        assert field.crs.to_string() == source.crs_string and tuple(field.bounds) == pytest.approx(source.bounds)
+        assert (field.count, field.height, field.width) == (3, source.height // 8, source.width // 8)
     assert (tmp_path / "converted" / "model.safetensors").is_file()
     assert (tmp_path / "train" / "final" / "model.safetensors").is_file()
     assert len(list((tmp_path / "embeddings" / "data" / "train").glob("*.parquet"))) == 12

@@ -103,13 +103,20 @@ def test_python_block_runs(main_job_folder, monkeypatch, one_torch_thread, secti
         assert namespace["batch"]["pixel_values"].shape[0] == 32  # the loop ran over real batches
     if section == "Embed and search":
         assert len(namespace["ds"]) == 9 and "9 chips" in code and namespace["index"].has_faiss_index
+    if section == "Find things":
+        assert len(namespace["result"].detections) == 20 and Path("outputs/find/found/detections.geojson").is_file()
     for claim_line, expression, shape in shape_claims(line, code):
         value = eval(expression, namespace)
         assert tuple(value.shape) == shape, f"README.md:{claim_line}: {expression} is {tuple(value.shape)}"
 
 
 def test_the_snippets_are_all_tested():
-    assert [section for section, _, _ in PYTHON_BLOCKS] == ["Use", "Chips from your imagery", "Embed and search"]
+    assert [section for section, _, _ in PYTHON_BLOCKS] == [
+        "Use",
+        "Chips from your imagery",
+        "Embed and search",
+        "Find things",
+    ]
     # the Use snippet states the sizes of the model it loads, and they are checked above
     (use,) = [(line, code) for section, line, code in PYTHON_BLOCKS if section == "Use"]
     assert [expression for _, expression, _ in shape_claims(*use)] == ["out.pooler_output", "out.last_hidden_state"]
