@@ -74,6 +74,7 @@ __all__ = [
     "ArgumentParser",
     "ScriptOptions",
     "SourceOptions",
+    "check_band_counts",
     "configure_logging",
     "report_error",
     "run",
@@ -315,19 +316,7 @@ class SourceOptions:
                 parse_datetime(self.datetime)
             except ClayError as err:
                 raise ClayConfigError(f"--datetime: {err}") from None
-        counts = {
-            flag: len(values)
-            for flag, values in (
-                ("--band-names", self.band_names),
-                ("--wavelengths", self.wavelengths),
-                ("--mean", self.mean),
-                ("--std", self.std),
-            )
-            if values is not None
-        }
-        if len(set(counts.values())) > 1:
-            given = ", ".join(f"{n} values in {flag}" for flag, n in counts.items())
-            raise ClayConfigError(f"one value per band is needed in each of {', '.join(counts)}; got {given}")
+        check_band_counts(self.band_names, self.wavelengths, self.mean, self.std)
         if self.offset_dn is not None and not (math.isfinite(self.offset_dn) and self.offset_dn >= 0):
             raise ClayConfigError(f"--offset-dn must be a number of digital numbers >= 0, got {self.offset_dn}")
         if not 0.0 <= self.max_nodata <= 1.0:
@@ -368,6 +357,18 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:
         pass
+
+
+def check_band_counts(band_names=None, wavelengths=None, mean=None, std=None) -> None:
+    """One value per band in each of ``--band-names``, ``--wavelengths``, ``--mean``, ``--std`` that was given,
+    checked before any work (``ClayConfigError``: exit 2)."""
+    from .errors import ClayConfigError
+
+    given = {"--band-names": band_names, "--wavelengths": wavelengths, "--mean": mean, "--std": std}
+    counts = {flag: len(values) for flag, values in given.items() if values is not None}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{n} values in {flag}" for flag, n in counts.items())
+        raise ClayConfigError(f"one value per band is needed in each of {', '.join(counts)}; got {listed}")
 
 
 def configure_logging(verbose: bool = False) -> None:

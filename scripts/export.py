@@ -131,19 +131,7 @@ class BandOptions:
                     f"with --wavelengths and no --sensor, also pass {', '.join(missing)}: they are recorded beside "
                     "the file so that preprocessing stays the same"
                 )
-        counts = {
-            flag: len(values)
-            for flag, values in (
-                ("--band-names", self.band_names),
-                ("--wavelengths", self.wavelengths),
-                ("--mean", self.mean),
-                ("--std", self.std),
-            )
-            if values is not None
-        }
-        if len(set(counts.values())) > 1:
-            given = ", ".join(f"{n} values in {flag}" for flag, n in counts.items())
-            raise ClayConfigError(f"one value per band is needed in each of {', '.join(counts)}; got {given}")
+        cli.check_band_counts(self.band_names, self.wavelengths, self.mean, self.std)
 
 
 def build_parser() -> cli.ArgumentParser:
