@@ -1179,3 +1179,26 @@ def test_browser_scene_view_marks_heat_map_and_hits(page, scene_file, tmp_path):
     assert page.locator("#scene-collection-hits img").count() >= K
     after = _screenshot(page.locator("#tab-scene"), tmp_path, "space-scene-after-search.png")
     assert before.read_bytes() != after.read_bytes()
+
+
+def test_an_exported_onnx_encoder_runs_the_space(built, converted_micro, files, space, tmp_path):
+    """Issue 15.3: the Space runs an exported encoder through onnxruntime: the same embedding as the torch model,
+    its own collection (its fingerprint is the file's), search; no reconstruction (an export has no MAE decoder)."""
+    from clay_hf.apps.space import ClaySpace, CollectionError, build_collection, load_collection, load_space_model
+    from clay_hf.export import export_model
+    from clay_hf.geodata.sample_data import sample_sources
+    from clay_hf.onnx_runtime import OnnxClayModel
+
+    onnx = tmp_path / "clay.onnx"
+    export_model(converted_micro, onnx, sensor="sentinel-2-l2a", chip_size=40)  # returns the JSON beside the file
+    encoder, pretraining = load_space_model(onnx)
+    assert isinstance(encoder, OnnxClayModel) and pretraining is None
+    with pytest.raises(CollectionError, match="embedded by another model"):
+        load_collection(built["collection"], encoder)  # the torch model's collection is not taken for the file's
+    s2 = [s for s in sample_sources(packages=["bigearthnet-common"]) if "MSIL2A" in s.name][:2]  # the file's bands
+    folder = build_collection(encoder, tmp_path / "collection", sources=s2, chip_size=40, model_name=onnx)
+    onnx_space = ClaySpace(encoder, load_collection(folder, encoder), workdir=tmp_path / "work")
+    _, _, vector = onnx_space.embed(files["tagged"])
+    _, _, torch_vector = space.embed(files["tagged"])
+    np.testing.assert_allclose(vector, torch_vector, atol=1e-4, rtol=0)
+    assert len(onnx_space.search(files["tagged"], k=3).ids) == 3

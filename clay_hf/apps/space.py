@@ -244,11 +244,19 @@ def default_model_path(space_folder: str | os.PathLike, checkpoint: str | os.Pat
 
 def load_space_model(name_or_path: str | os.PathLike):
     """``(encoder, pretraining)`` of a Clay folder or Hub id: a ``ClayModel`` and, when the folder has the MAE
-    decoder, the ``ClayForPreTraining`` it belongs to (else None). Both in eval mode, float32, CPU, and prepared for
+    decoder, the ``ClayForPreTraining`` it belongs to (else None); or of an exported ``.onnx`` encoder: its
+    onnxruntime runner (:class:`~clay_hf.onnx_runtime.OnnxClayModel`) and None. Both in eval mode, float32, CPU, and prepared for
     CPU inference (:func:`~clay_hf.cpu_inference.prepare_for_cpu_inference`)."""
     from ..cpu_inference import prepare_for_cpu_inference
     from ..modeling_clay import ClayForPreTraining, ClayModel
 
+    if os.fspath(name_or_path).lower().endswith(".onnx"):  # an exported encoder (scripts/export.py), onnxruntime
+        from ..onnx_runtime import OnnxClayModel
+
+        encoder = OnnxClayModel(name_or_path)
+        if encoder.task != "feature-extraction":
+            raise SpaceInputError(f"{name_or_path} is an export of a {encoder.task} head; the Space needs an encoder")
+        return encoder, None  # no MAE decoder in an export: embeddings, search and finding
     model, info = ClayForPreTraining.from_pretrained(name_or_path, dtype=torch.float32, output_loading_info=True)
     if any(key.startswith("decoder.") for key in info.get("missing_keys", ())):
         logger.info("%s has no MAE decoder: embeddings and search only", name_or_path)
