@@ -463,3 +463,26 @@ def test_bad_input_gives_one_line_and_writes_nothing(script, finetuned, models, 
         assert re.search(message, lines[0]), (case, lines[0])
         after = sorted(p.name for p in out.iterdir() if p.name != ".lock") if out.exists() else None
         assert after == (before if before is None else [n for n in before if n != ".lock"]), (case, after)
+
+
+def test_two_processes_map_their_own_scenes(micro_model_dir, tmp_path):
+    """Issue 14.4: under torchrun / accelerate launch each process maps its own scenes (scenes rank::world_size),
+    with its own summary; together every scene once."""
+    from .chip_helpers import ben_s2_folder
+    from .launch import torchrun
+
+    scenes = [ben_s2_folder(), ben_s2_folder("S2A_MSIL2A_20170617T113321_4_55")]
+    out = tmp_path / "maps"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "predict.py"
+    args = [*map(str, scenes), "--model", str(micro_model_dir), "--output", str(out), "--window", "40", "--quiet"]
+    proc = torchrun(script, *args, "--sensor", "sentinel-2-l2a", timeout=300, ACCELERATE_USE_CPU="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [
+        json.loads((out / name).read_text()) for name in ("predict_summary.json", "predict_summary-rank1.json")
+    ]
+    written = [set(map(str, s["written"])) for s in summaries]
+    assert sorted(s["rank"] for s in summaries) == [0, 1] and all(len(w) == 1 for w in written)
+    assert written[0].isdisjoint(written[1]) and len(list(out.glob("*.tif"))) == 2
+    for scene in scenes:  # each field on its own scene's grid (the two lie in different UTM zones)
+        with open_source(scene, sensor="sentinel-2-l2a") as source, rasterio.open(out / f"{scene.name}.tif") as field:
+            assert field.count == 64 and field.crs.to_string() == source.crs_string  # the micro model's width
