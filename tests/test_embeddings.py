@@ -535,3 +535,16 @@ def test_a_band_file_folder_and_a_stac_item_are_one_source_each(model, ben_s2, t
     (shard,) = (tmp_path / "stac" / "data" / "train").glob("*.parquet")
     table = pq.read_table(shard)
     assert stac["chips"] == 9 and shard.stem == "S2A_87_48" and table["sensor"][0].as_py() == "sentinel-2-l2a"
+
+
+def test_one_geotiff_by_absolute_path_names_its_shard_by_stem_and_a_short_hash(model, geotiff_folder, tmp_path):
+    """Issue 12.9: a single file given by its absolute path used to give shards named like ``__tmp__x__...``."""
+    import re
+
+    from clay_hf.apps.embeddings import embed_to_parquet
+
+    tif = sorted(geotiff_folder.glob("*.tif"))[0].resolve()
+    embed_to_parquet(tif, model, tmp_path / "emb", chip_size=40, progress=False, sensor="sentinel-2-l2a")
+    (shard,) = (tmp_path / "emb" / "data" / "train").glob("*.parquet")
+    assert re.fullmatch(rf"{re.escape(tif.stem)}-[0-9a-f]{{8}}\.parquet", shard.name), shard.name
+    assert "__" not in shard.name and str(tif.parent.name) not in shard.name
