@@ -177,6 +177,11 @@ def _gallery(hits: SearchHits) -> list[tuple[np.ndarray, str]]:
     return list(zip(list(big), hits.captions()))
 
 
+def _examples_dropdown(label: str, elem_id: str) -> gr.Dropdown:
+    """An empty list of example ids (chips or patches) that the user fills by choosing, clicking or typing."""
+    return gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label=label, elem_id=elem_id)
+
+
 def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60) -> gr.Blocks:
     """The page. Every event calls one :class:`ClaySpace` method and has an ``api_name``; files it writes are
     deleted once older than ``keep_seconds`` (and at shutdown)."""
@@ -361,22 +366,8 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
                     elem_id="scene-heatmap",
                 )
             with gr.Row():
-                scene_positives = gr.Dropdown(
-                    [],
-                    value=[],
-                    multiselect=True,
-                    allow_custom_value=True,
-                    label="Positive examples",
-                    elem_id="scene-positives",
-                )
-                scene_negatives = gr.Dropdown(
-                    [],
-                    value=[],
-                    multiselect=True,
-                    allow_custom_value=True,
-                    label="Negative examples",
-                    elem_id="scene-negatives",
-                )
+                scene_positives = _examples_dropdown("Positive examples", "scene-positives")
+                scene_negatives = _examples_dropdown("Negative examples", "scene-negatives")
             with gr.Accordion("Mark by pixel (column x, row y of the upload)", open=False):
                 with gr.Row():
                     mark_x = gr.Number(label="x (pixel column)", precision=0, elem_id="scene-x")
@@ -419,22 +410,8 @@ def build_demo(space: ClaySpace, keep_seconds: float = DEFAULT_KEEP_MINUTES * 60
                 elem_id="results-gallery",
             )
             with gr.Row():
-                positives = gr.Dropdown(
-                    [],
-                    value=[],
-                    multiselect=True,
-                    allow_custom_value=True,
-                    label="More like these (positive examples)",
-                    elem_id="positives",
-                )
-                negatives = gr.Dropdown(
-                    [],
-                    value=[],
-                    multiselect=True,
-                    allow_custom_value=True,
-                    label="Less like these (negative examples)",
-                    elem_id="negatives",
-                )
+                positives = _examples_dropdown("More like these (positive examples)", "positives")
+                negatives = _examples_dropdown("Less like these (negative examples)", "negatives")
             refine_button = gr.Button("Refine the search", elem_id="refine-btn")
             table = gr.Dataframe(headers=RESULT_COLUMNS, label="Results", interactive=False, elem_id="results-table")
 
